@@ -1,0 +1,45 @@
+// Matrix products against weight matrices stored in any supported DType.
+// Convention (as in ggml and every Linear layer): W has `rows` output features, each a
+// row of `cols` input features, stored row after row (RowBytes(type, cols) apart).
+//   out[i][r] = sum_c x[i][c] * W[r][c]     for i < m tokens, r < rows
+// x and out are row-major f32 with `cols` and `rows` columns.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/dtype.h"
+
+namespace mesa {
+
+class ThreadPool;
+
+// A non-owning view of a 2-D weight matrix.
+struct WeightView {
+  DType type = DType::kF32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  const void* data = nullptr;
+
+  int64_t row_bytes() const { return RowBytes(type, cols); }
+  const uint8_t* row(int64_t r) const {
+    return static_cast<const uint8_t*>(data) + r * row_bytes();
+  }
+};
+
+namespace ref {
+// The specification of each format: element i of a row, decoded exactly.
+void DequantizeRow(DType type, const void* row, float* out, int64_t n);
+// Plain product with double accumulation over dequantized weights.
+void MatMul(const WeightView& w, const float* x, int64_t m, float* out);
+}  // namespace ref
+
+namespace cpu {
+// Fast dequantization of one row (SIMD where it pays).
+void DequantizeRow(DType type, const void* row, float* out, int64_t n);
+// Fast, multi-threaded product. m == 1 is the decode path (matrix-vector);
+// m > 1 the prefill path (matrix-matrix). Quantized weights are never expanded
+// to f32 as a whole.
+void MatMul(const WeightView& w, const float* x, int64_t m, float* out, ThreadPool& pool);
+}  // namespace cpu
+
+}  // namespace mesa
