@@ -1,0 +1,114 @@
+// Benchmarks cpu::MatMul for every weight type at 4096 x 4096: decode (m = 1, memory
+// bound: watch weight_GB/s) and prefill (m = 128, compute bound: watch GFLOP/s).
+// Threads default to 2; set MESA_BENCH_THREADS to change. Numbers on a shared machine
+// are noisy: compare runs taken back to back.
+#include <benchmark/benchmark.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/thread_pool.h"
+#include "kernels/matmul.h"
+#include "kernels/ref/quant_ref.h"
+
+namespace mesa {
+namespace {
+
+int BenchThreads() {
+  const char* env = std::getenv("MESA_BENCH_THREADS");
+  return env != nullptr ? std::atoi(env) : 2;
+}
+
+// Random weights of the right format; values do not matter for speed, only validity
+// of the f16 scales (random bytes could be NaN and slow paths down).
+std::vector<uint8_t> MakeWeights(DType type, int64_t rows, int64_t cols) {
+  std::mt19937 rng(42);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  const int64_t row_bytes = RowBytes(type, cols);
+  std::vector<uint8_t> w(rows * row_bytes);
+  for (auto& b : w) b = static_cast<uint8_t>(rng());
+  std::vector<float> f(cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    uint8_t* row = w.data() + r * row_bytes;
+    for (float& v : f) v = u(rng);
+    auto put16 = [](uint8_t* p, uint16_t h) { std::memcpy(p, &h, 2); };
+    switch (type) {
+      case DType::kF32:
+        std::memcpy(row, f.data(), cols * 4);
+        break;
+      case DType::kF16:
+        for (int64_t c = 0; c < cols; ++c) put16(row + 2 * c, F32ToF16(f[c]));
+        break;
+      case DType::kBF16:
+        for (int64_t c = 0; c < cols; ++c) put16(row + 2 * c, F32ToBF16(f[c]));
+        break;
+      case DType::kQ8_0:
+        ref::QuantizeRowQ8_0(f.data(), row, cols);
+        break;
+      case DType::kQ4_0:
+        ref::QuantizeRowQ4_0(f.data(), row, cols);
+        break;
+      default: {
+        const int bb = GetDTypeInfo(type).block_bytes;
+        for (int64_t b = 0; b < cols / 256; ++b) {
+          uint8_t* blk = row + b * bb;
+          if (type == DType::kQ6_K) {
+            put16(blk + 208, F32ToF16(0.01f));
+          } else {
+            put16(blk, F32ToF16(0.01f));
+            put16(blk + 2, F32ToF16(0.005f));
+          }
+        }
+      }
+    }
+  }
+  return w;
+}
+
+void BM_MatMul(benchmark::State& state, DType type) {
+  const int64_t m = state.range(0);
+  const int64_t rows = 4096, cols = 4096;
+  const std::vector<uint8_t> wdata = MakeWeights(type, rows, cols);
+  const WeightView w{type, rows, cols, wdata.data()};
+  std::vector<float> x(m * cols), out(m * rows);
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (float& v : x) v = u(rng);
+  ThreadPool pool(BenchThreads());
+  for (auto _ : state) {
+    cpu::MatMul(w, x.data(), m, out.data(), pool);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  const double iters = static_cast<double>(state.iterations());
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(2.0 * m * rows * cols * iters / 1e9, benchmark::Counter::kIsRate);
+  state.counters["weight_GB/s"] = benchmark::Counter(
+      static_cast<double>(wdata.size()) * iters / 1e9, benchmark::Counter::kIsRate);
+  state.SetLabel(std::string(DTypeName(type)) + " threads=" + std::to_string(pool.size()));
+}
+
+#define MESA_MATMUL_BENCH(name, type)      \
+  BENCHMARK_CAPTURE(BM_MatMul, name, type) \
+      ->Arg(1)                             \
+      ->Arg(128)                           \
+      ->UseRealTime()                      \
+      ->Unit(benchmark::kMillisecond)
+
+MESA_MATMUL_BENCH(f32, DType::kF32);
+MESA_MATMUL_BENCH(f16, DType::kF16);
+MESA_MATMUL_BENCH(bf16, DType::kBF16);
+MESA_MATMUL_BENCH(q8_0, DType::kQ8_0);
+MESA_MATMUL_BENCH(q4_0, DType::kQ4_0);
+MESA_MATMUL_BENCH(q4_K, DType::kQ4_K);
+MESA_MATMUL_BENCH(q5_K, DType::kQ5_K);
+MESA_MATMUL_BENCH(q6_K, DType::kQ6_K);
+
+}  // namespace
+}  // namespace mesa
+
+BENCHMARK_MAIN();

@@ -1,0 +1,29 @@
+// Small helpers shared by the CLI commands: error reporting, token-list parsing,
+// model loading with a clear message, process memory.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/model.h"
+
+namespace mesa::cli {
+
+// Prints "mesa: error: <message>" to stderr and returns exit code 1.
+int Fail(const absl::Status& status);
+
+// "1,2,3" or "1 2 3" (any mix of commas and whitespace) -> ids. Rejects anything else.
+absl::StatusOr<std::vector<int32_t>> ParseTokenList(const std::string& text);
+absl::StatusOr<std::vector<int32_t>> ReadTokenFile(const std::string& path);
+absl::StatusOr<std::string> ReadTextFile(const std::string& path);
+
+absl::StatusOr<std::unique_ptr<Model>> LoadModelForCli(const std::string& path);
+
+// Peak resident set size of this process in bytes.
+int64_t PeakRssBytes();
+
+}  // namespace mesa::cli

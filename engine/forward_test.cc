@@ -1,0 +1,123 @@
+// Forward-pass invariants on the real shared model (stories260K, llama): batched
+// prefill equals token-by-token decode, micro-batch size and thread count do not
+// change the result, and greedy generation writes the story TESTDATA.md documents.
+// Exact agreement with llama.cpp is tested in tests/llamacpp/.
+#include "engine/forward.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+
+#include "common/thread_pool.h"
+#include "engine/generate.h"
+#include "gtest/gtest.h"
+
+namespace mesa {
+namespace {
+
+std::string SharedModel(const char* name) {
+  const char* dir = std::getenv("MESA_SHARED_DIR");
+  if (!dir) return "";
+  std::string p = std::string(dir) + "/models/" + name;
+  return std::filesystem::exists(p) ? p : "";
+}
+
+#define LOAD_OR_SKIP(var, name)                                                         \
+  std::string var##_path = SharedModel(name);                                           \
+  if (var##_path.empty()) GTEST_SKIP() << "shared model " << name                       \
+                                       << " not found (set MESA_SHARED_DIR=../shared)"; \
+  auto var##_or = LoadModel(var##_path);                                                \
+  ASSERT_TRUE(var##_or.ok()) << var##_or.status();                                      \
+  const Model& var = **var##_or
+
+double MaxRelRowError(const std::vector<float>& a, const std::vector<float>& b, int64_t row) {
+  double worst = 0;
+  for (size_t r = 0; r * row < a.size(); ++r) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < row; ++i) {
+      double d = double(a[r * row + i]) - b[r * row + i];
+      num += d * d;
+      den += double(b[r * row + i]) * b[r * row + i];
+    }
+    worst = std::max(worst, std::sqrt(num / den));
+  }
+  return worst;
+}
+
+const std::vector<int32_t> kTokens = {1, 403, 407, 261, 378, 29, 261, 322, 439, 280, 57, 67,
+                                      275, 295, 300, 339, 281, 422, 29, 410};
+
+TEST(ForwardTest, PrefillEqualsDecodeStepByStep) {
+  LOAD_OR_SKIP(model, "stories260K-f32.gguf");
+  ThreadPool pool(2);
+  ModelRunner runner(model, pool);
+  const int64_t v = model.config.n_vocab;
+  KvCache batch_cache = runner.NewCache(kTokens.size());
+  std::vector<float> all;
+  ASSERT_TRUE(runner.Forward(kTokens, batch_cache, LogitsMode::kAll, &all).ok());
+  ASSERT_EQ(all.size(), kTokens.size() * v);
+  KvCache step_cache = runner.NewCache(4);  // grows as needed
+  std::vector<float> stepwise, one;
+  for (int32_t t : kTokens) {
+    ASSERT_TRUE(runner.Forward({&t, 1}, step_cache, LogitsMode::kLast, &one).ok());
+    stepwise.insert(stepwise.end(), one.begin(), one.end());
+  }
+  EXPECT_LT(MaxRelRowError(stepwise, all, v), 1e-5);
+  EXPECT_EQ(step_cache.size(), batch_cache.size());
+}
+
+TEST(ForwardTest, MicroBatchAndThreadsDoNotChangeLogits) {
+  LOAD_OR_SKIP(model, "stories260K-f32.gguf");
+  std::vector<float> want;
+  {
+    ThreadPool pool(1);
+    ModelRunner runner(model, pool);
+    KvCache cache = runner.NewCache(kTokens.size());
+    ASSERT_TRUE(runner.Forward(kTokens, cache, LogitsMode::kAll, &want).ok());
+  }
+  for (int threads : {2, 3}) {
+    for (int64_t mb : {1, 3, 7, 512}) {
+      ThreadPool pool(threads);
+      ModelRunner runner(model, pool, mb);
+      KvCache cache = runner.NewCache(kTokens.size());
+      std::vector<float> got;
+      ASSERT_TRUE(runner.Forward(kTokens, cache, LogitsMode::kAll, &got).ok());
+      EXPECT_LT(MaxRelRowError(got, want, model.config.n_vocab), 1e-5) << threads << " " << mb;
+    }
+  }
+}
+
+TEST(ForwardTest, RejectsTokensOutsideVocabulary) {
+  LOAD_OR_SKIP(model, "stories260K-f32.gguf");
+  ThreadPool pool(1);
+  ModelRunner runner(model, pool);
+  KvCache cache = runner.NewCache(2);
+  std::vector<int32_t> bad = {1, 512};
+  auto st = runner.Forward(bad, cache, LogitsMode::kLast, nullptr);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("512"), std::string::npos);
+}
+
+TEST(ForwardTest, GreedyStoryMatchesKnownContinuation) {
+  LOAD_OR_SKIP(model, "stories260K-f32.gguf");
+  ASSERT_NE(model.tokenizer, nullptr);
+  auto prompt = model.tokenizer->Encode("Once upon a time", {});
+  ASSERT_TRUE(prompt.ok()) << prompt.status();
+  ThreadPool pool(2);
+  ModelRunner runner(model, pool);
+  GenerateOptions opts;
+  opts.max_new_tokens = 40;
+  auto r = Generate(runner, *prompt, opts);
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::vector<int32_t> all = *prompt;
+  all.insert(all.end(), r->tokens.begin(), r->tokens.end());
+  std::string text = model.tokenizer->Decode(all);
+  EXPECT_EQ(text.rfind("Once upon a time, there was a little girl named Lily. She loved to play "
+                       "outside in the park. One day, she saw a big, red ball.",
+                       0),
+            0u)
+      << text;
+}
+
+}  // namespace
+}  // namespace mesa

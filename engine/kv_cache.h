@@ -1,0 +1,65 @@
+// Per-layer key/value cache of one sequence.
+// Layout per layer: K and V are [n_head_kv][capacity][head_dim] f32, so the keys of a
+// kv head are contiguous (attention streams them). Row j holds the token at global
+// position pos0() + j.
+// Keys are stored rotated (RoPE applied at their own position: ordinary attention) or
+// raw (pre-rotation: Mesa's Stair PE applies relative positions at attention time).
+// Not thread-safe; copies are explicit (Copy()) because caches are large.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "engine/model_config.h"
+
+namespace mesa {
+
+enum class KeyEncoding { kRotated, kRaw };
+
+class KvCache {
+ public:
+  KvCache(int64_t n_layer, int64_t n_head_kv, int64_t head_dim, int64_t capacity,
+          KeyEncoding encoding = KeyEncoding::kRotated);
+  static KvCache ForModel(const ModelConfig& config, int64_t capacity,
+                          KeyEncoding encoding = KeyEncoding::kRotated);
+  KvCache(KvCache&&) = default;
+  KvCache& operator=(KvCache&&) = default;
+  KvCache(const KvCache&) = delete;
+  KvCache& operator=(const KvCache&) = delete;
+  KvCache Copy() const;
+
+  int64_t n_layer() const { return n_layer_; }
+  int64_t n_head_kv() const { return n_head_kv_; }
+  int64_t head_dim() const { return head_dim_; }
+  int64_t capacity() const { return capacity_; }
+  int64_t size() const { return size_; }
+  int64_t pos0() const { return pos0_; }
+  void set_pos0(int64_t p) { pos0_ = p; }
+  KeyEncoding encoding() const { return encoding_; }
+  size_t bytes() const { return (k_.size() + v_.size()) * sizeof(float); }
+
+  float* k(int64_t layer) { return k_.data() + layer * LayerFloats(); }
+  float* v(int64_t layer) { return v_.data() + layer * LayerFloats(); }
+  const float* k(int64_t layer) const { return k_.data() + layer * LayerFloats(); }
+  const float* v(int64_t layer) const { return v_.data() + layer * LayerFloats(); }
+  // Row of token j (0-based within the cache) of kv head h in layer l.
+  float* k_row(int64_t l, int64_t h, int64_t j) { return k(l) + (h * capacity_ + j) * head_dim_; }
+  float* v_row(int64_t l, int64_t h, int64_t j) { return v(l) + (h * capacity_ + j) * head_dim_; }
+
+  // Grows capacity to at least `n` tokens (keeps contents).
+  void Reserve(int64_t n);
+  // Marks `n` more rows as filled (after the forward pass wrote them).
+  void Commit(int64_t n) { size_ += n; }
+  void Truncate(int64_t n) { if (n < size_) size_ = n; }
+
+ private:
+  int64_t LayerFloats() const { return n_head_kv_ * capacity_ * head_dim_; }
+  int64_t n_layer_, n_head_kv_, head_dim_, capacity_;
+  int64_t size_ = 0;
+  int64_t pos0_ = 0;
+  KeyEncoding encoding_;
+  std::vector<float> k_, v_;
+};
+
+}  // namespace mesa

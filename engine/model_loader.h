@@ -1,0 +1,37 @@
+// Model loading internals beyond engine/model.h: options (tests can load weights
+// without a tokenizer) and the config readers, exposed for tests and tools.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "engine/model.h"
+#include "engine/model_config.h"
+
+namespace mesa {
+
+class GgufFile;
+
+struct LoadOptions {
+  // Build the tokenizer from the file (GGUF metadata or tokenizer.json). Off: the
+  // model's `tokenizer` stays null (weights-only tests, benchmarks).
+  bool load_tokenizer = true;
+};
+
+absl::StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& path, const LoadOptions& options);
+absl::StatusOr<std::unique_ptr<Model>> LoadGgufModel(const std::string& path,
+                                                     const LoadOptions& options);
+absl::StatusOr<std::unique_ptr<Model>> LoadHfModel(const std::string& dir, const LoadOptions& options);
+
+// Hyperparameters from GGUF metadata (`<arch>.*` keys). n_vocab is left 0: the loader
+// takes it from the token embedding's shape.
+absl::StatusOr<ModelConfig> ConfigFromGguf(const GgufFile& file);
+// Hyperparameters from the text of a Hugging Face config.json; `origin` names it in errors.
+absl::StatusOr<ModelConfig> ConfigFromHfJson(const std::string& json_text, const std::string& origin);
+
+// Checks the invariants the forward pass relies on (positive sizes, GQA divisibility,
+// rope dims, sane upper bounds).
+absl::Status ValidateConfig(const ModelConfig& config, const std::string& origin);
+
+}  // namespace mesa

@@ -1,0 +1,251 @@
+// cpu::MatMul and cpu::DequantizeRow: picks the kernel set for this CPU once
+// (AVX-512 VNNI, AVX2, or a portable scalar fallback), quantizes the activations to
+// 8 bits once per call for quantized weights, and splits weight rows over the pool.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "common/thread_pool.h"
+#include "kernels/cpu/matmul_cpu_internal.h"
+#include "kernels/matmul.h"
+
+namespace mesa::cpu {
+namespace internal {
+namespace {
+
+Isa DetectIsa() {
+#if defined(MESA_HAVE_X86_KERNELS) && defined(__GNUC__)
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                    __builtin_cpu_supports("f16c");
+  if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni")) {
+    return Isa::kAvx512;
+  }
+  if (avx2) return Isa::kAvx2;
+#endif
+  return Isa::kScalar;
+}
+
+std::atomic<int> g_forced_isa{-1};
+
+Isa CurrentIsa() {
+  const int forced = g_forced_isa.load(std::memory_order_relaxed);
+  return forced >= 0 ? static_cast<Isa>(forced) : BestIsa();
+}
+
+}  // namespace
+
+Isa BestIsa() {
+  static const Isa best = DetectIsa();
+  return best;
+}
+
+bool IsaSupported(Isa isa) { return static_cast<int>(isa) <= static_cast<int>(BestIsa()); }
+
+void ForceIsa(Isa isa) {
+  if (!IsaSupported(isa)) {
+    std::fprintf(stderr, "mesa::cpu::ForceIsa: %s not supported here\n", IsaName(isa));
+    std::abort();
+  }
+  g_forced_isa.store(static_cast<int>(isa), std::memory_order_relaxed);
+}
+
+const char* IsaName(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512:
+      return "avx512";
+    case Isa::kAvx2:
+      return "avx2";
+    default:
+      return "scalar";
+  }
+}
+
+ActKind ActKindFor(DType type) {
+  switch (type) {
+    case DType::kQ8_0:
+    case DType::kQ4_0:
+      return ActKind::kA32;
+    case DType::kQ4_K:
+    case DType::kQ5_K:
+    case DType::kQ6_K:
+      return ActKind::kA256;
+    default:
+      return ActKind::kFloat;
+  }
+}
+
+}  // namespace internal
+
+namespace {
+
+using internal::ActKind;
+using internal::BlockA256;
+using internal::Isa;
+using internal::MatMulJob;
+
+// Programmer errors (unsupported type, ragged rows) abort with a message.
+void Require(bool ok, const char* what, DType type) {
+  if (ok) return;
+  std::fprintf(stderr, "mesa::cpu::MatMul: %s (type %s)\n", what,
+               std::string(DTypeName(type)).c_str());
+  std::abort();
+}
+
+// A growable 64-byte aligned buffer, one per calling thread, so the hot path does not
+// allocate after warm-up.
+class AlignedScratch {
+ public:
+  ~AlignedScratch() { std::free(data_); }
+  uint8_t* Get(size_t bytes) {
+    if (bytes > size_) {
+      std::free(data_);
+      size_ = (bytes + 63) / 64 * 64;
+      data_ = static_cast<uint8_t*>(std::aligned_alloc(64, size_));
+      if (data_ == nullptr) std::abort();
+    }
+    return data_;
+  }
+
+ private:
+  uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+thread_local AlignedScratch g_act_scratch;
+
+// Round to nearest, ties to even, for |v| < 2^22 (the quants are within +-127): adding
+// and subtracting 1.5 * 2^23 leaves the rounded value. Vectorizes, unlike lrintf.
+inline float RoundEven(float v) {
+  constexpr float kMagic = 12582912.0f;
+  return (v + kMagic) - kMagic;
+}
+
+// Quantizes `n` values with one scale: d = max|x| / 127, q = round(x / d).
+// Returns d; writes q.
+inline float QuantizeBlock(const float* x, int n, int8_t* q) {
+  float amax = 0;
+  for (int j = 0; j < n; ++j) amax = std::max(amax, std::fabs(x[j]));
+  const float d = amax / 127;
+  const float id = d != 0 ? 1.0f / d : 0.0f;
+  for (int j = 0; j < n; ++j) q[j] = static_cast<int8_t>(RoundEven(x[j] * id));
+  return d;
+}
+
+void QuantizeA32(const float* x, int64_t cols, uint8_t* dst) {
+  const int64_t nb = cols / 32;
+  auto* qs = reinterpret_cast<int8_t*>(dst);
+  auto* d = reinterpret_cast<float*>(dst + cols);
+  auto* sums = reinterpret_cast<int32_t*>(d + nb);
+  for (int64_t b = 0; b < nb; ++b) {
+    d[b] = QuantizeBlock(x + 32 * b, 32, qs + 32 * b);
+    int32_t s = 0;
+    for (int j = 0; j < 32; ++j) s += qs[32 * b + j];
+    sums[b] = s;
+  }
+}
+
+void QuantizeA256(const float* x, int64_t cols, uint8_t* dst) {
+  auto* blocks = reinterpret_cast<BlockA256*>(dst);
+  for (int64_t b = 0; b < cols / 256; ++b) {
+    BlockA256& blk = blocks[b];
+    blk.d = QuantizeBlock(x + 256 * b, 256, blk.qs);
+    for (int g = 0; g < 16; ++g) {
+      int s = 0;
+      for (int j = 0; j < 16; ++j) s += blk.qs[16 * g + j];
+      blk.bsums[g] = static_cast<int16_t>(s);
+    }
+  }
+}
+
+// Portable fallback: decode one weight row at a time into a per-thread buffer.
+void ScalarRows(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
+  thread_local std::vector<float> row;
+  const int64_t cols = job.w.cols;
+  row.resize(cols);
+  for (int64_t r = row_begin; r < row_end; ++r) {
+    ref::DequantizeRow(job.w.type, job.w.row(r), row.data(), cols);
+    for (int64_t t = 0; t < job.m; ++t) {
+      const float* x = job.x + t * cols;
+      float s[4] = {0, 0, 0, 0};
+      int64_t c = 0;
+      for (; c + 4 <= cols; c += 4)
+        for (int j = 0; j < 4; ++j) s[j] += row[c + j] * x[c + j];
+      for (; c < cols; ++c) s[0] += row[c] * x[c];
+      job.out[t * job.w.rows + r] = (s[0] + s[1]) + (s[2] + s[3]);
+    }
+  }
+}
+
+// Rows are handed out in groups of this many, a multiple of every kernel's tile rows,
+// so thread boundaries do not create narrow tail tiles.
+constexpr int64_t kRowGroup = 8;
+
+}  // namespace
+
+void DequantizeRow(DType type, const void* row, float* out, int64_t n) {
+  const DTypeInfo& info = GetDTypeInfo(type);
+  Require(info.supported, "unsupported type", type);
+  Require(n % info.block_elems == 0, "row length not a multiple of the block", type);
+#if defined(MESA_HAVE_X86_KERNELS)
+  switch (internal::CurrentIsa()) {
+    case Isa::kAvx512:
+      return internal::avx512::DequantizeRow(type, row, out, n);
+    case Isa::kAvx2:
+      return internal::avx2::DequantizeRow(type, row, out, n);
+    default:
+      break;
+  }
+#endif
+  ref::DequantizeRow(type, row, out, n);
+}
+
+void MatMul(const WeightView& w, const float* x, int64_t m, float* out, ThreadPool& pool) {
+  const DTypeInfo& info = GetDTypeInfo(w.type);
+  Require(info.supported, "unsupported type", w.type);
+  Require(w.cols % info.block_elems == 0, "cols not a multiple of the block", w.type);
+  if (m <= 0 || w.rows <= 0) return;
+  const Isa isa = internal::CurrentIsa();
+
+  MatMulJob job;
+  job.w = w;
+  job.row_bytes = w.row_bytes();
+  job.x = x;
+  job.m = m;
+  job.out = out;
+  const ActKind kind = internal::ActKindFor(w.type);
+  if (isa != Isa::kScalar && kind != ActKind::kFloat) {
+    const int64_t stride =
+        kind == ActKind::kA32 ? internal::A32Stride(w.cols) : internal::A256Stride(w.cols);
+    uint8_t* act = g_act_scratch.Get(static_cast<size_t>(stride * m));
+    auto quantize = kind == ActKind::kA32 ? QuantizeA32 : QuantizeA256;
+    // One token is ~1 us of work: only spread the quantization when there are many.
+    pool.ParallelFor(m, 16, [&](int, int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) quantize(x + t * w.cols, w.cols, act + t * stride);
+    });
+    job.act = act;
+    job.act_stride = stride;
+  }
+
+  void (*rows_fn)(const MatMulJob&, int64_t, int64_t) = ScalarRows;
+#if defined(MESA_HAVE_X86_KERNELS)
+  if (isa == Isa::kAvx512) rows_fn = internal::avx512::MatMulRows;
+  if (isa == Isa::kAvx2) rows_fn = internal::avx2::MatMulRows;
+#endif
+  const int64_t groups = (w.rows + kRowGroup - 1) / kRowGroup;
+  // Waking a thread costs a few microseconds: give each at least ~256K multiply-adds.
+  const int64_t work_per_group = kRowGroup * w.cols * m;
+  const int64_t grain =
+      std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, work_per_group));
+  pool.ParallelFor(groups, grain, [&](int, int64_t begin, int64_t end) {
+    rows_fn(job, begin * kRowGroup, std::min(w.rows, end * kRowGroup));
+  });
+}
+
+}  // namespace mesa::cpu

@@ -1,0 +1,67 @@
+// Internal contract between the MatMul dispatcher (matmul_cpu.cc) and the per-ISA
+// kernels (matmul_x86_*.cc, bodies in matmul_x86-inl.h): the layouts of the 8-bit
+// activation buffers, the job description, and a test hook to force an ISA.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/matmul.h"
+
+namespace mesa::cpu::internal {
+
+// Activations quantized for Q8_0 / Q4_0 weights ("A32"), per token, 64-byte aligned:
+//   int8  qs[cols]        round(x / d) per block of 32
+//   float d[cols / 32]    max|x| / 127 of the block
+//   int32 sum[cols / 32]  sum of qs of the block (folds Q4_0's -8 offset into one term)
+inline int64_t A32Stride(int64_t cols) { return (cols + (cols / 32) * 8 + 63) / 64 * 64; }
+
+// Activations quantized for K-quant weights ("A256"): one block per 256 inputs, laid
+// out so the quants start 64-byte aligned. bsums (sums of 16 consecutive quants) let
+// the kernels apply per-sub-block mins/offsets without touching the quants again.
+struct alignas(64) BlockA256 {
+  int8_t qs[256];
+  int16_t bsums[16];
+  float d;
+  uint8_t pad[28];
+};
+static_assert(sizeof(BlockA256) == 320);
+inline int64_t A256Stride(int64_t cols) { return cols / 256 * sizeof(BlockA256); }
+
+// Which activation form a weight type is multiplied with.
+enum class ActKind { kFloat, kA32, kA256 };
+ActKind ActKindFor(DType type);
+
+// One product: out[t][r] = sum_c x[t][c] * w[r][c]. `act` holds the quantized
+// activations (act_stride bytes per token) for kA32 / kA256 types, else unused.
+struct MatMulJob {
+  WeightView w;
+  int64_t row_bytes = 0;  // w.row_bytes(), computed outside the ISA-specific files
+  const float* x = nullptr;
+  int64_t m = 0;
+  float* out = nullptr;
+  const uint8_t* act = nullptr;
+  int64_t act_stride = 0;
+};
+
+enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+// The best ISA this machine runs (what cpu::MatMul uses unless forced).
+Isa BestIsa();
+bool IsaSupported(Isa isa);
+// Makes cpu::MatMul / cpu::DequantizeRow use `isa` (must be supported); for tests and
+// benchmarks, not thread-safe against concurrent products.
+void ForceIsa(Isa isa);
+const char* IsaName(Isa isa);
+
+// Per-ISA entry points: rows [row_begin, row_end) of the job, all m tokens.
+// Each output element is computed the same way whatever the range, so results do not
+// depend on how rows are split across threads.
+namespace avx2 {
+void MatMulRows(const MatMulJob& job, int64_t row_begin, int64_t row_end);
+void DequantizeRow(DType type, const void* row, float* out, int64_t n);
+}  // namespace avx2
+namespace avx512 {
+void MatMulRows(const MatMulJob& job, int64_t row_begin, int64_t row_end);
+void DequantizeRow(DType type, const void* row, float* out, int64_t n);
+}  // namespace avx512
+
+}  // namespace mesa::cpu::internal

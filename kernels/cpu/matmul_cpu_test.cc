@@ -1,0 +1,330 @@
+// Tests cpu::MatMul and cpu::DequantizeRow against their ref/ twins for every weight
+// type and every kernel set this CPU runs (AVX-512, AVX2, scalar), on random non-zero
+// data with odd sizes and tails, NaN-poisoned outputs, and 1/2/3 threads.
+//
+// Tolerances, relative to sum_c |w[r][c] * x[t][c]| of each output element:
+//   1e-5  float weights, and quantized weights against ref::MatMul run on the same
+//         8-bit-quantized activations the kernel uses (only the f32 summation order
+//         differs);
+//   2e-2  quantized weights against ref::MatMul on the unquantized activations (8-bit
+//         activations with one scale per 32 or 256 values err by <= 1/254 of the
+//         block's max |x|; 2e-2 leaves room for small blocks).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <ostream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/thread_pool.h"
+#include "kernels/cpu/matmul_cpu_internal.h"
+#include "kernels/matmul.h"
+#include "kernels/ref/quant_ref.h"
+
+namespace mesa {
+
+// Names the type in failure messages of the parameterized tests.
+void PrintTo(DType type, std::ostream* os) { *os << DTypeName(type); }
+
+namespace {
+
+using cpu::internal::ActKind;
+using cpu::internal::Isa;
+
+const DType kTypes[] = {DType::kF32,  DType::kF16,  DType::kBF16, DType::kQ8_0,
+                        DType::kQ4_0, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K};
+
+// Uniform in +-[0.05, 1]: never zero, so every element contributes.
+float NonZero(std::mt19937& rng) {
+  std::uniform_real_distribution<float> mag(0.05f, 1.0f);
+  return (rng() & 1) ? mag(rng) : -mag(rng);
+}
+
+void StoreF16At(uint8_t* p, float f) {
+  const uint16_t h = F32ToF16(f);
+  std::memcpy(p, &h, 2);
+}
+
+// A random weight matrix of `rows` x `cols`: float types from random floats; 32-blocks
+// from the reference quantizers; K-quant blocks from random bytes with sane f16 scales
+// (every bit pattern of the quants and packed scales is valid).
+std::vector<uint8_t> RandomWeights(DType type, int64_t rows, int64_t cols, std::mt19937& rng) {
+  const int64_t row_bytes = RowBytes(type, cols);
+  std::vector<uint8_t> w(rows * row_bytes);
+  std::vector<float> f(cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    uint8_t* row = w.data() + r * row_bytes;
+    for (float& v : f) v = NonZero(rng);
+    switch (type) {
+      case DType::kF32:
+        std::memcpy(row, f.data(), cols * 4);
+        break;
+      case DType::kF16:
+        for (int64_t c = 0; c < cols; ++c) StoreF16At(row + 2 * c, f[c]);
+        break;
+      case DType::kBF16:
+        for (int64_t c = 0; c < cols; ++c) {
+          const uint16_t h = F32ToBF16(f[c]);
+          std::memcpy(row + 2 * c, &h, 2);
+        }
+        break;
+      case DType::kQ8_0:
+        ref::QuantizeRowQ8_0(f.data(), row, cols);
+        break;
+      case DType::kQ4_0:
+        ref::QuantizeRowQ4_0(f.data(), row, cols);
+        break;
+      default: {  // K-quants
+        const int block_bytes = GetDTypeInfo(type).block_bytes;
+        for (int64_t i = 0; i < row_bytes; ++i) row[i] = static_cast<uint8_t>(rng());
+        std::uniform_real_distribution<float> scale(0.001f, 0.02f);
+        for (int64_t b = 0; b < cols / 256; ++b) {
+          uint8_t* blk = row + b * block_bytes;
+          if (type == DType::kQ6_K) {
+            StoreF16At(blk + 208, scale(rng));
+          } else {
+            StoreF16At(blk, scale(rng));
+            StoreF16At(blk + 2, scale(rng));
+          }
+        }
+      }
+    }
+  }
+  return w;
+}
+
+// What the SIMD kernels do to activations: blocks of `block` values, d = max|x| / 127,
+// q = round-half-even(x / d); returns d * q.
+std::vector<float> QuantizeActivations(const std::vector<float>& x, int64_t block) {
+  std::vector<float> y(x.size());
+  for (size_t b = 0; b < x.size(); b += block) {
+    float amax = 0;
+    for (int64_t j = 0; j < block; ++j) amax = std::max(amax, std::fabs(x[b + j]));
+    const float d = amax / 127;
+    const float id = d != 0 ? 1.0f / d : 0.0f;
+    for (int64_t j = 0; j < block; ++j) y[b + j] = d * std::nearbyint(x[b + j] * id);
+  }
+  return y;
+}
+
+// sum_c |w[r][c] * x[t][c]| per output element: the scale errors are judged against.
+std::vector<double> AbsDot(const WeightView& w, const std::vector<float>& x, int64_t m) {
+  std::vector<double> out(m * w.rows);
+  std::vector<float> row(w.cols);
+  for (int64_t r = 0; r < w.rows; ++r) {
+    ref::DequantizeRow(w.type, w.row(r), row.data(), w.cols);
+    for (int64_t t = 0; t < m; ++t) {
+      double s = 0;
+      for (int64_t c = 0; c < w.cols; ++c)
+        s += std::fabs(static_cast<double>(row[c]) * x[t * w.cols + c]);
+      out[t * w.rows + r] = s;
+    }
+  }
+  return out;
+}
+
+std::vector<Isa> SupportedIsas() {
+  std::vector<Isa> isas;
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512})
+    if (cpu::internal::IsaSupported(isa)) isas.push_back(isa);
+  return isas;
+}
+
+// Restores automatic ISA selection when a test ends.
+class IsaGuard {
+ public:
+  explicit IsaGuard(Isa isa) { cpu::internal::ForceIsa(isa); }
+  ~IsaGuard() { cpu::internal::ForceIsa(cpu::internal::BestIsa()); }
+};
+
+std::vector<int64_t> ColsFor(DType type) {
+  const int block = GetDTypeInfo(type).block_elems;
+  if (block == 256) return {256, 768, 2304};    // 1, 3 and 9 blocks
+  if (block == 32) return {32, 96, 288, 1056};  // 1, 3, 9 and 33 blocks
+  return {8, 37, 256, 1029};                    // float rows need no blocks: odd tails
+}
+
+class MatMulTest : public ::testing::TestWithParam<DType> {};
+
+TEST_P(MatMulTest, MatchesReferenceOnAllShapes) {
+  const DType type = GetParam();
+  std::mt19937 rng(1234 + static_cast<int>(type));
+  ThreadPool pool(2);
+  for (Isa isa : SupportedIsas()) {
+    IsaGuard guard(isa);
+    const ActKind kind = isa == Isa::kScalar ? ActKind::kFloat : cpu::internal::ActKindFor(type);
+    for (int64_t cols : ColsFor(type)) {
+      for (int64_t rows : {1, 3, 16, 67}) {
+        const std::vector<uint8_t> wdata = RandomWeights(type, rows, cols, rng);
+        const WeightView w{type, rows, cols, wdata.data()};
+        for (int64_t m : {1, 2, 3, 5, 8, 17, 33}) {
+          SCOPED_TRACE(std::string(cpu::internal::IsaName(isa)) + " " +
+                       std::string(DTypeName(type)) + " m=" + std::to_string(m) +
+                       " rows=" + std::to_string(rows) + " cols=" + std::to_string(cols));
+          std::vector<float> x(m * cols);
+          for (float& v : x) v = NonZero(rng);
+          std::vector<float> got(m * rows, std::numeric_limits<float>::quiet_NaN());
+          cpu::MatMul(w, x.data(), m, got.data(), pool);
+
+          std::vector<float> want(m * rows), want_exact(m * rows);
+          ref::MatMul(w, x.data(), m, want_exact.data());
+          if (kind == ActKind::kFloat) {
+            want = want_exact;
+          } else {
+            const std::vector<float> xq = QuantizeActivations(x, kind == ActKind::kA32 ? 32 : 256);
+            ref::MatMul(w, xq.data(), m, want.data());
+          }
+          const std::vector<double> scale = AbsDot(w, x, m);
+          int bad = 0;
+          for (int64_t i = 0; i < m * rows && bad < 5; ++i) {
+            const double err = std::fabs(static_cast<double>(got[i]) - want[i]);
+            const double err_exact = std::fabs(static_cast<double>(got[i]) - want_exact[i]);
+            if (!(err <= 1e-5 * scale[i]) || !(err_exact <= 2e-2 * scale[i])) {
+              ADD_FAILURE() << "element " << i << ": got " << got[i] << " want " << want[i]
+                            << " (unquantized " << want_exact[i] << ", scale " << scale[i] << ")";
+              ++bad;
+            }
+          }
+          if (bad) return;
+        }
+      }
+    }
+  }
+}
+
+TEST_P(MatMulTest, ThreadCountDoesNotChangeResults) {
+  const DType type = GetParam();
+  std::mt19937 rng(99);
+  const int64_t cols = GetDTypeInfo(type).block_elems == 256 ? 1024 : 992;
+  const int64_t rows = 203;
+  const std::vector<uint8_t> wdata = RandomWeights(type, rows, cols, rng);
+  const WeightView w{type, rows, cols, wdata.data()};
+  for (Isa isa : SupportedIsas()) {
+    IsaGuard guard(isa);
+    for (int64_t m : {1, 7, 40}) {
+      std::vector<float> x(m * cols);
+      for (float& v : x) v = NonZero(rng);
+      std::vector<float> first;
+      for (int threads : {1, 2, 3}) {
+        ThreadPool pool(threads);
+        std::vector<float> got(m * rows, std::numeric_limits<float>::quiet_NaN());
+        cpu::MatMul(w, x.data(), m, got.data(), pool);
+        if (first.empty()) {
+          first = got;
+        } else {
+          EXPECT_EQ(std::memcmp(first.data(), got.data(), got.size() * 4), 0)
+              << cpu::internal::IsaName(isa) << " m=" << m << " threads=" << threads;
+        }
+      }
+    }
+  }
+}
+
+TEST_P(MatMulTest, DequantizeRowIsBitExact) {
+  const DType type = GetParam();
+  std::mt19937 rng(7);
+  for (int64_t cols : ColsFor(type)) {
+    const std::vector<uint8_t> wdata = RandomWeights(type, 1, cols, rng);
+    std::vector<float> want(cols);
+    ref::DequantizeRow(type, wdata.data(), want.data(), cols);
+    for (Isa isa : SupportedIsas()) {
+      IsaGuard guard(isa);
+      std::vector<float> got(cols, std::numeric_limits<float>::quiet_NaN());
+      cpu::DequantizeRow(type, wdata.data(), got.data(), cols);
+      EXPECT_EQ(std::memcmp(want.data(), got.data(), cols * 4), 0)
+          << cpu::internal::IsaName(isa) << " cols=" << cols;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllTypes, MatMulTest, ::testing::ValuesIn(kTypes),
+                         [](const ::testing::TestParamInfo<DType>& info) {
+                           return std::string(DTypeName(info.param));
+                         });
+
+// Hand-made blocks pin the reference decoders to ggml's layouts, so the comparisons
+// above cannot pass with a reference and a kernel that share a misreading.
+TEST(QuantRefTest, Q8_0AndQ4_0Layouts) {
+  uint8_t q8[34];
+  StoreF16At(q8, 0.5f);
+  for (int j = 0; j < 32; ++j) q8[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(j - 16));
+  float y[32];
+  ref::DequantizeRow(DType::kQ8_0, q8, y, 32);
+  EXPECT_EQ(y[0], -8.0f);
+  EXPECT_EQ(y[31], 7.5f);
+
+  uint8_t q4[18];
+  StoreF16At(q4, 2.0f);
+  for (int j = 0; j < 16; ++j) q4[2 + j] = static_cast<uint8_t>(j | ((15 - j) << 4));
+  ref::DequantizeRow(DType::kQ4_0, q4, y, 32);
+  EXPECT_EQ(y[0], -16.0f);  // low nibble 0 -> (0 - 8) * 2, element 0
+  EXPECT_EQ(y[15], 14.0f);  // low nibble 15, element 15
+  EXPECT_EQ(y[16], 14.0f);  // high nibble of byte 0 is element 16
+  EXPECT_EQ(y[31], -16.0f);
+}
+
+TEST(QuantRefTest, Q4_KAndQ5_KScalePacking) {
+  uint8_t blk[176] = {};
+  StoreF16At(blk, 1.0f);      // d
+  StoreF16At(blk + 2, 0.5f);  // dmin
+  uint8_t* s = blk + 4;
+  // Sub-block 1: scale 3 (byte 1 low 6 bits), min 5 (byte 5).
+  s[1] = 3;
+  s[5] = 5;
+  // Sub-block 6: scale = (s[10] & 15) | (s[2] >> 6) << 4 = 2 | 1 << 4 = 18,
+  //              min   = (s[10] >> 4) | (s[6] >> 6) << 4 = 1 | 2 << 4 = 33.
+  s[2] = 0x40;
+  s[6] = 0x80;
+  s[10] = 0x12;
+  float y[256];
+  // Q4_K: qs at 16. Element 40 is sub-block 1 (high nibble of byte 8 of chunk 0).
+  blk[16 + 8] = 0x70;
+  ref::DequantizeRow(DType::kQ4_K, blk, y, 256);
+  EXPECT_EQ(y[40], 3.0f * 7 - 0.5f * 5);
+  // Element 200 is chunk 3, low nibble (sub-block 6), byte 200 - 192 = 8.
+  blk[16 + 96 + 8] = 0x09;
+  ref::DequantizeRow(DType::kQ4_K, blk, y, 256);
+  EXPECT_EQ(y[200], 18.0f * 9 - 0.5f * 33);
+
+  // Q5_K: qh at 16, qs at 48. Element 200: qh[8] bit 6 is its fifth bit.
+  std::memset(blk + 16, 0, 160);
+  blk[48 + 96 + 8] = 0x09;
+  blk[16 + 8] = 1 << 6;
+  ref::DequantizeRow(DType::kQ5_K, blk, y, 256);
+  EXPECT_EQ(y[200], 18.0f * (9 + 16) - 0.5f * 33);
+}
+
+TEST(QuantRefTest, Q6_KLayout) {
+  uint8_t blk[210] = {};
+  StoreF16At(blk + 208, 0.25f);
+  auto* sc = reinterpret_cast<int8_t*>(blk + 192);
+  for (int i = 0; i < 16; ++i) sc[i] = static_cast<int8_t>(i - 8);
+  // Element 128 + 64 + 20 = 212: second half, high nibble of ql[64 + 20], qh[32 + 20]
+  // bits 4..5, scale index 8 + 4 + 1 = 13.
+  blk[64 + 20] = 0x50;
+  blk[128 + 32 + 20] = 0x20;
+  float y[256];
+  ref::DequantizeRow(DType::kQ6_K, blk, y, 256);
+  EXPECT_EQ(y[212], 0.25f * 5 * ((5 | (2 << 4)) - 32));
+  EXPECT_EQ(y[0], 0.25f * -8 * -32);
+}
+
+TEST(QuantRefTest, QuantizersRoundTrip) {
+  std::mt19937 rng(5);
+  std::vector<float> x(256), y(256);
+  for (float& v : x) v = NonZero(rng);
+  std::vector<uint8_t> q(RowBytes(DType::kQ8_0, 256));
+  ref::QuantizeRowQ8_0(x.data(), q.data(), 256);
+  ref::DequantizeRow(DType::kQ8_0, q.data(), y.data(), 256);
+  for (int i = 0; i < 256; ++i) EXPECT_NEAR(y[i], x[i], 1.0f / 127) << i;
+  q.resize(RowBytes(DType::kQ4_0, 256));
+  ref::QuantizeRowQ4_0(x.data(), q.data(), 256);
+  ref::DequantizeRow(DType::kQ4_0, q.data(), y.data(), 256);
+  for (int i = 0; i < 256; ++i) EXPECT_NEAR(y[i], x[i], 1.0f / 8 + 1e-3) << i;
+}
+
+}  // namespace
+}  // namespace mesa

@@ -1,0 +1,572 @@
+// Bodies of the x86 MatMul kernels, compiled once per ISA: matmul_x86_avx2.cc
+// (AVX2 + FMA + F16C) and matmul_x86_avx512.cc (adds AVX-512 VL/BW/VNNI, which gives
+// dpbusd/dpwssd and 32 vector registers). Include only after defining MESA_ISA_NS.
+//
+// Every kernel is a "tile": R weight rows x T tokens, computing R*T dot products at
+// once so each weight block is loaded and decoded once per tile and each activation
+// block once per row group. Each (row, token) accumulator sees the same sequence of
+// operations whatever R and T are, so results never depend on tiling or threads.
+// Only intrinsics and plain C here, and no calls to inline functions of other headers
+// (WeightView::row() and the like): these files are compiled with ISA flags, and an
+// out-of-line copy of such a function emitted here could be picked by the linker for
+// code that must run on any x86-64.
+#ifndef MESA_ISA_NS
+#error "define MESA_ISA_NS before including matmul_x86-inl.h"
+#endif
+
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "kernels/cpu/matmul_cpu_internal.h"
+#include "kernels/ref/quant_ref.h"
+
+namespace mesa::cpu::internal::MESA_ISA_NS {
+namespace {
+
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+constexpr bool kVnni = true;
+constexpr int kRegs = 32;
+#else
+constexpr bool kVnni = false;
+constexpr int kRegs = 16;
+#endif
+
+#define MESA_INLINE inline __attribute__((always_inline))
+// Loops over tile rows/tokens/sub-blocks must unroll fully, or the arrays of vectors
+// they index go to the stack.
+#define MESA_UNROLL _Pragma("GCC unroll 16")
+
+// acc + sum of 4 adjacent u8*s8 products per int32 lane. Without VNNI the 16-bit
+// intermediate saturates above 32767, so callers keep u <= 128 (|s| <= 127).
+MESA_INLINE __m256i DotU8S8(__m256i acc, __m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpbusd_epi32(acc, u, s);
+#else
+  const __m256i p = _mm256_maddubs_epi16(u, s);
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+#endif
+}
+
+// acc + sum of 2 adjacent s16*s16 products per int32 lane.
+MESA_INLINE __m256i DotS16(__m256i acc, __m256i a, __m256i b) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpwssd_epi32(acc, a, b);
+#else
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
+#endif
+}
+
+MESA_INLINE float HSum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+MESA_INLINE float LoadF16(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+
+MESA_INLINE __m256i Load256(const void* p) {
+  return _mm256_loadu_si256(static_cast<const __m256i*>(p));
+}
+
+// Weight rows are streamed once in decode; the hardware prefetcher alone leaves too
+// few misses in flight when each block takes many instructions, so ask for the lines
+// of the block kAhead bytes further on.
+constexpr int kAhead = 1024;
+template <int kBytes>
+MESA_INLINE void PrefetchAhead(const uint8_t* p) {
+  MESA_UNROLL for (int o = 0; o < kBytes; o += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(p + kAhead + o), _MM_HINT_T0);
+}
+
+// What one tile needs; pointers are already at (row r0, token t0).
+struct TileArgs {
+  const uint8_t* w;  // first weight row
+  int64_t w_stride;  // bytes between weight rows
+  int64_t cols;
+  const uint8_t* act;  // quantized activations of the first token (A32 / A256)
+  int64_t act_stride;
+  const float* x;  // f32 activations of the first token (float weights)
+  float* out;      // out[t * out_stride + r]
+  int64_t out_stride;
+};
+
+// Sets every accumulator of a tile.
+template <class V, int R, int T>
+MESA_INLINE void Fill(V (&v)[R][T], V x) {
+  MESA_UNROLL for (int r = 0; r < R; ++r) { MESA_UNROLL for (int t = 0; t < T; ++t) v[r][t] = x; }
+}
+
+// Writes the tile's R x T dot products: out[t][r] = lane sum of acc[r][t].
+template <int R, int T>
+MESA_INLINE void StoreSums(__m256 (&acc)[R][T], const TileArgs& a) {
+  MESA_UNROLL for (int r = 0; r < R; ++r) {
+    MESA_UNROLL for (int t = 0; t < T; ++t) a.out[t * a.out_stride + r] = HSum(acc[r][t]);
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// Float weights (F32, F16, BF16): 8 columns per step with FMA, scalar column tail.
+
+struct LoadF32 {
+  static MESA_INLINE __m256 Load8(const uint8_t* row, int64_t k) {
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(row) + k);
+  }
+  static MESA_INLINE float Load1(const uint8_t* row, int64_t k) {
+    float f;
+    std::memcpy(&f, row + 4 * k, 4);
+    return f;
+  }
+};
+struct LoadF16x {
+  static MESA_INLINE __m256 Load8(const uint8_t* row, int64_t k) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * k)));
+  }
+  static MESA_INLINE float Load1(const uint8_t* row, int64_t k) { return LoadF16(row + 2 * k); }
+};
+struct LoadBF16 {
+  static MESA_INLINE __m256 Load8(const uint8_t* row, int64_t k) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * k));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+  static MESA_INLINE float Load1(const uint8_t* row, int64_t k) {
+    uint16_t h;
+    std::memcpy(&h, row + 2 * k, 2);
+    const uint32_t bits = static_cast<uint32_t>(h) << 16;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+  }
+};
+
+template <class L>
+struct FloatTile {
+  template <int R, int T>
+  struct K {
+    static void Run(const TileArgs& a) {
+      __m256 acc[R][T];
+      Fill(acc, _mm256_setzero_ps());
+      const int64_t xs = a.act_stride;  // floats between tokens
+      int64_t k = 0;
+      for (; k + 8 <= a.cols; k += 8) {
+        __m256 wv[R];
+        MESA_UNROLL for (int r = 0; r < R; ++r) wv[r] = L::Load8(a.w + r * a.w_stride, k);
+        MESA_UNROLL for (int t = 0; t < T; ++t) {
+          const __m256 xv = _mm256_loadu_ps(a.x + t * xs + k);
+          MESA_UNROLL for (int r = 0; r < R; ++r) acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
+        }
+      }
+      MESA_UNROLL for (int r = 0; r < R; ++r) {
+        MESA_UNROLL for (int t = 0; t < T; ++t) {
+          float s = HSum(acc[r][t]);
+          for (int64_t j = k; j < a.cols; ++j)
+            s += L::Load1(a.w + r * a.w_stride, j) * a.x[t * xs + j];
+          a.out[t * a.out_stride + r] = s;
+        }
+      }
+    }
+  };
+};
+
+// ---------------------------------------------------------------------------------
+// Q8_0 x A32: sign trick (|w| as unsigned, sign of w moved onto the activation) so the
+// u8*s8 products are exact with or without VNNI.
+
+template <int R, int T>
+struct TileQ8_0 {
+  static void Run(const TileArgs& a) {
+    const int64_t nb = a.cols / 32;
+    __m256 acc[R][T];
+    Fill(acc, _mm256_setzero_ps());
+    const float* ad[T];
+    MESA_UNROLL for (int t = 0; t < T; ++t) ad[t] =
+        reinterpret_cast<const float*>(a.act + t * a.act_stride + a.cols);
+    for (int64_t b = 0; b < nb; ++b) {
+      __m256i wq[R], wa[R];
+      float wd[R];
+      MESA_UNROLL for (int r = 0; r < R; ++r) {
+        const uint8_t* blk = a.w + r * a.w_stride + b * 34;
+        if ((b & 1) == 0) PrefetchAhead<68>(blk);
+        wd[r] = LoadF16(blk);
+        wq[r] = Load256(blk + 2);
+        wa[r] = _mm256_abs_epi8(wq[r]);
+      }
+      MESA_UNROLL for (int t = 0; t < T; ++t) {
+        const __m256i aq = Load256(a.act + t * a.act_stride + b * 32);
+        const float d = ad[t][b];
+        MESA_UNROLL for (int r = 0; r < R; ++r) {
+          const __m256i p = DotU8S8(_mm256_setzero_si256(), wa[r], _mm256_sign_epi8(aq, wq[r]));
+          acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(wd[r] * d), acc[r][t]);
+        }
+      }
+    }
+    StoreSums(acc, a);
+  }
+};
+
+// ---------------------------------------------------------------------------------
+// Q4_0 x A32: unsigned nibbles times activations, the -8 offset folded in by starting
+// each block's integer sum at -8 * sum(activation quants).
+
+template <int R, int T>
+struct TileQ4_0 {
+  static void Run(const TileArgs& a) {
+    const int64_t nb = a.cols / 32;
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    __m256 acc[R][T];
+    Fill(acc, _mm256_setzero_ps());
+    const float* ad[T];
+    const int32_t* as[T];
+    MESA_UNROLL for (int t = 0; t < T; ++t) {
+      ad[t] = reinterpret_cast<const float*>(a.act + t * a.act_stride + a.cols);
+      as[t] = reinterpret_cast<const int32_t*>(ad[t] + nb);
+    }
+    for (int64_t b = 0; b < nb; ++b) {
+      __m256i wq[R];
+      float wd[R];
+      MESA_UNROLL for (int r = 0; r < R; ++r) {
+        const uint8_t* blk = a.w + r * a.w_stride + b * 18;
+        if ((b & 3) == 0) PrefetchAhead<72>(blk);
+        wd[r] = LoadF16(blk);
+        const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
+        // Low nibbles are elements 0..15, high nibbles 16..31.
+        wq[r] = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), low4);
+      }
+      MESA_UNROLL for (int t = 0; t < T; ++t) {
+        const __m256i aq = Load256(a.act + t * a.act_stride + b * 32);
+        const __m256i corr = _mm256_zextsi128_si256(_mm_cvtsi32_si128(-8 * as[t][b]));
+        const float d = ad[t][b];
+        MESA_UNROLL for (int r = 0; r < R; ++r) {
+          const __m256i p = DotU8S8(corr, wq[r], aq);
+          acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(wd[r] * d), acc[r][t]);
+        }
+      }
+    }
+    StoreSums(acc, a);
+  }
+};
+
+// ---------------------------------------------------------------------------------
+// K-quants x A256. Per 256-block the integer sums sum_j scale_j * dot_j accumulate in
+// int32 (maddubs to s16 pairs, then dpwssd/madd with the broadcast sub-block scale),
+// so there is one int->float conversion per block and (row, token).
+
+// The 8 6-bit scales and mins of a Q4_K/Q5_K block (see ref's ScaleMinK4), as 8 bytes
+// each. With the 12 bytes as words u0, u1, u2: scales 0-3 / mins 0-3 are the low 6 bits
+// of u0 / u1; scales 4-7 / mins 4-7 take a nibble of u2 and the top 2 bits of u0 / u1.
+MESA_INLINE void ScalesMinsK4(const uint8_t* q, uint64_t* sc, uint64_t* mn) {
+  uint32_t u0, u1, u2;
+  std::memcpy(&u0, q, 4);
+  std::memcpy(&u1, q + 4, 4);
+  std::memcpy(&u2, q + 8, 4);
+  const uint32_t sc_lo = u0 & 0x3f3f3f3fu;
+  const uint32_t mn_lo = u1 & 0x3f3f3f3fu;
+  const uint32_t sc_hi = (u2 & 0x0f0f0f0fu) | ((u0 >> 2) & 0x30303030u);
+  const uint32_t mn_hi = ((u2 >> 4) & 0x0f0f0f0fu) | ((u1 >> 2) & 0x30303030u);
+  *sc = sc_lo | (static_cast<uint64_t>(sc_hi) << 32);
+  *mn = mn_lo | (static_cast<uint64_t>(mn_hi) << 32);
+}
+
+// Byte shuffle that broadcasts 16-bit word `lo` of each 128-bit lane to the low lane
+// and word `hi` to the high lane.
+MESA_INLINE __m256i WordBroadcastMask(int lo, int hi) {
+  const __m128i l = _mm_set1_epi16(static_cast<int16_t>((2 * lo) | ((2 * lo + 1) << 8)));
+  const __m128i h = _mm_set1_epi16(static_cast<int16_t>((2 * hi) | ((2 * hi + 1) << 8)));
+  return _mm256_set_m128i(h, l);
+}
+
+// Q4_K (kBits == 4, 144-byte blocks) and Q5_K (kBits == 5, 176-byte blocks).
+template <int kBits>
+struct TileQ45K {
+  template <int R, int T>
+  struct K {
+    static void Run(const TileArgs& a) {
+      constexpr int kBlockBytes = kBits == 5 ? 176 : 144;
+      constexpr int kQsOffset = kBits == 5 ? 48 : 16;
+      const int64_t nb = a.cols / 256;
+      const __m256i low4 = _mm256_set1_epi8(0x0F);
+      const __m256i bit0 = _mm256_set1_epi8(0x01);
+      __m256 acc[R][T];
+      Fill(acc, _mm256_setzero_ps());
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk[R];
+        __m256i sc16[R];  // the 8 scales as s16, in both 128-bit lanes
+        __m256i mins[R];  // min j in s16 lanes 2j and 2j+1, to pair with the 16-sums
+        MESA_UNROLL for (int r = 0; r < R; ++r) {
+          blk[r] = a.w + r * a.w_stride + b * kBlockBytes;
+          PrefetchAhead<kBlockBytes>(blk[r]);
+          uint64_t sc, mn;
+          ScalesMinsK4(blk[r] + 4, &sc, &mn);
+          sc16[r] = _mm256_broadcastsi128_si256(
+              _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<int64_t>(sc))));
+          const __m128i m8 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<int64_t>(mn)));
+          mins[r] = _mm256_set_m128i(_mm_unpackhi_epi16(m8, m8), _mm_unpacklo_epi16(m8, m8));
+        }
+        const BlockA256* ab[T];
+        MESA_UNROLL for (int t = 0; t < T; ++t) ab[t] =
+            reinterpret_cast<const BlockA256*>(a.act + t * a.act_stride) + b;
+        __m256i isum[R][T];
+        Fill(isum, _mm256_setzero_si256());
+        MESA_UNROLL for (int c = 0; c < 4; ++c) {
+          const __m256i bcast_lo = WordBroadcastMask(2 * c, 2 * c);
+          const __m256i bcast_hi = WordBroadcastMask(2 * c + 1, 2 * c + 1);
+          __m256i lo[R], hi[R], slo[R], shi[R];
+          MESA_UNROLL for (int r = 0; r < R; ++r) {
+            const __m256i q = Load256(blk[r] + kQsOffset + 32 * c);
+            lo[r] = _mm256_and_si256(q, low4);
+            hi[r] = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
+            if constexpr (kBits == 5) {
+              const __m256i h = _mm256_srli_epi16(Load256(blk[r] + 16), 2 * c);
+              lo[r] = _mm256_or_si256(lo[r], _mm256_slli_epi16(_mm256_and_si256(h, bit0), 4));
+              hi[r] = _mm256_or_si256(
+                  hi[r], _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 1), bit0), 4));
+            }
+            slo[r] = _mm256_shuffle_epi8(sc16[r], bcast_lo);
+            shi[r] = _mm256_shuffle_epi8(sc16[r], bcast_hi);
+          }
+          MESA_UNROLL for (int t = 0; t < T; ++t) {
+            const __m256i alo = Load256(ab[t]->qs + 64 * c);
+            const __m256i ahi = Load256(ab[t]->qs + 64 * c + 32);
+            MESA_UNROLL for (int r = 0; r < R; ++r) {
+              isum[r][t] = DotS16(isum[r][t], _mm256_maddubs_epi16(lo[r], alo), slo[r]);
+              isum[r][t] = DotS16(isum[r][t], _mm256_maddubs_epi16(hi[r], ahi), shi[r]);
+            }
+          }
+        }
+        MESA_UNROLL for (int r = 0; r < R; ++r) {
+          const float d = LoadF16(blk[r]);
+          const float dmin = LoadF16(blk[r] + 2);
+          MESA_UNROLL for (int t = 0; t < T; ++t) {
+            const __m256i bs = Load256(ab[t]->bsums);
+            const float da = ab[t]->d;
+            acc[r][t] =
+                _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r][t]), _mm256_set1_ps(d * da), acc[r][t]);
+            acc[r][t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(mins[r], bs)),
+                                         _mm256_set1_ps(dmin * da), acc[r][t]);
+          }
+        }
+      }
+      StoreSums(acc, a);
+    }
+  };
+};
+
+template <int R, int T>
+struct TileQ6K {
+  static void Run(const TileArgs& a) {
+    const int64_t nb = a.cols / 256;
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    const __m256i bits45 = _mm256_set1_epi8(0x30);
+    __m256 acc[R][T];
+    Fill(acc, _mm256_setzero_ps());
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* blk[R];
+      MESA_UNROLL for (int r = 0; r < R; ++r) {
+        blk[r] = a.w + r * a.w_stride + b * 210;
+        PrefetchAhead<210>(blk[r]);
+      }
+      const BlockA256* ab[T];
+      MESA_UNROLL for (int t = 0; t < T; ++t) ab[t] =
+          reinterpret_cast<const BlockA256*>(a.act + t * a.act_stride) + b;
+      __m256i isum[R][T];
+      Fill(isum, _mm256_setzero_si256());
+      MESA_UNROLL for (int h = 0; h < 2; ++h) {
+        // The 8 scales of this half as s16, in both lanes.
+        __m256i sc16[R];
+        MESA_UNROLL for (int r = 0; r < R; ++r) sc16[r] =
+            _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(
+                _mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk[r] + 192 + 8 * h))));
+        MESA_UNROLL for (int k = 0; k < 4; ++k) {
+          const __m256i bcast = WordBroadcastMask(2 * k, 2 * k + 1);
+          __m256i q[R], s[R];
+          MESA_UNROLL for (int r = 0; r < R; ++r) {
+            // Vector k of half h: elements 128h + 32k .. +31. Low nibbles of ql[0..31]
+            // (k=0) / ql[32..63] (k=1), high nibbles for k=2,3; 2 high bits from qh.
+            const uint8_t* ql = blk[r] + 64 * h + 32 * (k & 1);
+            const __m256i l = Load256(ql);
+            const __m256i hb = Load256(blk[r] + 128 + 32 * h);
+            const __m256i nib =
+                k < 2 ? _mm256_and_si256(l, low4) : _mm256_and_si256(_mm256_srli_epi16(l, 4), low4);
+            __m256i hi;
+            switch (k) {
+              case 0:
+                hi = _mm256_slli_epi16(hb, 4);
+                break;
+              case 1:
+                hi = _mm256_slli_epi16(hb, 2);
+                break;
+              case 2:
+                hi = hb;
+                break;
+              default:
+                hi = _mm256_srli_epi16(hb, 2);
+                break;
+            }
+            q[r] = _mm256_or_si256(nib, _mm256_and_si256(hi, bits45));
+            // Scales 2k (first 16 values, low lane) and 2k+1 (high lane) of the half.
+            s[r] = _mm256_shuffle_epi8(sc16[r], bcast);
+          }
+          MESA_UNROLL for (int t = 0; t < T; ++t) {
+            const __m256i av = Load256(ab[t]->qs + 128 * h + 32 * k);
+            MESA_UNROLL for (int r = 0; r < R; ++r) isum[r][t] =
+                DotS16(isum[r][t], _mm256_maddubs_epi16(q[r], av), s[r]);
+          }
+        }
+      }
+      MESA_UNROLL for (int r = 0; r < R; ++r) {
+        const float d = LoadF16(blk[r] + 208);
+        const __m256i sc16 =
+            _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk[r] + 192)));
+        MESA_UNROLL for (int t = 0; t < T; ++t) {
+          // The quants are stored +32: subtract 32 * sum_g scale_g * bsum_g.
+          const __m256i off = _mm256_slli_epi32(_mm256_madd_epi16(sc16, Load256(ab[t]->bsums)), 5);
+          const __m256i tot = _mm256_sub_epi32(isum[r][t], off);
+          acc[r][t] =
+              _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot), _mm256_set1_ps(d * ab[t]->d), acc[r][t]);
+        }
+      }
+    }
+    StoreSums(acc, a);
+  }
+};
+
+// ---------------------------------------------------------------------------------
+// Tiling driver.
+
+// Runs K<nr', nt'> with the largest instantiated shape matching the tail.
+template <template <int, int> class K, int R, int T>
+MESA_INLINE void RunTile(int nr, int nt, const TileArgs& a) {
+  if constexpr (R > 1) {
+    if (nr < R) return RunTile<K, R - 1, T>(nr, nt, a);
+  }
+  if constexpr (T > 1) {
+    if (nt < T) return RunTile<K, R, T - 1>(nr, nt, a);
+  }
+  K<R, T>::Run(a);
+}
+
+// Rows in groups of R, all tokens in groups of T for each row group, so the R rows of
+// weights stay in L1 while the activations stream through.
+template <template <int, int> class K, int R, int T>
+void RunRows(const MatMulJob& job, int64_t row_begin, int64_t row_end, bool float_act) {
+  const int64_t cols = job.w.cols;
+  const int64_t row_bytes = job.row_bytes;
+  for (int64_t r0 = row_begin; r0 < row_end; r0 += R) {
+    const int nr = static_cast<int>(row_end - r0 < R ? row_end - r0 : R);
+    for (int64_t t0 = 0; t0 < job.m; t0 += T) {
+      const int nt = static_cast<int>(job.m - t0 < T ? job.m - t0 : T);
+      TileArgs a;
+      a.w = static_cast<const uint8_t*>(job.w.data) + r0 * row_bytes;
+      a.w_stride = row_bytes;
+      a.cols = cols;
+      if (float_act) {
+        a.x = job.x + t0 * cols;
+        a.act_stride = cols;
+        a.act = nullptr;
+      } else {
+        a.act = job.act + t0 * job.act_stride;
+        a.act_stride = job.act_stride;
+        a.x = nullptr;
+      }
+      a.out = job.out + t0 * job.w.rows + r0;
+      a.out_stride = job.w.rows;
+      RunTile<K, R, T>(nr, nt, a);
+    }
+  }
+}
+
+// Tile shapes: accumulators (2 per (r, t) for K-quants) plus the decoded weights must
+// fit the register file: 32 vector registers with AVX-512, 16 with AVX2.
+constexpr int kFloatR = kRegs == 32 ? 4 : 2;
+constexpr int kFloatT = 4;
+constexpr int kQ8R = kRegs == 32 ? 4 : 2;
+constexpr int kQ8T = kRegs == 32 ? 4 : 3;
+constexpr int kKR = 2;
+constexpr int kKT = kRegs == 32 ? 4 : 2;
+
+template <int R, int T>
+using F32Tile = FloatTile<LoadF32>::K<R, T>;
+template <int R, int T>
+using F16Tile = FloatTile<LoadF16x>::K<R, T>;
+template <int R, int T>
+using BF16Tile = FloatTile<LoadBF16>::K<R, T>;
+template <int R, int T>
+using Q4KTile = TileQ45K<4>::K<R, T>;
+template <int R, int T>
+using Q5KTile = TileQ45K<5>::K<R, T>;
+
+}  // namespace
+
+void MatMulRows(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
+  switch (job.w.type) {
+    case DType::kF32:
+      return RunRows<F32Tile, kFloatR, kFloatT>(job, row_begin, row_end, true);
+    case DType::kF16:
+      return RunRows<F16Tile, kFloatR, kFloatT>(job, row_begin, row_end, true);
+    case DType::kBF16:
+      return RunRows<BF16Tile, kFloatR, kFloatT>(job, row_begin, row_end, true);
+    case DType::kQ8_0:
+      return RunRows<TileQ8_0, kQ8R, kQ8T>(job, row_begin, row_end, false);
+    case DType::kQ4_0:
+      return RunRows<TileQ4_0, kQ8R, kQ8T>(job, row_begin, row_end, false);
+    case DType::kQ4_K:
+      return RunRows<Q4KTile, kKR, kKT>(job, row_begin, row_end, false);
+    case DType::kQ5_K:
+      return RunRows<Q5KTile, kKR, kKT>(job, row_begin, row_end, false);
+    case DType::kQ6_K:
+      return RunRows<TileQ6K, kKR, kKT>(job, row_begin, row_end, false);
+    default:
+      return;  // the dispatcher only sends supported types
+  }
+}
+
+void DequantizeRow(DType type, const void* row, float* out, int64_t n) {
+  const auto* p = static_cast<const uint8_t*>(row);
+  switch (type) {
+    case DType::kF16:
+    case DType::kBF16: {
+      int64_t i = 0;
+      for (; i + 8 <= n; i += 8) {
+        _mm256_storeu_ps(out + i,
+                         type == DType::kF16 ? LoadF16x::Load8(p, i) : LoadBF16::Load8(p, i));
+      }
+      for (; i < n; ++i)
+        out[i] = type == DType::kF16 ? LoadF16x::Load1(p, i) : LoadBF16::Load1(p, i);
+      return;
+    }
+    case DType::kQ8_0:
+      for (int64_t b = 0; b < n / 32; ++b, p += 34, out += 32) {
+        const __m256 d = _mm256_set1_ps(LoadF16(p));
+        for (int j = 0; j < 32; j += 8) {
+          const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 2 + j));
+          _mm256_storeu_ps(out + j, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q))));
+        }
+      }
+      return;
+    case DType::kQ4_0:
+      for (int64_t b = 0; b < n / 32; ++b, p += 18, out += 32) {
+        const __m256 d = _mm256_set1_ps(LoadF16(p));
+        const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2));
+        const __m128i m4 = _mm_set1_epi8(0x0F);
+        const __m128i lo = _mm_sub_epi8(_mm_and_si128(q, m4), _mm_set1_epi8(8));
+        const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_set1_epi8(8));
+        const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+        for (int j = 0; j < 4; ++j)
+          _mm256_storeu_ps(out + 8 * j,
+                           _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(parts[j]))));
+      }
+      return;
+    default:
+      // K-quants are decoded in bulk only for debugging and embedding lookups; the
+      // reference decoder is exact and fast enough there.
+      return ref::DequantizeRow(type, row, out, n);
+  }
+}
+
+}  // namespace mesa::cpu::internal::MESA_ISA_NS

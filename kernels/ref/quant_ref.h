@@ -1,0 +1,18 @@
+// Reference (scalar) quantizers for the block formats of kernels/dtype.h. They follow
+// ggml's round-to-nearest reference quantizers, so tests and tools can make weight
+// rows without a model file. The decoders live in kernels/matmul.h (ref::DequantizeRow).
+#pragma once
+
+#include <cstdint>
+
+namespace mesa::ref {
+
+// Quantizes n floats (n a multiple of 32) into n / 32 Q8_0 blocks (34 bytes each):
+// d = max|x| / 127 stored as f16, q = round(x / d).
+void QuantizeRowQ8_0(const float* x, void* out, int64_t n);
+
+// Quantizes n floats (n a multiple of 32) into n / 32 Q4_0 blocks (18 bytes each):
+// d = (the value of largest magnitude) / -8, q = min(15, trunc(x / d + 8.5)).
+void QuantizeRowQ4_0(const float* x, void* out, int64_t n);
+
+}  // namespace mesa::ref
