@@ -114,17 +114,13 @@ model_for() {  # type -> file (quantized with llama.cpp, cached)
 }
 
 # --- 3. Runs ------------------------------------------------------------------------
-median() { python3 -c 'import statistics,sys; v=[float(x) for x in sys.argv[1:]]; print(statistics.median(v) if v else "nan")' "$@"; }
 
-run_mesa() {  # file -> "prefill decode rss" (medians)
-  local file="$1" pre=() dec=() rss=() json
-  for _ in $(seq "$R"); do
-    json="$("$MESA" bench --model "$file" --prompt-tokens "$P" --gen-tokens "$G" --threads "$T" --json)" ||
-      die "mesa bench failed on $file"
-    read -r a b c < <(echo "$json" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["prefill_tokens_per_s"], d["decode_tokens_per_s"], d.get("peak_rss_bytes", 0))')
-    pre+=("$a"); dec+=("$b"); rss+=("$c")
-  done
-  echo "$(median "${pre[@]}") $(median "${dec[@]}") $(median "${rss[@]}")"
+run_mesa() {  # file -> "prefill decode rss" (medians over R repetitions after a warm-up,
+              # like llama-bench)
+  local file="$1" json
+  json="$("$MESA" bench --model "$file" --prompt-tokens "$P" --gen-tokens "$G" --threads "$T" \
+            --reps "$R" --json)" || die "mesa bench failed on $file"
+  echo "$json" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["prefill_tokens_per_s"], d["decode_tokens_per_s"], d.get("peak_rss_bytes", 0))'
 }
 
 run_llama() {  # file -> "prefill decode" (medians of llama-bench's samples)
@@ -143,6 +139,7 @@ print(pp, tg)'
 }
 
 rows=()
+load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 for type in $TYPES; do
   file="$(model_for "$type")"
   say "[$type] mesa bench ($R runs)"
@@ -150,7 +147,8 @@ for type in $TYPES; do
   say "[$type] llama-bench ($R repetitions)"
   read -r l_pre l_dec < <(run_llama "$file")
   rows+=("$type $m_pre $l_pre $m_dec $l_dec $m_rss $(stat -c %s "$file")")
-  say "[$type] prefill mesa $m_pre / llama.cpp $l_pre tok/s; decode mesa $m_dec / llama.cpp $l_dec tok/s"
+  say "$(printf '[%s] prefill mesa %.1f / llama.cpp %.1f tok/s; decode mesa %.2f / llama.cpp %.2f tok/s' \
+        "$type" "$m_pre" "$l_pre" "$m_dec" "$l_dec")"
 done
 
 # --- 4. Report ------------------------------------------------------------------------
@@ -159,12 +157,14 @@ cpu="$(lscpu | sed -n 's/^Model name: *//p' | head -n1)"
 cores="$(nproc)"
 params="$(python3 -c 'import os,sys; print(round(os.path.getsize(sys.argv[1]) / 4 / 1e6))' "$F32")"
 commit="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+git -C "$ROOT" diff --quiet HEAD 2>/dev/null || commit="$commit+local changes"
 {
   echo "# CPU engine speed: Mesa vs llama.cpp"
   echo
   echo "Written by bench/compare_llamacpp.sh on $(date -u '+%Y-%m-%d %H:%M UTC')."
   echo
-  echo "- Machine: $cpu, $cores cores ($(uname -m)); threads used: $T"
+  echo "- Machine: $cpu, $cores cores ($(uname -m)); threads used: $T; load average"
+  echo "  before the runs: $load_before (other work on the machine lowers both engines' numbers)"
   echo "- Model: random-weight llama, n_embd 768, 12 layers, 12 heads, n_ff 2048, vocab 512"
   echo "  (~${params}M parameters); F16/Q8_0/Q4_K files quantized by llama.cpp (Q4_K = Q4_K_M mix)"
   echo "- Workload: prefill $P tokens, decode $G tokens; median of $R runs"

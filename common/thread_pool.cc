@@ -1,8 +1,21 @@
 #include "common/thread_pool.h"
 
 #include <algorithm>
+#include <chrono>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define MESA_CPU_RELAX() _mm_pause()
+#else
+#define MESA_CPU_RELAX() std::this_thread::yield()
+#endif
 
 namespace mesa {
+namespace {
+// How long an idle worker spins before it sleeps: longer than the gap between the
+// loops of one decode step, short enough not to burn a core when the pool is idle.
+constexpr auto kSpin = std::chrono::microseconds(300);
+}  // namespace
 
 int ThreadPool::DefaultThreads() {
   unsigned n = std::thread::hardware_concurrency();
@@ -17,28 +30,33 @@ ThreadPool::ThreadPool(int num_threads)
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
+    stop_.store(true);
+    generation_.fetch_add(1);
   }
-  start_cv_.notify_all();
+  wake_cv_.notify_all();
   for (auto& t : workers_) t.join();
 }
 
 void ThreadPool::WorkerLoop(int index) {
   uint64_t seen = 0;
   for (;;) {
-    const std::function<void(int)>* job;
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      start_cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
-      job = job_;
+    // Spin, then sleep, until a new generation is published.
+    auto start = std::chrono::steady_clock::now();
+    uint32_t spins = 0;
+    while (generation_.load(std::memory_order_acquire) == seen) {
+      MESA_CPU_RELAX();
+      if ((++spins & 255) == 0 && std::chrono::steady_clock::now() - start > kSpin) {
+        std::unique_lock<std::mutex> lock(mu_);
+        sleepers_.fetch_add(1);
+        wake_cv_.wait(lock, [&] { return generation_.load() != seen; });
+        sleepers_.fetch_sub(1);
+        break;
+      }
     }
-    (*job)(index);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (--pending_ == 0) done_cv_.notify_one();
-    }
+    seen = generation_.load(std::memory_order_acquire);
+    if (stop_.load()) return;
+    (*job_.load(std::memory_order_acquire))(index);
+    pending_.fetch_sub(1, std::memory_order_acq_rel);
   }
 }
 
@@ -47,17 +65,22 @@ void ThreadPool::RunOnAll(const std::function<void(int)>& fn) {
     fn(0);
     return;
   }
-  {
+  job_.store(&fn, std::memory_order_release);
+  pending_.store(num_threads_ - 1, std::memory_order_release);
+  generation_.fetch_add(1);  // seq_cst: ordered before the sleepers_ check below
+  if (sleepers_.load() > 0) {
     std::lock_guard<std::mutex> lock(mu_);
-    job_ = &fn;
-    pending_ = num_threads_ - 1;
-    ++generation_;
+    wake_cv_.notify_all();
   }
-  start_cv_.notify_all();
   fn(0);
-  std::unique_lock<std::mutex> lock(mu_);
-  done_cv_.wait(lock, [&] { return pending_ == 0; });
-  job_ = nullptr;
+  uint32_t spins = 0;
+  while (pending_.load(std::memory_order_acquire) != 0) {
+    if (++spins < 100000) {
+      MESA_CPU_RELAX();
+    } else {
+      std::this_thread::yield();
+    }
+  }
 }
 
 void ThreadPool::ParallelFor(int64_t n, int64_t grain,

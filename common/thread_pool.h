@@ -1,8 +1,13 @@
 // A fixed pool of worker threads running parallel-for loops. The calling thread takes
 // part in every loop, so a pool of size 1 runs everything inline. One loop at a time:
 // ParallelFor is not reentrant and must be called from one thread (the owner).
+//
+// Decode issues hundreds of short loops per token, so hand-off latency matters: idle
+// workers spin briefly on an atomic generation counter before sleeping on a condition
+// variable, and the caller spins for completion.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -38,12 +43,12 @@ class ThreadPool {
   int num_threads_;
   std::vector<std::thread> workers_;
   std::mutex mu_;
-  std::condition_variable start_cv_;
-  std::condition_variable done_cv_;
-  const std::function<void(int)>* job_ = nullptr;
-  uint64_t generation_ = 0;
-  int pending_ = 0;
-  bool stop_ = false;
+  std::condition_variable wake_cv_;
+  std::atomic<const std::function<void(int)>*> job_{nullptr};
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};
+  std::atomic<int> sleepers_{0};
+  std::atomic<bool> stop_{false};
 };
 
 }  // namespace mesa

@@ -87,6 +87,26 @@ TEST(ForwardTest, MicroBatchAndThreadsDoNotChangeLogits) {
   }
 }
 
+TEST(ForwardTest, HuggingFaceDirectoryAndGgufOfTheSameModelAgree) {
+  // Same weights, two formats: the GGUF has q/k permuted for the "normal" rope style,
+  // the Hugging Face directory is run with the neox style on unpermuted weights.
+  LOAD_OR_SKIP(gguf, "tinystories-656k-f32.gguf");
+  LOAD_OR_SKIP(hf, "tinystories-656k-hf");
+  ASSERT_EQ(gguf.config.n_vocab, hf.config.n_vocab);
+  const std::string text = "Once upon a time there was a big dog. The dog liked to run in the sun.";
+  auto ids_gguf = gguf.tokenizer->Encode(text, {});
+  auto ids_hf = hf.tokenizer->Encode(text, {});
+  ASSERT_TRUE(ids_gguf.ok() && ids_hf.ok());
+  ASSERT_EQ(*ids_gguf, *ids_hf);
+  ThreadPool pool(2);
+  std::vector<float> a, b;
+  ModelRunner ra(gguf, pool), rb(hf, pool);
+  KvCache ca = ra.NewCache(ids_gguf->size()), cb = rb.NewCache(ids_hf->size());
+  ASSERT_TRUE(ra.Forward(*ids_gguf, ca, LogitsMode::kAll, &a).ok());
+  ASSERT_TRUE(rb.Forward(*ids_hf, cb, LogitsMode::kAll, &b).ok());
+  EXPECT_LT(MaxRelRowError(a, b, gguf.config.n_vocab), 1e-5);
+}
+
 TEST(ForwardTest, RejectsTokensOutsideVocabulary) {
   LOAD_OR_SKIP(model, "stories260K-f32.gguf");
   ThreadPool pool(1);

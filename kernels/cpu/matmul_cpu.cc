@@ -2,6 +2,9 @@
 // (AVX-512 VNNI, AVX2, or a portable scalar fallback), quantizes the activations to
 // 8 bits once per call for quantized weights, and splits weight rows over the pool.
 #include <algorithm>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 #include <atomic>
 #include <cmath>
 #include <cstdio>
@@ -18,11 +21,18 @@ namespace mesa::cpu {
 namespace internal {
 namespace {
 
+#if defined(MESA_HAVE_X86_KERNELS) && defined(__GNUC__)
+// F16C through cpuid: clang 14's __builtin_cpu_supports does not know "f16c".
+bool HasF16c() {
+  unsigned a, b, c, d;
+  return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) != 0;
+}
+#endif
+
 Isa DetectIsa() {
 #if defined(MESA_HAVE_X86_KERNELS) && defined(__GNUC__)
   __builtin_cpu_init();
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                    __builtin_cpu_supports("f16c");
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && HasF16c();
   if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni")) {
     return Isa::kAvx512;
