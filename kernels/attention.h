@@ -16,13 +16,40 @@
 
 #include <cstdint>
 
+#include "kernels/nn.h"
+
 namespace mesa {
 
 class ThreadPool;
 
 enum class AttentionPositionMode {
-  kNone,   // positions already applied (rotated q and k), or none at all
-  kAlibi,  // logit -= slope[h] * (q_pos - k_pos)
+  kNone,      // positions already applied (rotated q and k), or none at all
+  kAlibi,     // logit -= slope[h] * rel(q_pos, k_pos)
+  kRopeRaw,   // q and k are raw (pre-rotation); logit = (Rot(rel(t, i)) q) . k
+};
+
+// The relative position rel(t, i) a query at global position t sees for a key at
+// global position i <= t (d = t - i):
+//   kExact      d                                      (ordinary attention)
+//   kStair      d < n ? d : n + (d - n) / e            (Mesa's Stair PE, Toeplitz form)
+//   kClamp      min(d, window)                         (ReRoPE)
+//   kSelfExtend d < window ? d : t/group - i/group + window - window/group  (Self-Extend)
+struct RelativePosition {
+  enum class Kind { kExact, kStair, kClamp, kSelfExtend };
+  Kind kind = Kind::kExact;
+  int64_t n = 0, e = 1;              // kStair
+  int64_t window = 0, group = 1;     // kClamp, kSelfExtend
+  int64_t operator()(int64_t t, int64_t i) const {
+    const int64_t d = t - i;
+    switch (kind) {
+      case Kind::kExact: return d;
+      case Kind::kStair: return d < n ? d : n + (d - n) / e;
+      case Kind::kClamp: return d < window ? d : window;
+      case Kind::kSelfExtend:
+        return d < window ? d : t / group - i / group + window - window / group;
+    }
+    return d;
+  }
 };
 
 struct AttentionParams {
@@ -41,6 +68,13 @@ struct AttentionParams {
   float scale = 1.0f;        // usually 1/sqrt(head_dim)
   AttentionPositionMode mode = AttentionPositionMode::kNone;
   const float* alibi_slopes = nullptr;  // [n_head] for kAlibi
+  // kAlibi and kRopeRaw: rel(t, i) applied per (query, key) pair. kRopeRaw also needs
+  // the rotary parameters of the model.
+  RelativePosition rel;
+  RopeParams rope;
+  // Log-n query scaling: logits of a query at t >= logn_train_length are multiplied by
+  // ln(t + 1) / ln(logn_train_length). 0: off.
+  int64_t logn_train_length = 0;
 };
 
 namespace ref {
