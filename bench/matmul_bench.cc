@@ -99,6 +99,65 @@ void BM_MatMul(benchmark::State& state, DType type) {
       ->UseRealTime()                      \
       ->Unit(benchmark::kMillisecond)
 
+// The matrices of one forward pass of the ~86M-parameter llama of compare_llamacpp.sh
+// (12 layers of q, k, v, o: 768x768; gate, up: 2048x768; down: 768x2048), all in one
+// type. The set is larger than L3 (except in Q4_K), so decode (m = 1) streams from
+// DRAM as in `mesa bench`, unlike the 4096 x 4096 cases above which mostly fit L3.
+void BM_LlamaLayers(benchmark::State& state, DType type) {
+  const int64_t m = state.range(0);
+  constexpr int kLayers = 12;
+  const int64_t shapes[7][2] = {{768, 768}, {768, 768}, {768, 768}, {768, 768},
+                                {2048, 768}, {2048, 768}, {768, 2048}};
+  std::vector<std::vector<uint8_t>> data;
+  std::vector<WeightView> views;
+  size_t bytes = 0;
+  for (int l = 0; l < kLayers; ++l) {
+    for (const auto& s : shapes) {
+      data.push_back(MakeWeights(type, s[0], s[1]));
+      views.push_back(WeightView{type, s[0], s[1], data.back().data()});
+      bytes += data.back().size();
+    }
+  }
+  std::vector<float> x(m * 2048), out(3 * m * 2048);
+  float* o[3] = {out.data(), out.data() + m * 2048, out.data() + 2 * m * 2048};
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (float& v : x) v = u(rng);
+  ThreadPool pool(BenchThreads());
+  for (auto _ : state) {
+    // As ModelRunner::Layer: q/k/v and gate/up each in one MatMulShared.
+    for (int l = 0; l < kLayers; ++l) {
+      const WeightView* v = &views[7 * l];
+      const cpu::MatMulTarget qkv[3] = {{v[0], o[0]}, {v[1], o[1]}, {v[2], o[2]}};
+      cpu::MatMulShared(qkv, 3, x.data(), m, pool);
+      cpu::MatMul(v[3], x.data(), m, out.data(), pool);
+      const cpu::MatMulTarget gate_up[2] = {{v[4], o[0]}, {v[5], o[1]}};
+      cpu::MatMulShared(gate_up, 2, x.data(), m, pool);
+      cpu::MatMul(v[6], x.data(), m, out.data(), pool);
+    }
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  const double iters = static_cast<double>(state.iterations());
+  state.counters["tok/s"] = benchmark::Counter(m * iters, benchmark::Counter::kIsRate);
+  state.counters["weight_GB/s"] =
+      benchmark::Counter(static_cast<double>(bytes) * iters / 1e9, benchmark::Counter::kIsRate);
+  state.SetLabel(std::string(DTypeName(type)) + " threads=" + std::to_string(pool.size()));
+}
+
+#define MESA_LLAMA_BENCH(name, type)                   \
+  BENCHMARK_CAPTURE(BM_LlamaLayers, name, type)        \
+      ->Arg(1)                                         \
+      ->Arg(128)                                       \
+      ->UseRealTime()                                  \
+      ->Unit(benchmark::kMillisecond)
+
+MESA_LLAMA_BENCH(f32, DType::kF32);
+MESA_LLAMA_BENCH(f16, DType::kF16);
+MESA_LLAMA_BENCH(q8_0, DType::kQ8_0);
+MESA_LLAMA_BENCH(q4_K, DType::kQ4_K);
+MESA_LLAMA_BENCH(q6_K, DType::kQ6_K);
+
 MESA_MATMUL_BENCH(f32, DType::kF32);
 MESA_MATMUL_BENCH(f16, DType::kF16);
 MESA_MATMUL_BENCH(bf16, DType::kBF16);

@@ -47,7 +47,8 @@ ModelRunner::ModelRunner(const Model& model, ThreadPool& pool, int64_t max_batch
 }
 
 absl::Status ModelRunner::Forward(absl::Span<const int32_t> tokens, KvCache& cache,
-                                  LogitsMode mode, std::vector<float>* logits) {
+                                  LogitsMode mode, std::vector<float>* logits,
+                                  const AttentionSetup& setup) {
   const ModelConfig& c = model_.config;
   if (tokens.empty()) return absl::InvalidArgumentError("no tokens to run");
   for (size_t i = 0; i < tokens.size(); ++i) {
@@ -61,9 +62,14 @@ absl::Status ModelRunner::Forward(absl::Span<const int32_t> tokens, KvCache& cac
       cache.head_dim() != c.head_dim) {
     return absl::InvalidArgumentError("KV cache shape does not match the model");
   }
-  if (cache.encoding() != KeyEncoding::kRotated) {
-    return absl::InvalidArgumentError("ModelRunner::Forward needs a cache of rotated keys");
+  if (cache.encoding() != setup.keys) {
+    return absl::InvalidArgumentError("the KV cache's key encoding does not match the attention setup");
   }
+  if (setup.keys == KeyEncoding::kRotated && setup.rel.kind != RelativePosition::Kind::kExact &&
+      c.position == PositionType::kRope) {
+    return absl::InvalidArgumentError("relative-position variants need a cache of raw keys");
+  }
+  setup_ = setup;
   cache.Reserve(cache.size() + static_cast<int64_t>(tokens.size()));
   const int64_t n_total = static_cast<int64_t>(tokens.size());
   if (logits) {
@@ -88,6 +94,17 @@ void ModelRunner::Linear(const WeightView& w, const float* bias, const float* x,
   cpu::MatMul(w, x, n, out, pool_);
   if (bias) {
     for (int64_t i = 0; i < n; ++i) cpu::Add(bias, w.rows, out + i * w.rows);
+  }
+}
+
+void ModelRunner::Linears(std::initializer_list<LinearOut> outs, const float* x, int64_t n) {
+  cpu::MatMulTarget targets[4];
+  int count = 0;
+  for (const LinearOut& o : outs) targets[count++] = cpu::MatMulTarget{o.w, o.out};
+  cpu::MatMulShared(targets, count, x, n, pool_);
+  for (const LinearOut& o : outs) {
+    if (!o.bias) continue;
+    for (int64_t i = 0; i < n; ++i) cpu::Add(o.bias, o.w.rows, o.out + i * o.w.rows);
   }
 }
 
@@ -157,9 +174,8 @@ void ModelRunner::Layer(int64_t l, int64_t n, KvCache& cache, const int64_t* pos
       std::memcpy(v_.data() + i * kv_width, row + q_width + kv_width, kv_width * sizeof(float));
     }
   } else {
-    Linear(lw.wq, lw.bq, xn_.data(), n, q_.data());
-    Linear(lw.wk, lw.bk, xn_.data(), n, k_.data());
-    Linear(lw.wv, lw.bv, xn_.data(), n, v_.data());
+    Linears({{lw.wq, lw.bq, q_.data()}, {lw.wk, lw.bk, k_.data()}, {lw.wv, lw.bv, v_.data()}},
+            xn_.data(), n);
   }
   if (c.clamp_kqv > 0) {
     auto clamp = [&](std::vector<float>& buf, int64_t count) {
@@ -169,7 +185,7 @@ void ModelRunner::Layer(int64_t l, int64_t n, KvCache& cache, const int64_t* pos
     clamp(k_, n * kv_width);
     clamp(v_, n * kv_width);
   }
-  if (c.position == PositionType::kRope) {
+  if (c.position == PositionType::kRope && setup_.keys == KeyEncoding::kRotated) {
     pool_.ParallelFor(n, 1, [&](int, int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const float* cs = rope_cs_.data() + i * rope_.rope_dims;
@@ -202,7 +218,12 @@ void ModelRunner::Layer(int64_t l, int64_t n, KvCache& cache, const int64_t* pos
   if (c.position == PositionType::kAlibi) {
     ap.mode = AttentionPositionMode::kAlibi;
     ap.alibi_slopes = alibi_slopes_.data();
+  } else if (setup_.keys == KeyEncoding::kRaw) {
+    ap.mode = AttentionPositionMode::kRopeRaw;
   }
+  ap.rel = setup_.rel;
+  ap.rope = rope_;
+  ap.logn_train_length = setup_.logn_train_length;
   cpu::Attention(ap, pool_);
   // Output projection into xn (free now), then the residual add.
   Linear(lw.wo, lw.bo, attn_.data(), n, xn_.data());
@@ -212,8 +233,8 @@ void ModelRunner::Layer(int64_t l, int64_t n, KvCache& cache, const int64_t* pos
   Norm(lw.ffn_norm, lw.ffn_norm_b, x_.data(), n, xn_.data());
   const int64_t ff = c.n_ff;
   if (c.ffn == FfnType::kSwiGlu) {
-    Linear(lw.w_gate, nullptr, xn_.data(), n, ffn_a_.data());
-    Linear(lw.w_up, lw.b_up, xn_.data(), n, ffn_b_.data());
+    Linears({{lw.w_gate, nullptr, ffn_a_.data()}, {lw.w_up, lw.b_up, ffn_b_.data()}},
+            xn_.data(), n);
     pool_.ParallelFor(n, 1, [&](int, int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         cpu::SwiGlu(ffn_a_.data() + i * ff, ffn_b_.data() + i * ff, ff, ffn_a_.data() + i * ff);

@@ -7,3 +7,13 @@ if(MESA_BUILD_TESTS)
   mesa_test(forward_test ${CMAKE_CURRENT_LIST_DIR}/forward_test.cc
                          ${CMAKE_CURRENT_LIST_DIR}/sampling_test.cc LIBS mesa_engine)
 endif()
+target_sources(mesa_engine PRIVATE
+  ${CMAKE_CURRENT_LIST_DIR}/mesa_phases.cc
+  ${CMAKE_CURRENT_LIST_DIR}/long_context.cc)
+# The engine-level reference (slow, plain loops): linked by tests only.
+add_library(mesa_engine_ref STATIC ${CMAKE_CURRENT_LIST_DIR}/reference_forward.cc)
+target_link_libraries(mesa_engine_ref PUBLIC mesa_engine)
+if(MESA_BUILD_TESTS)
+  mesa_test(mesa_phases_test ${CMAKE_CURRENT_LIST_DIR}/mesa_phases_test.cc
+            LIBS mesa_engine_ref mesa_testing)
+endif()

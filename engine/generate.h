@@ -36,4 +36,12 @@ struct GenerateResult {
 absl::StatusOr<GenerateResult> Generate(ModelRunner& runner, absl::Span<const int32_t> prompt,
                                         const GenerateOptions& options);
 
+// The sampling loop itself, over any way of running the model: `prefill` runs the
+// prompt and fills the last token's logits; `step` appends one token and refills them.
+using PrefillFn = std::function<absl::Status(std::vector<float>* logits)>;
+using StepFn = std::function<absl::Status(int32_t token, std::vector<float>* logits)>;
+absl::StatusOr<GenerateResult> GenerateWith(const PrefillFn& prefill, const StepFn& step,
+                                            const Tokenizer* tokenizer, int64_t prompt_tokens,
+                                            const GenerateOptions& options);
+
 }  // namespace mesa

@@ -19,6 +19,7 @@
 #include "engine/forward.h"
 #include "engine/generate.h"
 #include "engine/mesa_plan.h"
+#include "kernels/attention.h"
 #include "nlohmann/json.hpp"
 
 namespace mesa {
@@ -39,6 +40,7 @@ struct LongContextOptions {
 struct PrefillInfo {
   AttentionMethod method = AttentionMethod::kFull;
   MesaPlan plan;               // meaningful when method == kMesa
+  RelativePosition rel;        // self-extend / rerope parameters used
   int64_t train_length = 0;
   nlohmann::json ToJson() const;
 };

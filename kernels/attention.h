@@ -1,16 +1,26 @@
 // One attention interface for every variant Mesa runs. A variant is a parameter of
 // AttentionParams, not a copy of the kernel:
 //   - causal attention over a KV cache whose keys are stored already rotated (RoPE) or
-//     need no position (ALiBi adds -slope_h * d to each logit);
-//   - (Mesa, later) Stair PE over raw keys: the kernel then rotates each query by the
-//     woven relative position R(d); the KV cache can hold raw keys for that purpose.
+//     need no position (kNone; kAlibi adds -slope_h * rel(t, i) to each logit);
+//   - attention over raw (unrotated) keys with a relative position rel(t, i) per
+//     (query, key) pair (kRopeRaw): ordinary RoPE (kExact), Mesa's Stair PE (kStair),
+//     ReRoPE (kClamp) and Self-Extend (kSelfExtend) are the same kernel;
+//   - optional log-n query scaling for queries past the trained length.
 //
 // Layouts (f32):
 //   q:   [n_q][n_head][head_dim]          query rows, contiguous per token
 //   k,v: [n_head_kv][kv_stride][head_dim] per kv head, key/value j at row j
 //   out: [n_q][n_head][head_dim]
 // Key j sits at global position kv_pos0 + j; query i at q_pos[i]. Causal: query i sees
-// keys with position <= q_pos[i]. Grouped-query: head h reads kv head h / (n_head/n_head_kv).
+// keys with position <= q_pos[i]; a query that sees no key gets a zero output row.
+// Grouped-query: head h reads kv head h / (n_head/n_head_kv).
+//
+// The logit of query i (position t) and key j (position p = kv_pos0 + j), r = rel(t, p):
+//   kNone:    dot(q, k) * scale * ln_t
+//   kAlibi:   dot(q, k) * scale * ln_t - slope[h] * r
+//   kRopeRaw: dot(Rot(r) q, k) * scale * ln_t   (Rot as ref::Rope with params `rope`)
+// where ln_t = ln(t + 1) / ln(T) for T = logn_train_length > 0 and t >= T, else 1.
+// ln_t scales the query (as the authors' code does), so the ALiBi bias is not scaled.
 // Memory is O(n_kv) per thread: no n_q x n_kv score matrix is ever materialized.
 #pragma once
 
@@ -34,6 +44,8 @@ enum class AttentionPositionMode {
 //   kStair      d < n ? d : n + (d - n) / e            (Mesa's Stair PE, Toeplitz form)
 //   kClamp      min(d, window)                         (ReRoPE)
 //   kSelfExtend d < window ? d : t/group - i/group + window - window/group  (Self-Extend)
+// All kinds are non-decreasing in d for a fixed t, so rel(t, kv_pos0) bounds what a
+// query meets. kStair needs e >= 1, kSelfExtend group >= 1.
 struct RelativePosition {
   enum class Kind { kExact, kStair, kClamp, kSelfExtend };
   Kind kind = Kind::kExact;
@@ -77,12 +89,17 @@ struct AttentionParams {
   int64_t logn_train_length = 0;
 };
 
+// The log-n factor ln_t above (1 when off or t < train_length).
+double LognFactor(int64_t t, int64_t train_length);
+
 namespace ref {
-// Plain reference: explicit per-pair loop, double accumulation.
+// Plain reference: explicit per-pair loop, rotations and accumulation in double.
 void Attention(const AttentionParams& p);
 }  // namespace ref
 
 namespace cpu {
+// Blocked flash-style kernel (online softmax) over (head, query block, key range)
+// items on `pool`. Thread-compatible: concurrent calls need distinct pools.
 void Attention(const AttentionParams& p, ThreadPool& pool);
 }  // namespace cpu
 

@@ -40,6 +40,18 @@ void DequantizeRow(DType type, const void* row, float* out, int64_t n);
 // m > 1 the prefill path (matrix-matrix). Quantized weights are never expanded
 // to f32 as a whole.
 void MatMul(const WeightView& w, const float* x, int64_t m, float* out, ThreadPool& pool);
+
+// One product of several that read the same input.
+struct MatMulTarget {
+  WeightView w;
+  float* out = nullptr;  // [m][w.rows]
+};
+// out_i = x W_i^T for every target (all with the same cols), in one pass over the pool:
+// one hand-off to the threads instead of one per matrix, and the activations quantized
+// once per activation form. For the q/k/v and gate/up projections of a layer. Results
+// are bit-identical to separate MatMul calls.
+void MatMulShared(const MatMulTarget* targets, int count, const float* x, int64_t m,
+                  ThreadPool& pool);
 }  // namespace cpu
 
 }  // namespace mesa

@@ -8,10 +8,12 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "client/cli/attention_flags.h"
 #include "client/cli/cli_util.h"
 #include "client/cli/commands.h"
 #include "common/thread_pool.h"
 #include "engine/generate.h"
+#include "engine/long_context.h"
 #include "nlohmann/json.hpp"
 
 namespace mesa::cli {
@@ -31,6 +33,7 @@ struct GenerateArgs {
   uint64_t seed = 0;
   int threads = 0;
   bool json = false, ignore_eos = false;
+  LongContextFlags lc;
 };
 
 int RunGenerate(const GenerateArgs& a, bool have_prompt) {
@@ -49,8 +52,10 @@ int RunGenerate(const GenerateArgs& a, bool have_prompt) {
     prompt = *std::move(ids);
   }
   if (prompt.empty()) return Fail(absl::InvalidArgumentError("the prompt is empty"));
+  auto lc_options = ToLongContextOptions(a.lc);
+  if (!lc_options.ok()) return Fail(lc_options.status());
   ThreadPool pool(a.threads);
-  ModelRunner runner(model, pool);
+  LongContextRunner runner(model, pool, *lc_options);
   GenerateOptions opts;
   opts.max_new_tokens = a.n;
   opts.sampling = {a.temperature, a.top_k, a.top_p, a.seed};
@@ -84,23 +89,31 @@ int RunGenerate(const GenerateArgs& a, bool have_prompt) {
       return true;
     };
   }
-  auto r = Generate(runner, prompt, opts);
-  if (!r.ok()) return Fail(r.status());
+  auto long_result = GenerateLong(runner, prompt, opts);
+  if (!long_result.ok()) return Fail(long_result.status());
+  const GenerateResult* r = &long_result->generation;
   if (a.json) {
     nlohmann::json j = {{"tokens", r->tokens},
                         {"text", continuation(r->tokens)},
                         {"prompt_tokens", r->prompt_tokens},
                         {"stop_reason", r->stop_reason},
                         {"prefill_tokens_per_s", r->prefill_tokens_per_s()},
-                        {"decode_tokens_per_s", r->decode_tokens_per_s()}};
+                        {"decode_tokens_per_s", r->decode_tokens_per_s()},
+                        {"attention", long_result->prefill.ToJson()}};
     std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else {
     std::string text = continuation(r->tokens);
     if (text.size() > printed) std::cout << text.substr(printed);
     std::cout << std::endl;
-    std::fprintf(stderr, "[%zu prompt tokens: %.1f tok/s prefill; %zu generated: %.1f tok/s decode; stop: %s]\n",
-                 prompt.size(), r->prefill_tokens_per_s(), r->tokens.size(), r->decode_tokens_per_s(),
-                 r->stop_reason.c_str());
+    const PrefillInfo& info = long_result->prefill;
+    std::string how = AttentionMethodName(info.method);
+    if (info.method == AttentionMethod::kMesa) {
+      how += info.plan.chunked ? absl::StrCat(", ", info.plan.middle.size(), " middle chunks")
+                               : ", fits: plain attention";
+    }
+    std::fprintf(stderr, "[%zu prompt tokens (%s): %.1f tok/s prefill; %zu generated: %.1f tok/s decode; stop: %s]\n",
+                 prompt.size(), how.c_str(), r->prefill_tokens_per_s(), r->tokens.size(),
+                 r->decode_tokens_per_s(), r->stop_reason.c_str());
   }
   return 0;
 }
@@ -108,9 +121,10 @@ int RunGenerate(const GenerateArgs& a, bool have_prompt) {
 // ---------------------------------------------------------------- logits
 struct LogitsArgs {
   std::string model, tokens, tokens_file, out;
-  int64_t max_tokens = 0;
+  int64_t max_tokens = 0, max_new = 0;
   bool all = false;
   int threads = 0;
+  LongContextFlags lc;
 };
 
 int RunLogits(const LogitsArgs& a) {
@@ -121,12 +135,13 @@ int RunLogits(const LogitsArgs& a) {
   if (ids.empty()) return Fail(absl::InvalidArgumentError("no token ids given"));
   auto model_or = LoadModelForCli(a.model);
   if (!model_or.ok()) return Fail(model_or.status());
+  auto lc_options = ToLongContextOptions(a.lc);
+  if (!lc_options.ok()) return Fail(lc_options.status());
   ThreadPool pool(a.threads);
-  ModelRunner runner(**model_or, pool);
-  KvCache cache = runner.NewCache(static_cast<int64_t>(ids.size()));
+  LongContextRunner runner(**model_or, pool, *lc_options);
   std::vector<float> logits;
-  absl::Status st = runner.Forward(ids, cache, a.all ? LogitsMode::kAll : LogitsMode::kLast, &logits);
-  if (!st.ok()) return Fail(st);
+  auto info = runner.Prefill(ids, a.max_new, a.all ? LogitsMode::kAll : LogitsMode::kLast, &logits);
+  if (!info.ok()) return Fail(info.status());
   std::ofstream out(a.out, std::ios::binary);
   // Little-endian float32 rows: x86-64 and every platform we build for are little-endian.
   static_assert(std::endian::native == std::endian::little);
@@ -144,6 +159,7 @@ struct BenchArgs {
   int threads = 0, reps = 1;
   uint64_t seed = 1;
   bool json = false;
+  LongContextFlags lc;
 };
 
 int RunBench(const BenchArgs& a) {
@@ -155,8 +171,10 @@ int RunBench(const BenchArgs& a) {
   std::uniform_int_distribution<int32_t> dist(0, static_cast<int32_t>(model.config.n_vocab - 1));
   std::vector<int32_t> prompt(a.prompt_tokens);
   for (auto& t : prompt) t = dist(rng);
+  auto lc_options = ToLongContextOptions(a.lc);
+  if (!lc_options.ok()) return Fail(lc_options.status());
   ThreadPool pool(a.threads);
-  ModelRunner runner(model, pool);
+  LongContextRunner runner(model, pool, *lc_options);
   GenerateOptions opts;
   opts.max_new_tokens = a.gen_tokens + 1;  // the first token comes from the prefill
   opts.stop_at_eos = false;
@@ -164,14 +182,16 @@ int RunBench(const BenchArgs& a) {
   {  // warm-up: page in the weights, size the buffers
     GenerateOptions w = opts;
     w.max_new_tokens = std::min<int64_t>(2, opts.max_new_tokens);
-    auto r = Generate(runner, absl::MakeSpan(prompt).subspan(0, std::min<size_t>(prompt.size(), 8)), w);
+    auto r = GenerateLong(runner, absl::MakeSpan(prompt).subspan(0, std::min<size_t>(prompt.size(), 8)), w);
     if (!r.ok()) return Fail(r.status());
   }
+  nlohmann::json attention;
   for (int rep = 0; rep < std::max(1, a.reps); ++rep) {
-    auto r = Generate(runner, prompt, opts);
+    auto r = GenerateLong(runner, prompt, opts);
     if (!r.ok()) return Fail(r.status());
-    prefill.push_back(r->prefill_tokens_per_s());
-    if (a.gen_tokens > 0) decode.push_back(r->decode_tokens_per_s());
+    prefill.push_back(r->generation.prefill_tokens_per_s());
+    if (a.gen_tokens > 0) decode.push_back(r->generation.decode_tokens_per_s());
+    attention = r->prefill.ToJson();
   }
   auto median = [](std::vector<double> v) {
     if (v.empty()) return 0.0;
@@ -184,7 +204,8 @@ int RunBench(const BenchArgs& a) {
                       {"prompt_tokens", a.prompt_tokens},
                       {"gen_tokens", a.gen_tokens},
                       {"threads", pool.size()},
-                      {"repetitions", std::max(1, a.reps)}};
+                      {"repetitions", std::max(1, a.reps)},
+                      {"attention", attention}};
   if (a.json) {
     std::cout << j.dump() << "\n";
   } else {
@@ -211,6 +232,7 @@ void RegisterGenerate(CLI::App& app) {
   cmd->add_option("--seed", a->seed, "Random seed for sampling");
   cmd->add_flag("--ignore-eos", a->ignore_eos, "Keep generating past the end-of-sequence token");
   AddThreads(cmd, &a->threads);
+  AddLongContextFlags(cmd, &a->lc);
   cmd->add_flag("--json", a->json, "Print {\"tokens\", \"text\", \"prefill_tokens_per_s\", \"decode_tokens_per_s\"}");
   cmd->callback([a, prompt, tokens] {
     if (prompt->count() == 0 && tokens->count() == 0) {
@@ -231,7 +253,10 @@ void RegisterLogits(CLI::App& app) {
   cmd->add_option("--max-tokens", a->max_tokens, "Use only the first K ids")->check(CLI::NonNegativeNumber);
   cmd->add_option("--out,-o", a->out, "Output file: row-major rows of n_vocab floats")->required();
   cmd->add_flag("--all", a->all, "Write every token's logits (default: the last token's only)");
+  cmd->add_option("--max-new", a->max_new, "Tokens the plan leaves room for after the prompt (mesa)")
+      ->check(CLI::NonNegativeNumber);
   AddThreads(cmd, &a->threads);
+  AddLongContextFlags(cmd, &a->lc);
   cmd->callback([a, tokens, file] {
     if (tokens->count() == 0 && file->count() == 0) {
       ExitCode() = Fail(absl::InvalidArgumentError("give --tokens or --tokens-file"));
@@ -250,6 +275,7 @@ void RegisterBench(CLI::App& app) {
   cmd->add_option("--reps,-r", a->reps, "Repetitions; the median is reported")->check(CLI::PositiveNumber);
   cmd->add_option("--seed", a->seed, "Seed of the random prompt ids");
   AddThreads(cmd, &a->threads);
+  AddLongContextFlags(cmd, &a->lc);
   cmd->add_flag("--json", a->json, "Print {\"prefill_tokens_per_s\", \"decode_tokens_per_s\", \"peak_rss_bytes\"}");
   cmd->callback([a] { ExitCode() = RunBench(*a); });
 }

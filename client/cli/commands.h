@@ -15,5 +15,8 @@ void RegisterTokenize(CLI::App& app);
 void RegisterGenerate(CLI::App& app);
 void RegisterLogits(CLI::App& app);
 void RegisterBench(CLI::App& app);
+void RegisterPlan(CLI::App& app);
+void RegisterRun(CLI::App& app);
+void RegisterEval(CLI::App& app);
 
 }  // namespace mesa::cli

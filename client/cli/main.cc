@@ -20,6 +20,9 @@ int main(int argc, char** argv) {
   mesa::cli::RegisterGenerate(app);
   mesa::cli::RegisterLogits(app);
   mesa::cli::RegisterBench(app);
+  mesa::cli::RegisterPlan(app);
+  mesa::cli::RegisterRun(app);
+  mesa::cli::RegisterEval(app);
   CLI11_PARSE(app, argc, argv);
   return mesa::cli::ExitCode();
 }

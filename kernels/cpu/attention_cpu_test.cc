@@ -1,76 +1,270 @@
-// cpu::Attention against ref::Attention: random q/k/v, odd sizes, grouped-query heads,
-// causal offsets (queries after a cached prefix), ALiBi, several thread counts.
+// cpu::Attention against ref::Attention on random data: every position mode x every
+// relative-position kind x log-n on/off, odd sizes and tails (queries, keys, head
+// dims off the vector width), grouped-query heads, both RoPE styles and partial
+// rotary dims, decode-shaped calls that split keys across threads, a long prefill,
+// and thread counts 1 and 3. Outputs start NaN-poisoned so an unwritten row fails.
 #include <cmath>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "common/thread_pool.h"
 #include "gtest/gtest.h"
 #include "kernels/attention.h"
+#include "kernels/nn.h"
 
 namespace mesa {
 namespace {
 
-struct Case {
-  int64_t n_q, n_past, n_head, n_head_kv, head_dim, slack;
-  bool alibi;
+using Kind = RelativePosition::Kind;
+
+struct Shape {
+  int64_t n_q, n_past, n_head, n_head_kv, head_dim, slack, kv_pos0;
 };
 
-void RunCase(const Case& c, int threads) {
-  std::mt19937 rng(static_cast<uint32_t>(c.n_q * 131 + c.n_past * 7 + c.head_dim + threads));
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  const int64_t n_kv = c.n_past + c.n_q;
-  const int64_t stride = n_kv + c.slack;
-  std::vector<float> q(c.n_q * c.n_head * c.head_dim), k(c.n_head_kv * stride * c.head_dim),
-      v(k.size());
-  for (auto& x : q) x = d(rng);
-  for (auto& x : k) x = d(rng);
-  for (auto& x : v) x = d(rng);
-  std::vector<int64_t> pos(c.n_q);
-  for (int64_t i = 0; i < c.n_q; ++i) pos[i] = c.n_past + i;
-  std::vector<float> slopes(c.n_head);
-  AlibiSlopes(c.n_head, 8.0f, slopes.data());
-  AttentionParams p;
-  p.q = q.data();
-  p.k = k.data();
-  p.v = v.data();
-  p.n_q = c.n_q;
-  p.n_kv = n_kv;
-  p.kv_stride = stride;
-  p.kv_pos0 = 0;
-  p.q_pos = pos.data();
-  p.n_head = c.n_head;
-  p.n_head_kv = c.n_head_kv;
-  p.head_dim = c.head_dim;
-  p.scale = 1.0f / std::sqrt(float(c.head_dim));
-  p.mode = c.alibi ? AttentionPositionMode::kAlibi : AttentionPositionMode::kNone;
-  p.alibi_slopes = slopes.data();
-  std::vector<float> got(q.size(), NAN), want(q.size(), NAN);
-  p.out = want.data();
-  ref::Attention(p);
-  p.out = got.data();
-  ThreadPool pool(threads);
-  cpu::Attention(p, pool);
+// One random attention problem; params() points into the owned buffers.
+class Problem {
+ public:
+  Problem(const Shape& s, uint32_t seed) : s_(s) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> d(0.0f, 1.0f);
+    n_kv_ = s.n_past + s.n_q;
+    stride_ = n_kv_ + s.slack;
+    q_.resize(s.n_q * s.n_head * s.head_dim);
+    k_.resize(s.n_head_kv * stride_ * s.head_dim);
+    v_.resize(k_.size());
+    for (auto& x : q_) x = d(rng);
+    for (auto& x : k_) x = d(rng);
+    for (auto& x : v_) x = d(rng);
+    pos_.resize(s.n_q);
+    for (int64_t i = 0; i < s.n_q; ++i) pos_[i] = s.kv_pos0 + s.n_past + i;
+    slopes_.resize(s.n_head);
+    AlibiSlopes(s.n_head, 8.0f, slopes_.data());
+  }
+
+  AttentionParams params() {
+    AttentionParams p;
+    p.q = q_.data();
+    p.k = k_.data();
+    p.v = v_.data();
+    p.n_q = s_.n_q;
+    p.n_kv = n_kv_;
+    p.kv_stride = stride_;
+    p.kv_pos0 = s_.kv_pos0;
+    p.q_pos = pos_.data();
+    p.n_head = s_.n_head;
+    p.n_head_kv = s_.n_head_kv;
+    p.head_dim = s_.head_dim;
+    p.scale = 1.0f / std::sqrt(static_cast<float>(s_.head_dim));
+    p.alibi_slopes = slopes_.data();
+    p.rope.head_dim = s_.head_dim;
+    p.rope.rope_dims = s_.head_dim;
+    return p;
+  }
+  std::vector<float>& q() { return q_; }
+  std::vector<float>& k() { return k_; }
+  std::vector<int64_t>& pos() { return pos_; }
+  size_t out_size() const { return q_.size(); }
+
+ private:
+  Shape s_;
+  int64_t n_kv_, stride_;
+  std::vector<float> q_, k_, v_, slopes_;
+  std::vector<int64_t> pos_;
+};
+
+// ||got - want|| / ||want||, failing on any NaN (an unwritten output).
+double RelErr(const std::vector<float>& got, const std::vector<float>& want) {
   double num = 0, den = 0;
   for (size_t i = 0; i < got.size(); ++i) {
-    ASSERT_FALSE(std::isnan(got[i])) << "unwritten output " << i;
+    if (std::isnan(got[i]) || std::isnan(want[i])) return INFINITY;
     num += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
     den += double(want[i]) * want[i];
   }
-  EXPECT_LT(std::sqrt(num / den), 1e-5)
-      << "n_q=" << c.n_q << " past=" << c.n_past << " heads=" << c.n_head << "/" << c.n_head_kv
-      << " dim=" << c.head_dim << " alibi=" << c.alibi;
+  return std::sqrt(num / std::max(den, 1e-30));
 }
 
-TEST(AttentionTest, CpuMatchesReference) {
-  const Case cases[] = {
-      {1, 0, 1, 1, 8, 0, false},   {1, 9, 4, 2, 16, 3, false},   {7, 0, 8, 4, 64, 0, false},
-      {5, 13, 6, 3, 20, 5, false}, {33, 2, 4, 1, 128, 1, false}, {3, 4, 8, 8, 64, 0, true},
-      {17, 0, 12, 4, 64, 7, true}, {1, 40, 5, 5, 24, 0, true},
+std::vector<float> RunRef(AttentionParams p, size_t n) {
+  std::vector<float> out(n, NAN);
+  p.out = out.data();
+  ref::Attention(p);
+  return out;
+}
+
+std::vector<float> RunCpu(AttentionParams p, size_t n, int threads) {
+  std::vector<float> out(n, NAN);
+  p.out = out.data();
+  ThreadPool pool(threads);
+  cpu::Attention(p, pool);
+  return out;
+}
+
+std::string Describe(const AttentionParams& p) {
+  static const char* kModes[] = {"none", "alibi", "rope_raw"};
+  static const char* kKinds[] = {"exact", "stair", "clamp", "self_extend"};
+  return std::string("mode=") + kModes[static_cast<int>(p.mode)] +
+         " rel=" + kKinds[static_cast<int>(p.rel.kind)] + " n=" + std::to_string(p.rel.n) +
+         " e=" + std::to_string(p.rel.e) + " window=" + std::to_string(p.rel.window) +
+         " group=" + std::to_string(p.rel.group) +
+         " logn=" + std::to_string(p.logn_train_length) + " n_q=" + std::to_string(p.n_q) +
+         " n_kv=" + std::to_string(p.n_kv) + " heads=" + std::to_string(p.n_head) + "/" +
+         std::to_string(p.n_head_kv) + " dim=" + std::to_string(p.head_dim) +
+         " rope_dims=" + std::to_string(p.rope.rope_dims) + " neox=" + std::to_string(p.rope.neox);
+}
+
+// Relative-position settings per kind: small ones put most pairs in the far region
+// (woven / clamped / grouped), large ones keep whole tiles in the exact window.
+std::vector<RelativePosition> RelSettings() {
+  std::vector<RelativePosition> out;
+  auto add = [&](Kind kind, int64_t n, int64_t e, int64_t window, int64_t group) {
+    RelativePosition r;
+    r.kind = kind;
+    r.n = n;
+    r.e = e;
+    r.window = window;
+    r.group = group;
+    out.push_back(r);
   };
-  for (const Case& c : cases) {
-    for (int threads : {1, 3}) RunCase(c, threads);
+  add(Kind::kExact, 0, 1, 0, 1);
+  add(Kind::kStair, 5, 3, 0, 1);
+  add(Kind::kStair, 90, 17, 0, 1);
+  add(Kind::kClamp, 0, 1, 7, 1);
+  add(Kind::kClamp, 0, 1, 100, 1);
+  add(Kind::kSelfExtend, 0, 1, 6, 3);
+  add(Kind::kSelfExtend, 0, 1, 80, 4);
+  return out;
+}
+
+TEST(AttentionTest, CpuMatchesReferenceEveryVariant) {
+  const Shape shapes[] = {
+      // n_q, n_past, heads, kv heads, dim, slack, kv_pos0
+      {37, 150, 4, 2, 40, 3, 5},  // blocks with tails, padded dim, far tiles, GQA
+      {2, 190, 3, 3, 64, 0, 0},   // decode-like: per-key dot path
+      {70, 0, 2, 1, 16, 1, 0},    // prefill from zero, several query blocks
+      {1, 1500, 2, 1, 32, 0, 9},  // decode over a long cache: keys split across threads
+  };
+  const AttentionPositionMode modes[] = {AttentionPositionMode::kNone,
+                                         AttentionPositionMode::kAlibi,
+                                         AttentionPositionMode::kRopeRaw};
+  uint32_t seed = 1;
+  for (const Shape& shape : shapes) {
+    Problem prob(shape, seed++);
+    for (AttentionPositionMode mode : modes) {
+      for (const RelativePosition& rel : RelSettings()) {
+        for (int64_t logn : {int64_t{0}, int64_t{20}}) {
+          // Rope variants: style x full or partial rotary dims.
+          const int rope_variants = mode == AttentionPositionMode::kRopeRaw ? 4 : 1;
+          for (int rv = 0; rv < rope_variants; ++rv) {
+            AttentionParams p = prob.params();
+            p.mode = mode;
+            p.rel = rel;
+            p.logn_train_length = logn;
+            p.rope.neox = (rv & 1) != 0;
+            if (rv & 2) p.rope.rope_dims = shape.head_dim / 2 - (shape.head_dim / 2) % 2;
+            p.rope.freq_base = rv & 2 ? 500.0f : 10000.0f;
+            const std::vector<float> want = RunRef(p, prob.out_size());
+            for (int threads : {1, 3}) {
+              const std::vector<float> got = RunCpu(p, prob.out_size(), threads);
+              ASSERT_LT(RelErr(got, want), 1e-5) << Describe(p) << " threads=" << threads;
+            }
+          }
+        }
+      }
+    }
   }
+}
+
+// Ordinary RoPE attention two ways: raw q/k with kRopeRaw + kExact, and q/k rotated at
+// their own positions beforehand with kNone. Proves the raw-key path.
+TEST(AttentionTest, RopeRawExactEqualsPrerotatedKeys) {
+  const Shape shape = {45, 100, 4, 2, 48, 2, 3};
+  for (bool neox : {false, true}) {
+    for (int64_t rope_dims : {int64_t{48}, int64_t{32}}) {
+      Problem raw(shape, 77);
+      AttentionParams p = raw.params();
+      p.mode = AttentionPositionMode::kRopeRaw;
+      p.rope.neox = neox;
+      p.rope.rope_dims = rope_dims;
+      p.rope.freq_scale = 0.5f;
+      Problem rotated(shape, 77);
+      AttentionParams pr = rotated.params();
+      for (int64_t i = 0; i < shape.n_q; ++i) {
+        ref::Rope(p.rope, static_cast<double>(raw.pos()[i]), shape.n_head,
+                  rotated.q().data() + i * shape.n_head * shape.head_dim);
+      }
+      for (int64_t h = 0; h < shape.n_head_kv; ++h) {
+        for (int64_t j = 0; j < pr.n_kv; ++j) {
+          ref::Rope(p.rope, static_cast<double>(shape.kv_pos0 + j), 1,
+                    rotated.k().data() + (h * pr.kv_stride + j) * shape.head_dim);
+        }
+      }
+      const std::vector<float> want = RunRef(pr, raw.out_size());
+      EXPECT_LT(RelErr(RunRef(p, raw.out_size()), want), 1e-5) << "ref neox=" << neox;
+      for (int threads : {1, 3}) {
+        EXPECT_LT(RelErr(RunCpu(p, raw.out_size(), threads), want), 1e-5)
+            << "cpu neox=" << neox << " rope_dims=" << rope_dims;
+        EXPECT_LT(RelErr(RunCpu(pr, raw.out_size(), threads), want), 1e-5);
+      }
+    }
+  }
+}
+
+// MESA_SPEC 5.2 on the fast kernel: Stair PE with E = 1 (any N), or with N beyond
+// every distance, and log-n off, is ordinary attention.
+TEST(AttentionTest, StairWithUnitStepIsExactAttention) {
+  const Shape shape = {40, 90, 4, 4, 32, 0, 0};
+  Problem prob(shape, 5);
+  for (AttentionPositionMode mode :
+       {AttentionPositionMode::kRopeRaw, AttentionPositionMode::kAlibi}) {
+    AttentionParams exact = prob.params();
+    exact.mode = mode;
+    const std::vector<float> want = RunRef(exact, prob.out_size());
+    for (auto [n, e] : {std::pair<int64_t, int64_t>{3, 1}, {1000, 7}}) {
+      AttentionParams stair = exact;
+      stair.rel.kind = Kind::kStair;
+      stair.rel.n = n;
+      stair.rel.e = e;
+      EXPECT_LT(RelErr(RunCpu(stair, prob.out_size(), 3), want), 1e-5) << n << " " << e;
+    }
+  }
+}
+
+// Queries that see no key (positions before the cache) get zero rows; positions need
+// not be consecutive (the last chunk and decode steps after a gap).
+TEST(AttentionTest, InvisibleQueriesAndGappedPositions) {
+  const Shape shape = {9, 30, 2, 1, 24, 0, 20};
+  Problem prob(shape, 11);
+  std::vector<int64_t>& pos = prob.pos();
+  for (int64_t i = 0; i < shape.n_q; ++i) pos[i] = 5 + 7 * i;  // 5..61, some before 20
+  for (AttentionPositionMode mode :
+       {AttentionPositionMode::kNone, AttentionPositionMode::kRopeRaw}) {
+    AttentionParams p = prob.params();
+    p.mode = mode;
+    p.rel.kind = Kind::kStair;
+    p.rel.n = 4;
+    p.rel.e = 2;
+    const std::vector<float> want = RunRef(p, prob.out_size());
+    for (int64_t x = 0; x < 2 * shape.n_head * shape.head_dim; ++x) EXPECT_EQ(want[x], 0.0f);
+    for (int threads : {1, 3}) {
+      EXPECT_LT(RelErr(RunCpu(p, prob.out_size(), threads), want), 1e-5);
+    }
+  }
+}
+
+// A long prefill catches blocking and tail bugs the small cases cannot reach: many
+// query blocks and key tiles, exact-window tiles and woven tiles, log-n past T.
+TEST(AttentionTest, LongPrefillMatchesReference) {
+  const Shape shape = {2001, 0, 4, 2, 32, 5, 0};
+  Problem prob(shape, 21);
+  AttentionParams p = prob.params();
+  p.mode = AttentionPositionMode::kRopeRaw;
+  p.rope.neox = true;
+  p.rel.kind = Kind::kStair;
+  p.rel.n = 300;
+  p.rel.e = 7;
+  p.logn_train_length = 1000;
+  const std::vector<float> want = RunRef(p, prob.out_size());
+  EXPECT_LT(RelErr(RunCpu(p, prob.out_size(), 3), want), 1e-5);
 }
 
 TEST(AttentionTest, AlibiSlopesForPowerOfTwoAndOtherHeadCounts) {

@@ -217,30 +217,55 @@ void DequantizeRow(DType type, const void* row, float* out, int64_t n) {
 }
 
 void MatMul(const WeightView& w, const float* x, int64_t m, float* out, ThreadPool& pool) {
-  const DTypeInfo& info = GetDTypeInfo(w.type);
-  Require(info.supported, "unsupported type", w.type);
-  Require(w.cols % info.block_elems == 0, "cols not a multiple of the block", w.type);
-  if (m <= 0 || w.rows <= 0) return;
+  const MatMulTarget target{w, out};
+  MatMulShared(&target, 1, x, m, pool);
+}
+
+void MatMulShared(const MatMulTarget* targets, int count, const float* x, int64_t m,
+                  ThreadPool& pool) {
+  constexpr int kMaxTargets = 8;
+  Require(count >= 1 && count <= kMaxTargets, "1 to 8 targets", targets[0].w.type);
+  const int64_t cols = targets[0].w.cols;
+  for (int i = 0; i < count; ++i) {
+    const WeightView& w = targets[i].w;
+    const DTypeInfo& info = GetDTypeInfo(w.type);
+    Require(info.supported, "unsupported type", w.type);
+    Require(w.cols % info.block_elems == 0, "cols not a multiple of the block", w.type);
+    Require(w.cols == cols, "targets of MatMulShared differ in cols", w.type);
+  }
+  if (m <= 0) return;
   const Isa isa = internal::CurrentIsa();
 
-  MatMulJob job;
-  job.w = w;
-  job.row_bytes = w.row_bytes();
-  job.x = x;
-  job.m = m;
-  job.out = out;
-  const ActKind kind = internal::ActKindFor(w.type);
-  if (isa != Isa::kScalar && kind != ActKind::kFloat) {
-    const int64_t stride =
-        kind == ActKind::kA32 ? internal::A32Stride(w.cols) : internal::A256Stride(w.cols);
-    uint8_t* act = g_act_scratch.Get(static_cast<size_t>(stride * m));
-    auto quantize = kind == ActKind::kA32 ? QuantizeA32 : QuantizeA256;
+  // Quantize the activations once per form the targets need (at most kA32 and kA256,
+  // in separate parts of the scratch buffer).
+  const int64_t a32_stride = internal::A32Stride(cols);
+  const int64_t a256_stride = internal::A256Stride(cols);
+  bool need[3] = {false, false, false};
+  if (isa != Isa::kScalar) {
+    for (int i = 0; i < count; ++i) need[static_cast<int>(internal::ActKindFor(targets[i].w.type))] = true;
+  }
+  const bool need32 = need[static_cast<int>(ActKind::kA32)];
+  const bool need256 = need[static_cast<int>(ActKind::kA256)];
+  const int64_t a32_bytes = need32 ? a32_stride * m : 0;
+  const int64_t a256_bytes = need256 ? a256_stride * m : 0;
+  uint8_t* act32 = nullptr;
+  uint8_t* act256 = nullptr;
+  if (need32 || need256) {
+    uint8_t* act = g_act_scratch.Get(static_cast<size_t>(a32_bytes + a256_bytes));
+    act32 = need32 ? act : nullptr;
+    act256 = need256 ? act + a32_bytes : nullptr;
+    auto quantize_tokens = [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        if (act32) QuantizeA32(x + t * cols, cols, act32 + t * a32_stride);
+        if (act256) QuantizeA256(x + t * cols, cols, act256 + t * a256_stride);
+      }
+    };
     // One token is ~1 us of work: only spread the quantization when there are many.
-    pool.ParallelFor(m, 16, [&](int, int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) quantize(x + t * w.cols, w.cols, act + t * stride);
-    });
-    job.act = act;
-    job.act_stride = stride;
+    if (m < 16) {
+      quantize_tokens(0, m);
+    } else {
+      pool.ParallelFor(m, 16, [&](int, int64_t begin, int64_t end) { quantize_tokens(begin, end); });
+    }
   }
 
   void (*rows_fn)(const MatMulJob&, int64_t, int64_t) = ScalarRows;
@@ -248,14 +273,60 @@ void MatMul(const WeightView& w, const float* x, int64_t m, float* out, ThreadPo
   if (isa == Isa::kAvx512) rows_fn = internal::avx512::MatMulRows;
   if (isa == Isa::kAvx2) rows_fn = internal::avx2::MatMulRows;
 #endif
-  const int64_t groups = (w.rows + kRowGroup - 1) / kRowGroup;
+
+  // The row groups of all targets, laid end to end, weighted by their bytes of weights
+  // (what decode waits for; prefill work is nearly proportional too), and cut into one
+  // contiguous piece per thread: each thread streams one slab of each matrix.
+  MatMulJob jobs[kMaxTargets];
+  int64_t groups[kMaxTargets], group_cost[kMaxTargets], prefix[kMaxTargets + 1];
+  prefix[0] = 0;
+  int64_t macs = 0;
+  for (int i = 0; i < count; ++i) {
+    const WeightView& w = targets[i].w;
+    MatMulJob& job = jobs[i];
+    job.w = w;
+    job.row_bytes = w.row_bytes();
+    job.x = x;
+    job.m = m;
+    job.out = targets[i].out;
+    const ActKind kind = internal::ActKindFor(w.type);
+    if (isa != Isa::kScalar && kind == ActKind::kA32) {
+      job.act = act32;
+      job.act_stride = a32_stride;
+    } else if (isa != Isa::kScalar && kind == ActKind::kA256) {
+      job.act = act256;
+      job.act_stride = a256_stride;
+    }
+    groups[i] = (w.rows + kRowGroup - 1) / kRowGroup;
+    group_cost[i] = kRowGroup * job.row_bytes;
+    prefix[i + 1] = prefix[i] + groups[i] * group_cost[i];
+    macs += w.rows * cols * m;
+  }
+  const int64_t total = prefix[count];
+  if (total == 0) return;
   // Waking a thread costs a few microseconds: give each at least ~256K multiply-adds.
-  const int64_t work_per_group = kRowGroup * w.cols * m;
-  const int64_t grain =
-      std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(1, work_per_group));
-  pool.ParallelFor(groups, grain, [&](int, int64_t begin, int64_t end) {
-    rows_fn(job, begin * kRowGroup, std::min(w.rows, end * kRowGroup));
-  });
+  const int64_t parts = std::clamp<int64_t>(macs >> 18, 1, pool.size());
+  auto run_part = [&](int64_t p) {
+    const int64_t lo = total * p / parts, hi = total * (p + 1) / parts;
+    for (int i = 0; i < count; ++i) {
+      // Group j of target i starts at prefix[i] + j * cost; it belongs to the part
+      // whose [lo, hi) holds that start.
+      auto first_at_or_after = [&](int64_t pos) {
+        const int64_t rel = pos - prefix[i];
+        if (rel <= 0) return int64_t{0};
+        return std::min(groups[i], (rel + group_cost[i] - 1) / group_cost[i]);
+      };
+      const int64_t gb = first_at_or_after(lo), ge = first_at_or_after(hi);
+      if (gb < ge) rows_fn(jobs[i], gb * kRowGroup, std::min(jobs[i].w.rows, ge * kRowGroup));
+    }
+  };
+  if (parts == 1) {
+    run_part(0);
+  } else {
+    pool.ParallelFor(parts, 1, [&](int, int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) run_part(p);
+    });
+  }
 }
 
 }  // namespace mesa::cpu

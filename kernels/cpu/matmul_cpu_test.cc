@@ -13,6 +13,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <limits>
 #include <ostream>
 #include <random>
@@ -244,6 +245,52 @@ INSTANTIATE_TEST_SUITE_P(AllTypes, MatMulTest, ::testing::ValuesIn(kTypes),
                          [](const ::testing::TestParamInfo<DType>& info) {
                            return std::string(DTypeName(info.param));
                          });
+
+// MatMulShared splits the rows of all its targets over the threads at once and
+// quantizes the activations once per form: the results must be those of separate
+// MatMul calls, bit for bit, for every mix of types, token count and thread count.
+TEST(MatMulSharedTest, EqualsSeparateProducts) {
+  std::mt19937 rng(5);
+  const int64_t cols = 768;  // a multiple of every block size
+  const int64_t rows[] = {67, 3, 16, 1, 40, 9, 24, 5};
+  std::vector<std::vector<uint8_t>> wdata;
+  std::vector<WeightView> views;
+  for (size_t i = 0; i < std::size(kTypes); ++i) {
+    wdata.push_back(RandomWeights(kTypes[i], rows[i], cols, rng));
+    views.push_back(WeightView{kTypes[i], rows[i], cols, wdata.back().data()});
+  }
+  // Mixes: all types; float-only; the q/k/v of a Q4_K_M layer (Q4_K, Q4_K, Q6_K).
+  const std::vector<std::vector<int>> mixes = {{0, 1, 2, 3, 4, 5, 6, 7}, {0, 1}, {5, 5, 7}, {3}};
+  for (Isa isa : SupportedIsas()) {
+    IsaGuard guard(isa);
+    for (int64_t m : {1, 5, 40}) {
+      std::vector<float> x(m * cols);
+      for (float& v : x) v = NonZero(rng);
+      for (const auto& mix : mixes) {
+        for (int threads : {1, 2, 3}) {
+          ThreadPool pool(threads);
+          std::vector<std::vector<float>> want, got;
+          std::vector<cpu::MatMulTarget> targets;
+          for (int i : mix) {
+            want.emplace_back(m * views[i].rows, std::numeric_limits<float>::quiet_NaN());
+            got.emplace_back(m * views[i].rows, std::numeric_limits<float>::quiet_NaN());
+          }
+          for (size_t j = 0; j < mix.size(); ++j) {
+            cpu::MatMul(views[mix[j]], x.data(), m, want[j].data(), pool);
+            targets.push_back(cpu::MatMulTarget{views[mix[j]], got[j].data()});
+          }
+          cpu::MatMulShared(targets.data(), static_cast<int>(targets.size()), x.data(), m, pool);
+          for (size_t j = 0; j < mix.size(); ++j) {
+            EXPECT_EQ(std::memcmp(want[j].data(), got[j].data(), want[j].size() * 4), 0)
+                << cpu::internal::IsaName(isa) << " m=" << m << " threads=" << threads << " "
+                << DTypeName(views[mix[j]].type) << " of a mix of " << mix.size();
+            EXPECT_FALSE(std::isnan(got[j][0]));
+          }
+        }
+      }
+    }
+  }
+}
 
 // Hand-made blocks pin the reference decoders to ggml's layouts, so the comparisons
 // above cannot pass with a reference and a kernel that share a misreading.

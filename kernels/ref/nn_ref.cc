@@ -1,10 +1,9 @@
-// Scalar references for kernels/nn.h and kernels/attention.h: double accumulation,
-// explicit loops, no SIMD. These are the specification the cpu:: versions are tested
-// against.
+// Scalar references for kernels/nn.h (attention is in attention_ref.cc): double
+// accumulation, explicit loops, no SIMD. These are the specification the cpu::
+// versions are tested against.
 #include <cmath>
 #include <vector>
 
-#include "kernels/attention.h"
 #include "kernels/nn.h"
 
 namespace mesa::ref {
@@ -63,52 +62,6 @@ float Gelu(float x) {
   const double kSqrt2OverPi = 0.79788456080286535587989211986876;
   double xd = x;
   return static_cast<float>(0.5 * xd * (1.0 + std::tanh(kSqrt2OverPi * xd * (1.0 + 0.044715 * xd * xd))));
-}
-
-void Attention(const AttentionParams& p) {
-  const int64_t group = p.n_head / p.n_head_kv;
-  std::vector<double> scores(p.n_kv);
-  std::vector<double> acc(p.head_dim);
-  for (int64_t i = 0; i < p.n_q; ++i) {
-    for (int64_t h = 0; h < p.n_head; ++h) {
-      const int64_t kvh = h / group;
-      const float* q = p.q + (i * p.n_head + h) * p.head_dim;
-      double mx = -INFINITY;
-      int64_t visible = 0;
-      for (int64_t j = 0; j < p.n_kv; ++j) {
-        int64_t kpos = p.kv_pos0 + j;
-        if (kpos > p.q_pos[i]) {
-          scores[j] = -INFINITY;
-          continue;
-        }
-        const float* k = p.k + (kvh * p.kv_stride + j) * p.head_dim;
-        double s = 0;
-        for (int64_t d = 0; d < p.head_dim; ++d) s += static_cast<double>(q[d]) * k[d];
-        s *= p.scale;
-        if (p.mode == AttentionPositionMode::kAlibi) {
-          s -= static_cast<double>(p.alibi_slopes[h]) * static_cast<double>(p.q_pos[i] - kpos);
-        }
-        scores[j] = s;
-        mx = std::max(mx, s);
-        ++visible;
-      }
-      float* out = p.out + (i * p.n_head + h) * p.head_dim;
-      if (visible == 0) {
-        for (int64_t d = 0; d < p.head_dim; ++d) out[d] = 0.0f;
-        continue;
-      }
-      double sum = 0;
-      std::fill(acc.begin(), acc.end(), 0.0);
-      for (int64_t j = 0; j < p.n_kv; ++j) {
-        if (scores[j] == -INFINITY) continue;
-        double w = std::exp(scores[j] - mx);
-        sum += w;
-        const float* v = p.v + (kvh * p.kv_stride + j) * p.head_dim;
-        for (int64_t d = 0; d < p.head_dim; ++d) acc[d] += w * v[d];
-      }
-      for (int64_t d = 0; d < p.head_dim; ++d) out[d] = static_cast<float>(acc[d] / sum);
-    }
-  }
 }
 
 }  // namespace mesa::ref

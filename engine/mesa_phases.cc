@@ -1,0 +1,175 @@
+#include "engine/mesa_phases.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+
+namespace mesa {
+namespace {
+
+constexpr char kMagic[8] = {'M', 'E', 'S', 'A', 'K', 'V', '0', '1'};
+constexpr int64_t kDTypeF32 = 0;
+
+AttentionSetup ExactRaw() {
+  AttentionSetup s;
+  s.keys = KeyEncoding::kRaw;
+  return s;
+}
+
+}  // namespace
+
+std::vector<uint8_t> ChunkKv::Serialize() const {
+  const int64_t header[7] = {n_layer, n_head_kv, head_dim, range.begin, range.end, kDTypeF32,
+                             static_cast<int64_t>(k.size())};
+  std::vector<uint8_t> out(sizeof(kMagic) + sizeof(header) + bytes());
+  uint8_t* p = out.data();
+  std::memcpy(p, kMagic, sizeof(kMagic));
+  p += sizeof(kMagic);
+  std::memcpy(p, header, sizeof(header));
+  p += sizeof(header);
+  std::memcpy(p, k.data(), k.size() * sizeof(float));
+  p += k.size() * sizeof(float);
+  std::memcpy(p, v.data(), v.size() * sizeof(float));
+  return out;
+}
+
+absl::StatusOr<ChunkKv> ChunkKv::Deserialize(absl::Span<const uint8_t> bytes) {
+  int64_t h[7];
+  if (bytes.size() < sizeof(kMagic) + sizeof(h) ||
+      std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) {
+    return absl::InvalidArgumentError("not a Mesa K/V chunk (bad magic or too short)");
+  }
+  std::memcpy(h, bytes.data() + sizeof(kMagic), sizeof(h));
+  ChunkKv kv;
+  kv.n_layer = h[0];
+  kv.n_head_kv = h[1];
+  kv.head_dim = h[2];
+  kv.range = {h[3], h[4]};
+  if (h[5] != kDTypeF32) return absl::InvalidArgumentError(absl::StrCat("K/V chunk dtype ", h[5], " unsupported"));
+  const int64_t tokens = kv.range.size();
+  if (kv.n_layer <= 0 || kv.n_head_kv <= 0 || kv.head_dim <= 0 || tokens < 0 ||
+      kv.n_layer > (1 << 16) || kv.n_head_kv > (1 << 16) || kv.head_dim > (1 << 16) ||
+      tokens > (int64_t{1} << 32) || h[6] != kv.n_layer * kv.n_head_kv * tokens * kv.head_dim) {
+    return absl::InvalidArgumentError("K/V chunk header is inconsistent");
+  }
+  const size_t payload = static_cast<size_t>(h[6]) * 2 * sizeof(float);
+  if (bytes.size() != sizeof(kMagic) + sizeof(h) + payload) {
+    return absl::InvalidArgumentError(absl::StrCat("K/V chunk has ", bytes.size(), " bytes, header says ",
+                                                   sizeof(kMagic) + sizeof(h) + payload));
+  }
+  kv.k.resize(h[6]);
+  kv.v.resize(h[6]);
+  const uint8_t* p = bytes.data() + sizeof(kMagic) + sizeof(h);
+  std::memcpy(kv.k.data(), p, h[6] * sizeof(float));
+  std::memcpy(kv.v.data(), p + h[6] * sizeof(float), h[6] * sizeof(float));
+  return kv;
+}
+
+MesaPhases::MesaPhases(const Model& model, ThreadPool& pool, const MesaPlan& plan)
+    : model_(model), plan_(plan), runner_(model, pool) {}
+
+AttentionSetup MesaPhases::StairSetup(const MesaPlan& plan) {
+  AttentionSetup s;
+  s.keys = KeyEncoding::kRaw;
+  s.rel.kind = RelativePosition::Kind::kStair;
+  s.rel.n = plan.stair_n;
+  s.rel.e = plan.stair_e;
+  s.logn_train_length = plan.logn ? plan.train_length : 0;
+  return s;
+}
+
+ChunkKv MesaPhases::Extract(const KvCache& cache, int64_t first_row, TokenRange range) const {
+  ChunkKv kv;
+  kv.n_layer = cache.n_layer();
+  kv.n_head_kv = cache.n_head_kv();
+  kv.head_dim = cache.head_dim();
+  kv.range = range;
+  const int64_t t = range.size(), hd = kv.head_dim;
+  kv.k.resize(kv.n_layer * kv.n_head_kv * t * hd);
+  kv.v.resize(kv.k.size());
+  for (int64_t l = 0; l < kv.n_layer; ++l) {
+    for (int64_t h = 0; h < kv.n_head_kv; ++h) {
+      const int64_t dst = ((l * kv.n_head_kv + h) * t) * hd;
+      const int64_t src = ((h * cache.capacity()) + first_row) * hd;
+      std::memcpy(kv.k.data() + dst, cache.k(l) + src, t * hd * sizeof(float));
+      std::memcpy(kv.v.data() + dst, cache.v(l) + src, t * hd * sizeof(float));
+    }
+  }
+  return kv;
+}
+
+void MesaPhases::Append(const ChunkKv& kv, KvCache& cache) const {
+  const int64_t t = kv.tokens(), hd = kv.head_dim, first = cache.size();
+  cache.Reserve(first + t);
+  for (int64_t l = 0; l < kv.n_layer; ++l) {
+    for (int64_t h = 0; h < kv.n_head_kv; ++h) {
+      const int64_t src = ((l * kv.n_head_kv + h) * t) * hd;
+      std::memcpy(cache.k_row(l, h, first), kv.k.data() + src, t * hd * sizeof(float));
+      std::memcpy(cache.v_row(l, h, first), kv.v.data() + src, t * hd * sizeof(float));
+    }
+  }
+  cache.Commit(t);
+}
+
+absl::StatusOr<ChunkKv> MesaPhases::RunAnchor(absl::Span<const int32_t> anchor_tokens,
+                                              std::vector<float>* logits) {
+  if (anchor_tokens.empty()) return absl::InvalidArgumentError("the anchor is empty");
+  KvCache cache = runner_.NewCache(static_cast<int64_t>(anchor_tokens.size()), KeyEncoding::kRaw);
+  MESA_RETURN_IF_ERROR(runner_.Forward(anchor_tokens, cache,
+                                       logits ? LogitsMode::kAll : LogitsMode::kNone, logits,
+                                       ExactRaw()));
+  return Extract(cache, 0, {0, static_cast<int64_t>(anchor_tokens.size())});
+}
+
+absl::StatusOr<ChunkKv> MesaPhases::RunMiddle(const ChunkKv& anchor,
+                                              absl::Span<const int32_t> chunk_tokens,
+                                              TokenRange global_range,
+                                              std::vector<float>* logits) {
+  if (chunk_tokens.empty()) return absl::InvalidArgumentError("the middle chunk is empty");
+  if (global_range.size() != static_cast<int64_t>(chunk_tokens.size())) {
+    return absl::InvalidArgumentError("chunk range and token count differ");
+  }
+  if (anchor.range.begin != 0 || anchor.n_layer != model_.config.n_layer) {
+    return absl::InvalidArgumentError("the anchor K/V does not belong to this model's anchor");
+  }
+  // [anchor, chunk] with positions restarting: anchor at 0..F-1, chunk at F..F+W-1.
+  KvCache cache = runner_.NewCache(anchor.tokens() + global_range.size(), KeyEncoding::kRaw);
+  Append(anchor, cache);
+  MESA_RETURN_IF_ERROR(runner_.Forward(chunk_tokens, cache,
+                                       logits ? LogitsMode::kAll : LogitsMode::kNone, logits,
+                                       ExactRaw()));
+  return Extract(cache, anchor.tokens(), global_range);
+}
+
+absl::StatusOr<MesaState> MesaPhases::RunFinal(const ChunkKv& anchor,
+                                               absl::Span<const ChunkKv> middles,
+                                               absl::Span<const int32_t> last_tokens,
+                                               LogitsMode mode, std::vector<float>* logits) {
+  if (last_tokens.empty()) return absl::InvalidArgumentError("the last chunk is empty");
+  int64_t expect = anchor.range.end;
+  int64_t total = anchor.tokens();
+  for (const ChunkKv& m : middles) {
+    if (m.range.begin != expect || m.n_layer != anchor.n_layer || m.n_head_kv != anchor.n_head_kv ||
+        m.head_dim != anchor.head_dim) {
+      return absl::InvalidArgumentError(absl::StrCat("middle chunk [", m.range.begin, ", ", m.range.end,
+                                                     ") does not continue at ", expect));
+    }
+    expect = m.range.end;
+    total += m.tokens();
+  }
+  MesaState state{runner_.NewCache(total + static_cast<int64_t>(last_tokens.size()) +
+                                       plan_.max_new_tokens,
+                                   KeyEncoding::kRaw),
+                  StairSetup(plan_)};
+  Append(anchor, state.cache);
+  for (const ChunkKv& m : middles) Append(m, state.cache);
+  MESA_RETURN_IF_ERROR(runner_.Forward(last_tokens, state.cache, mode, logits, state.setup));
+  return state;
+}
+
+absl::Status MesaPhases::Decode(MesaState& state, int32_t token, std::vector<float>* logits) {
+  return runner_.Forward({&token, 1}, state.cache, LogitsMode::kLast, logits, state.setup);
+}
+
+}  // namespace mesa
