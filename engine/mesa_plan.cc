@@ -201,8 +201,10 @@ std::string PlanToText(const MesaPlan& plan) {
     }
     absl::StrAppend(&out, "last:    ", range(plan.last), absl::StrFormat(" (target %d)\n", plan.last_target));
   }
-  absl::StrAppendFormat(&out, "stair:   N = %d, E = %d; log-n scaling %s\n", plan.stair_n, plan.stair_e,
-                        plan.logn ? "on" : "off");
+  if (plan.chunked) {
+    absl::StrAppendFormat(&out, "stair:   N = %d, E = %d; log-n scaling %s\n", plan.stair_n, plan.stair_e,
+                          plan.logn ? "on" : "off");
+  }
   for (const std::string& note : plan.notes) absl::StrAppend(&out, "note:    ", note, "\n");
   return out;
 }

@@ -78,7 +78,7 @@ absl::StatusOr<BatchSummary> RunBatch(const std::string& input_path, const std::
     result.status = line->error;
     if (line->ok()) {
       const JobInput& in = line->input;
-      const std::vector<PromptPiece> pieces = BuildPrompt(options.chat_template, options.task, in);
+      const std::vector<PromptPiece> pieces = BuildPrompt(options.chat_template, in.task, in);
       auto prompt = TokenizePrompt(tokenizer, pieces);
       if (!prompt.ok()) {
         result.status = absl::Status(prompt.status().code(),

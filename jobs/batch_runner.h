@@ -37,7 +37,7 @@ class DocumentGenerator {
 };
 
 struct BatchOptions {
-  TaskKind task = TaskKind::kSummarize;
+  TaskKind task = TaskKind::kSummarize;  // lines may name their own
   ChatTemplate chat_template = ChatTemplate::kRaw;  // resolved (not kAuto)
   int64_t max_tokens = 256;                         // per line unless the line says
   InputLimits limits;

@@ -106,6 +106,13 @@ ParsedLine ParseJobLine(std::string_view text, int64_t line, TaskKind task, cons
   JobInput& in = r.input;
   in.custom_id = r.custom_id;
   in.line = line;
+  in.task = task;
+  if (auto t = j.find("task"); t != j.end() && !t->is_null()) {
+    if (!t->is_string()) return fail(absl::StrCat("field 'task' must be a string, not ", t->type_name()));
+    auto parsed = ParseTaskKind(t->get<std::string>());
+    if (!parsed.ok()) return fail(parsed.status().message());
+    in.task = task = *parsed;
+  }
   // document, or its alias text
   const bool has_doc = j.contains("document"), has_text = j.contains("text");
   if (has_doc && has_text) return fail("give 'document' or its alias 'text', not both");

@@ -27,10 +27,12 @@ absl::StatusOr<TaskKind> ParseTaskKind(std::string_view name);
 
 // One valid input line:
 //   {"custom_id": "doc-1", "document": "...", "question": "..." (qa),
-//    "prompt": "..." (task prompt), "max_tokens": 128 (optional)}
+//    "prompt": "..." (task prompt), "max_tokens": 128 (optional),
+//    "task": "qa" (optional: this line's task instead of the run's)}
 // "text" is accepted as an alias of "document". Other fields are ignored.
 struct JobInput {
   std::string custom_id;
+  TaskKind task = TaskKind::kSummarize;  // the run's task unless the line names one
   std::string document;
   std::string question;               // qa
   std::string prompt;                 // the custom instruction (prompt task)
@@ -52,8 +54,10 @@ struct ParsedLine {
   bool ok() const { return error.ok(); }
 };
 
-// Validates one line (without its newline). Never fails the caller: errors are in the
-// result. Checks: valid UTF-8, valid JSON, an object, a non-empty string custom_id, a
+// Validates one line (without its newline); `task` is the run's task, which a line's
+// "task" field overrides. Never fails the caller: errors are in the result.
+// Checks: valid UTF-8, valid JSON, an object, a non-empty string custom_id, a known
+// task, a
 // non-empty string document (or text, not both), within limits, the task's field
 // (question for qa, prompt for prompt) as a non-empty string, max_tokens a non-negative
 // integer.

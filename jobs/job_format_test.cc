@@ -47,6 +47,11 @@ TEST(JobFormatTest, ValidLines) {
   ParsedLine pr = Parse(R"({"custom_id": "d", "document": "D", "prompt": "List the names."})", TaskKind::kPrompt);
   ASSERT_TRUE(pr.ok()) << pr.error;
   EXPECT_EQ(pr.input.prompt, "List the names.");
+  EXPECT_EQ(pr.input.task, TaskKind::kPrompt);
+  // A line may name its own task.
+  ParsedLine own = Parse(R"({"custom_id": "e", "document": "D", "task": "qa", "question": "Q?"})");
+  ASSERT_TRUE(own.ok()) << own.error;
+  EXPECT_EQ(own.input.task, TaskKind::kQa);
   // Non-ASCII UTF-8 is fine.
   EXPECT_TRUE(Parse("{\"custom_id\": \"\xc3\xa9\", \"document\": \"caf\xc3\xa9 \xe2\x9c\x93\"}").ok());
 }
@@ -89,6 +94,10 @@ TEST(JobFormatTest, EveryBadLineKind) {
        "missing field 'prompt'", "a"},
       {"negative max_tokens", R"({"custom_id": "a", "document": "x", "max_tokens": -1})", TaskKind::kSummarize, 0,
        "'max_tokens' must be a non-negative integer", "a"},
+      {"unknown task", R"({"custom_id": "a", "document": "x", "task": "translate"})", TaskKind::kSummarize, 0,
+       "unknown task 'translate'", "a"},
+      {"line task qa without question", R"({"custom_id": "a", "document": "x", "task": "qa"})",
+       TaskKind::kSummarize, 0, "missing field 'question'", "a"},
       {"fractional max_tokens", R"({"custom_id": "a", "document": "x", "max_tokens": 1.5})", TaskKind::kSummarize,
        0, "'max_tokens' must be a non-negative integer", "a"},
   };

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up, builds and runs the main job on a model:
+# Sets up, builds and runs the main job on a model (a batch of long documents):
 #   bash scripts/quickstart.sh [MODEL.gguf]
 # Default model: ../shared/models/stories260K-f32.gguf (a tiny real story model).
 set -euo pipefail
@@ -14,3 +14,14 @@ bash scripts/build.sh
 ./build/release/client/cli/mesa info "$MODEL"
 echo
 ./build/release/client/cli/mesa generate --model "$MODEL" --prompt "Once upon a time" -n 64
+echo
+# A batch of long documents (2k-8k tokens, far past the model's trained length) through
+# `mesa run` with Mesa-Extrapolation, one result line per document.
+OUT_DIR=build/quickstart
+mkdir -p "$OUT_DIR"
+python3 scripts/make_sample_jobs.py --out "$OUT_DIR/jobs.jsonl"
+rm -f "$OUT_DIR/results.jsonl"
+./build/release/client/cli/mesa run --model "$MODEL" --input "$OUT_DIR/jobs.jsonl" \
+  --output "$OUT_DIR/results.jsonl" --task summarize --max-tokens 64
+echo
+echo "quickstart: results (one JSON line per document) are in $OUT_DIR/results.jsonl"

@@ -73,6 +73,9 @@ absl::StatusOr<Setup> Prepare(const EvalArgs& a) {
   auto base = ToLongContextOptions(flags);
   if (!base.ok()) return base.status();
   s.base = *std::move(base);
+  if (!a.plot.empty()) {
+    if (absl::Status st = CheckGnuplot(); !st.ok()) return st;
+  }
   auto model = LoadModelForCli(a.model);
   if (!model.ok()) return model.status();
   s.model = *std::move(model);

@@ -60,8 +60,8 @@ int RunRun(const RunArgs& a) {
   auto summary = jobs::RunBatch(a.input, a.output, *(*model)->tokenizer, generator, options, &progress);
   progress.Finish();
   if (!summary.ok()) return Fail(summary.status());
-  std::fprintf(stderr, "mesa run: %lld ok, %lld errors", static_cast<long long>(summary->ok),
-               static_cast<long long>(summary->errors));
+  std::fprintf(stderr, "mesa run: %lld ok, %lld error%s", static_cast<long long>(summary->ok),
+               static_cast<long long>(summary->errors), summary->errors == 1 ? "" : "s");
   if (summary->skipped > 0) {
     std::fprintf(stderr, ", %lld already done", static_cast<long long>(summary->skipped));
   }
@@ -78,7 +78,8 @@ void RegisterRun(CLI::App& app) {
       "Run a task on every document of a JSONL file, one result line per input line (resumable)");
   cmd->footer(
       "Input lines: {\"custom_id\": \"...\", \"document\": \"...\" (or \"text\"), \"question\": \"...\" (qa), "
-      "\"prompt\": \"...\" (task prompt), \"max_tokens\": N (optional)}.\n"
+      "\"prompt\": \"...\" (task prompt), \"max_tokens\": N (optional), \"task\": \"qa\" (optional: this line's "
+      "task)}.\n"
       "Output lines: {\"custom_id\", \"line\", \"status\": \"ok\"|\"error\", \"text\", \"prompt_tokens\", "
       "\"generated_tokens\", \"stop_reason\", \"attention\", \"plan\", \"timings\", \"error\"}.\n"
       "A bad line gives an error record and the run goes on. Rerunning with the same --output skips "

@@ -50,13 +50,16 @@ std::string Num(double v) { return absl::StrCat(v); }
 
 }  // namespace
 
+absl::Status CheckGnuplot() {
+  if (!FindGnuplot().empty()) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      "--plot needs gnuplot, which is not on PATH: install it (Debian/Ubuntu: apt-get install "
+      "gnuplot-nox) or set MESA_GNUPLOT, or leave out --plot");
+}
+
 absl::Status WritePngPlot(const PlotSpec& spec, const std::string& png_path) {
+  if (absl::Status st = CheckGnuplot(); !st.ok()) return st;
   const std::string gnuplot = FindGnuplot();
-  if (gnuplot.empty()) {
-    return absl::FailedPreconditionError(
-        "--plot needs gnuplot, which is not on PATH: install it (Debian/Ubuntu: apt-get install "
-        "gnuplot-nox) or set MESA_GNUPLOT, or leave out --plot");
-  }
   std::filesystem::path png(png_path);
   const std::string data_path = std::filesystem::path(png).replace_extension(".dat").string();
   const std::string script_path = std::filesystem::path(png).replace_extension(".gp").string();
@@ -93,7 +96,27 @@ absl::Status WritePngPlot(const PlotSpec& spec, const std::string& png_path) {
         gp << "set xrange [" << Num(*xs.begin() / 1.25) << ":" << Num(*xs.rbegin() * 1.25) << "]\n";
       }
     }
-    if (spec.log_y) gp << "set logscale y\nset format y '%g'\n";
+    if (spec.log_y) {
+      // Labels at 1-2-5 steps: gnuplot labels only decades, too few for a narrow range.
+      double lo = INFINITY, hi = -INFINITY;
+      for (const PlotSeries& s : spec.series) {
+        for (double y : s.y) {
+          if (std::isfinite(y) && y > 0) lo = std::min(lo, y), hi = std::max(hi, y);
+        }
+      }
+      gp << "set logscale y\nset format y '%g'\n";
+      if (lo <= hi) {
+        std::vector<std::string> tics;
+        for (double decade = std::pow(10.0, std::floor(std::log10(lo))); decade <= hi * 10; decade *= 10) {
+          for (double m : {1.0, 2.0, 5.0}) {
+            const double v = m * decade;
+            if (v >= lo / 2.5 && v <= hi * 2.5) tics.push_back(absl::StrCat("\"", Num(v), "\" ", Num(v)));
+          }
+        }
+        gp << "set ytics (" << absl::StrJoin(tics, ", ") << ")\n";
+        if (!spec.y_min && !spec.y_max) gp << "set yrange [" << Num(lo / 1.3) << ":" << Num(hi * 1.3) << "]\n";
+      }
+    }
     if (spec.y_min || spec.y_max) {
       gp << "set yrange [" << (spec.y_min ? Num(*spec.y_min) : "") << ":"
          << (spec.y_max ? Num(*spec.y_max) : "") << "]\n";

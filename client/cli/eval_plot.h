@@ -27,6 +27,9 @@ struct PlotSpec {
   std::vector<PlotSeries> series;
 };
 
+// OK when gnuplot can be found: lets a command fail before a long evaluation.
+absl::Status CheckGnuplot();
+
 absl::Status WritePngPlot(const PlotSpec& spec, const std::string& png_path);
 
 }  // namespace mesa::cli

@@ -1,24 +1,29 @@
 // CPU attention (kernels/attention.h): a flash-attention style kernel for every
-// position mode. Work is split into units (head, block of up to kQb queries, key
-// range) handed to the pool's threads dynamically, largest first. A unit walks its
-// keys in tiles of kKb with an online softmax (running max and sum per query), so
-// memory per thread is a few small tiles whatever n_kv is, and a tile of keys and
-// values is reused from cache by every query of the block.
+// position mode. Work is split into units (kv head, block of kQb rows, key range)
+// handed to the pool's threads dynamically, largest first; a row is one (query,
+// head) pair, and the heads sharing a kv head sit in one unit so they share every
+// key and value load (decode reads the cache once per kv head, not once per head).
+// A unit walks its keys in tiles of kKb with an online softmax (running max and sum
+// per row), so memory per thread is a few small tiles whatever n_kv is. With at
+// least kMinBlockRows rows, scores and accumulators are kept transposed ([key][row],
+// [dim][row]) so both products broadcast one key/value element against vectors of
+// rows and the softmax runs across rows in vector lanes; decode-sized units dot
+// each key instead. Too few units for the pool (decode) split the keys as well and
+// merge the partial softmax states.
 //
 // Raw-key RoPE (kRopeRaw) needs Rot(rel(t, p)) q . k per pair. Two routes:
 //   - separable tiles: where rel(t, p) = A(t) - B(p) for every visible pair of the
-//     tile (exact windows, ReRoPE's clamped region, Self-Extend's grouped region),
-//     Rot(A) q . Rot(B) k is the same logit, so queries and keys are each rotated
-//     once per tile and the scores are a plain block product. A and B are taken
-//     relative to the tile's first key, so no table entry exceeds max rel.
-//   - other tiles (Stair PE's woven region, tiles straddling a boundary): each query
-//     is rotated once per distinct rel value it meets, then dotted with the keys.
-// Rotations use a cos/sin table indexed by rel, built in double and cached across
-// calls (it depends only on the rotary parameters).
+//     tile (exact windows: A = t, B = p; ReRoPE's clamped region: A = window, B = 0;
+//     Self-Extend's grouped region: A = t/g + w - w/g, B = p/g), Rot(A) q . Rot(B) k
+//     is the same logit, so each row is rotated once per unit, each key once per tile,
+//     and the scores are a plain block product;
+//   - other tiles (Stair PE's woven region, tiles straddling a boundary): each row is
+//     rotated once per distinct rel value it meets, then dotted with the keys.
+// Rotations use a cos/sin table indexed by position, built in double and cached
+// across calls (it depends only on the rotary parameters).
 //
-// Hot loops are written with GCC vector extensions (16 floats) inside one
-// multiversioned function per unit (AVX-512, AVX2+FMA, baseline), so one binary uses
-// what the CPU has; every helper is always_inline into those clones.
+// Hot loops use GCC vector extensions (16 floats) inside one multiversioned function
+// per unit (AVX-512, AVX2+FMA, baseline); every helper is always_inline into it.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -77,9 +82,7 @@ typedef int32_t I16U __attribute__((vector_size(64), aligned(4), may_alias));
 MESA_ATTN_INLINE V16 Load(const float* p) { return *reinterpret_cast<const V16U*>(p); }
 MESA_ATTN_INLINE void Store(float* p, V16 v) { *reinterpret_cast<V16U*>(p) = v; }
 MESA_ATTN_INLINE I16 LoadI(const int32_t* p) { return *reinterpret_cast<const I16U*>(p); }
-// x - (+0) is exactly x for every x, so this folds to a plain broadcast (an
-// initializer list or x + 0 does not).
-MESA_ATTN_INLINE V16 Splat(float x) { return x - V16{}; }
+MESA_ATTN_INLINE V16 Splat(float x) { return V16{} + x; }
 MESA_ATTN_INLINE V16 Max(V16 a, V16 b) { return a > b ? a : b; }
 MESA_ATTN_INLINE float HSum(V16 v) {
   v += __builtin_shuffle(v, I16{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
@@ -232,8 +235,9 @@ MESA_ATTN_INLINE void QkT(const float* qt, const float* key, int64_t ks, int64_t
     for (int c = 0; c < QV; ++c) q[c] = Load(qt + d * kQb + c * kLanes);
 #pragma GCC unroll 16
     for (int kr = 0; kr < KR; ++kr) {
-      const V16 b = Splat(key[kr * ks + d]);
-      for (int c = 0; c < QV; ++c) a[kr][c] += b * q[c];
+      // vector * scalar: GCC broadcasts straight from memory.
+      const float b = key[kr * ks + d];
+      for (int c = 0; c < QV; ++c) a[kr][c] += q[c] * b;
     }
   }
 #pragma GCC unroll 16
@@ -265,8 +269,8 @@ MESA_ATTN_INLINE void PvT(const float* pt, int64_t kn, const float* val, int64_t
     for (int c = 0; c < QV; ++c) pv[c] = Load(pt + k * kQb + c * kLanes);
 #pragma GCC unroll 16
     for (int dr = 0; dr < DR; ++dr) {
-      const V16 b = Splat(val[k * vs + dr]);
-      for (int c = 0; c < QV; ++c) a[dr][c] += b * pv[c];
+      const float b = val[k * vs + dr];
+      for (int c = 0; c < QV; ++c) a[dr][c] += pv[c] * b;
     }
   }
 #pragma GCC unroll 16
@@ -475,8 +479,8 @@ MESA_ATTN_INLINE void PvRows(const float* p, int64_t kn, const float* v, int64_t
     for (int c = 0; c < W; ++c) vv[c] = Load(v + k * vstride + c * kLanes);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const V16 b = Splat(p[r * kKb + k]);
-      for (int c = 0; c < W; ++c) a[r][c] += b * vv[c];
+      const float b = p[r * kKb + k];
+      for (int c = 0; c < W; ++c) a[r][c] += vv[c] * b;
     }
   }
 #pragma GCC unroll 8

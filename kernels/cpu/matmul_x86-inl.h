@@ -188,21 +188,35 @@ struct TileQ8_0 {
     MESA_UNROLL for (int t = 0; t < T; ++t) ad[t] =
         reinterpret_cast<const float*>(a.act + t * a.act_stride + a.cols);
     for (int64_t b = 0; b < nb; ++b) {
+      // With VNNI: (a + 128) as unsigned times w, minus 128 * (sums of 4 w), which
+      // starts the accumulator: one dpbusd per (row, token), exact in int32. Without:
+      // |w| times a with w's sign (maddubs would saturate on a + 128).
       __m256i wq[R], wa[R];
-      float wd[R];
+      __m256 wd[R];
       MESA_UNROLL for (int r = 0; r < R; ++r) {
         const uint8_t* blk = a.w + r * a.w_stride + b * 34;
         if ((b & 1) == 0) PrefetchAhead<68>(blk);
-        wd[r] = LoadF16(blk);
+        wd[r] = _mm256_set1_ps(LoadF16(blk));
         wq[r] = Load256(blk + 2);
-        wa[r] = _mm256_abs_epi8(wq[r]);
+        if constexpr (kVnni) {
+          wa[r] = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                   DotU8S8(_mm256_setzero_si256(), _mm256_set1_epi8(-128), wq[r]));
+        } else {
+          wa[r] = _mm256_abs_epi8(wq[r]);
+        }
       }
       MESA_UNROLL for (int t = 0; t < T; ++t) {
         const __m256i aq = Load256(a.act + t * a.act_stride + b * 32);
-        const float d = ad[t][b];
+        const __m256 d = _mm256_set1_ps(ad[t][b]);
+        const __m256i au = _mm256_xor_si256(aq, _mm256_set1_epi8(-128));
         MESA_UNROLL for (int r = 0; r < R; ++r) {
-          const __m256i p = DotU8S8(_mm256_setzero_si256(), wa[r], _mm256_sign_epi8(aq, wq[r]));
-          acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(wd[r] * d), acc[r][t]);
+          __m256i p;
+          if constexpr (kVnni) {
+            p = DotU8S8(wa[r], au, wq[r]);
+          } else {
+            p = DotU8S8(_mm256_setzero_si256(), wa[r], _mm256_sign_epi8(aq, wq[r]));
+          }
+          acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(wd[r], d), acc[r][t]);
         }
       }
     }
@@ -339,16 +353,17 @@ struct TileQ45K {
             }
           }
         }
+        // acc += da * (d * isum - dmin * sum_j min_j * bsum_j), all in vectors.
+        __m256 da[T];
+        MESA_UNROLL for (int t = 0; t < T; ++t) da[t] = _mm256_set1_ps(ab[t]->d);
         MESA_UNROLL for (int r = 0; r < R; ++r) {
-          const float d = LoadF16(blk[r]);
-          const float dmin = LoadF16(blk[r] + 2);
+          const __m256 d = _mm256_set1_ps(LoadF16(blk[r]));
+          const __m256 dmin = _mm256_set1_ps(LoadF16(blk[r] + 2));
           MESA_UNROLL for (int t = 0; t < T; ++t) {
-            const __m256i bs = Load256(ab[t]->bsums);
-            const float da = ab[t]->d;
-            acc[r][t] =
-                _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r][t]), _mm256_set1_ps(d * da), acc[r][t]);
-            acc[r][t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(mins[r], bs)),
-                                         _mm256_set1_ps(dmin * da), acc[r][t]);
+            const __m256 m =
+                _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(mins[r], Load256(ab[t]->bsums))), dmin);
+            const __m256 v = _mm256_fmsub_ps(_mm256_cvtepi32_ps(isum[r][t]), d, m);
+            acc[r][t] = _mm256_fmadd_ps(v, da[t], acc[r][t]);
           }
         }
       }
