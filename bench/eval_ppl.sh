@@ -65,6 +65,7 @@ MODELS=(
 )
 
 START=$(date +%s)
+LOAD_START="$(cut -d" " -f1-3 /proc/loadavg 2>/dev/null || echo unknown)"
 for entry in "${MODELS[@]}"; do
   IFS='|' read -r name model text <<< "$entry"
   [ -f "$model" ] || die "$model not found (set MESA_SHARED_DIR)"
@@ -86,6 +87,7 @@ for entry in "${MODELS[@]}"; do
   fi
 done
 ELAPSED=$(( $(date +%s) - START ))
+LOAD_END="$(cut -d" " -f1-3 /proc/loadavg 2>/dev/null || echo unknown)"
 rm -f "$OUT_DIR"/ppl_*.gp  # keep the PNGs and their .dat data
 
 CPU="$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -1)"
@@ -93,9 +95,9 @@ COMMIT="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 if [ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -v '^??' || true)" ]; then COMMIT="$COMMIT + uncommitted changes"; fi
 
 python3 - "$TMP" "$OUT_DIR/ppl.md" "$CPU" "$(nproc)" "$THREADS" "$COMMIT" "$ELAPSED" \
-  "$WINDOWS" "$SAMPLES" <<'PY'
+  "$WINDOWS" "$SAMPLES" "$LOAD_START" "$LOAD_END" <<'PY'
 import json, os, sys, datetime
-tmp, out, cpu, cores, threads, commit, elapsed, windows, samples = sys.argv[1:]
+tmp, out, cpu, cores, threads, commit, elapsed, windows, samples, load0, load1 = sys.argv[1:]
 names = ["stories260K", "tinystories656k"]
 files = {"stories260K": "stories260K-f32.gguf", "tinystories656k": "tinystories-656k-f32.gguf"}
 reference = {  # TESTDATA.md: llama-perplexity, second half, 8 windows
@@ -119,7 +121,8 @@ def grid(points, key, fmtf=fmt):
 md = ["# Perplexity and passkey retrieval against input length", "",
       f"- Date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
       f"- Commit: {commit}",
-      f"- Machine: {cpu}, {cores} cores; {threads} threads; total run time {int(elapsed)//60} min {int(elapsed)%60} s",
+      f"- Machine: {cpu}, {cores} cores; {threads} threads; total run time {int(elapsed)//60} min {int(elapsed)%60} s; "
+      f"load average (1/5/15 min) {load0} before, {load1} after (other work on the cores slows the timings)",
       "- Models: ../shared/models/stories260K-f32.gguf and tinystories-656k-f32.gguf, trained length T = 512",
       "- Text: ../shared/text/tinystories_valid_part1.txt (non-ASCII bytes removed for the 656k model)",
       "- Made by `bench/eval_ppl.sh` (`mesa eval ppl` / `mesa eval passkey`, default Mesa, Self-Extend and ReRoPE settings)",

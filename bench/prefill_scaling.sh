@@ -2,8 +2,8 @@
 # Prefill time and peak memory against input length, mesa against full attention, on a
 # small real model (default ../shared/models/stories260K-f32.gguf, --train-length 512).
 # Each (method, length) runs in a fresh `mesa bench --prompt-tokens P --gen-tokens 0
-# --attention M --json` process, so peak_rss_bytes is that run's own peak, under a
-# per-run time limit (runs that hit it are reported, not retried). Writes
+# --attention M --reps R --json` process (median of R prefills, default 3), so
+# peak_rss_bytes is that run's own peak, under a per-run time limit (runs that hit it are reported, not retried). Writes
 # bench/results/prefill_scaling.md (table, checks, machine, date, commit) and
 # bench/results/prefill_scaling.png (time and memory against length).
 #
@@ -14,7 +14,7 @@
 #   - mesa's time overhead against full where both finished (ratio per length)
 #
 # Usage: bench/prefill_scaling.sh [--lengths "1024 2048 ..."] [--model M] [--threads T]
-#                                 [--limit SECONDS] [--build-dir DIR]
+#                                 [--limit SECONDS] [--reps R] [--build-dir DIR]
 # Environment: MESA_BUILD_DIR (default build/release), MESA_BIN (the mesa binary),
 #   MESA_SHARED_DIR (default ../shared).
 set -euo pipefail
@@ -25,7 +25,7 @@ SHARED="${MESA_SHARED_DIR:-$ROOT/../shared}"
 MODEL="$SHARED/models/stories260K-f32.gguf"
 LENGTHS="1024 2048 4096 8192 16384 32768"
 METHODS="mesa full"
-THREADS="$(nproc)" LIMIT=600 TRAIN=512
+THREADS="$(nproc)" LIMIT=600 TRAIN=512 REPS=3
 OUT_MD="$ROOT/bench/results/prefill_scaling.md"
 OUT_PNG="$ROOT/bench/results/prefill_scaling.png"
 
@@ -38,8 +38,9 @@ while [ $# -gt 0 ]; do
     --model) MODEL="$2"; shift 2 ;;
     --threads) THREADS="$2"; shift 2 ;;
     --limit) LIMIT="$2"; shift 2 ;;
+    --reps) REPS="$2"; shift 2 ;;
     --build-dir) BUILD_DIR="$2"; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
@@ -51,6 +52,7 @@ command -v gnuplot >/dev/null || die "gnuplot is needed for the plot (apt-get in
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
+LOAD_START="$(cut -d" " -f1-3 /proc/loadavg 2>/dev/null || echo unknown)"
 : > "$TMP/runs.jsonl"
 for n in $LENGTHS; do
   for m in $METHODS; do
@@ -58,7 +60,7 @@ for n in $LENGTHS; do
     start=$(date +%s%N)
     set +e
     timeout "$LIMIT" "$MESA" bench --model "$MODEL" --prompt-tokens "$n" --gen-tokens 0 \
-      --attention "$m" --train-length "$TRAIN" --threads "$THREADS" --reps 1 --json \
+      --attention "$m" --train-length "$TRAIN" --threads "$THREADS" --reps "$REPS" --json \
       > "$TMP/out.json" 2> "$TMP/err.txt"
     rc=$?
     set -e
@@ -79,13 +81,14 @@ PY
   done
 done
 
+LOAD_END="$(cut -d" " -f1-3 /proc/loadavg 2>/dev/null || echo unknown)"
 CPU="$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -1)"
 COMMIT="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 if [ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -v '^??' || true)" ]; then COMMIT="$COMMIT + uncommitted changes"; fi
 
-python3 - "$TMP" "$OUT_MD" "$OUT_PNG" "$MODEL" "$CPU" "$(nproc)" "$THREADS" "$COMMIT" "$LIMIT" "$TRAIN" <<'PY'
+python3 - "$TMP" "$OUT_MD" "$OUT_PNG" "$MODEL" "$CPU" "$(nproc)" "$THREADS" "$COMMIT" "$LIMIT" "$TRAIN" "$REPS" "$LOAD_START" "$LOAD_END" <<'PY'
 import json, math, os, subprocess, sys, datetime
-tmp, out_md, out_png, model, cpu, cores, threads, commit, limit, train = sys.argv[1:]
+tmp, out_md, out_png, model, cpu, cores, threads, commit, limit, train, reps, load0, load1 = sys.argv[1:]
 runs = [json.loads(l) for l in open(f"{tmp}/runs.jsonl")]
 def ok(r):
     return r["rc"] == 0 and r.get("prefill_tokens_per_s", 0) > 0
@@ -104,10 +107,11 @@ def status(r):
 md = ["# Prefill time and peak memory against input length", "",
       f"- Date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
       f"- Commit: {commit}",
-      f"- Machine: {cpu}, {cores} cores; {threads} threads (shared machine: other builds may have run at the same time)",
+      f"- Machine: {cpu}, {cores} cores; {threads} threads; load average (1/5/15 min) {load0} before the runs, "
+      f"{load1} after (well above the thread count means other work shared the cores: timings are then slower and noisier)",
       f"- Model: {os.path.basename(model)}, --train-length {train}; random prompt ids; one fresh process per run "
-      f"(`mesa bench --prompt-tokens P --gen-tokens 0 --attention M --json`), time limit {limit} s per run",
-      "- prefill s = P / prefill_tokens_per_s (the prefill of the measured repetition, after a short warm-up); "
+      f"(`mesa bench --prompt-tokens P --gen-tokens 0 --attention M --reps {reps} --json`), time limit {limit} s per run",
+      f"- prefill s = P / prefill_tokens_per_s (median of {reps} prefills after a short warm-up); "
       "peak RSS = the process's peak resident set (model, buffers, KV cache)", "",
       "| length | " + " | ".join(f"{m} prefill s | {m} tokens/s | {m} peak RSS MiB" for m in methods)
       + " | mesa / full time |",
@@ -175,7 +179,7 @@ if failed:
 md += ["## Checks", ""] + checks + ["", "![prefill time and peak memory](prefill_scaling.png)", ""]
 open(out_md, "w").write("\n".join(md))
 
-dat = f"{tmp}/scaling.dat"
+dat = os.path.splitext(out_png)[0] + ".dat"  # kept beside the plot
 with open(dat, "w") as f:
     for m in methods:
         f.write(f"# {m}: length prefill_s rss_mib\n")
@@ -192,17 +196,20 @@ set logscale x 2
 set xtics ({tics})
 set xrange [{lengths[0] / 1.3}:{lengths[-1] * 1.3}]
 set grid
-set key top left noenhanced
+set key top left reverse Left noenhanced
 set xlabel 'input length (tokens)'
 set logscale y
 set format y '%g'
 set ylabel 'prefill time (s, log scale)'
-set title 'time'
+set title 'time (log-log)'
 plot """ + ", ".join(f"'{dat}' index {i} using 1:2 with linespoints linewidth 2 pointtype {5 + 2 * i} title '{m}'"
                      for i, m in enumerate(methods)) + f"""
 unset logscale y
+unset logscale x
+set xtics ({", ".join(f'"{n // 1024}k" {n}' for n in lengths if n >= lengths[-1] // 8)})
+set xrange [0:{lengths[-1] * 1.05}]
 set ylabel 'peak RSS (MiB)'
-set title 'peak memory'
+set title 'peak memory (linear axes)'
 set yrange [0:*]
 plot """ + ", ".join(f"'{dat}' index {i} using 1:3 with linespoints linewidth 2 pointtype {5 + 2 * i} title '{m}'"
                      for i, m in enumerate(methods)) + """

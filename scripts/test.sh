@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing, builds, and runs the default test suite
-# (everything except the labels slow, bench and gpu), then a short fuzzing pass.
+# (everything except the labels slow, bench and gpu), after a short fuzzing pass.
 #   bash scripts/test.sh
 # The llama.cpp reference (npm) is set up on the way; if it cannot be had, the tests
 # that need it skip and say so.
@@ -11,7 +11,7 @@ if ! bash scripts/setup_reference.sh; then
   echo "test: the llama.cpp reference could not be set up; reference tests will be skipped"
 fi
 bash scripts/build.sh
-ctest --preset release
 if [ "${MESA_SKIP_FUZZ:-0}" != "1" ]; then
   bash scripts/run_fuzzers.sh "${MESA_FUZZ_SECONDS:-15}"
 fi
+ctest --preset release

@@ -97,7 +97,7 @@ absl::Status WritePngPlot(const PlotSpec& spec, const std::string& png_path) {
       }
     }
     if (spec.log_y) {
-      // Labels at 1-2-5 steps: gnuplot labels only decades, too few for a narrow range.
+      // Labels at 1-2-3-5 steps: gnuplot labels only decades, too few for a narrow range.
       double lo = INFINITY, hi = -INFINITY;
       for (const PlotSeries& s : spec.series) {
         for (double y : s.y) {
@@ -108,7 +108,7 @@ absl::Status WritePngPlot(const PlotSpec& spec, const std::string& png_path) {
       if (lo <= hi) {
         std::vector<std::string> tics;
         for (double decade = std::pow(10.0, std::floor(std::log10(lo))); decade <= hi * 10; decade *= 10) {
-          for (double m : {1.0, 2.0, 5.0}) {
+          for (double m : {1.0, 2.0, 3.0, 5.0}) {
             const double v = m * decade;
             if (v >= lo / 2.5 && v <= hi * 2.5) tics.push_back(absl::StrCat("\"", Num(v), "\" ", Num(v)));
           }

@@ -118,36 +118,74 @@ MESA_ATTN_INLINE V16 Exp(V16 x) {
   return x < -87.0f ? V16{} : res;
 }
 
-// a . b over n floats (any n).
+typedef float V8 __attribute__((vector_size(32)));
+typedef int32_t I8 __attribute__((vector_size(32)));
+typedef float V8U __attribute__((vector_size(32), aligned(4), may_alias));
+MESA_ATTN_INLINE V8 Load8(const float* p) { return *reinterpret_cast<const V8U*>(p); }
+MESA_ATTN_INLINE void Store8(float* p, V8 v) { *reinterpret_cast<V8U*>(p) = v; }
+MESA_ATTN_INLINE float HSum8(V8 v) {
+  v += __builtin_shuffle(v, I8{4, 5, 6, 7, 0, 1, 2, 3});
+  v += __builtin_shuffle(v, I8{2, 3, 0, 1, 2, 3, 0, 1});
+  return v[0] + v[1];
+}
+
+// a . b over n floats (any n). Short rows (small head_dim, as in decode of small
+// models) skip the 16-lane reduction: an 8-lane step and a scalar tail, no chain of
+// dependent scalar adds over the whole row.
 MESA_ATTN_INLINE float Dot(const float* a, const float* b, int64_t n) {
-  V16 s0{}, s1{};
   int64_t d = 0;
-  for (; d + 2 * kLanes <= n; d += 2 * kLanes) {
-    s0 += Load(a + d) * Load(b + d);
-    s1 += Load(a + d + kLanes) * Load(b + d + kLanes);
+  float s = 0.0f;
+  if (n >= kLanes) {
+    V16 s0{}, s1{};
+    for (; d + 2 * kLanes <= n; d += 2 * kLanes) {
+      s0 += Load(a + d) * Load(b + d);
+      s1 += Load(a + d + kLanes) * Load(b + d + kLanes);
+    }
+    if (d + kLanes <= n) {
+      s0 += Load(a + d) * Load(b + d);
+      d += kLanes;
+    }
+    s = HSum(s0 + s1);
   }
-  if (d + kLanes <= n) {
-    s0 += Load(a + d) * Load(b + d);
-    d += kLanes;
+  if (d + 8 <= n) {
+    s += HSum8(Load8(a + d) * Load8(b + d));
+    d += 8;
   }
-  float s = HSum(s0 + s1);
   for (; d < n; ++d) s += a[d] * b[d];
   return s;
 }
 
-// Relative position with the per-call precomputations that keep divisions out of
-// the per-pair loops: a table of R(d) for Stair PE, and t/g, p/g handed in by the
-// caller for Self-Extend.
+// Relative positions walked in runs: for a query at t and keys at pos, pos + 1, ...
+// (d = t - pos >= 0 falling), rel is constant over runs (a stair level, ReRoPE's
+// clamped region, a Self-Extend group) or rises by one per key (exact windows). A
+// per-row loop asks once per run, so there is no per-pair switch, division or table
+// (and no per-call O(n) setup such as a table of R(d)).
 struct RelCalc {
   RelativePosition::Kind kind;
-  int64_t window, wg;    // kClamp / kSelfExtend: window, window - window/group
-  const int32_t* stair;  // kStair: stair[d] = R(d) for 0 <= d <= max d
-  MESA_ATTN_INLINE int64_t operator()(int64_t d, int64_t tg, int64_t pg) const {
+  int64_t n, e;          // kStair
+  int64_t window, g, wg;  // kClamp / kSelfExtend: window, group, window - window/group
+  // rel(t, pos), and in *len (>= 1) how many keys from pos on share it.
+  MESA_ATTN_INLINE int64_t Run(int64_t t, int64_t tg, int64_t pos, int64_t* len) const {
+    const int64_t d = t - pos;
+    *len = 1;
     switch (kind) {
       case RelativePosition::Kind::kExact: return d;
-      case RelativePosition::Kind::kStair: return stair[d];
-      case RelativePosition::Kind::kClamp: return d < window ? d : window;
-      case RelativePosition::Kind::kSelfExtend: return d < window ? d : tg - pg + wg;
+      case RelativePosition::Kind::kStair: {
+        if (d < n) return d;
+        const int64_t level = (d - n) / e;
+        *len = d - n - level * e + 1;  // down to d = n + level * e
+        return n + level;
+      }
+      case RelativePosition::Kind::kClamp:
+        if (d < window) return d;
+        *len = d - window + 1;
+        return window;
+      case RelativePosition::Kind::kSelfExtend: {
+        if (d < window) return d;
+        const int64_t pg = pos / g;
+        *len = std::min(pg * g + g - pos, d - window + 1);
+        return tg - pg + wg;
+      }
     }
     return d;
   }
@@ -220,6 +258,40 @@ MESA_ATTN_INLINE void RotateRow(const Ctx& c, const float* x, int64_t r, float* 
     for (int64_t d = 0; d < c.rd; ++d) out[d] = x[d] * cs[d] + x[d ^ 1] * cs[c.rd + d];
   }
   for (int64_t d = c.rd; d < c.hd; ++d) out[d] = x[d];
+}
+
+// Raw-key scores of one row (query at t, scaled row qs, pair-swapped copy qw) for keys
+// at positions p0 .. p0 + nvis - 1: the row is rotated once per run of keys sharing a
+// rel, then dotted with each key of the run. out[k * ostride] = Rot(rel) q . key k.
+MESA_ATTN_INLINE void RopeRowScores(const Ctx& c, const float* qs, const float* qw, int64_t t,
+                                    int64_t tg, int64_t p0, int64_t nvis, const float* krows,
+                                    float* qr, float* out, int64_t ostride) {
+  const int64_t hd = c.hd;
+  for (int64_t d = c.rd; d < hd; ++d) qr[d] = qs[d];
+  for (int64_t k = 0; k < nvis;) {
+    int64_t len;
+    const int64_t rel = c.rel.Run(t, tg, p0 + k, &len);
+    const int64_t end = std::min(nvis, k + len);
+    RotateSwapped(qs, qw, c.table + rel * 2 * c.rd, c.rd, qr);
+    for (; k < end; ++k) out[k * ostride] = Dot(qr, krows + k * hd, hd);
+  }
+}
+
+// out[k * ostride] -= slope * rel(t, p0 + k) for the nvis visible keys.
+MESA_ATTN_INLINE void AlibiRow(const Ctx& c, float slope, int64_t t, int64_t tg, int64_t p0,
+                               int64_t nvis, float* out, int64_t ostride) {
+  for (int64_t k = 0; k < nvis;) {
+    int64_t len;
+    const int64_t rel = c.rel.Run(t, tg, p0 + k, &len);
+    const int64_t end = std::min(nvis, k + len);
+    if (len == 1) {
+      out[k * ostride] -= slope * static_cast<float>(rel);
+      ++k;
+      continue;
+    }
+    const float b = slope * static_cast<float>(rel);
+    for (; k < end; ++k) out[k * ostride] -= b;
+  }
 }
 
 // --- Block path (>= kMinBlockRows rows): scores and accumulators are transposed,
@@ -409,22 +481,11 @@ MESA_ATTN_INLINE void RunBlock(const Ctx& c, const Unit& u, Scratch& w, int64_t 
       }
       QkTile<QV>(qt, keys, hd, hd, kn, st);
     } else {
-      // Rotate each row once per distinct rel it meets in the tile, dot each key.
-      float* qr = w.qr.data();
+      // Rotate each row once per run of keys sharing a rel, dot each key.
       for (int64_t r = 0; r < n; ++r) {
-        const int64_t nvis = std::min<int64_t>(kn, w.vis[r] - j0);
-        const float* qs = w.qs.data() + r * c.hdp;
-        const float* qw = w.qw.data() + r * c.hdp;
-        for (int64_t d = c.rd; d < hd; ++d) qr[d] = qs[d];
-        int64_t cur = -1;
-        for (int64_t k = 0; k < nvis; ++k) {
-          const int64_t rel = c.rel(w.t[r] - (p0 + k), w.tg[r], w.pg[k]);
-          if (rel != cur) {
-            RotateSwapped(qs, qw, c.table + rel * 2 * c.rd, c.rd, qr);
-            cur = rel;
-          }
-          st[k * kQb + r] = Dot(qr, krows + k * hd, hd);
-        }
+        const int64_t nvis = std::clamp<int64_t>(w.vis[r] - j0, 0, kn);
+        RopeRowScores(c, w.qs.data() + r * c.hdp, w.qw.data() + r * c.hdp, w.t[r], w.tg[r], p0,
+                      nvis, krows, w.qr.data(), st + r, kQb);
       }
     }
 
@@ -438,12 +499,9 @@ MESA_ATTN_INLINE void RunBlock(const Ctx& c, const Unit& u, Scratch& w, int64_t 
           }
         }
       } else {
-        for (int64_t k = 0; k < kn; ++k) {
-          for (int64_t r = 0; r < n; ++r) {
-            const int64_t d = w.t[r] - (p0 + k);
-            if (d < 0) continue;
-            st[k * kQb + r] -= w.slope[r] * static_cast<float>(c.rel(d, w.tg[r], w.pg[k]));
-          }
+        for (int64_t r = 0; r < n; ++r) {
+          const int64_t nvis = std::clamp<int64_t>(w.vis[r] - j0, 0, kn);
+          AlibiRow(c, w.slope[r], w.t[r], w.tg[r], p0, nvis, st + r, kQb);
         }
       }
     }
@@ -489,17 +547,37 @@ MESA_ATTN_INLINE void PvRows(const float* p, int64_t kn, const float* v, int64_t
   }
 }
 
+// PvRows for the last 8 dims of rows whose width is 8 mod 16 (hd = 8, 24, 40, ...).
+template <int R>
+MESA_ATTN_INLINE void PvRows8(const float* p, int64_t kn, const float* v, int64_t vstride,
+                              float* acc, int64_t hdp) {
+  V8 a[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) a[r] = Load8(acc + r * hdp);
+  for (int64_t k = 0; k < kn; ++k) {
+    const V8 vv = Load8(v + k * vstride);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) a[r] += vv * p[r * kKb + k];
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) Store8(acc + r * hdp, a[r]);
+}
+
+// Over `dims` dims of each value row: a multiple of 8 (hd itself when it is one, so
+// value rows are read in place; otherwise hdp over zero-padded copies).
 template <int R>
 MESA_ATTN_INLINE void PvBlock(const float* p, int64_t kn, const float* v, int64_t vstride,
-                              float* acc, int64_t hdp) {
+                              float* acc, int64_t hdp, int64_t dims) {
   int64_t d = 0;
-  for (; d + 4 * kLanes <= hdp; d += 4 * kLanes) PvRows<R, 4>(p, kn, v + d, vstride, acc + d, hdp);
-  switch ((hdp - d) / kLanes) {
+  for (; d + 4 * kLanes <= dims; d += 4 * kLanes) PvRows<R, 4>(p, kn, v + d, vstride, acc + d, hdp);
+  switch ((dims - d) / kLanes) {
     case 3: PvRows<R, 3>(p, kn, v + d, vstride, acc + d, hdp); break;
     case 2: PvRows<R, 2>(p, kn, v + d, vstride, acc + d, hdp); break;
     case 1: PvRows<R, 1>(p, kn, v + d, vstride, acc + d, hdp); break;
     default: break;
   }
+  d += (dims - d) / kLanes * kLanes;
+  if (d < dims) PvRows8<R>(p, kn, v + d, vstride, acc + d, hdp);
 }
 
 MESA_ATTN_INLINE void RunRows(const Ctx& c, const Unit& u, Scratch& w, int64_t n, int64_t jend) {
@@ -507,7 +585,10 @@ MESA_ATTN_INLINE void RunRows(const Ctx& c, const Unit& u, Scratch& w, int64_t n
   const int64_t hd = c.hd, hdp = c.hdp;
   const float* kbase = p.k + u.kvh * p.kv_stride * hd;
   const float* vbase = p.v + u.kvh * p.kv_stride * hd;
-  const bool padded = hd != hdp;  // V rows are read in whole vectors
+  // V rows are read in whole 8- or 16-float vectors: copied to zero-padded rows only
+  // when hd is not a multiple of 8.
+  const bool padded = hd % 8 != 0;
+  const int64_t dims = padded ? hdp : hd;
   std::fill(w.acc.data(), w.acc.data() + n * hdp, 0.0f);
   float* qr = w.qr.data();
   for (int64_t j0 = u.ja; j0 < jend; j0 += kKb) {
@@ -521,9 +602,6 @@ MESA_ATTN_INLINE void RunRows(const Ctx& c, const Unit& u, Scratch& w, int64_t n
       }
       vrows = w.vb.data();
     }
-    if (c.g > 1) {
-      for (int64_t k = 0; k < kn; ++k) w.pg[k] = (p0 + k) / c.g;
-    }
     float* s = w.s.data();
     for (int64_t r = 0; r < n; ++r) {
       float* row = s + r * kKb;
@@ -532,26 +610,13 @@ MESA_ATTN_INLINE void RunRows(const Ctx& c, const Unit& u, Scratch& w, int64_t n
       if (!c.rope) {
         for (int64_t k = 0; k < nvis; ++k) row[k] = Dot(qs, krows + k * hd, hd);
       } else {
-        for (int64_t d = c.rd; d < hd; ++d) qr[d] = qs[d];
-        int64_t cur = -1;
-        for (int64_t k = 0; k < nvis; ++k) {
-          const int64_t rel = c.rel(w.t[r] - (p0 + k), w.tg[r], w.pg[k]);
-          if (rel != cur) {
-            RotateSwapped(qs, w.qw.data() + r * hdp, c.table + rel * 2 * c.rd, c.rd, qr);
-            cur = rel;
-          }
-          row[k] = Dot(qr, krows + k * hd, hd);
-        }
+        RopeRowScores(c, qs, w.qw.data() + r * hdp, w.t[r], w.tg[r], p0, nvis, krows, qr, row, 1);
       }
       if (nvis == 0) {
         std::fill(row, row + kKb, 0.0f);
         continue;
       }
-      if (c.alibi) {
-        for (int64_t k = 0; k < nvis; ++k) {
-          row[k] -= w.slope[r] * static_cast<float>(c.rel(w.t[r] - (p0 + k), w.tg[r], w.pg[k]));
-        }
-      }
+      if (c.alibi) AlibiRow(c, w.slope[r], w.t[r], w.tg[r], p0, nvis, row, 1);
       for (int64_t k = nvis; k < kKb; ++k) row[k] = -INFINITY;
       V16 mx = Load(row);
       for (int cc = 1; cc < kKb / kLanes; ++cc) mx = Max(mx, Load(row + cc * kLanes));
@@ -572,11 +637,11 @@ MESA_ATTN_INLINE void RunRows(const Ctx& c, const Unit& u, Scratch& w, int64_t n
     }
     const int64_t vs = padded ? hdp : hd;
     int64_t r = 0;
-    for (; r + 4 <= n; r += 4) PvBlock<4>(s + r * kKb, kn, vrows, vs, w.acc.data() + r * hdp, hdp);
+    for (; r + 4 <= n; r += 4) PvBlock<4>(s + r * kKb, kn, vrows, vs, w.acc.data() + r * hdp, hdp, dims);
     switch (n - r) {
-      case 3: PvBlock<3>(s + r * kKb, kn, vrows, vs, w.acc.data() + r * hdp, hdp); break;
-      case 2: PvBlock<2>(s + r * kKb, kn, vrows, vs, w.acc.data() + r * hdp, hdp); break;
-      case 1: PvBlock<1>(s + r * kKb, kn, vrows, vs, w.acc.data() + r * hdp, hdp); break;
+      case 3: PvBlock<3>(s + r * kKb, kn, vrows, vs, w.acc.data() + r * hdp, hdp, dims); break;
+      case 2: PvBlock<2>(s + r * kKb, kn, vrows, vs, w.acc.data() + r * hdp, hdp, dims); break;
+      case 1: PvBlock<1>(s + r * kKb, kn, vrows, vs, w.acc.data() + r * hdp, hdp, dims); break;
       default: break;
     }
   }
@@ -769,37 +834,20 @@ void Attention(const AttentionParams& p, ThreadPool& pool) {
   c.rd = rope ? p.rope.rope_dims : 0;
   c.g = p.rel.kind == RelativePosition::Kind::kSelfExtend ? p.rel.group : 1;
   c.rel.kind = p.rel.kind;
+  c.rel.n = p.rel.n;
+  c.rel.e = p.rel.e;
   c.rel.window = p.rel.window;
+  c.rel.g = c.g;
   c.rel.wg = p.rel.window - p.rel.window / c.g;
-  c.rel.stair = nullptr;
 
-  // The largest distance, relative position and query position any visible pair
+  // The largest relative position and query position any visible pair
   // has (rel is non-decreasing in d, so key 0 attains the largest).
-  int64_t d_max = -1, r_max = 0, t_max = 0;
+  int64_t r_max = 0, t_max = 0;
   for (int64_t i = 0; i < p.n_q; ++i) {
     const int64_t t = p.q_pos[i];
     if (t < p.kv_pos0 || p.n_kv == 0) continue;
-    d_max = std::max(d_max, t - p.kv_pos0);
     r_max = std::max(r_max, p.rel(t, p.kv_pos0));
     t_max = std::max(t_max, t);
-  }
-  std::vector<int32_t> stair;
-  if (p.rel.kind == RelativePosition::Kind::kStair && d_max >= 0) {
-    // R(d) without a division per pair: the level rises by one every e steps past n.
-    stair.resize(d_max + 1);
-    int64_t level = p.rel.n, step = 0;
-    for (int64_t d = 0; d <= d_max; ++d) {
-      if (d < p.rel.n) {
-        stair[d] = static_cast<int32_t>(d);
-        continue;
-      }
-      stair[d] = static_cast<int32_t>(level);
-      if (++step == p.rel.e) {
-        step = 0;
-        ++level;
-      }
-    }
-    c.rel.stair = stair.data();
   }
   std::shared_ptr<const RopeTable> table;
   std::vector<int32_t> partner;
@@ -871,46 +919,56 @@ void Attention(const AttentionParams& p, ThreadPool& pool) {
     return a.jb - a.ja > b.jb - b.ja;
   });
 
+  // Split units merge their partial softmax states as soon as the last split of a
+  // (block, kv head) is done, by whichever thread finished it, inside the same pool
+  // call: decode pays one hand-off per call, not a second one for the merge.
+  std::unique_ptr<std::atomic<int32_t>[]> left;
+  if (splits > 1) {
+    left.reset(new std::atomic<int32_t>[base_units]);
+    for (int64_t bu = 0; bu < base_units; ++bu) left[bu].store(static_cast<int32_t>(splits));
+  }
+  auto merge = [&](int64_t bu) {
+    // out = sum_s acc_s e^(m_s - m) / sum_s l_s e^(m_s - m), m = max_s m_s.
+    const int64_t b = bu / p.n_head_kv, kvh = bu % p.n_head_kv;
+    const float* part = partial.data() + bu * splits * kQb * (hdp + 2);
+    for (int64_t r = 0; r < std::min<int64_t>(kQb, rows - b * kQb); ++r) {
+      const int64_t i = (b * kQb + r) / group;
+      const int64_t h = kvh * group + (b * kQb + r) % group;
+      float m = -INFINITY;
+      for (int64_t sp = 0; sp < splits; ++sp) {
+        const float* st = part + (sp * kQb + r) * (hdp + 2);
+        if (st[1] > 0) m = std::max(m, st[0]);
+      }
+      float* out = p.out + (i * p.n_head + h) * p.head_dim;
+      std::fill(out, out + p.head_dim, 0.0f);
+      double l = 0;
+      for (int64_t sp = 0; sp < splits; ++sp) {
+        const float* st = part + (sp * kQb + r) * (hdp + 2);
+        if (!(st[1] > 0)) continue;
+        const float f = std::exp(st[0] - m);
+        l += static_cast<double>(st[1]) * f;
+        for (int64_t d = 0; d < p.head_dim; ++d) out[d] += f * st[2 + d];
+      }
+      const float inv = l > 0 ? static_cast<float>(1.0 / l) : 0.0f;
+      for (int64_t d = 0; d < p.head_dim; ++d) out[d] *= inv;
+    }
+  };
+
   std::atomic<int64_t> next{0};
   pool.RunOnAll([&](int) {
     thread_local Scratch scratch;
     scratch.Reserve(hdp);
     for (int64_t u = next.fetch_add(1); u < static_cast<int64_t>(units.size());
          u = next.fetch_add(1)) {
-      attn_internal::RunUnit(c, units[u], scratch);
+      const Unit& unit = units[u];
+      attn_internal::RunUnit(c, unit, scratch);
+      if (splits > 1) {
+        const int64_t bu = static_cast<int64_t>(unit.block) * p.n_head_kv + unit.kvh;
+        // acq_rel: the last one sees every other split's partial state.
+        if (left[bu].fetch_sub(1, std::memory_order_acq_rel) == 1) merge(bu);
+      }
     }
   });
-
-  if (splits > 1) {
-    // out = sum_s acc_s e^(m_s - m) / sum_s l_s e^(m_s - m), m = max_s m_s.
-    pool.ParallelFor(base_units, 1, [&](int, int64_t begin, int64_t end) {
-      for (int64_t bu = begin; bu < end; ++bu) {
-        const int64_t b = bu / p.n_head_kv, kvh = bu % p.n_head_kv;
-        const float* part = partial.data() + bu * splits * kQb * (hdp + 2);
-        for (int64_t r = 0; r < std::min<int64_t>(kQb, rows - b * kQb); ++r) {
-          const int64_t i = (b * kQb + r) / group;
-          const int64_t h = kvh * group + (b * kQb + r) % group;
-          float m = -INFINITY;
-          for (int64_t sp = 0; sp < splits; ++sp) {
-            const float* st = part + (sp * kQb + r) * (hdp + 2);
-            if (st[1] > 0) m = std::max(m, st[0]);
-          }
-          float* out = p.out + (i * p.n_head + h) * p.head_dim;
-          std::fill(out, out + p.head_dim, 0.0f);
-          double l = 0;
-          for (int64_t sp = 0; sp < splits; ++sp) {
-            const float* st = part + (sp * kQb + r) * (hdp + 2);
-            if (!(st[1] > 0)) continue;
-            const float f = std::exp(st[0] - m);
-            l += static_cast<double>(st[1]) * f;
-            for (int64_t d = 0; d < p.head_dim; ++d) out[d] += f * st[2 + d];
-          }
-          const float inv = l > 0 ? static_cast<float>(1.0 / l) : 0.0f;
-          for (int64_t d = 0; d < p.head_dim; ++d) out[d] *= inv;
-        }
-      }
-    });
-  }
 }
 
 }  // namespace cpu

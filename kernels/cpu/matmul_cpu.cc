@@ -197,6 +197,9 @@ void ScalarRows(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
 // so thread boundaries do not create narrow tail tiles.
 constexpr int64_t kRowGroup = 8;
 
+// Work pieces per thread in MatMulShared (see there).
+constexpr int64_t kChunksPerThread = 4;
+
 }  // namespace
 
 void DequantizeRow(DType type, const void* row, float* out, int64_t n) {
@@ -275,8 +278,10 @@ void MatMulShared(const MatMulTarget* targets, int count, const float* x, int64_
 #endif
 
   // The row groups of all targets, laid end to end, weighted by their bytes of weights
-  // (what decode waits for; prefill work is nearly proportional too), and cut into one
-  // contiguous piece per thread: each thread streams one slab of each matrix.
+  // (what decode waits for; prefill work is nearly proportional too), and cut into
+  // contiguous chunks that the threads claim in order. Chunks long enough for the
+  // prefetchers (a few per thread), claimed dynamically so a thread that started late
+  // or streamed slower does not leave the other waiting.
   MatMulJob jobs[kMaxTargets];
   int64_t groups[kMaxTargets], group_cost[kMaxTargets], prefix[kMaxTargets + 1];
   prefix[0] = 0;
@@ -305,9 +310,10 @@ void MatMulShared(const MatMulTarget* targets, int count, const float* x, int64_
   const int64_t total = prefix[count];
   if (total == 0) return;
   // Waking a thread costs a few microseconds: give each at least ~256K multiply-adds.
-  const int64_t parts = std::clamp<int64_t>(macs >> 18, 1, pool.size());
-  auto run_part = [&](int64_t p) {
-    const int64_t lo = total * p / parts, hi = total * (p + 1) / parts;
+  const int64_t threads = std::clamp<int64_t>(macs >> 18, 1, pool.size());
+  const int64_t chunks = threads == 1 ? 1 : threads * kChunksPerThread;
+  auto run_chunk = [&](int64_t p) {
+    const int64_t lo = total * p / chunks, hi = total * (p + 1) / chunks;
     for (int i = 0; i < count; ++i) {
       // Group j of target i starts at prefix[i] + j * cost; it belongs to the part
       // whose [lo, hi) holds that start.
@@ -320,11 +326,12 @@ void MatMulShared(const MatMulTarget* targets, int count, const float* x, int64_
       if (gb < ge) rows_fn(jobs[i], gb * kRowGroup, std::min(jobs[i].w.rows, ge * kRowGroup));
     }
   };
-  if (parts == 1) {
-    run_part(0);
+  if (chunks == 1) {
+    run_chunk(0);
   } else {
-    pool.ParallelFor(parts, 1, [&](int, int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end; ++p) run_part(p);
+    std::atomic<int64_t> next{0};
+    pool.ParallelFor(threads, 1, [&](int, int64_t, int64_t) {
+      for (int64_t p; (p = next.fetch_add(1, std::memory_order_relaxed)) < chunks;) run_chunk(p);
     });
   }
 }

@@ -483,8 +483,8 @@ void FloatGemvRows(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
     int64_t k = 0;
 #if defined(__AVX512F__)
-    // 64 columns per step in 512-bit halves: half the instructions per byte, which
-    // keeps more weight lines in flight (F16 went from 17.5 to ~24 GB/s).
+    // 64 columns per step in 512-bit vectors: half the instructions per byte, so more
+    // weight lines are in flight (F16 from 17.5 to 19.6 GB/s on a busy machine).
     __m512 z0 = _mm512_setzero_ps(), z1 = z0, z2 = z0, z3 = z0;
     for (; k + 64 <= cols; k += 64) {
       z0 = _mm512_fmadd_ps(L::Load16(w, k), _mm512_loadu_ps(x + k), z0);
@@ -555,13 +555,16 @@ void RunRows(const MatMulJob& job, int64_t row_begin, int64_t row_end, bool floa
 }
 
 // Tile shapes: accumulators (2 per (r, t) for K-quants) plus the decoded weights must
-// fit the register file: 32 vector registers with AVX-512, 16 with AVX2.
+// fit the register file: 32 vector registers with AVX-512, 16 with AVX2. K-quants on
+// AVX-512 decode one row for 8 tokens: decoding nibbles and scales costs more than
+// reloading activations (1x8 beat 2x4 by 20%, 2x5 and 2x6 by 6-12%); Q8_0 stays 4x4
+// (2x8, 3x6, 1x12 were 3-13% slower). Measured on bench/matmul_bench BM_LlamaLayers.
 constexpr int kFloatR = kRegs == 32 ? 4 : 2;
 constexpr int kFloatT = 4;
 constexpr int kQ8R = kRegs == 32 ? 4 : 2;
 constexpr int kQ8T = kRegs == 32 ? 4 : 3;
-constexpr int kKR = 2;
-constexpr int kKT = kRegs == 32 ? 4 : 2;
+constexpr int kKR = kRegs == 32 ? 1 : 2;
+constexpr int kKT = kRegs == 32 ? 8 : 2;
 
 template <int R, int T>
 using F32Tile = FloatTile<LoadF32>::K<R, T>;
