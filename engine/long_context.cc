@@ -89,16 +89,16 @@ absl::StatusOr<PrefillInfo> LongContextRunner::Impl::PrefillMesa(absl::Span<cons
   auto tokens = [&](TokenRange r) { return prompt.subspan(r.begin, r.size()); };
   MESA_ASSIGN_OR_RETURN(ChunkKv anchor, phases_->RunAnchor(tokens(plan.anchor), all ? &part : nullptr));
   if (all) logits->insert(logits->end(), part.begin(), part.end());
-  std::vector<ChunkKv> middles;
-  middles.reserve(plan.middle.size());
+  // Each middle chunk's K/V goes into the final cache as soon as it is computed, so
+  // the prompt's K/V is held once.
+  MesaState state = phases_->StartFinal(anchor, plan.n + plan.max_new_tokens);
   for (const TokenRange& r : plan.middle) {
     MESA_ASSIGN_OR_RETURN(ChunkKv kv, phases_->RunMiddle(anchor, tokens(r), r, all ? &part : nullptr));
     if (all) logits->insert(logits->end(), part.begin(), part.end());
-    middles.push_back(std::move(kv));
+    MESA_RETURN_IF_ERROR(phases_->AddMiddle(state, kv));
   }
-  MESA_ASSIGN_OR_RETURN(MesaState state,
-                        phases_->RunFinal(anchor, middles, tokens(plan.last),
-                                          all ? LogitsMode::kAll : mode, all ? &part : logits));
+  MESA_RETURN_IF_ERROR(phases_->FinishFinal(state, tokens(plan.last), all ? LogitsMode::kAll : mode,
+                                            all ? &part : logits));
   if (all) {
     logits->insert(logits->end(), part.begin(), part.end());
     if (static_cast<int64_t>(logits->size()) != static_cast<int64_t>(prompt.size()) * v) {

@@ -1,5 +1,6 @@
 #include "engine/mesa_phases.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -142,29 +143,40 @@ absl::StatusOr<ChunkKv> MesaPhases::RunMiddle(const ChunkKv& anchor,
   return Extract(cache, anchor.tokens(), global_range);
 }
 
+MesaState MesaPhases::StartFinal(const ChunkKv& anchor, int64_t capacity) {
+  MesaState state{runner_.NewCache(std::max(capacity, anchor.tokens()), KeyEncoding::kRaw),
+                  StairSetup(plan_)};
+  Append(anchor, state.cache);
+  return state;
+}
+
+absl::Status MesaPhases::AddMiddle(MesaState& state, const ChunkKv& m) {
+  const int64_t expect = state.cache.pos0() + state.cache.size();
+  if (m.range.begin != expect || m.n_layer != state.cache.n_layer() ||
+      m.n_head_kv != state.cache.n_head_kv() || m.head_dim != state.cache.head_dim()) {
+    return absl::InvalidArgumentError(absl::StrCat("middle chunk [", m.range.begin, ", ", m.range.end,
+                                                   ") does not continue the prompt at ", expect));
+  }
+  Append(m, state.cache);
+  return absl::OkStatus();
+}
+
+absl::Status MesaPhases::FinishFinal(MesaState& state, absl::Span<const int32_t> last_tokens,
+                                     LogitsMode mode, std::vector<float>* logits) {
+  if (last_tokens.empty()) return absl::InvalidArgumentError("the last chunk is empty");
+  return runner_.Forward(last_tokens, state.cache, mode, logits, state.setup);
+}
+
 absl::StatusOr<MesaState> MesaPhases::RunFinal(const ChunkKv& anchor,
                                                absl::Span<const ChunkKv> middles,
                                                absl::Span<const int32_t> last_tokens,
                                                LogitsMode mode, std::vector<float>* logits) {
-  if (last_tokens.empty()) return absl::InvalidArgumentError("the last chunk is empty");
-  int64_t expect = anchor.range.end;
   int64_t total = anchor.tokens();
-  for (const ChunkKv& m : middles) {
-    if (m.range.begin != expect || m.n_layer != anchor.n_layer || m.n_head_kv != anchor.n_head_kv ||
-        m.head_dim != anchor.head_dim) {
-      return absl::InvalidArgumentError(absl::StrCat("middle chunk [", m.range.begin, ", ", m.range.end,
-                                                     ") does not continue at ", expect));
-    }
-    expect = m.range.end;
-    total += m.tokens();
-  }
-  MesaState state{runner_.NewCache(total + static_cast<int64_t>(last_tokens.size()) +
-                                       plan_.max_new_tokens,
-                                   KeyEncoding::kRaw),
-                  StairSetup(plan_)};
-  Append(anchor, state.cache);
-  for (const ChunkKv& m : middles) Append(m, state.cache);
-  MESA_RETURN_IF_ERROR(runner_.Forward(last_tokens, state.cache, mode, logits, state.setup));
+  for (const ChunkKv& m : middles) total += m.tokens();
+  MesaState state = StartFinal(anchor, total + static_cast<int64_t>(last_tokens.size()) +
+                                           plan_.max_new_tokens);
+  for (const ChunkKv& m : middles) MESA_RETURN_IF_ERROR(AddMiddle(state, m));
+  MESA_RETURN_IF_ERROR(FinishFinal(state, last_tokens, mode, logits));
   return state;
 }
 

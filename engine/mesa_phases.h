@@ -58,6 +58,13 @@ class MesaPhases {
   absl::StatusOr<MesaState> RunFinal(const ChunkKv& anchor, absl::Span<const ChunkKv> middles,
                                      absl::Span<const int32_t> last_tokens, LogitsMode mode,
                                      std::vector<float>* logits);
+  // RunFinal in steps, so a caller that receives chunks one by one can lay each into
+  // the final cache and drop it (peak memory: one copy of the prompt's K/V).
+  // `capacity`: tokens to reserve (prompt + generation budget).
+  MesaState StartFinal(const ChunkKv& anchor, int64_t capacity);
+  absl::Status AddMiddle(MesaState& state, const ChunkKv& middle);
+  absl::Status FinishFinal(MesaState& state, absl::Span<const int32_t> last_tokens,
+                           LogitsMode mode, std::vector<float>* logits);
   absl::Status Decode(MesaState& state, int32_t token, std::vector<float>* logits);
 
   // The Stair PE setup of the plan (also used by the engine-level reference).

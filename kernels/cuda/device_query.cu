@@ -1,45 +1,42 @@
-// Device query through the CUDA runtime, cuBLAS and NCCL. Any runtime error (no
-// driver, no device) is reported as "no device", never as a crash.
+// The CUDA plugin's device query through the CUDA runtime, cuBLAS and NCCL. Any runtime
+// error (no driver, no device) is reported as "no device", never as a crash.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <nccl.h>
 
-#include <string>
+#include <cstdio>
+#include <cstring>
 
-#include "kernels/cuda/device_query.h"
+#include "kernels/cuda/device_query_abi.h"
 
-namespace mesa {
-
-CudaDeviceReport QueryCudaDevices() {
-  CudaDeviceReport report;
-  report.compiled_with_cuda = true;
-  cudaRuntimeGetVersion(&report.runtime_version);
-  ncclGetVersion(&report.nccl_version);
-  report.cublas_version = static_cast<int>(cublasGetCudartVersion());
+extern "C" int MesaCudaQueryDevices(MesaCudaReportC* out) {
+  std::memset(out, 0, sizeof(*out));
+  cudaRuntimeGetVersion(&out->runtime_version);
+  ncclGetVersion(&out->nccl_version);
+  out->cublas_version = static_cast<int>(cublasGetCudartVersion());
   int count = 0;
   cudaError_t err = cudaGetDeviceCount(&count);
   if (err != cudaSuccess) {
-    report.unavailable_reason = std::string("no CUDA device: ") + cudaGetErrorString(err);
+    std::snprintf(out->unavailable_reason, sizeof(out->unavailable_reason), "no CUDA device: %s",
+                  cudaGetErrorString(err));
     cudaGetLastError();  // clear the sticky error
-    return report;
+    return 0;
   }
   if (count == 0) {
-    report.unavailable_reason = "no CUDA device: the runtime found 0 devices";
-    return report;
+    std::snprintf(out->unavailable_reason, sizeof(out->unavailable_reason),
+                  "no CUDA device: the runtime found 0 devices");
+    return 0;
   }
-  for (int i = 0; i < count; ++i) {
+  for (int i = 0; i < count && out->n_devices < 16; ++i) {
     cudaDeviceProp prop;
     if (cudaGetDeviceProperties(&prop, i) != cudaSuccess) continue;
-    CudaDeviceInfo info;
-    info.index = i;
-    info.name = prop.name;
-    info.cc_major = prop.major;
-    info.cc_minor = prop.minor;
-    info.total_memory_bytes = prop.totalGlobalMem;
-    info.multiprocessors = prop.multiProcessorCount;
-    report.devices.push_back(info);
+    MesaCudaDeviceC& d = out->devices[out->n_devices++];
+    d.index = i;
+    std::snprintf(d.name, sizeof(d.name), "%s", prop.name);
+    d.cc_major = prop.major;
+    d.cc_minor = prop.minor;
+    d.total_memory_bytes = prop.totalGlobalMem;
+    d.multiprocessors = prop.multiProcessorCount;
   }
-  return report;
+  return 0;
 }
-
-}  // namespace mesa

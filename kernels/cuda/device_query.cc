@@ -1,0 +1,76 @@
+// QueryCudaDevices(): loads the CUDA plugin (libmesa_cuda.so, built when the toolkit is
+// found) with dlopen and asks it. Builds without CUDA, or machines where the plugin or
+// the CUDA libraries cannot be loaded, get a report that says why.
+#include "kernels/cuda/device_query.h"
+
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "kernels/cuda/device_query_abi.h"
+
+namespace mesa {
+namespace {
+
+std::string ExecutableDir() {
+  char buf[4096];
+  ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  if (n <= 0) return ".";
+  std::string path(buf, n);
+  return path.substr(0, path.rfind('/'));
+}
+
+}  // namespace
+
+CudaDeviceReport QueryCudaDevices() {
+  CudaDeviceReport report;
+#ifndef MESA_CUDA_PLUGIN_PATH
+  report.unavailable_reason =
+      "this build of mesa was compiled without CUDA (MESA_WITH_CUDA=OFF or no toolkit found)";
+  return report;
+#else
+  report.compiled_with_cuda = true;
+  std::string tried;
+  void* handle = nullptr;
+  std::string candidates[] = {std::getenv("MESA_CUDA_PLUGIN") ? std::getenv("MESA_CUDA_PLUGIN") : "",
+                              ExecutableDir() + "/libmesa_cuda.so", MESA_CUDA_PLUGIN_PATH};
+  for (const std::string& c : candidates) {
+    if (c.empty()) continue;
+    handle = dlopen(c.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (handle) break;
+    const char* e = dlerror();
+    tried += "\n  " + c + ": " + (e ? e : "not loadable");
+  }
+  if (!handle) {
+    report.unavailable_reason = "the CUDA plugin could not be loaded:" + tried;
+    return report;
+  }
+  using QueryFn = int (*)(MesaCudaReportC*);
+  auto fn = reinterpret_cast<QueryFn>(dlsym(handle, "MesaCudaQueryDevices"));
+  if (!fn) {
+    report.unavailable_reason = "the CUDA plugin has no MesaCudaQueryDevices";
+    return report;
+  }
+  MesaCudaReportC c;
+  fn(&c);
+  report.runtime_version = c.runtime_version;
+  report.nccl_version = c.nccl_version;
+  report.cublas_version = c.cublas_version;
+  report.unavailable_reason = c.unavailable_reason;
+  for (int i = 0; i < c.n_devices; ++i) {
+    CudaDeviceInfo d;
+    d.index = c.devices[i].index;
+    d.name = c.devices[i].name;
+    d.cc_major = c.devices[i].cc_major;
+    d.cc_minor = c.devices[i].cc_minor;
+    d.total_memory_bytes = c.devices[i].total_memory_bytes;
+    d.multiprocessors = c.devices[i].multiprocessors;
+    report.devices.push_back(d);
+  }
+  return report;  // the plugin stays loaded: the CUDA runtime does not like dlclose
+#endif
+}
+
+}  // namespace mesa
