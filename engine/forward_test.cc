@@ -11,6 +11,7 @@
 #include "common/thread_pool.h"
 #include "engine/generate.h"
 #include "gtest/gtest.h"
+#include "tests/testing/compare.h"
 
 namespace mesa {
 namespace {
@@ -30,19 +31,6 @@ std::string SharedModel(const char* name) {
   ASSERT_TRUE(var##_or.ok()) << var##_or.status();                                      \
   const Model& var = **var##_or
 
-double MaxRelRowError(const std::vector<float>& a, const std::vector<float>& b, int64_t row) {
-  double worst = 0;
-  for (size_t r = 0; r * row < a.size(); ++r) {
-    double num = 0, den = 0;
-    for (int64_t i = 0; i < row; ++i) {
-      double d = double(a[r * row + i]) - b[r * row + i];
-      num += d * d;
-      den += double(b[r * row + i]) * b[r * row + i];
-    }
-    worst = std::max(worst, std::sqrt(num / den));
-  }
-  return worst;
-}
 
 const std::vector<int32_t> kTokens = {1, 403, 407, 261, 378, 29, 261, 322, 439, 280, 57, 67,
                                       275, 295, 300, 339, 281, 422, 29, 410};
@@ -62,7 +50,7 @@ TEST(ForwardTest, PrefillEqualsDecodeStepByStep) {
     ASSERT_TRUE(runner.Forward({&t, 1}, step_cache, LogitsMode::kLast, &one).ok());
     stepwise.insert(stepwise.end(), one.begin(), one.end());
   }
-  EXPECT_LT(MaxRelRowError(stepwise, all, v), 1e-5);
+  EXPECT_LT(testing::MaxRowRelError(stepwise, all, v), 1e-5);
   EXPECT_EQ(step_cache.size(), batch_cache.size());
 }
 
@@ -82,7 +70,7 @@ TEST(ForwardTest, MicroBatchAndThreadsDoNotChangeLogits) {
       KvCache cache = runner.NewCache(kTokens.size());
       std::vector<float> got;
       ASSERT_TRUE(runner.Forward(kTokens, cache, LogitsMode::kAll, &got).ok());
-      EXPECT_LT(MaxRelRowError(got, want, model.config.n_vocab), 1e-5) << threads << " " << mb;
+      EXPECT_LT(testing::MaxRowRelError(got, want, model.config.n_vocab), 1e-5) << threads << " " << mb;
     }
   }
 }
@@ -104,7 +92,7 @@ TEST(ForwardTest, HuggingFaceDirectoryAndGgufOfTheSameModelAgree) {
   KvCache ca = ra.NewCache(ids_gguf->size()), cb = rb.NewCache(ids_hf->size());
   ASSERT_TRUE(ra.Forward(*ids_gguf, ca, LogitsMode::kAll, &a).ok());
   ASSERT_TRUE(rb.Forward(*ids_hf, cb, LogitsMode::kAll, &b).ok());
-  EXPECT_LT(MaxRelRowError(a, b, gguf.config.n_vocab), 1e-5);
+  EXPECT_LT(testing::MaxRowRelError(a, b, gguf.config.n_vocab), 1e-5);
 }
 
 TEST(ForwardTest, RejectsTokensOutsideVocabulary) {

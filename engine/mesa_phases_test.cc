@@ -12,6 +12,7 @@
 #include "engine/model_loader.h"
 #include "engine/reference_forward.h"
 #include "gtest/gtest.h"
+#include "tests/testing/compare.h"
 #include "tests/testing/random_model.h"
 
 namespace mesa {
@@ -68,20 +69,6 @@ std::vector<int32_t> RandomTokens(int64_t n, int64_t vocab, uint32_t seed) {
   return t;
 }
 
-double MaxRowError(const std::vector<float>& got, const std::vector<float>& want, int64_t row) {
-  EXPECT_EQ(got.size(), want.size());
-  double worst = 0;
-  for (size_t r = 0; r * row < std::min(got.size(), want.size()); ++r) {
-    double num = 0, den = 0;
-    for (int64_t i = 0; i < row; ++i) {
-      double d = double(got[r * row + i]) - want[r * row + i];
-      num += d * d;
-      den += double(want[r * row + i]) * want[r * row + i];
-    }
-    worst = std::max(worst, std::sqrt(num / den));
-  }
-  return worst;
-}
 
 // The worked toy plan of MESA_SPEC section 5 (E is raised from 2 to 3).
 MesaOptions ToyOptions() {
@@ -141,7 +128,8 @@ TEST_P(MesaPhasesTest, FastMatchesReferenceOnToyPlanWithDecode) {
     // Decode logits are next-token logits of each appended token: the same rows the
     // reference computes for those tokens.
     std::vector<float> want = reference::MesaLogits(*model, prompt, *plan, decode);
-    EXPECT_LT(MaxRowError(fast, want, v), 1e-4) << GetParam().name << " logn=" << logn;
+    ASSERT_EQ(fast.size(), want.size());
+    EXPECT_LT(testing::MaxRowRelError(fast, want, v), 1e-4) << GetParam().name << " logn=" << logn;
   }
 }
 
@@ -172,7 +160,8 @@ TEST_P(MesaPhasesTest, StairWithEOneIsOrdinaryAttentionOverTheMesaCache) {
   std::vector<float> want = reference::MesaLogits(*model, prompt, *plan);
   const int64_t v = model->config.n_vocab;
   std::vector<float> want_last(want.end() - plan->last.size() * v, want.end());
-  EXPECT_LT(MaxRowError(fast, want_last, v), 1e-4);
+  ASSERT_EQ(fast.size(), want_last.size());
+  EXPECT_LT(testing::MaxRowRelError(fast, want_last, v), 1e-4);
 }
 
 TEST_P(MesaPhasesTest, MiddleChunksAreIndependentOfOrderWorkerAndProcess) {
@@ -235,7 +224,8 @@ TEST_P(MesaPhasesTest, BaselinesMatchReference) {
     auto info = lc.Prefill(tokens, 0, LogitsMode::kAll, &fast);
     ASSERT_TRUE(info.ok()) << info.status();
     std::vector<float> want = reference::WholeLogits(*model, tokens, var.rel);
-    EXPECT_LT(MaxRowError(fast, want, v), 1e-4) << AttentionMethodName(var.method);
+    ASSERT_EQ(fast.size(), want.size());
+    EXPECT_LT(testing::MaxRowRelError(fast, want, v), 1e-4) << AttentionMethodName(var.method);
   }
 }
 

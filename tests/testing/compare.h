@@ -1,0 +1,28 @@
+// Comparing logits in tests: the worst relative L2 error over rows.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace mesa::testing {
+
+// max over rows r of ||got_r - want_r|| / ||want_r||, rows of `row` floats.
+inline double MaxRowRelError(const std::vector<float>& got, const std::vector<float>& want,
+                             int64_t row) {
+  double worst = 0;
+  const size_t n = std::min(got.size(), want.size());
+  for (size_t r = 0; r * row < n; ++r) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < row; ++i) {
+      const double d = double(got[r * row + i]) - want[r * row + i];
+      num += d * d;
+      den += double(want[r * row + i]) * want[r * row + i];
+    }
+    worst = std::max(worst, std::sqrt(num / std::max(den, 1e-300)));
+  }
+  return worst;
+}
+
+}  // namespace mesa::testing
