@@ -137,7 +137,8 @@ void ModelRunner::RunBatch(absl::Span<const int32_t> tokens, KvCache& cache, boo
     }
   });
   for (int64_t i = 0; i < n; ++i) pos_[i] = cache.pos0() + first + i;
-  if (c.position == PositionType::kRope) {
+  if (c.position == PositionType::kRope && setup_.keys == KeyEncoding::kRotated) {
+    // Raw-key setups rotate inside attention instead.
     for (int64_t i = 0; i < n; ++i) {
       cpu::RopeCosSin(rope_, static_cast<double>(pos_[i]), rope_cs_.data() + i * rope_.rope_dims);
     }

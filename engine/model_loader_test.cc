@@ -249,7 +249,7 @@ TEST(ModelLoaderTest, MixedQuantizedTypes) {
   const std::string src = WriteSpec(Spec("llama"), "mixed_src");
   const std::string dst = Temp("mixed.gguf");
   Rewrite(src, dst, nullptr, [](TensorEdit& e) {
-    const int64_t rows = e.shape[1];
+    const int64_t rows = e.shape.size() > 1 ? e.shape[1] : 1;  // norms are 1-D
     if (e.name == "blk.0.attn_q.weight") {  // q8_0: 34 bytes per 32
       e.type = DType::kQ8_0;
       e.bytes.assign(rows * (e.shape[0] / 32) * 34, 0);
