@@ -90,9 +90,10 @@ class Args {
   }
   int GetInt(const std::string& key, int fallback) const {
     if (!Has(key)) return fallback;
+    const std::string text = Get(key);  // `end` points into it: keep it alive
     char* end = nullptr;
-    long v = strtol(Get(key).c_str(), &end, 10);
-    if (*end != '\0') Die("not an integer for " + key + ": " + Get(key));
+    long v = strtol(text.c_str(), &end, 10);
+    if (text.empty() || *end != '\0') Die("not an integer for " + key + ": " + text);
     return static_cast<int>(v);
   }
 
