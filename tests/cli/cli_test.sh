@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# End-to-end checks of the `mesa` command shapes (a contract: scripts and benchmarks
+# call them): plan, logits, tokenize, generate, run, eval, and clear failures on bad
+# input. Real binary, real model; skips (exit 77) without the shared data.
+#   cli_test.sh MESA_BINARY SHARED_DIR
+set -uo pipefail
+MESA="$1"
+SHARED="$2"
+MODEL="$SHARED/models/stories260K-f32.gguf"
+if [ ! -f "$MODEL" ]; then echo "SKIP: $MODEL not found"; exit 77; fi
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+pass=0 fail=0
+check() {  # check NAME COMMAND...: the command must succeed
+  local name="$1"; shift
+  if "$@" >"$TMP/out" 2>"$TMP/err"; then pass=$((pass + 1)); else
+    fail=$((fail + 1)); echo "FAIL: $name"; cat "$TMP/out" "$TMP/err" | head -20; fi
+  # `json` reads the output of the last command that was not itself a `json` check.
+  [ "$1" = json ] || cp "$TMP/out" "$TMP/last"
+}
+json() { python3 -c "import json,sys; d=json.load(open('$TMP/last')); $1"; }
+
+# The worked toy plan of MESA_SPEC section 5, through the CLI.
+check "plan toy" "$MESA" plan --train-length 32 --anchor 4 --last-chunk 8 --margin 0 \
+  --stair-n 16 --stair-e 2 --length 60 --max-new 0 --json
+check "plan toy values" json "assert d['middle'] == [[4, 28], [28, 52]], d; assert d['last'] == [52, 60]; assert d['stair_e'] == 3"
+
+# logits: little-endian float32, one vocab-sized row per token with --all.
+check "logits --all" "$MESA" logits --model "$MODEL" --tokens 1,403,407,261 --all --out "$TMP/l.bin"
+check "logits size" test "$(stat -c %s "$TMP/l.bin")" -eq $((4 * 512 * 4))
+check "logits last" "$MESA" logits --model "$MODEL" --tokens "1 403 407 261" --out "$TMP/l1.bin"
+check "logits last row equals --all's last row" python3 -c "
+import struct, math
+a=open('$TMP/l.bin','rb').read(); b=open('$TMP/l1.bin','rb').read()
+x=struct.unpack('<512f', a[-len(b):]); y=struct.unpack('<512f', b)
+err=math.sqrt(sum((p-q)**2 for p,q in zip(x,y))/sum(q*q for q in y)); assert err < 1e-5, err"
+
+# tokenize: markers stay text unless --parse-special.
+check "tokenize plain" "$MESA" tokenize --model "$MODEL" --text "<s>" --no-bos --json
+check "tokenize no injection" json "assert 1 not in d['tokens'], d"
+check "tokenize special" "$MESA" tokenize --model "$MODEL" --text "<s>" --no-bos --parse-special --json
+check "tokenize special id" json "assert d['tokens'] == [1], d"
+
+# generate: greedy story of TESTDATA.md, with the plan in the JSON.
+check "generate" "$MESA" generate --model "$MODEL" --prompt "Once upon a time" -n 20 --json
+check "generate text" json "assert d['text'].startswith(', there was a little girl named Lily'), d['text']; assert len(d['tokens']) == 20; assert d['attention']['attention'] == 'mesa'"
+
+# run: a good line, bad lines as error records, resume skips finished lines.
+printf '%s\n' '{"custom_id":"a","document":"Tom had a red ball. He liked to play with it."}' \
+  'not json' '{"custom_id":"b"}' > "$TMP/in.jsonl"
+check "run" "$MESA" run --model "$MODEL" --input "$TMP/in.jsonl" --output "$TMP/res.jsonl" --max-tokens 8
+check "run records" python3 -c "
+import json; r=[json.loads(l) for l in open('$TMP/res.jsonl')]
+assert [x['status'] for x in r] == ['ok','error','error'], r
+assert r[0]['generated_tokens'] == 8 and r[0]['text']"
+cp "$TMP/res.jsonl" "$TMP/res1.jsonl"
+check "run resume" "$MESA" run --model "$MODEL" --input "$TMP/in.jsonl" --output "$TMP/res.jsonl" --max-tokens 8 --no-retry-errors
+check "run resume kept the finished line" python3 -c "
+a=open('$TMP/res1.jsonl').readline(); b=open('$TMP/res.jsonl').readline(); assert a == b"
+
+# eval ppl: mesa equals full when the input fits.
+head -c 20000 "$SHARED/text/tinystories_valid_part1.txt" > "$TMP/text.txt"
+check "eval ppl" "$MESA" eval ppl --model "$MODEL" --text "$TMP/text.txt" --lengths 256 --attention mesa,full --json
+check "eval ppl fits" json "p={x['attention']: x['ppl'] for x in d}; assert p['mesa'] == p['full'], p"
+
+# Bad input fails with a message and a non-zero exit.
+bad() {  # bad NAME PATTERN COMMAND...
+  local name="$1" pattern="$2"; shift 2
+  if "$@" >"$TMP/out" 2>"$TMP/err"; then fail=$((fail + 1)); echo "FAIL: $name succeeded"
+  elif grep -qi -- "$pattern" "$TMP/err"; then pass=$((pass + 1))
+  else fail=$((fail + 1)); echo "FAIL: $name: message lacks '$pattern'"; cat "$TMP/err"; fi
+}
+bad "missing model" "cannot load model" "$MESA" generate --model "$TMP/none.gguf" --prompt hi
+bad "bad token id" "not a token id" "$MESA" logits --model "$MODEL" --tokens 1,x --out "$TMP/x.bin"
+bad "token outside vocab" "outside the vocabulary" "$MESA" logits --model "$MODEL" --tokens 1,99999 --out "$TMP/x.bin"
+bad "unknown attention" "not in" "$MESA" generate --model "$MODEL" --prompt hi --attention nope
+bad "width cap below 1" "W_cap\|width" "$MESA" plan --train-length 32 --anchor 40 --length 100
+printf 'bad \xff utf8' > "$TMP/bad.txt"
+bad "invalid utf-8" "utf-8" "$MESA" tokenize --model "$MODEL" --file "$TMP/bad.txt"
+
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
