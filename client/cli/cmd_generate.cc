@@ -14,6 +14,7 @@
 #include "common/thread_pool.h"
 #include "engine/generate.h"
 #include "engine/long_context.h"
+#include "jobs/batch_runner.h"
 #include "nlohmann/json.hpp"
 
 namespace mesa::cli {
@@ -66,12 +67,7 @@ int RunGenerate(const GenerateArgs& a, bool have_prompt) {
   std::vector<int32_t> generated;
   size_t printed = 0;
   auto continuation = [&](const std::vector<int32_t>& gen) -> std::string {
-    if (!tok) return "";
-    std::vector<int32_t> all = prompt;
-    all.insert(all.end(), gen.begin(), gen.end());
-    std::string full = tok->Decode(all), head = tok->Decode(prompt);
-    if (full.compare(0, head.size(), head) == 0) return full.substr(head.size());
-    return tok->Decode(gen);
+    return tok ? jobs::DecodeContinuation(*tok, prompt, gen) : "";
   };
   if (!a.json && tok) {
     std::cout << tok->Decode(prompt) << std::flush;

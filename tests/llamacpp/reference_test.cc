@@ -205,32 +205,29 @@ std::vector<int> RefGenerate(const std::string& model, const std::vector<int>& p
   return ParseIds(r.out);
 }
 
-std::vector<int> MesaGenerate(const std::string& model, const std::vector<int>& prompt, int n) {
-  const std::string cmd = Quote(MesaTool()) + " generate --model " + Quote(model) + " --tokens " +
-                          JoinIds(prompt) + " -n " + std::to_string(n) + " --json";
+// Runs a `mesa ... --json` command and returns the "tokens" list of its output.
+std::vector<int> MesaJsonTokens(const std::string& cmd, const char* what) {
   RunResult r = RunCommand(cmd);
   EXPECT_EQ(r.rc, 0) << Describe(cmd, r);
   if (r.rc != 0) return {};
   try {
     return nlohmann::json::parse(r.out).at("tokens").get<std::vector<int>>();
   } catch (const std::exception& e) {
-    ADD_FAILURE() << "bad JSON from mesa generate (" << e.what() << "): " << r.out;
+    ADD_FAILURE() << "bad JSON from mesa " << what << " (" << e.what() << "): " << r.out;
     return {};
   }
+}
+
+std::vector<int> MesaGenerate(const std::string& model, const std::vector<int>& prompt, int n) {
+  const std::string cmd = Quote(MesaTool()) + " generate --model " + Quote(model) + " --tokens " +
+                          JoinIds(prompt) + " -n " + std::to_string(n) + " --json";
+  return MesaJsonTokens(cmd, "generate");
 }
 
 std::vector<int> MesaTokenize(const std::string& model, const std::string& text, bool bos) {
   const std::string cmd = Quote(MesaTool()) + " tokenize --model " + Quote(model) + " --text " +
                           Quote(text) + (bos ? "" : " --no-bos") + " --json";
-  RunResult r = RunCommand(cmd);
-  EXPECT_EQ(r.rc, 0) << Describe(cmd, r);
-  if (r.rc != 0) return {};
-  try {
-    return nlohmann::json::parse(r.out).at("tokens").get<std::vector<int>>();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "bad JSON from mesa tokenize (" << e.what() << "): " << r.out;
-    return {};
-  }
+  return MesaJsonTokens(cmd, "tokenize");
 }
 
 // --- comparison -------------------------------------------------------------
