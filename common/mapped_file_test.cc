@@ -4,12 +4,13 @@
 #include <fstream>
 
 #include "gtest/gtest.h"
+#include "tests/testing/temp_path.h"
 
 namespace mesa {
 namespace {
 
 TEST(MappedFileTest, MapsContents) {
-  std::string path = testing::TempDir() + "/mapped_file_test.bin";
+  std::string path = mesa::testing::UniqueTempPath("mapped_file_test.bin");
   { std::ofstream(path, std::ios::binary) << "hello"; }
   auto f = MappedFile::Open(path);
   ASSERT_TRUE(f.ok()) << f.status();

@@ -9,6 +9,7 @@
 #include "common/mapped_file.h"
 #include "engine/gguf.h"
 #include "gtest/gtest.h"
+#include "tests/testing/temp_path.h"
 
 namespace mesa {
 namespace {
@@ -187,7 +188,7 @@ TEST(GgufTest, BadAlignmentRejected) {
 }
 
 TEST(GgufTest, WritesAndOpensFiles) {
-  const std::string path = testing::TempDir() + "/gguf_test_roundtrip.gguf";
+  const std::string path = testing::UniqueTempPath("gguf_test_roundtrip.gguf");
   ASSERT_TRUE(FullWriter().Write(path).ok());
   auto f = GgufFile::Open(path);
   ASSERT_TRUE(f.ok()) << f.status();

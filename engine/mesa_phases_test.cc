@@ -14,6 +14,7 @@
 #include "gtest/gtest.h"
 #include "tests/testing/compare.h"
 #include "tests/testing/random_model.h"
+#include "tests/testing/temp_path.h"
 
 namespace mesa {
 namespace {
@@ -53,7 +54,7 @@ std::vector<ModelCase> Cases() {
 }
 
 std::unique_ptr<Model> Load(const testing::RandomModelSpec& spec, const std::string& name) {
-  std::string path = ::testing::TempDir() + "/mesa_phases_" + name + ".gguf";
+  std::string path = mesa::testing::UniqueTempPath("mesa_phases_" + name + ".gguf");
   absl::Status st = testing::WriteRandomGguf(spec, path);
   EXPECT_TRUE(st.ok()) << st;
   auto m = LoadModel(path);

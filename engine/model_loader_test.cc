@@ -15,6 +15,7 @@
 #include "engine/gguf.h"
 #include "gtest/gtest.h"
 #include "tests/testing/random_model.h"
+#include "tests/testing/temp_path.h"
 
 namespace mesa {
 namespace {
@@ -36,7 +37,7 @@ std::string SharedModel(const std::string& rel) {
   if (var.empty()) GTEST_SKIP() << "shared model " << rel                                 \
                                 << " unavailable (set MESA_SHARED_DIR to ../shared)"
 
-std::string Temp(const std::string& name) { return ::testing::TempDir() + "/loader_test_" + name; }
+std::string Temp(const std::string& name) { return mesa::testing::UniqueTempPath("loader_test_" + name); }
 
 RandomModelSpec Spec(const std::string& arch) {
   RandomModelSpec s;

@@ -12,6 +12,7 @@
 
 #include "absl/strings/match.h"
 #include "gtest/gtest.h"
+#include "tests/testing/temp_path.h"
 
 namespace mesa {
 namespace {
@@ -111,7 +112,7 @@ TEST(SafetensorsTest, TruncationsAndCorruptionNeverCrash) {
 }
 
 TEST(SafetensorsTest, ShardedDirectory) {
-  const std::string dir = ::testing::TempDir() + "/st_sharded";
+  const std::string dir = mesa::testing::UniqueTempPath("st_sharded");
   std::filesystem::create_directories(dir);
   auto write = [&](const std::string& name, const std::vector<uint8_t>& b) {
     std::ofstream(dir + "/" + name, std::ios::binary).write(reinterpret_cast<const char*>(b.data()), b.size());
