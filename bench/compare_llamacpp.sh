@@ -9,9 +9,10 @@
 #    mesa_make_random_model and quantizes it to F16, Q8_0 and Q4_K (llama.cpp's
 #    Q4_K_M mix) with mesa_llama_ref (cached in $MESA_BENCH_MODELS).
 # 3. Runs `mesa bench` and `llama-bench` on each file (prompt P, generation G,
-#    T threads, median of R repetitions) and writes bench/results/engine_cpu.md.
+#    T threads, median of R repetitions), alternating the engines for K rounds, and
+#    writes the medians over the rounds to bench/results/engine_cpu.md.
 #
-# Usage: bench/compare_llamacpp.sh [-p P] [-n G] [-t T] [-r R] [--types "f32 f16 q8_0 q4_k"]
+# Usage: bench/compare_llamacpp.sh [-p P] [-n G] [-t T] [-r R] [-k K] [--types "f32 f16 q8_0 q4_k"]
 #                                  [--build-dir DIR] [--build-only]
 # Environment: MESA_LLAMACPP_DIR, MESA_BUILD_DIR (default build/release), MESA_SHARED_DIR,
 #   MESA_BENCH_MODELS (default ~/.cache/mesa/bench-models), LLAMA_BENCH_JOBS
@@ -24,7 +25,7 @@ LLAMA_DIR="${MESA_LLAMACPP_DIR:-$HOME/.cache/mesa/llamacpp-3.22.1}"
 BUILD_DIR="${MESA_BUILD_DIR:-$ROOT/build/release}"
 MODELS="${MESA_BENCH_MODELS:-$HOME/.cache/mesa/bench-models}"
 SHARED="${MESA_SHARED_DIR:-$ROOT/../shared}"
-P=128 G=32 T=2 R=3
+P=128 G=32 T=2 R=3 K=5
 TYPES="f32 f16 q8_0 q4_k"
 BUILD_ONLY=0
 OUT_MD="$ROOT/bench/results/engine_cpu.md"
@@ -38,6 +39,7 @@ while [ $# -gt 0 ]; do
     -n) G="$2"; shift 2 ;;
     -t) T="$2"; shift 2 ;;
     -r) R="$2"; shift 2 ;;
+    -k) K="$2"; shift 2 ;;
     --types) TYPES="$2"; shift 2 ;;
     --build-dir) BUILD_DIR="$2"; shift 2 ;;
     --build-only) BUILD_ONLY=1; shift ;;
@@ -123,30 +125,49 @@ run_mesa() {  # file -> "prefill decode rss" (medians over R repetitions after a
   echo "$json" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["prefill_tokens_per_s"], d["decode_tokens_per_s"], d.get("peak_rss_bytes", 0))'
 }
 
-run_llama() {  # file -> "prefill decode" (medians of llama-bench's samples)
+run_llama() {  # file -> "prefill decode decode@0" (medians of llama-bench's samples)
+  # `mesa bench` decodes right after its P-token prompt, so each generated token attends
+  # to P..P+G cached tokens. llama-bench's plain tg test starts from an empty cache; its
+  # -d P (depth) runs the same decode behind P cached tokens. Both are measured: the
+  # ratio uses the like-for-like one (depth P), the table also shows depth 0.
+  local file="$1" pp tg tg0
+  pp="$(llama_json "$file" -p "$P" -n 0)"
+  tg="$(llama_json "$file" -p 0 -n "$G" -d "$P")"
+  tg0="$(llama_json "$file" -p 0 -n "$G")"
+  echo "$pp $tg $tg0"
+}
+
+llama_json() {  # file, llama-bench test args -> median tokens/s of its one test
   local file="$1" json
+  shift
   # shellcheck disable=SC2086
-  json="$("$LLAMA_BENCH" -m "$file" -p "$P" -n "$G" -t "$T" -r "$R" -o json ${LLAMA_BENCH_ARGS:-} 2>/dev/null)" ||
+  json="$("$LLAMA_BENCH" -m "$file" "$@" -t "$T" -r "$R" -o json ${LLAMA_BENCH_ARGS:-} 2>/dev/null)" ||
     die "llama-bench failed on $file"
   echo "$json" | python3 -c '
 import json, statistics, sys
-pp = tg = float("nan")
-for r in json.load(sys.stdin):
-    ts = r.get("samples_ts") or [r["avg_ts"]]
-    if r["n_prompt"] > 0 and r["n_gen"] == 0: pp = statistics.median(ts)
-    if r["n_gen"] > 0 and r["n_prompt"] == 0: tg = statistics.median(ts)
-print(pp, tg)'
+r = json.load(sys.stdin)[0]
+print(statistics.median(r.get("samples_ts") or [r["avg_ts"]]))'
 }
 
 rows=()
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
+median() { python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 for type in $TYPES; do
   file="$(model_for "$type")"
-  say "[$type] mesa bench ($R runs)"
-  read -r m_pre m_dec m_rss < <(run_mesa "$file")
-  say "[$type] llama-bench ($R repetitions)"
-  read -r l_pre l_dec < <(run_llama "$file")
-  rows+=("$type $m_pre $l_pre $m_dec $l_dec $m_rss $(stat -c %s "$file")")
+  # Rounds alternate the two engines, so slow phases of a shared machine (other VMs'
+  # memory traffic is invisible from here) hit both alike; each number is the median
+  # over the rounds of per-round medians.
+  mp=() md=() lp=() ld=() ld0=() m_rss=0
+  for ((k = 1; k <= K; k++)); do
+    say "[$type] round $k/$K: mesa bench ($R runs), llama-bench ($R repetitions)"
+    read -r a b m_rss < <(run_mesa "$file")
+    mp+=("$a") md+=("$b")
+    read -r a b c < <(run_llama "$file")
+    lp+=("$a") ld+=("$b") ld0+=("$c")
+  done
+  m_pre="$(median "${mp[@]}")" m_dec="$(median "${md[@]}")"
+  l_pre="$(median "${lp[@]}")" l_dec="$(median "${ld[@]}")" l_dec0="$(median "${ld0[@]}")"
+  rows+=("$type $m_pre $l_pre $m_dec $l_dec $m_rss $(stat -c %s "$file") $l_dec0")
   say "$(printf '[%s] prefill mesa %.1f / llama.cpp %.1f tok/s; decode mesa %.2f / llama.cpp %.2f tok/s' \
         "$type" "$m_pre" "$l_pre" "$m_dec" "$l_dec")"
 done
@@ -167,20 +188,22 @@ git -C "$ROOT" diff --quiet HEAD 2>/dev/null || commit="$commit+local changes"
   echo "  before the runs: $load_before (other work on the machine lowers both engines' numbers)"
   echo "- Model: random-weight llama, n_embd 768, 12 layers, 12 heads, n_ff 2048, vocab 512"
   echo "  (~${params}M parameters); F16/Q8_0/Q4_K files quantized by llama.cpp (Q4_K = Q4_K_M mix)"
-  echo "- Workload: prefill $P tokens, decode $G tokens; median of $R runs"
+  echo "- Workload: prefill $P tokens, then decode $G tokens behind them (llama-bench \`-p 0 -n $G -d $P\`:"
+  echo "  the same cache depth as \`mesa bench\`); median over $K alternating rounds of the median of $R runs. The last column is llama.cpp's"
+  echo "  decode from an empty cache (plain \`tg$G\`), for reference only"
   echo "- Mesa: \`mesa bench\` at commit $commit; llama.cpp: llama-bench built from the"
   echo "  node-llama-cpp 3.22.1 bundle (GGML_NATIVE=ON, CPU only, default settings${LLAMA_BENCH_ARGS:+, args: $LLAMA_BENCH_ARGS})"
   echo
-  echo "| type | file MiB | prefill mesa tok/s | prefill llama.cpp tok/s | ratio | decode mesa tok/s | decode llama.cpp tok/s | ratio | mesa peak RSS MiB |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| type | file MiB | prefill mesa tok/s | prefill llama.cpp tok/s | ratio | decode mesa tok/s | decode llama.cpp tok/s | ratio | mesa peak RSS MiB | llama.cpp decode at depth 0 |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   for row in "${rows[@]}"; do
     python3 - $row <<'EOF'
 import sys
-t, mp, lp, md, ld, rss, size = sys.argv[1:]
+t, mp, lp, md, ld, rss, size, ld0 = sys.argv[1:]
 f = lambda x: float(x)
 ratio = lambda a, b: f"{f(a) / f(b):.2f}" if f(b) > 0 else "n/a"
 print(f"| {t.upper()} | {f(size) / 2**20:.0f} | {f(mp):.1f} | {f(lp):.1f} | {ratio(mp, lp)} | "
-      f"{f(md):.2f} | {f(ld):.2f} | {ratio(md, ld)} | {f(rss) / 2**20:.0f} |")
+      f"{f(md):.2f} | {f(ld):.2f} | {ratio(md, ld)} | {f(rss) / 2**20:.0f} | {f(ld0):.2f} |")
 EOF
   done
   echo

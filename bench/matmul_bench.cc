@@ -9,6 +9,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <memory>
 #include <vector>
 
 #include "common/thread_pool.h"
@@ -103,18 +104,20 @@ void BM_MatMul(benchmark::State& state, DType type) {
 // (12 layers of q, k, v, o: 768x768; gate, up: 2048x768; down: 768x2048), all in one
 // type. The set is larger than L3 (except in Q4_K), so decode (m = 1) streams from
 // DRAM as in `mesa bench`, unlike the 4096 x 4096 cases above which mostly fit L3.
-void BM_LlamaLayers(benchmark::State& state, DType type) {
+void BM_LlamaLayers(benchmark::State& state, DType type, bool pack) {
   const int64_t m = state.range(0);
   constexpr int kLayers = 12;
   const int64_t shapes[7][2] = {{768, 768}, {768, 768}, {768, 768}, {768, 768},
                                 {2048, 768}, {2048, 768}, {768, 2048}};
   std::vector<std::vector<uint8_t>> data;
   std::vector<WeightView> views;
+  std::vector<std::shared_ptr<const uint8_t>> packed;
   size_t bytes = 0;
   for (int l = 0; l < kLayers; ++l) {
     for (const auto& s : shapes) {
       data.push_back(MakeWeights(type, s[0], s[1]));
       views.push_back(WeightView{type, s[0], s[1], data.back().data()});
+      if (pack && (packed.emplace_back(cpu::PackWeights(views.back())))) views.back().packed = packed.back().get();
       bytes += data.back().size();
     }
   }
@@ -142,11 +145,12 @@ void BM_LlamaLayers(benchmark::State& state, DType type) {
   state.counters["tok/s"] = benchmark::Counter(m * iters, benchmark::Counter::kIsRate);
   state.counters["weight_GB/s"] =
       benchmark::Counter(static_cast<double>(bytes) * iters / 1e9, benchmark::Counter::kIsRate);
-  state.SetLabel(std::string(DTypeName(type)) + " threads=" + std::to_string(pool.size()));
+  state.SetLabel(std::string(DTypeName(type)) + (pack && !packed.empty() && packed.back() ? " packed" : "") +
+                 " threads=" + std::to_string(pool.size()));
 }
 
 #define MESA_LLAMA_BENCH(name, type)                   \
-  BENCHMARK_CAPTURE(BM_LlamaLayers, name, type)        \
+  BENCHMARK_CAPTURE(BM_LlamaLayers, name, type, false) \
       ->Arg(1)                                         \
       ->Arg(128)                                       \
       ->UseRealTime()                                  \
@@ -155,6 +159,12 @@ void BM_LlamaLayers(benchmark::State& state, DType type) {
 MESA_LLAMA_BENCH(f32, DType::kF32);
 MESA_LLAMA_BENCH(f16, DType::kF16);
 MESA_LLAMA_BENCH(q8_0, DType::kQ8_0);
+// The layout PackWeights gives the model loader (same as q8_0 where none exists).
+BENCHMARK_CAPTURE(BM_LlamaLayers, q8_0_packed, DType::kQ8_0, true)
+    ->Arg(1)
+    ->Arg(128)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 MESA_LLAMA_BENCH(q4_K, DType::kQ4_K);
 MESA_LLAMA_BENCH(q6_K, DType::kQ6_K);
 

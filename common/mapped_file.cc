@@ -53,6 +53,16 @@ std::unique_ptr<MappedFile> MappedFile::FromBytes(absl::Span<const uint8_t> byte
   return file;
 }
 
+void MappedFile::DropPages(const void* p, size_t n) const {
+  const auto begin = reinterpret_cast<uintptr_t>(p);
+  const auto base = reinterpret_cast<uintptr_t>(data_);
+  if (!mmapped_ || begin < base || begin + n > base + size_) return;
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t lo = (begin + page - 1) / page * page;
+  const uintptr_t hi = (begin + n) / page * page;
+  if (lo < hi) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+}
+
 MappedFile::~MappedFile() {
   if (mmapped_) ::munmap(const_cast<uint8_t*>(data_), size_);
 }

@@ -27,6 +27,11 @@ class MappedFile {
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
+  // Tells the kernel the pages wholly inside [p, p + n) are not needed now (a copy of
+  // them was made): they leave this process's resident memory and are read back from
+  // the page cache or disk if touched again. Contents never change. No-op for
+  // in-memory data and for ranges outside the mapping.
+  void DropPages(const void* p, size_t n) const;
 
  private:
   MappedFile() = default;

@@ -61,6 +61,8 @@ class GgufFile {
   const std::vector<GgufTensorInfo>& tensors() const { return tensors_; }
   const GgufTensorInfo* FindTensor(const std::string& name) const;
   const GgufValue* Find(const std::string& key) const;
+  // See MappedFile::DropPages (for tensor data copied elsewhere, e.g. repacked).
+  void DropPages(const void* p, size_t n) const { file_->DropPages(p, n); }
 
   // Typed accessors: NotFound if the key is absent, InvalidArgument if its type does
   // not convert (integers convert between widths when the value fits).

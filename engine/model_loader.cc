@@ -232,6 +232,24 @@ int64_t Elements(const std::vector<int64_t>& shape) {
   return n;
 }
 
+// Packs every matrix the forward pass multiplies with (not the embedding table, which is
+// only looked up row by row), keeping the copies in model->storage. `packed_source`
+// hears of each original whose copy was made (its pages can leave memory).
+void PackWeights(Model* model, const std::function<void(const WeightView&)>& packed_source) {
+  std::vector<WeightView*> views = {&model->weights.output};
+  for (LayerWeights& l : model->weights.layers) {
+    for (WeightView* v : {&l.wq, &l.wk, &l.wv, &l.wqkv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) views.push_back(v);
+  }
+  for (WeightView* v : views) {
+    if (v->data == nullptr) continue;
+    std::shared_ptr<const uint8_t> packed = cpu::PackWeights(*v);
+    if (!packed) continue;
+    v->packed = packed.get();
+    model->storage.push_back(std::const_pointer_cast<uint8_t>(packed));
+    if (packed_source) packed_source(*v);
+  }
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Model>> LoadGgufModel(const std::string& path, const LoadOptions& options) {
@@ -261,6 +279,12 @@ absl::StatusOr<std::unique_ptr<Model>> LoadGgufModel(const std::string& path, co
   };
   Binder binder(path, lookup, model.get());
   MESA_RETURN_IF_ERROR(BindWeights(c, binder, &model->weights));
+  if (options.pack_weights) {
+    // The packed copy is what the forward pass reads; the file's pages of the matrix,
+    // read once to pack it, need not stay resident (the reference layout is still
+    // there for anything that reads it, from the page cache).
+    PackWeights(model.get(), [&file](const WeightView& v) { file->DropPages(v.data, v.rows * v.row_bytes()); });
+  }
   model->tensor_types = binder.matrix_types();
   for (const GgufTensorInfo& t : file->tensors()) c.parameter_count += t.elements();
   MESA_ASSIGN_OR_RETURN(model->chat_template, file->GetStringOr("tokenizer.chat_template", ""));
@@ -318,6 +342,7 @@ absl::StatusOr<std::unique_ptr<Model>> LoadHfModel(const std::string& dir, const
   }
   Binder binder(config_path, bound, model.get());
   MESA_RETURN_IF_ERROR(BindWeights(c, binder, &model->weights));
+  if (options.pack_weights) PackWeights(model.get(), nullptr);
   model->tensor_types = binder.matrix_types();
   for (const std::string& name : st->names()) c.parameter_count += Elements(st->Find(name)->shape);
   if (auto tc = ReadTextFile(dir + "/tokenizer_config.json"); tc.ok()) {

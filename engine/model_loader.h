@@ -17,6 +17,10 @@ struct LoadOptions {
   // Build the tokenizer from the file (GGUF metadata or tokenizer.json). Off: the
   // model's `tokenizer` stays null (weights-only tests, benchmarks).
   bool load_tokenizer = true;
+  // Give matrices the packed layout of this CPU's fast kernels where they have one
+  // (cpu::PackWeights: Q8_0 on AVX-512 VNNI), a copy made once at load. Off: the
+  // kernels read the file's layout (tests compare the two).
+  bool pack_weights = true;
 };
 
 absl::StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& path, const LoadOptions& options);

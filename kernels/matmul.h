@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 
 #include "kernels/dtype.h"
 
@@ -19,6 +20,10 @@ struct WeightView {
   int64_t rows = 0;
   int64_t cols = 0;
   const void* data = nullptr;
+  // Optional: the same matrix in the layout this machine's fast kernels read best
+  // (cpu::PackWeights). cpu::MatMul uses it when the running kernel set matches;
+  // `data` stays the reference layout for everything else.
+  const void* packed = nullptr;
 
   int64_t row_bytes() const { return RowBytes(type, cols); }
   const uint8_t* row(int64_t r) const {
@@ -52,6 +57,15 @@ struct MatMulTarget {
 // are bit-identical to separate MatMul calls.
 void MatMulShared(const MatMulTarget* targets, int count, const float* x, int64_t m,
                   ThreadPool& pool);
+
+// A copy of `w` repacked for the kernels of this CPU, to be set as w.packed (and kept
+// alive as long as the view is used), or null when the type has no packed form here.
+// Today: Q8_0 on AVX-512 VNNI, as 16 rows interleaved per vector (see
+// matmul_cpu_internal.h). Results are within the same tolerances as the unpacked
+// kernels (not bit-identical to them); decode and prefill agree bit for bit.
+std::shared_ptr<const uint8_t> PackWeights(const WeightView& w);
+// Bytes PackWeights allocates for `w` (0: no packed form).
+int64_t PackedBytes(const WeightView& w);
 }  // namespace cpu
 
 }  // namespace mesa

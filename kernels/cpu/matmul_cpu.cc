@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -193,9 +194,14 @@ void ScalarRows(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
   }
 }
 
-// Rows are handed out in groups of this many, a multiple of every kernel's tile rows,
-// so thread boundaries do not create narrow tail tiles.
-constexpr int64_t kRowGroup = 8;
+// Rows are handed out in groups of this many, a multiple of every kernel's tile rows
+// and of the packed layouts' row groups, so thread boundaries do not create narrow
+// tail tiles or split a packed group.
+constexpr int64_t kRowGroup = 16;
+static_assert(kRowGroup % internal::kQ8PackRows == 0);
+
+// Whether the running kernel set reads a packed form of `type` (PackWeights).
+bool HasPackedForm(Isa isa, DType type) { return isa == Isa::kAvx512 && type == DType::kQ8_0; }
 
 // Work pieces per thread in MatMulShared (see there).
 constexpr int64_t kChunksPerThread = 4;
@@ -217,6 +223,43 @@ void DequantizeRow(DType type, const void* row, float* out, int64_t n) {
   }
 #endif
   ref::DequantizeRow(type, row, out, n);
+}
+
+int64_t PackedBytes(const WeightView& w) {
+  if (!HasPackedForm(internal::BestIsa(), w.type) || w.rows <= 0 || w.cols % 32 != 0) return 0;
+  const int64_t groups = (w.rows + internal::kQ8PackRows - 1) / internal::kQ8PackRows;
+  return groups * internal::Q8PackGroupBytes(w.cols);
+}
+
+std::shared_ptr<const uint8_t> PackWeights(const WeightView& w) {
+  const int64_t bytes = PackedBytes(w);
+  if (bytes == 0) return nullptr;
+  auto* dst = static_cast<uint8_t*>(std::aligned_alloc(64, bytes));  // bytes: a multiple of 64
+  Require(dst != nullptr, "out of memory packing weights", w.type);
+  std::memset(dst, 0, bytes);  // padding rows (quants 0, stored as 128, fixed below) and pads
+  constexpr int R = internal::kQ8PackRows;
+  const int64_t nb = w.cols / 32;
+  const int64_t row_bytes = w.row_bytes();
+  const auto* src = static_cast<const uint8_t*>(w.data);
+  for (int64_t g = 0; g * R < w.rows; ++g) {
+    uint8_t* q = dst + g * internal::Q8PackGroupBytes(w.cols);
+    for (int64_t b = 0; b < nb; ++b, q += internal::kQ8PackBlockBytes) {
+      uint8_t* scales = q + 512;
+      for (int i = 0; i < R; ++i) {
+        const int64_t r = g * R + i;
+        // Padding rows: quants 0 (stored 128), scale 0.
+        const uint8_t* blk = r < w.rows ? src + r * row_bytes + b * 34 : nullptr;
+        for (int k = 0; k < 8; ++k) {
+          for (int j = 0; j < 4; ++j) {
+            const uint8_t v = blk ? blk[2 + 4 * k + j] : 0;
+            q[(k * R + i) * 4 + j] = static_cast<uint8_t>(v ^ 0x80);  // int8 + 128
+          }
+        }
+        if (blk) std::memcpy(scales + 2 * i, blk, 2);
+      }
+    }
+  }
+  return std::shared_ptr<const uint8_t>(dst, [](const uint8_t* p) { std::free(const_cast<uint8_t*>(p)); });
 }
 
 void MatMul(const WeightView& w, const float* x, int64_t m, float* out, ThreadPool& pool) {
@@ -294,6 +337,7 @@ void MatMulShared(const MatMulTarget* targets, int count, const float* x, int64_
     job.x = x;
     job.m = m;
     job.out = targets[i].out;
+    if (w.packed != nullptr && HasPackedForm(isa, w.type)) job.packed = static_cast<const uint8_t*>(w.packed);
     const ActKind kind = internal::ActKindFor(w.type);
     if (isa != Isa::kScalar && kind == ActKind::kA32) {
       job.act = act32;

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <iterator>
 #include <limits>
+#include <memory>
 #include <ostream>
 #include <random>
 #include <string>
@@ -150,6 +151,19 @@ std::vector<int64_t> ColsFor(DType type) {
 
 class MatMulTest : public ::testing::TestWithParam<DType> {};
 
+// The view of `wdata` as given and, when this CPU's kernels have a packed form of the
+// type, the same matrix packed (`keep` holds the packed copy).
+std::vector<WeightView> Views(const WeightView& w, std::shared_ptr<const uint8_t>* keep) {
+  std::vector<WeightView> views = {w};
+  *keep = cpu::PackWeights(w);
+  if (*keep) {
+    WeightView p = w;
+    p.packed = keep->get();
+    views.push_back(p);
+  }
+  return views;
+}
+
 TEST_P(MatMulTest, MatchesReferenceOnAllShapes) {
   const DType type = GetParam();
   std::mt19937 rng(1234 + static_cast<int>(type));
@@ -160,36 +174,39 @@ TEST_P(MatMulTest, MatchesReferenceOnAllShapes) {
     for (int64_t cols : ColsFor(type)) {
       for (int64_t rows : {1, 3, 16, 67}) {
         const std::vector<uint8_t> wdata = RandomWeights(type, rows, cols, rng);
-        const WeightView w{type, rows, cols, wdata.data()};
-        for (int64_t m : {1, 2, 3, 5, 8, 17, 33}) {
-          SCOPED_TRACE(std::string(cpu::internal::IsaName(isa)) + " " +
-                       std::string(DTypeName(type)) + " m=" + std::to_string(m) +
-                       " rows=" + std::to_string(rows) + " cols=" + std::to_string(cols));
-          std::vector<float> x(m * cols);
-          for (float& v : x) v = NonZero(rng);
-          std::vector<float> got(m * rows, std::numeric_limits<float>::quiet_NaN());
-          cpu::MatMul(w, x.data(), m, got.data(), pool);
+        std::shared_ptr<const uint8_t> packed;
+        for (const WeightView& w : Views(WeightView{type, rows, cols, wdata.data()}, &packed)) {
+          for (int64_t m : {1, 2, 3, 5, 8, 9, 17, 33}) {
+            SCOPED_TRACE(std::string(cpu::internal::IsaName(isa)) + " " +
+                         std::string(DTypeName(type)) + (w.packed ? " packed" : "") +
+                         " m=" + std::to_string(m) + " rows=" + std::to_string(rows) +
+                         " cols=" + std::to_string(cols));
+            std::vector<float> x(m * cols);
+            for (float& v : x) v = NonZero(rng);
+            std::vector<float> got(m * rows, std::numeric_limits<float>::quiet_NaN());
+            cpu::MatMul(w, x.data(), m, got.data(), pool);
 
-          std::vector<float> want(m * rows), want_exact(m * rows);
-          ref::MatMul(w, x.data(), m, want_exact.data());
-          if (kind == ActKind::kFloat) {
-            want = want_exact;
-          } else {
-            const std::vector<float> xq = QuantizeActivations(x, kind == ActKind::kA32 ? 32 : 256);
-            ref::MatMul(w, xq.data(), m, want.data());
-          }
-          const std::vector<double> scale = AbsDot(w, x, m);
-          int bad = 0;
-          for (int64_t i = 0; i < m * rows && bad < 5; ++i) {
-            const double err = std::fabs(static_cast<double>(got[i]) - want[i]);
-            const double err_exact = std::fabs(static_cast<double>(got[i]) - want_exact[i]);
-            if (!(err <= 1e-5 * scale[i]) || !(err_exact <= 2e-2 * scale[i])) {
-              ADD_FAILURE() << "element " << i << ": got " << got[i] << " want " << want[i]
-                            << " (unquantized " << want_exact[i] << ", scale " << scale[i] << ")";
-              ++bad;
+            std::vector<float> want(m * rows), want_exact(m * rows);
+            ref::MatMul(w, x.data(), m, want_exact.data());
+            if (kind == ActKind::kFloat) {
+              want = want_exact;
+            } else {
+              const std::vector<float> xq = QuantizeActivations(x, kind == ActKind::kA32 ? 32 : 256);
+              ref::MatMul(w, xq.data(), m, want.data());
             }
+            const std::vector<double> scale = AbsDot(w, x, m);
+            int bad = 0;
+            for (int64_t i = 0; i < m * rows && bad < 5; ++i) {
+              const double err = std::fabs(static_cast<double>(got[i]) - want[i]);
+              const double err_exact = std::fabs(static_cast<double>(got[i]) - want_exact[i]);
+              if (!(err <= 1e-5 * scale[i]) || !(err_exact <= 2e-2 * scale[i])) {
+                ADD_FAILURE() << "element " << i << ": got " << got[i] << " want " << want[i]
+                              << " (unquantized " << want_exact[i] << ", scale " << scale[i] << ")";
+                ++bad;
+              }
+            }
+            if (bad) return;
           }
-          if (bad) return;
         }
       }
     }
@@ -202,24 +219,54 @@ TEST_P(MatMulTest, ThreadCountDoesNotChangeResults) {
   const int64_t cols = GetDTypeInfo(type).block_elems == 256 ? 1024 : 992;
   const int64_t rows = 203;
   const std::vector<uint8_t> wdata = RandomWeights(type, rows, cols, rng);
-  const WeightView w{type, rows, cols, wdata.data()};
-  for (Isa isa : SupportedIsas()) {
-    IsaGuard guard(isa);
-    for (int64_t m : {1, 7, 40}) {
-      std::vector<float> x(m * cols);
-      for (float& v : x) v = NonZero(rng);
-      std::vector<float> first;
-      for (int threads : {1, 2, 3}) {
-        ThreadPool pool(threads);
-        std::vector<float> got(m * rows, std::numeric_limits<float>::quiet_NaN());
-        cpu::MatMul(w, x.data(), m, got.data(), pool);
-        if (first.empty()) {
-          first = got;
-        } else {
-          EXPECT_EQ(std::memcmp(first.data(), got.data(), got.size() * 4), 0)
-              << cpu::internal::IsaName(isa) << " m=" << m << " threads=" << threads;
+  std::shared_ptr<const uint8_t> packed;
+  for (const WeightView& w : Views(WeightView{type, rows, cols, wdata.data()}, &packed)) {
+    for (Isa isa : SupportedIsas()) {
+      IsaGuard guard(isa);
+      for (int64_t m : {1, 7, 40}) {
+        std::vector<float> x(m * cols);
+        for (float& v : x) v = NonZero(rng);
+        std::vector<float> first;
+        for (int threads : {1, 2, 3}) {
+          ThreadPool pool(threads);
+          std::vector<float> got(m * rows, std::numeric_limits<float>::quiet_NaN());
+          cpu::MatMul(w, x.data(), m, got.data(), pool);
+          if (first.empty()) {
+            first = got;
+          } else {
+            EXPECT_EQ(std::memcmp(first.data(), got.data(), got.size() * 4), 0)
+                << cpu::internal::IsaName(isa) << (w.packed ? " packed" : "") << " m=" << m
+                << " threads=" << threads;
+          }
         }
       }
+    }
+  }
+}
+
+// Decode (one token) and prefill (many) run different tile shapes; for quantized
+// weights each output must still come out bit-identical, packed or not, so a token's
+// logits do not depend on whether it was decoded or part of a prompt.
+// (Float weights are not held to this: their GEMV sums in its own order.)
+class QuantizedMatMulTest : public ::testing::TestWithParam<DType> {};
+
+TEST_P(QuantizedMatMulTest, DecodeEqualsPrefill) {
+  const DType type = GetParam();
+  std::mt19937 rng(5);
+  const int64_t cols = GetDTypeInfo(type).block_elems == 256 ? 768 : 800;
+  const int64_t rows = 45, m = 11;
+  const std::vector<uint8_t> wdata = RandomWeights(type, rows, cols, rng);
+  std::vector<float> x(m * cols);
+  for (float& v : x) v = NonZero(rng);
+  ThreadPool pool(2);
+  std::shared_ptr<const uint8_t> packed;
+  for (const WeightView& w : Views(WeightView{type, rows, cols, wdata.data()}, &packed)) {
+    std::vector<float> all(m * rows), one(rows);
+    cpu::MatMul(w, x.data(), m, all.data(), pool);
+    for (int64_t t = 0; t < m; ++t) {
+      cpu::MatMul(w, x.data() + t * cols, 1, one.data(), pool);
+      EXPECT_EQ(std::memcmp(one.data(), all.data() + t * rows, rows * 4), 0)
+          << (w.packed ? "packed" : "plain") << " token " << t;
     }
   }
 }
@@ -245,6 +292,27 @@ INSTANTIATE_TEST_SUITE_P(AllTypes, MatMulTest, ::testing::ValuesIn(kTypes),
                          [](const ::testing::TestParamInfo<DType>& info) {
                            return std::string(DTypeName(info.param));
                          });
+INSTANTIATE_TEST_SUITE_P(Quantized, QuantizedMatMulTest,
+                         ::testing::Values(DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ5_K,
+                                           DType::kQ6_K),
+                         [](const ::testing::TestParamInfo<DType>& info) {
+                           return std::string(DTypeName(info.param));
+                         });
+
+// On AVX-512 VNNI machines Q8_0 has a packed form and it is what MatMul runs.
+TEST(PackWeightsTest, Q8_0IsPackedWhereTheKernelsHaveALayout) {
+  std::mt19937 rng(3);
+  const std::vector<uint8_t> wdata = RandomWeights(DType::kQ8_0, 20, 64, rng);
+  const WeightView w{DType::kQ8_0, 20, 64, wdata.data()};
+  if (cpu::internal::BestIsa() != Isa::kAvx512) {
+    EXPECT_EQ(cpu::PackWeights(w), nullptr);
+    GTEST_SKIP() << "no AVX-512 VNNI here: Q8_0 is not packed (checked that PackWeights says so)";
+  }
+  EXPECT_EQ(cpu::PackedBytes(w), 2 * 2 * 576);  // 2 groups of 16 rows x 2 blocks
+  ASSERT_NE(cpu::PackWeights(w), nullptr);
+  const std::vector<uint8_t> f32 = RandomWeights(DType::kF32, 20, 64, rng);
+  EXPECT_EQ(cpu::PackWeights(WeightView{DType::kF32, 20, 64, f32.data()}), nullptr);
+}
 
 // MatMulShared splits the rows of all its targets over the threads at once and
 // quantizes the activations once per form: the results must be those of separate
@@ -259,8 +327,14 @@ TEST(MatMulSharedTest, EqualsSeparateProducts) {
     wdata.push_back(RandomWeights(kTypes[i], rows[i], cols, rng));
     views.push_back(WeightView{kTypes[i], rows[i], cols, wdata.back().data()});
   }
-  // Mixes: all types; float-only; the q/k/v of a Q4_K_M layer (Q4_K, Q4_K, Q6_K).
-  const std::vector<std::vector<int>> mixes = {{0, 1, 2, 3, 4, 5, 6, 7}, {0, 1}, {5, 5, 7}, {3}};
+  // View 8: the Q8_0 matrix packed, where this CPU has a packed form (else as is).
+  const std::shared_ptr<const uint8_t> packed = cpu::PackWeights(views[3]);
+  views.push_back(views[3]);
+  views.back().packed = packed.get();
+  // Mixes: all types; float-only; the q/k/v of a Q4_K_M layer (Q4_K, Q4_K, Q6_K);
+  // packed Q8_0 alone and beside others.
+  const std::vector<std::vector<int>> mixes = {{0, 1, 2, 3, 4, 5, 6, 7}, {0, 1}, {5, 5, 7}, {3},
+                                               {8}, {8, 4, 8, 1}};
   for (Isa isa : SupportedIsas()) {
     IsaGuard guard(isa);
     for (int64_t m : {1, 5, 40}) {
