@@ -166,6 +166,11 @@ BENCHMARK_CAPTURE(BM_LlamaLayers, q8_0_packed, DType::kQ8_0, true)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 MESA_LLAMA_BENCH(q4_K, DType::kQ4_K);
+BENCHMARK_CAPTURE(BM_LlamaLayers, q4_K_packed, DType::kQ4_K, true)
+    ->Arg(1)
+    ->Arg(128)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 MESA_LLAMA_BENCH(q6_K, DType::kQ6_K);
 
 MESA_MATMUL_BENCH(f32, DType::kF32);

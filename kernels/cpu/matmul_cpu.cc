@@ -17,6 +17,7 @@
 #include "common/thread_pool.h"
 #include "kernels/cpu/matmul_cpu_internal.h"
 #include "kernels/matmul.h"
+#include "kernels/ref/quant_ref.h"
 
 namespace mesa::cpu {
 namespace internal {
@@ -172,6 +173,7 @@ void QuantizeA256(const float* x, int64_t cols, uint8_t* dst) {
       for (int j = 0; j < 16; ++j) s += blk.qs[16 * g + j];
       blk.bsums[g] = static_cast<int16_t>(s);
     }
+    for (int g = 0; g < 8; ++g) blk.bsums32[g] = static_cast<int16_t>(blk.bsums[2 * g] + blk.bsums[2 * g + 1]);
   }
 }
 
@@ -201,7 +203,9 @@ constexpr int64_t kRowGroup = 16;
 static_assert(kRowGroup % internal::kQ8PackRows == 0);
 
 // Whether the running kernel set reads a packed form of `type` (PackWeights).
-bool HasPackedForm(Isa isa, DType type) { return isa == Isa::kAvx512 && type == DType::kQ8_0; }
+bool HasPackedForm(Isa isa, DType type) {
+  return isa == Isa::kAvx512 && (type == DType::kQ8_0 || type == DType::kQ4_K);
+}
 
 // Work pieces per thread in MatMulShared (see there).
 constexpr int64_t kChunksPerThread = 4;
@@ -226,37 +230,81 @@ void DequantizeRow(DType type, const void* row, float* out, int64_t n) {
 }
 
 int64_t PackedBytes(const WeightView& w) {
-  if (!HasPackedForm(internal::BestIsa(), w.type) || w.rows <= 0 || w.cols % 32 != 0) return 0;
+  if (!HasPackedForm(internal::BestIsa(), w.type) || w.rows <= 0) return 0;
+  const int64_t block = GetDTypeInfo(w.type).block_elems;
+  if (w.cols % block != 0) return 0;
   const int64_t groups = (w.rows + internal::kQ8PackRows - 1) / internal::kQ8PackRows;
-  return groups * internal::Q8PackGroupBytes(w.cols);
+  return groups * (w.type == DType::kQ8_0 ? internal::Q8PackGroupBytes(w.cols)
+                                          : internal::Q4KPackGroupBytes(w.cols));
 }
+
+namespace {
+
+constexpr int kPackRows = internal::kQ8PackRows;
+
+// One 16-row group of Q8_0x16 (matmul_cpu_internal.h); rows past `rows` stay as the
+// caller zeroed them, except that their quants are stored as 0 + 128.
+void PackQ8Group(const WeightView& w, int64_t g, uint8_t* q) {
+  const int64_t nb = w.cols / 32;
+  const int64_t row_bytes = w.row_bytes();
+  const auto* src = static_cast<const uint8_t*>(w.data);
+  for (int64_t b = 0; b < nb; ++b, q += internal::kQ8PackBlockBytes) {
+    for (int i = 0; i < kPackRows; ++i) {
+      const int64_t r = g * kPackRows + i;
+      const uint8_t* blk = r < w.rows ? src + r * row_bytes + b * 34 : nullptr;
+      for (int k = 0; k < 8; ++k) {
+        for (int j = 0; j < 4; ++j) {
+          const uint8_t v = blk ? blk[2 + 4 * k + j] : 0;
+          q[(k * kPackRows + i) * 4 + j] = static_cast<uint8_t>(v ^ 0x80);  // int8 + 128
+        }
+      }
+      if (blk) std::memcpy(q + 512 + 2 * i, blk, 2);
+    }
+  }
+}
+
+// One 16-row group of Q4_Kx16; padding rows stay zero (d = dmin = 0).
+void PackQ4KGroup(const WeightView& w, int64_t g, uint8_t* q) {
+  const int64_t nb = w.cols / 256;
+  const int64_t row_bytes = w.row_bytes();
+  const auto* src = static_cast<const uint8_t*>(w.data);
+  for (int64_t b = 0; b < nb; ++b, q += internal::kQ4KPackBlockBytes) {
+    uint8_t* sc = q + 2048;
+    uint8_t* mn = sc + 128;
+    uint8_t* d = mn + 128;
+    for (int i = 0; i < kPackRows; ++i) {
+      const int64_t r = g * kPackRows + i;
+      if (r >= w.rows) break;
+      const uint8_t* blk = src + r * row_bytes + b * 144;
+      for (int c = 0; c < 4; ++c) {
+        for (int k = 0; k < 8; ++k) std::memcpy(q + ((c * 8 + k) * kPackRows + i) * 4, blk + 16 + 32 * c + 4 * k, 4);
+      }
+      for (int s = 0; s < 8; ++s) {
+        int scale, min;
+        ref::ScaleMinK4(s, blk + 4, &scale, &min);
+        sc[s * kPackRows + i] = static_cast<uint8_t>(scale);
+        mn[((s / 2) * kPackRows + i) * 2 + (s % 2)] = static_cast<uint8_t>(min);
+      }
+      std::memcpy(d + 2 * i, blk, 2);                   // d
+      std::memcpy(d + 2 * kPackRows + 2 * i, blk + 2, 2);  // dmin
+    }
+  }
+}
+
+}  // namespace
 
 std::shared_ptr<const uint8_t> PackWeights(const WeightView& w) {
   const int64_t bytes = PackedBytes(w);
   if (bytes == 0) return nullptr;
   auto* dst = static_cast<uint8_t*>(std::aligned_alloc(64, bytes));  // bytes: a multiple of 64
   Require(dst != nullptr, "out of memory packing weights", w.type);
-  std::memset(dst, 0, bytes);  // padding rows (quants 0, stored as 128, fixed below) and pads
-  constexpr int R = internal::kQ8PackRows;
-  const int64_t nb = w.cols / 32;
-  const int64_t row_bytes = w.row_bytes();
-  const auto* src = static_cast<const uint8_t*>(w.data);
-  for (int64_t g = 0; g * R < w.rows; ++g) {
-    uint8_t* q = dst + g * internal::Q8PackGroupBytes(w.cols);
-    for (int64_t b = 0; b < nb; ++b, q += internal::kQ8PackBlockBytes) {
-      uint8_t* scales = q + 512;
-      for (int i = 0; i < R; ++i) {
-        const int64_t r = g * R + i;
-        // Padding rows: quants 0 (stored 128), scale 0.
-        const uint8_t* blk = r < w.rows ? src + r * row_bytes + b * 34 : nullptr;
-        for (int k = 0; k < 8; ++k) {
-          for (int j = 0; j < 4; ++j) {
-            const uint8_t v = blk ? blk[2 + 4 * k + j] : 0;
-            q[(k * R + i) * 4 + j] = static_cast<uint8_t>(v ^ 0x80);  // int8 + 128
-          }
-        }
-        if (blk) std::memcpy(scales + 2 * i, blk, 2);
-      }
+  std::memset(dst, 0, bytes);
+  const int64_t group_bytes = bytes / ((w.rows + kPackRows - 1) / kPackRows);
+  for (int64_t g = 0; g * kPackRows < w.rows; ++g) {
+    if (w.type == DType::kQ8_0) {
+      PackQ8Group(w, g, dst + g * group_bytes);
+    } else {
+      PackQ4KGroup(w, g, dst + g * group_bytes);
     }
   }
   return std::shared_ptr<const uint8_t>(dst, [](const uint8_t* p) { std::free(const_cast<uint8_t*>(p)); });

@@ -22,7 +22,8 @@ struct alignas(64) BlockA256 {
   int8_t qs[256];
   int16_t bsums[16];
   float d;
-  uint8_t pad[28];
+  int16_t bsums32[8];  // sums of 32 consecutive quants (packed Q4_K's mins)
+  uint8_t pad[12];
 };
 static_assert(sizeof(BlockA256) == 320);
 inline int64_t A256Stride(int64_t cols) { return cols / 256 * sizeof(BlockA256); }
@@ -41,6 +42,18 @@ inline int64_t A256Stride(int64_t cols) { return cols / 256 * sizeof(BlockA256);
 inline constexpr int kQ8PackRows = 16;
 inline constexpr int kQ8PackBlockBytes = 576;
 inline int64_t Q8PackGroupBytes(int64_t cols) { return cols / 32 * kQ8PackBlockBytes; }
+
+// Q4_K weights repacked for AVX-512 VNNI ("Q4_Kx16"), rows in groups of 16 as for
+// Q8_0x16; per 256-block 2368 bytes (64-byte aligned):
+//   uint8 q[4][8][16][4]  pair c, step k, row i, j: byte 32c + 4k + j of the row's qs,
+//                         whose low nibble is element 4k+j of sub-block 2c and high
+//                         nibble that of sub-block 2c+1 (one load, two nibble masks)
+//   uint8 sc[8][16]       6-bit scale of sub-block s, row i
+//   uint8 mn[4][16][2]    6-bit mins of sub-blocks 2p and 2p+1, row i (word pairs for
+//                         dpwssd against the activations' 32-sums)
+//   uint16 d[16], dmin[16]
+inline constexpr int kQ4KPackBlockBytes = 2048 + 128 + 128 + 64;
+inline int64_t Q4KPackGroupBytes(int64_t cols) { return cols / 256 * kQ4KPackBlockBytes; }
 
 // Which activation form a weight type is multiplied with.
 enum class ActKind { kFloat, kA32, kA256 };

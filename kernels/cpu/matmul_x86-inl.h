@@ -589,6 +589,87 @@ void PackedQ8Rows(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
     }
   }
 }
+
+// Q4_K repacked as Q4_Kx16 x A256, AVX-512 VNNI: per sub-block and token one dpbusd
+// chain of nibbles (u8) against broadcast activation quants (s8) gives 16 rows' sums;
+// they are scaled by the rows' sub-block scales in int32 and the mins enter through
+// one dpwssd per sub-block pair against the activations' 32-sums. Integer sums are
+// exact; per (row, token) the float steps are the same for any T.
+template <int T>
+MESA_INLINE void Q4Kx16Tile(const uint8_t* group, int64_t nb, const uint8_t* act, int64_t act_stride,
+                            float* out, int64_t out_stride, int nr) {
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  __m512 acc[T];
+  MESA_UNROLL for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+  const uint8_t* blk = group;
+  for (int64_t b = 0; b < nb; ++b, blk += kQ4KPackBlockBytes) {
+    const BlockA256* ab[T];
+    MESA_UNROLL for (int t = 0; t < T; ++t) ab[t] = reinterpret_cast<const BlockA256*>(act + t * act_stride) + b;
+    __m512i isum[T], msum[T];
+    MESA_UNROLL for (int t = 0; t < T; ++t) isum[t] = msum[t] = _mm512_setzero_si512();
+    MESA_UNROLL for (int c = 0; c < 4; ++c) {
+      __m512i slo[T], shi[T];
+      MESA_UNROLL for (int t = 0; t < T; ++t) slo[t] = shi[t] = _mm512_setzero_si512();
+      MESA_UNROLL for (int k = 0; k < 8; ++k) {
+        const __m512i q = _mm512_load_si512(blk + (c * 8 + k) * 64);
+        const __m512i lo = _mm512_and_si512(q, low4);
+        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), low4);
+        MESA_UNROLL for (int t = 0; t < T; ++t) {
+          int32_t a_lo, a_hi;
+          std::memcpy(&a_lo, ab[t]->qs + 64 * c + 4 * k, 4);
+          std::memcpy(&a_hi, ab[t]->qs + 64 * c + 32 + 4 * k, 4);
+          slo[t] = _mm512_dpbusd_epi32(slo[t], lo, _mm512_set1_epi32(a_lo));
+          shi[t] = _mm512_dpbusd_epi32(shi[t], hi, _mm512_set1_epi32(a_hi));
+        }
+      }
+      const __m512i sc_lo = _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(blk + 2048 + 32 * c)));
+      const __m512i sc_hi = _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(blk + 2048 + 32 * c + 16)));
+      const __m512i mins = _mm512_cvtepu8_epi16(_mm256_load_si256(reinterpret_cast<const __m256i*>(blk + 2176 + 32 * c)));
+      MESA_UNROLL for (int t = 0; t < T; ++t) {
+        isum[t] = _mm512_add_epi32(isum[t], _mm512_add_epi32(_mm512_mullo_epi32(slo[t], sc_lo),
+                                                             _mm512_mullo_epi32(shi[t], sc_hi)));
+        int32_t bs;
+        std::memcpy(&bs, ab[t]->bsums32 + 2 * c, 4);
+        msum[t] = _mm512_dpwssd_epi32(msum[t], mins, _mm512_set1_epi32(bs));
+      }
+    }
+    const __m512 d = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(blk + 2304)));
+    const __m512 dmin = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(blk + 2336)));
+    // acc += da * (d * isum - dmin * msum), as the unpacked kernel.
+    MESA_UNROLL for (int t = 0; t < T; ++t) {
+      const __m512 v = _mm512_fmsub_ps(_mm512_cvtepi32_ps(isum[t]), d,
+                                       _mm512_mul_ps(_mm512_cvtepi32_ps(msum[t]), dmin));
+      acc[t] = _mm512_fmadd_ps(v, _mm512_set1_ps(ab[t]->d), acc[t]);
+    }
+  }
+  const __mmask16 keep = static_cast<__mmask16>((1u << nr) - 1);
+  MESA_UNROLL for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(out + t * out_stride, keep, acc[t]);
+}
+
+constexpr int kQ4KPackT = 4;
+
+template <int T>
+MESA_INLINE void Q4Kx16TileTail(int nt, const uint8_t* group, int64_t nb, const uint8_t* act,
+                                int64_t act_stride, float* out, int64_t out_stride, int nr) {
+  if constexpr (T > 1) {
+    if (nt < T) return Q4Kx16TileTail<T - 1>(nt, group, nb, act, act_stride, out, out_stride, nr);
+  }
+  Q4Kx16Tile<T>(group, nb, act, act_stride, out, out_stride, nr);
+}
+
+void PackedQ4KRows(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
+  const int64_t nb = job.w.cols / 256;
+  const int64_t group_bytes = Q4KPackGroupBytes(job.w.cols);
+  for (int64_t r0 = row_begin; r0 < row_end; r0 += kQ8PackRows) {
+    const int nr = static_cast<int>(row_end - r0 < kQ8PackRows ? row_end - r0 : kQ8PackRows);
+    const uint8_t* group = job.packed + (r0 / kQ8PackRows) * group_bytes;
+    for (int64_t t0 = 0; t0 < job.m; t0 += kQ4KPackT) {
+      const int nt = static_cast<int>(job.m - t0 < kQ4KPackT ? job.m - t0 : kQ4KPackT);
+      Q4Kx16TileTail<kQ4KPackT>(nt, group, nb, job.act + t0 * job.act_stride, job.act_stride,
+                                job.out + t0 * job.w.rows + r0, job.w.rows, nr);
+    }
+  }
+}
 #endif
 
 // ---------------------------------------------------------------------------------
@@ -663,7 +744,10 @@ using Q5KTile = TileQ45K<5>::K<R, T>;
 
 void MatMulRows(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-  if (job.packed != nullptr) return PackedQ8Rows(job, row_begin, row_end);
+  if (job.packed != nullptr) {
+    return job.w.type == DType::kQ8_0 ? PackedQ8Rows(job, row_begin, row_end)
+                                      : PackedQ4KRows(job, row_begin, row_end);
+  }
 #endif
   if (job.m == 1) {
     // Quantized tiles of one row and one token: the same operations per output as the

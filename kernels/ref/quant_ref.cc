@@ -41,19 +41,6 @@ void StoreF16(uint8_t* p, float f) {
   std::memcpy(p, &h, 2);
 }
 
-// The 6-bit scale and min of sub-block j (of 8) packed in the 12 bytes of a Q4_K or
-// Q5_K block: j < 4 sit in the low 6 bits of bytes j / j+4, the others are split
-// between a nibble of bytes j+4 and the top 2 bits of bytes j-4 / j.
-void ScaleMinK4(int j, const uint8_t* q, int* sc, int* m) {
-  if (j < 4) {
-    *sc = q[j] & 63;
-    *m = q[j + 4] & 63;
-  } else {
-    *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
-    *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-  }
-}
-
 void DequantQ8_0(const uint8_t* b, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, b += kQ8_0Bytes, y += 32) {
     const float d = LoadF16(b);
@@ -124,6 +111,20 @@ void DequantQ6_K(const uint8_t* b, float* y, int64_t nb) {
 }
 
 }  // namespace
+
+// The 6-bit scale and min of sub-block j (of 8) packed in the 12 bytes of a Q4_K or
+// Q5_K block: j < 4 sit in the low 6 bits of bytes j / j+4, the others are split
+// between a nibble of bytes j+4 and the top 2 bits of bytes j-4 / j.
+void ScaleMinK4(int j, const uint8_t* q, int* sc, int* m) {
+  if (j < 4) {
+    *sc = q[j] & 63;
+    *m = q[j + 4] & 63;
+  } else {
+    *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+    *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
 
 void DequantizeRow(DType type, const void* row, float* out, int64_t n) {
   const DTypeInfo& info = GetDTypeInfo(type);

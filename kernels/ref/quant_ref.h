@@ -15,4 +15,8 @@ void QuantizeRowQ8_0(const float* x, void* out, int64_t n);
 // d = (the value of largest magnitude) / -8, q = min(15, trunc(x / d + 8.5)).
 void QuantizeRowQ4_0(const float* x, void* out, int64_t n);
 
+// The 6-bit scale and min of sub-block j (of 8) from the 12 packed bytes of a Q4_K or
+// Q5_K block (the bytes after d and dmin).
+void ScaleMinK4(int j, const uint8_t* q, int* sc, int* m);
+
 }  // namespace mesa::ref
