@@ -6,10 +6,12 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 
 #include "common/thread_pool.h"
 #include "engine/generate.h"
+#include "engine/model_loader.h"
 #include "gtest/gtest.h"
 #include "tests/testing/compare.h"
 
@@ -93,6 +95,31 @@ TEST(ForwardTest, HuggingFaceDirectoryAndGgufOfTheSameModelAgree) {
   ASSERT_TRUE(ra.Forward(*ids_gguf, ca, LogitsMode::kAll, &a).ok());
   ASSERT_TRUE(rb.Forward(*ids_hf, cb, LogitsMode::kAll, &b).ok());
   EXPECT_LT(testing::MaxRowRelError(a, b, gguf.config.n_vocab), 1e-5);
+}
+
+// Weights copied into the process's own memory (LoadOptions::WeightMemory::kOwn) and
+// read from the file's map (kMapped) are the same bytes for float files: the logits
+// must be bit-identical, and the copy must really be a copy.
+TEST(ForwardTest, OwnAndMappedWeightsGiveIdenticalLogits) {
+  const std::string path = SharedModel("stories260K-f32.gguf");
+  if (path.empty()) GTEST_SKIP() << "shared model stories260K-f32.gguf not found (set MESA_SHARED_DIR=../shared)";
+  LoadOptions own_options, mapped_options;
+  own_options.weight_memory = LoadOptions::WeightMemory::kOwn;
+  mapped_options.weight_memory = LoadOptions::WeightMemory::kMapped;
+  auto own = LoadModel(path, own_options);
+  auto mapped = LoadModel(path, mapped_options);
+  ASSERT_TRUE(own.ok() && mapped.ok());
+  EXPECT_TRUE((*own)->weights_in_own_memory);
+  EXPECT_FALSE((*mapped)->weights_in_own_memory);
+  EXPECT_NE((*own)->weights.layers[0].wq.data, (*mapped)->weights.layers[0].wq.data);
+  ThreadPool pool(2);
+  std::vector<float> a, b;
+  ModelRunner ra(**own, pool), rb(**mapped, pool);
+  KvCache ca = ra.NewCache(kTokens.size()), cb = rb.NewCache(kTokens.size());
+  ASSERT_TRUE(ra.Forward(kTokens, ca, LogitsMode::kAll, &a).ok());
+  ASSERT_TRUE(rb.Forward(kTokens, cb, LogitsMode::kAll, &b).ok());
+  ASSERT_EQ(a.size(), b.size());
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0);
 }
 
 TEST(ForwardTest, RejectsTokensOutsideVocabulary) {

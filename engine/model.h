@@ -22,6 +22,9 @@ struct Model {
   std::string format;               // "gguf" or "hf"
   std::vector<std::string> tensor_types;  // distinct weight DTypes, e.g. {"q4_K","q6_K"}
   std::string chat_template;        // tokenizer.chat_template when present
+  // Whether the matrices were copied (and packed) into the process's own memory at load
+  // (LoadOptions::WeightMemory); false: read from the file's memory map.
+  bool weights_in_own_memory = false;
   // Keeps mapped files and converted buffers alive for the views above.
   std::vector<std::shared_ptr<void>> storage;
 };

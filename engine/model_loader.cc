@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/huge_buffer.h"
 #include "common/status.h"
 #include "engine/gguf.h"
 #include "engine/model.h"
@@ -232,21 +233,62 @@ int64_t Elements(const std::vector<int64_t>& shape) {
   return n;
 }
 
-// Packs every matrix the forward pass multiplies with (not the embedding table, which is
-// only looked up row by row), keeping the copies in model->storage. `packed_source`
-// hears of each original whose copy was made (its pages can leave memory).
-void PackWeights(Model* model, const std::function<void(const WeightView&)>& packed_source) {
-  std::vector<WeightView*> views = {&model->weights.output};
-  for (LayerWeights& l : model->weights.layers) {
-    for (WeightView* v : {&l.wq, &l.wk, &l.wv, &l.wqkv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) views.push_back(v);
+// The matrices the forward pass multiplies with (not the embedding table, which is only
+// looked up row by row).
+std::vector<WeightView*> ProductMatrices(ModelWeights& w) {
+  std::vector<WeightView*> views = {&w.output};
+  for (LayerWeights& l : w.layers) {
+    for (WeightView* v : {&l.wq, &l.wk, &l.wv, &l.wqkv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) {
+      if (v->data != nullptr) views.push_back(v);
+    }
   }
-  for (WeightView* v : views) {
-    if (v->data == nullptr) continue;
-    std::shared_ptr<const uint8_t> packed = cpu::PackWeights(*v);
-    if (!packed) continue;
-    v->packed = packed.get();
-    model->storage.push_back(std::const_pointer_cast<uint8_t>(packed));
-    if (packed_source) packed_source(*v);
+  return views;
+}
+
+// Applies options.weight_memory: under kOwn each matrix is packed for this CPU or else
+// copied into huge-page memory (kept in model->storage); `release` hears of each
+// original that was copied (its file pages need not stay resident).
+void PlaceWeights(Model* model, const LoadOptions& options,
+                  const std::function<void(const WeightView&)>& release) {
+  std::vector<WeightView*> views = ProductMatrices(model->weights);
+  LoadOptions::WeightMemory mode = options.weight_memory;
+  if (mode == LoadOptions::WeightMemory::kAuto) {
+    uint64_t bytes = 0;
+    for (const WeightView* v : views) bytes += static_cast<uint64_t>(v->rows * v->row_bytes());
+    const uint64_t available = AvailableMemoryBytes();
+    mode = available == 0 || bytes <= available / 2 ? LoadOptions::WeightMemory::kOwn
+                                                    : LoadOptions::WeightMemory::kMapped;
+  }
+  model->weights_in_own_memory = mode == LoadOptions::WeightMemory::kOwn;
+  if (!model->weights_in_own_memory) return;
+  // One arena for all (each matrix 64-byte aligned): separate huge-page buffers would
+  // round every small matrix up to 2 MiB.
+  std::vector<int64_t> offset(views.size() + 1, 0);
+  for (size_t i = 0; i < views.size(); ++i) {
+    const int64_t packed = cpu::PackedBytes(*views[i]);
+    const int64_t bytes = packed > 0 ? packed : views[i]->rows * views[i]->row_bytes();
+    offset[i + 1] = offset[i] + (bytes + 63) / 64 * 64;
+  }
+  std::shared_ptr<uint8_t> arena = AllocateHugeBuffer(static_cast<size_t>(offset.back()));
+  if (arena == nullptr) {
+    model->weights_in_own_memory = false;  // stays mapped
+    return;
+  }
+  model->storage.push_back(arena);
+  for (size_t i = 0; i < views.size(); ++i) {
+    WeightView* v = views[i];
+    const WeightView original = *v;
+    uint8_t* dst = arena.get() + offset[i];
+    if (cpu::PackedBytes(original) > 0) {
+      cpu::PackWeightsInto(original, dst);
+      v->packed = dst;
+    } else {
+      std::memcpy(dst, original.data, static_cast<size_t>(original.rows * original.row_bytes()));
+      v->data = dst;
+      // A tied embedding is the same matrix: its row lookups read the copy too.
+      if (model->weights.token_embd.data == original.data) model->weights.token_embd.data = dst;
+    }
+    if (release) release(original);
   }
 }
 
@@ -279,12 +321,11 @@ absl::StatusOr<std::unique_ptr<Model>> LoadGgufModel(const std::string& path, co
   };
   Binder binder(path, lookup, model.get());
   MESA_RETURN_IF_ERROR(BindWeights(c, binder, &model->weights));
-  if (options.pack_weights) {
-    // The packed copy is what the forward pass reads; the file's pages of the matrix,
-    // read once to pack it, need not stay resident (the reference layout is still
-    // there for anything that reads it, from the page cache).
-    PackWeights(model.get(), [&file](const WeightView& v) { file->DropPages(v.data, v.rows * v.row_bytes()); });
-  }
+  // The copies are what the forward pass reads; the file's pages of each matrix, read
+  // once to copy it, need not stay resident (whatever reads the file's layout later
+  // gets them back from the page cache).
+  PlaceWeights(model.get(), options,
+               [&file](const WeightView& v) { file->DropPages(v.data, v.rows * v.row_bytes()); });
   model->tensor_types = binder.matrix_types();
   for (const GgufTensorInfo& t : file->tensors()) c.parameter_count += t.elements();
   MESA_ASSIGN_OR_RETURN(model->chat_template, file->GetStringOr("tokenizer.chat_template", ""));
@@ -342,7 +383,7 @@ absl::StatusOr<std::unique_ptr<Model>> LoadHfModel(const std::string& dir, const
   }
   Binder binder(config_path, bound, model.get());
   MESA_RETURN_IF_ERROR(BindWeights(c, binder, &model->weights));
-  if (options.pack_weights) PackWeights(model.get(), nullptr);
+  PlaceWeights(model.get(), options, nullptr);
   model->tensor_types = binder.matrix_types();
   for (const std::string& name : st->names()) c.parameter_count += Elements(st->Find(name)->shape);
   if (auto tc = ReadTextFile(dir + "/tokenizer_config.json"); tc.ok()) {

@@ -17,10 +17,19 @@ struct LoadOptions {
   // Build the tokenizer from the file (GGUF metadata or tokenizer.json). Off: the
   // model's `tokenizer` stays null (weights-only tests, benchmarks).
   bool load_tokenizer = true;
-  // Give matrices the packed layout of this CPU's fast kernels where they have one
-  // (cpu::PackWeights: Q8_0 on AVX-512 VNNI), a copy made once at load. Off: the
-  // kernels read the file's layout (tests compare the two).
-  bool pack_weights = true;
+  // Where the matrices the forward pass multiplies with live.
+  enum class WeightMemory {
+    // kOwn when they take at most half of the memory available at load, else kMapped.
+    kAuto,
+    // Copied once at load into the process's own memory (transparent huge pages), in
+    // the packed layout of this CPU's kernels where one exists (cpu::PackWeights:
+    // Q8_0 and Q4_K on AVX-512 VNNI). Fastest; the file's pages are released.
+    kOwn,
+    // Read in place from the file's memory map: no copy, no packing (models larger
+    // than memory; tests compare the two).
+    kMapped,
+  };
+  WeightMemory weight_memory = WeightMemory::kAuto;
 };
 
 absl::StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& path, const LoadOptions& options);

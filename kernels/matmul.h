@@ -64,8 +64,10 @@ void MatMulShared(const MatMulTarget* targets, int count, const float* x, int64_
 // matmul_cpu_internal.h). Results are within the same tolerances as the unpacked
 // kernels (not bit-identical to them); decode and prefill agree bit for bit.
 std::shared_ptr<const uint8_t> PackWeights(const WeightView& w);
-// Bytes PackWeights allocates for `w` (0: no packed form).
+// Bytes of the packed form of `w` (0: none; else a multiple of 64).
 int64_t PackedBytes(const WeightView& w);
+// Writes the packed form into `dst`: PackedBytes(w) zero-filled bytes, 64-byte aligned.
+void PackWeightsInto(const WeightView& w, uint8_t* dst);
 }  // namespace cpu
 
 }  // namespace mesa

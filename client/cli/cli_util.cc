@@ -57,8 +57,15 @@ absl::StatusOr<std::vector<int32_t>> ReadTokenFile(const std::string& path) {
   return ids;
 }
 
-absl::StatusOr<std::unique_ptr<Model>> LoadModelForCli(const std::string& path) {
-  auto model = LoadModel(path);
+LoadOptions::WeightMemory& WeightMemoryChoice() {
+  static LoadOptions::WeightMemory choice = LoadOptions::WeightMemory::kAuto;
+  return choice;
+}
+
+absl::StatusOr<std::unique_ptr<Model>> LoadModelForCli(const std::string& path, bool compute) {
+  LoadOptions options;
+  options.weight_memory = compute ? WeightMemoryChoice() : LoadOptions::WeightMemory::kMapped;
+  auto model = LoadModel(path, options);
   if (!model.ok()) {
     return absl::Status(model.status().code(),
                         absl::StrCat("cannot load model '", path, "': ", model.status().message()));

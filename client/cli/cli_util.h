@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/model.h"
+#include "engine/model_loader.h"
 
 namespace mesa::cli {
 
@@ -21,7 +22,12 @@ absl::StatusOr<std::vector<int32_t>> ParseTokenList(const std::string& text);
 absl::StatusOr<std::vector<int32_t>> ReadTokenFile(const std::string& path);
 absl::StatusOr<std::string> ReadTextFile(const std::string& path);
 
-absl::StatusOr<std::unique_ptr<Model>> LoadModelForCli(const std::string& path);
+// The global --weights choice (main.cc), used by LoadModelForCli.
+LoadOptions::WeightMemory& WeightMemoryChoice();
+// Loads a model, naming the path in errors. `compute`: the command runs the model (the
+// --weights choice applies); false: it only reads metadata or the tokenizer (weights
+// stay mapped, nothing is copied).
+absl::StatusOr<std::unique_ptr<Model>> LoadModelForCli(const std::string& path, bool compute = true);
 
 // Peak resident set size of this process in bytes.
 int64_t PeakRssBytes();

@@ -201,6 +201,7 @@ int RunBench(const BenchArgs& a) {
                       {"gen_tokens", a.gen_tokens},
                       {"threads", pool.size()},
                       {"repetitions", std::max(1, a.reps)},
+                      {"weights", model.weights_in_own_memory ? "own" : "mapped"},
                       {"attention", attention}};
   if (a.json) {
     std::cout << j.dump() << "\n";

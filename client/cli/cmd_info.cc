@@ -51,7 +51,7 @@ int RunDevices(const InfoArgs& a) {
 int Run(const InfoArgs& a) {
   if (a.devices) return RunDevices(a);
   if (a.model.empty()) return Fail(absl::InvalidArgumentError("give a MODEL path or --devices"));
-  auto model_or = LoadModelForCli(a.model);
+  auto model_or = LoadModelForCli(a.model, /*compute=*/false);
   if (!model_or.ok()) return Fail(model_or.status());
   const Model& m = **model_or;
   const ModelConfig& c = m.config;

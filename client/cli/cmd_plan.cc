@@ -26,7 +26,7 @@ int RunPlan(const PlanArgs& a) {
   if (!options.ok()) return Fail(options.status());
   int64_t model_t = 0;
   if (!a.model.empty()) {
-    auto model = LoadModelForCli(a.model);
+    auto model = LoadModelForCli(a.model, /*compute=*/false);
     if (!model.ok()) return Fail(model.status());
     model_t = (*model)->config.context_length;
   } else if (a.lc.train_length == 0) {

@@ -20,7 +20,7 @@ int Run(const TokenizeArgs& a) {
     if (!t.ok()) return Fail(t.status());
     text = *std::move(t);
   }
-  auto model_or = LoadModelForCli(a.model);
+  auto model_or = LoadModelForCli(a.model, /*compute=*/false);
   if (!model_or.ok()) return Fail(model_or.status());
   const Tokenizer* tok = (*model_or)->tokenizer.get();
   if (!tok) return Fail(absl::FailedPreconditionError("the model has no tokenizer"));

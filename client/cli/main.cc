@@ -1,6 +1,8 @@
 // The `mesa` command-line tool.
 #include <iostream>
+#include <string>
 
+#include "client/cli/cli_util.h"
 #include "client/cli/commands.h"
 
 namespace mesa::cli {
@@ -15,6 +17,19 @@ int main(int argc, char** argv) {
       "Mesa: run language models on documents far longer than they were trained for.\n"
       "Models are GGUF files (or Hugging Face directories); see `mesa COMMAND --help`."};
   app.require_subcommand(1);
+  app.fallthrough();  // global options may also follow the command
+  std::string weights = "auto";
+  app.add_option("--weights", weights,
+                 "Where model matrices live: own (copied at load into this process's huge-page "
+                 "memory, packed for this CPU's kernels: fastest), mapped (read in place from the "
+                 "file's memory map: no copy, for models larger than memory), auto (own when they "
+                 "take at most half of the available memory)")
+      ->check(CLI::IsMember({"auto", "own", "mapped"}))
+      ->each([](const std::string& v) {
+        mesa::cli::WeightMemoryChoice() = v == "own"      ? mesa::LoadOptions::WeightMemory::kOwn
+                                          : v == "mapped" ? mesa::LoadOptions::WeightMemory::kMapped
+                                                          : mesa::LoadOptions::WeightMemory::kAuto;
+      });
   mesa::cli::RegisterInfo(app);
   mesa::cli::RegisterTokenize(app);
   mesa::cli::RegisterGenerate(app);

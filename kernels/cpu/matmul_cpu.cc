@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "common/huge_buffer.h"
 #include "common/thread_pool.h"
 #include "kernels/cpu/matmul_cpu_internal.h"
 #include "kernels/matmul.h"
@@ -293,12 +294,9 @@ void PackQ4KGroup(const WeightView& w, int64_t g, uint8_t* q) {
 
 }  // namespace
 
-std::shared_ptr<const uint8_t> PackWeights(const WeightView& w) {
+void PackWeightsInto(const WeightView& w, uint8_t* dst) {
   const int64_t bytes = PackedBytes(w);
-  if (bytes == 0) return nullptr;
-  auto* dst = static_cast<uint8_t*>(std::aligned_alloc(64, bytes));  // bytes: a multiple of 64
-  Require(dst != nullptr, "out of memory packing weights", w.type);
-  std::memset(dst, 0, bytes);
+  Require(bytes > 0, "no packed form", w.type);
   const int64_t group_bytes = bytes / ((w.rows + kPackRows - 1) / kPackRows);
   for (int64_t g = 0; g * kPackRows < w.rows; ++g) {
     if (w.type == DType::kQ8_0) {
@@ -307,7 +305,15 @@ std::shared_ptr<const uint8_t> PackWeights(const WeightView& w) {
       PackQ4KGroup(w, g, dst + g * group_bytes);
     }
   }
-  return std::shared_ptr<const uint8_t>(dst, [](const uint8_t* p) { std::free(const_cast<uint8_t*>(p)); });
+}
+
+std::shared_ptr<const uint8_t> PackWeights(const WeightView& w) {
+  const int64_t bytes = PackedBytes(w);
+  if (bytes == 0) return nullptr;
+  std::shared_ptr<uint8_t> buffer = AllocateHugeBuffer(bytes);  // zero-filled
+  Require(buffer != nullptr, "out of memory packing weights", w.type);
+  PackWeightsInto(w, buffer.get());
+  return buffer;
 }
 
 void MatMul(const WeightView& w, const float* x, int64_t m, float* out, ThreadPool& pool) {
