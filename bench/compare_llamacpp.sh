@@ -162,8 +162,10 @@ for type in $TYPES; do
     say "[$type] round $k/$K: mesa bench ($R runs), llama-bench ($R repetitions)"
     read -r a b m_rss < <(run_mesa "$file")
     mp+=("$a") md+=("$b")
-    read -r a b c < <(run_llama "$file")
-    lp+=("$a") ld+=("$b") ld0+=("$c")
+    read -r a2 b2 c < <(run_llama "$file")
+    lp+=("$a2") ld+=("$b2") ld0+=("$c")
+    say "$(printf '[%s] round %d: prefill mesa %.1f / llama.cpp %.1f; decode mesa %.2f / llama.cpp %.2f' \
+          "$type" "$k" "$a" "$a2" "$b" "$b2")"
   done
   m_pre="$(median "${mp[@]}")" m_dec="$(median "${md[@]}")"
   l_pre="$(median "${lp[@]}")" l_dec="$(median "${ld[@]}")" l_dec0="$(median "${ld0[@]}")"
