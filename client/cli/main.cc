@@ -1,5 +1,9 @@
 // The `mesa` command-line tool.
+#include <cstdlib>  // defines __GLIBC__ on glibc systems
 #include <iostream>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <string>
 
 #include "client/cli/cli_util.h"
@@ -13,6 +17,14 @@ int& ExitCode() {
 }  // namespace mesa::cli
 
 int main(int argc, char** argv) {
+  // Keep freed buffers (KV caches, activations: a few MB per document) in the heap
+  // instead of returning them to the kernel: otherwise each document's buffers are
+  // fresh pages that fault and get zeroed again (~5% of a 128-token F16 prefill in
+  // perf). Blocks of 32 MiB and more are still mapped and unmapped on their own.
+#if defined(__GLIBC__)
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+#endif
   CLI::App app{
       "Mesa: run language models on documents far longer than they were trained for.\n"
       "Models are GGUF files (or Hugging Face directories); see `mesa COMMAND --help`."};
