@@ -63,6 +63,14 @@ head -c 20000 "$SHARED/text/tinystories_valid_part1.txt" > "$TMP/text.txt"
 check "eval ppl" "$MESA" eval ppl --model "$MODEL" --text "$TMP/text.txt" --lengths 256 --attention mesa,full --json
 check "eval ppl fits" json "p={x['attention']: x['ppl'] for x in d}; assert p['mesa'] == p['full'], p"
 
+# --weights: own (copied/packed) and mapped give the same logits on an F32 file, and
+# bench says which was used.
+check "weights own logits" "$MESA" --weights own logits --model "$MODEL" --tokens 1,403,407,261 --out "$TMP/own.bin"
+check "weights mapped logits" "$MESA" logits --model "$MODEL" --tokens 1,403,407,261 --out "$TMP/map.bin" --weights mapped
+check "weights own == mapped" cmp "$TMP/own.bin" "$TMP/map.bin"
+check "bench reports weights" "$MESA" --weights mapped bench --model "$MODEL" --prompt-tokens 8 --gen-tokens 2 --json
+check "bench weights mapped" json "assert d['weights'] == 'mapped', d"
+
 # Bad input fails with a message and a non-zero exit.
 bad() {  # bad NAME PATTERN COMMAND...
   local name="$1" pattern="$2"; shift 2
@@ -74,6 +82,7 @@ bad "missing model" "cannot load model" "$MESA" generate --model "$TMP/none.gguf
 bad "bad token id" "not a token id" "$MESA" logits --model "$MODEL" --tokens 1,x --out "$TMP/x.bin"
 bad "token outside vocab" "outside the vocabulary" "$MESA" logits --model "$MODEL" --tokens 1,99999 --out "$TMP/x.bin"
 bad "unknown attention" "not in" "$MESA" generate --model "$MODEL" --prompt hi --attention nope
+bad "unknown weights" "not in" "$MESA" --weights nope generate --model "$MODEL" --prompt hi
 bad "width cap below 1" "W_cap\|width" "$MESA" plan --train-length 32 --anchor 40 --length 100
 printf 'bad \xff utf8' > "$TMP/bad.txt"
 bad "invalid utf-8" "utf-8" "$MESA" tokenize --model "$MODEL" --file "$TMP/bad.txt"
