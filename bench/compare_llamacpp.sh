@@ -149,7 +149,7 @@ r = json.load(sys.stdin)[0]
 print(statistics.median(r.get("samples_ts") or [r["avg_ts"]]))'
 }
 
-rows=()
+rows=() rounds=()
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 median() { python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 for type in $TYPES; do
@@ -164,8 +164,9 @@ for type in $TYPES; do
     mp+=("$a") md+=("$b")
     read -r a2 b2 c < <(run_llama "$file")
     lp+=("$a2") ld+=("$b2") ld0+=("$c")
-    say "$(printf '[%s] round %d: prefill mesa %.1f / llama.cpp %.1f; decode mesa %.2f / llama.cpp %.2f' \
-          "$type" "$k" "$a" "$a2" "$b" "$b2")"
+    rounds+=("$(printf '[%s] round %d: prefill mesa %.1f / llama.cpp %.1f; decode mesa %.2f / llama.cpp %.2f' \
+          "$type" "$k" "$a" "$a2" "$b" "$b2")")
+    say "${rounds[-1]}"
   done
   m_pre="$(median "${mp[@]}")" m_dec="$(median "${md[@]}")"
   l_pre="$(median "${lp[@]}")" l_dec="$(median "${ld[@]}")" l_dec0="$(median "${ld0[@]}")"
@@ -210,6 +211,12 @@ EOF
   done
   echo
   echo "ratio = mesa / llama.cpp (above 1: Mesa is faster)."
+  echo
+  echo "Every round (tokens/s; the table holds the medians):"
+  echo
+  echo '```'
+  printf '%s\n' "${rounds[@]}"
+  echo '```'
 } >"$OUT_MD"
 say "wrote $OUT_MD"
 cat "$OUT_MD"
