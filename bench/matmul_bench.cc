@@ -172,6 +172,11 @@ BENCHMARK_CAPTURE(BM_LlamaLayers, q4_K_packed, DType::kQ4_K, true)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 MESA_LLAMA_BENCH(q6_K, DType::kQ6_K);
+BENCHMARK_CAPTURE(BM_LlamaLayers, q6_K_packed, DType::kQ6_K, true)
+    ->Arg(1)
+    ->Arg(128)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 
 MESA_MATMUL_BENCH(f32, DType::kF32);
 MESA_MATMUL_BENCH(f16, DType::kF16);

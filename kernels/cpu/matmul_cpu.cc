@@ -205,7 +205,7 @@ static_assert(kRowGroup % internal::kQ8PackRows == 0);
 
 // Whether the running kernel set reads a packed form of `type` (PackWeights).
 bool HasPackedForm(Isa isa, DType type) {
-  return isa == Isa::kAvx512 && (type == DType::kQ8_0 || type == DType::kQ4_K);
+  return isa == Isa::kAvx512 && (type == DType::kQ8_0 || type == DType::kQ4_K || type == DType::kQ6_K);
 }
 
 // Work pieces per thread in MatMulShared (see there).
@@ -235,8 +235,14 @@ int64_t PackedBytes(const WeightView& w) {
   const int64_t block = GetDTypeInfo(w.type).block_elems;
   if (w.cols % block != 0) return 0;
   const int64_t groups = (w.rows + internal::kQ8PackRows - 1) / internal::kQ8PackRows;
-  return groups * (w.type == DType::kQ8_0 ? internal::Q8PackGroupBytes(w.cols)
-                                          : internal::Q4KPackGroupBytes(w.cols));
+  switch (w.type) {
+    case DType::kQ8_0:
+      return groups * internal::Q8PackGroupBytes(w.cols);
+    case DType::kQ4_K:
+      return groups * internal::Q4KPackGroupBytes(w.cols);
+    default:
+      return groups * internal::Q6KPackGroupBytes(w.cols);
+  }
 }
 
 namespace {
@@ -270,15 +276,16 @@ void PackQ4KGroup(const WeightView& w, int64_t g, uint8_t* q) {
   const int64_t row_bytes = w.row_bytes();
   const auto* src = static_cast<const uint8_t*>(w.data);
   for (int64_t b = 0; b < nb; ++b, q += internal::kQ4KPackBlockBytes) {
-    uint8_t* sc = q + 2048;
+    uint8_t* sc = q;
     uint8_t* mn = sc + 128;
     uint8_t* d = mn + 128;
+    uint8_t* qs = q + 320;
     for (int i = 0; i < kPackRows; ++i) {
       const int64_t r = g * kPackRows + i;
       if (r >= w.rows) break;
       const uint8_t* blk = src + r * row_bytes + b * 144;
       for (int c = 0; c < 4; ++c) {
-        for (int k = 0; k < 8; ++k) std::memcpy(q + ((c * 8 + k) * kPackRows + i) * 4, blk + 16 + 32 * c + 4 * k, 4);
+        for (int k = 0; k < 8; ++k) std::memcpy(qs + ((c * 8 + k) * kPackRows + i) * 4, blk + 16 + 32 * c + 4 * k, 4);
       }
       for (int s = 0; s < 8; ++s) {
         int scale, min;
@@ -292,6 +299,45 @@ void PackQ4KGroup(const WeightView& w, int64_t g, uint8_t* q) {
   }
 }
 
+// One 16-row group of Q6_Kx16; padding rows stay zero (d = 0).
+void PackQ6KGroup(const WeightView& w, int64_t g, uint8_t* out) {
+  const int64_t nb = w.cols / 256;
+  const int64_t row_bytes = w.row_bytes();
+  const auto* src = static_cast<const uint8_t*>(w.data);
+  for (int64_t b = 0; b < nb; ++b, out += internal::kQ6KPackBlockBytes) {
+    for (int i = 0; i < kPackRows; ++i) {
+      const int64_t r = g * kPackRows + i;
+      if (r >= w.rows) break;
+      const uint8_t* blk = src + r * row_bytes + b * 210;
+      uint8_t q[256];  // the 6-bit quants (offset by 32), as ref::DequantizeRow reads them
+      for (int half = 0; half < 2; ++half) {
+        const uint8_t* ql = blk + 64 * half;
+        const uint8_t* qh = blk + 128 + 32 * half;
+        uint8_t* y = q + 128 * half;
+        for (int l = 0; l < 32; ++l) {
+          y[l] = static_cast<uint8_t>((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4));
+          y[l + 32] = static_cast<uint8_t>((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4));
+          y[l + 64] = static_cast<uint8_t>((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4));
+          y[l + 96] = static_cast<uint8_t>((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4));
+        }
+      }
+      for (int sb = 0; sb < 16; ++sb) {
+        for (int e = 0; e < 4; ++e) {
+          auto at = [&](int step) { return q[16 * sb + 4 * step + e]; };
+          uint8_t* vecs = out + 320 + 192 * sb + i * 4 + e;  // nib0, nib1, qh, 64 bytes apart
+          vecs[0] = static_cast<uint8_t>((at(0) & 0xF) | ((at(1) & 0xF) << 4));
+          vecs[64] = static_cast<uint8_t>((at(2) & 0xF) | ((at(3) & 0xF) << 4));
+          uint8_t high = 0;
+          for (int j = 0; j < 4; ++j) high |= static_cast<uint8_t>((at(j) >> 4) << (2 * j));
+          vecs[128] = high;
+        }
+        out[sb * kPackRows + i] = blk[192 + sb];
+      }
+      std::memcpy(out + 256 + 2 * i, blk + 208, 2);
+    }
+  }
+}
+
 }  // namespace
 
 void PackWeightsInto(const WeightView& w, uint8_t* dst) {
@@ -299,10 +345,15 @@ void PackWeightsInto(const WeightView& w, uint8_t* dst) {
   Require(bytes > 0, "no packed form", w.type);
   const int64_t group_bytes = bytes / ((w.rows + kPackRows - 1) / kPackRows);
   for (int64_t g = 0; g * kPackRows < w.rows; ++g) {
-    if (w.type == DType::kQ8_0) {
-      PackQ8Group(w, g, dst + g * group_bytes);
-    } else {
-      PackQ4KGroup(w, g, dst + g * group_bytes);
+    switch (w.type) {
+      case DType::kQ8_0:
+        PackQ8Group(w, g, dst + g * group_bytes);
+        break;
+      case DType::kQ4_K:
+        PackQ4KGroup(w, g, dst + g * group_bytes);
+        break;
+      default:
+        PackQ6KGroup(w, g, dst + g * group_bytes);
     }
   }
 }

@@ -44,16 +44,31 @@ inline constexpr int kQ8PackBlockBytes = 576;
 inline int64_t Q8PackGroupBytes(int64_t cols) { return cols / 32 * kQ8PackBlockBytes; }
 
 // Q4_K weights repacked for AVX-512 VNNI ("Q4_Kx16"), rows in groups of 16 as for
-// Q8_0x16; per 256-block 2368 bytes (64-byte aligned):
-//   uint8 q[4][8][16][4]  pair c, step k, row i, j: byte 32c + 4k + j of the row's qs,
-//                         whose low nibble is element 4k+j of sub-block 2c and high
-//                         nibble that of sub-block 2c+1 (one load, two nibble masks)
+// Q8_0x16; per 256-block 2368 bytes (64-byte aligned), read front to back (one
+// forward stream per group, which the hardware prefetchers follow best):
 //   uint8 sc[8][16]       6-bit scale of sub-block s, row i
 //   uint8 mn[4][16][2]    6-bit mins of sub-blocks 2p and 2p+1, row i (word pairs for
 //                         dpwssd against the activations' 32-sums)
 //   uint16 d[16], dmin[16]
+//   uint8 q[4][8][16][4]  pair c, step k, row i, j: byte 32c + 4k + j of the row's qs,
+//                         whose low nibble is element 4k+j of sub-block 2c and high
+//                         nibble that of sub-block 2c+1 (one load, two nibble masks)
 inline constexpr int kQ4KPackBlockBytes = 2048 + 128 + 128 + 64;
 inline int64_t Q4KPackGroupBytes(int64_t cols) { return cols / 256 * kQ4KPackBlockBytes; }
+
+// Q6_K weights repacked for AVX-512 VNNI ("Q6_Kx16"), rows in groups of 16; per
+// 256-block 3392 bytes (64-byte aligned), read front to back:
+//   int8 sc[16][16]; uint16 d[16]; 32 bytes of padding
+//   then per sub-block s (16 elements = 4 steps of 4) three 64-byte vectors whose lane
+//   i holds row i and whose byte e is element e of a step:
+//     nib0, nib1  low nibble = low 4 bits of step 2h, high nibble = those of step 2h+1
+//     qh          bits 2j..2j+1 = the top 2 bits of step j
+// The quants stay offset by 32; the kernels start each sub-block's sum at
+// -32 * (its activations' 16-sum), which A256 holds. Everything a block needs is in
+// one forward stream: with the quants and high bits in separate runs, decode from DRAM
+// was 2x slower than the unpacked kernel.
+inline constexpr int kQ6KPackBlockBytes = 2048 + 1024 + 256 + 32 + 32;
+inline int64_t Q6KPackGroupBytes(int64_t cols) { return cols / 256 * kQ6KPackBlockBytes; }
 
 // Which activation form a weight type is multiplied with.
 enum class ActKind { kFloat, kA32, kA256 };

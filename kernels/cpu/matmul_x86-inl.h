@@ -611,7 +611,7 @@ MESA_INLINE void Q4Kx16Tile(const uint8_t* group, int64_t nb, const uint8_t* act
       __m512i slo[T], shi[T];
       MESA_UNROLL for (int t = 0; t < T; ++t) slo[t] = shi[t] = _mm512_setzero_si512();
       MESA_UNROLL for (int k = 0; k < 8; ++k) {
-        const __m512i q = _mm512_load_si512(blk + (c * 8 + k) * 64);
+        const __m512i q = _mm512_load_si512(blk + 320 + (c * 8 + k) * 64);
         const __m512i lo = _mm512_and_si512(q, low4);
         const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), low4);
         MESA_UNROLL for (int t = 0; t < T; ++t) {
@@ -622,9 +622,9 @@ MESA_INLINE void Q4Kx16Tile(const uint8_t* group, int64_t nb, const uint8_t* act
           shi[t] = _mm512_dpbusd_epi32(shi[t], hi, _mm512_set1_epi32(a_hi));
         }
       }
-      const __m512i sc_lo = _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(blk + 2048 + 32 * c)));
-      const __m512i sc_hi = _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(blk + 2048 + 32 * c + 16)));
-      const __m512i mins = _mm512_cvtepu8_epi16(_mm256_load_si256(reinterpret_cast<const __m256i*>(blk + 2176 + 32 * c)));
+      const __m512i sc_lo = _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(blk + 32 * c)));
+      const __m512i sc_hi = _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(blk + 32 * c + 16)));
+      const __m512i mins = _mm512_cvtepu8_epi16(_mm256_load_si256(reinterpret_cast<const __m256i*>(blk + 128 + 32 * c)));
       MESA_UNROLL for (int t = 0; t < T; ++t) {
         isum[t] = _mm512_add_epi32(isum[t], _mm512_add_epi32(_mm512_mullo_epi32(slo[t], sc_lo),
                                                              _mm512_mullo_epi32(shi[t], sc_hi)));
@@ -633,8 +633,8 @@ MESA_INLINE void Q4Kx16Tile(const uint8_t* group, int64_t nb, const uint8_t* act
         msum[t] = _mm512_dpwssd_epi32(msum[t], mins, _mm512_set1_epi32(bs));
       }
     }
-    const __m512 d = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(blk + 2304)));
-    const __m512 dmin = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(blk + 2336)));
+    const __m512 d = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(blk + 256)));
+    const __m512 dmin = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(blk + 288)));
     // acc += da * (d * isum - dmin * msum), as the unpacked kernel.
     MESA_UNROLL for (int t = 0; t < T; ++t) {
       const __m512 v = _mm512_fmsub_ps(_mm512_cvtepi32_ps(isum[t]), d,
@@ -666,6 +666,80 @@ void PackedQ4KRows(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
     for (int64_t t0 = 0; t0 < job.m; t0 += kQ4KPackT) {
       const int nt = static_cast<int>(job.m - t0 < kQ4KPackT ? job.m - t0 : kQ4KPackT);
       Q4Kx16TileTail<kQ4KPackT>(nt, group, nb, job.act + t0 * job.act_stride, job.act_stride,
+                                job.out + t0 * job.w.rows + r0, job.w.rows, nr);
+    }
+  }
+}
+
+// Q6_K repacked as Q6_Kx16 x A256, AVX-512 VNNI: per sub-block of 16 elements, three
+// vector loads give the 6-bit quants of 16 rows for its 4 steps; per token one dpbusd
+// chain (started at -32 * the activations' 16-sum, which removes the +32 offset)
+// times the rows' int8 scales in int32. Exact integer sums, so any T gives the same
+// float steps per (row, token).
+template <int T>
+MESA_INLINE void Q6Kx16Tile(const uint8_t* group, int64_t nb, const uint8_t* act, int64_t act_stride,
+                            float* out, int64_t out_stride, int nr) {
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const __m512i bits45 = _mm512_set1_epi8(0x30);
+  __m512 acc[T];
+  MESA_UNROLL for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+  const uint8_t* blk = group;
+  for (int64_t b = 0; b < nb; ++b, blk += kQ6KPackBlockBytes) {
+    const BlockA256* ab[T];
+    MESA_UNROLL for (int t = 0; t < T; ++t) ab[t] = reinterpret_cast<const BlockA256*>(act + t * act_stride) + b;
+    __m512i isum[T];
+    MESA_UNROLL for (int t = 0; t < T; ++t) isum[t] = _mm512_setzero_si512();
+    for (int sb = 0; sb < 16; ++sb) {
+      const uint8_t* v = blk + 320 + 192 * sb;
+      const __m512i n0 = _mm512_load_si512(v);
+      const __m512i n1 = _mm512_load_si512(v + 64);
+      const __m512i qh = _mm512_load_si512(v + 128);
+      __m512i q[4];
+      q[0] = _mm512_or_si512(_mm512_and_si512(n0, low4), _mm512_and_si512(_mm512_slli_epi16(qh, 4), bits45));
+      q[1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(n0, 4), low4),
+                             _mm512_and_si512(_mm512_slli_epi16(qh, 2), bits45));
+      q[2] = _mm512_or_si512(_mm512_and_si512(n1, low4), _mm512_and_si512(qh, bits45));
+      q[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(n1, 4), low4),
+                             _mm512_and_si512(_mm512_srli_epi16(qh, 2), bits45));
+      const __m512i sc = _mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(blk + 16 * sb)));
+      MESA_UNROLL for (int t = 0; t < T; ++t) {
+        __m512i chain = _mm512_set1_epi32(-32 * ab[t]->bsums[sb]);
+        MESA_UNROLL for (int j = 0; j < 4; ++j) {
+          int32_t a4;
+          std::memcpy(&a4, ab[t]->qs + 16 * sb + 4 * j, 4);
+          chain = _mm512_dpbusd_epi32(chain, q[j], _mm512_set1_epi32(a4));
+        }
+        isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(chain, sc));
+      }
+    }
+    const __m512 d = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(blk + 256)));
+    MESA_UNROLL for (int t = 0; t < T; ++t) acc[t] = _mm512_fmadd_ps(
+        _mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(d, _mm512_set1_ps(ab[t]->d)), acc[t]);
+  }
+  const __mmask16 keep = static_cast<__mmask16>((1u << nr) - 1);
+  MESA_UNROLL for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(out + t * out_stride, keep, acc[t]);
+}
+
+constexpr int kQ6KPackT = 4;
+
+template <int T>
+MESA_INLINE void Q6Kx16TileTail(int nt, const uint8_t* group, int64_t nb, const uint8_t* act,
+                                int64_t act_stride, float* out, int64_t out_stride, int nr) {
+  if constexpr (T > 1) {
+    if (nt < T) return Q6Kx16TileTail<T - 1>(nt, group, nb, act, act_stride, out, out_stride, nr);
+  }
+  Q6Kx16Tile<T>(group, nb, act, act_stride, out, out_stride, nr);
+}
+
+void PackedQ6KRows(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
+  const int64_t nb = job.w.cols / 256;
+  const int64_t group_bytes = Q6KPackGroupBytes(job.w.cols);
+  for (int64_t r0 = row_begin; r0 < row_end; r0 += kQ8PackRows) {
+    const int nr = static_cast<int>(row_end - r0 < kQ8PackRows ? row_end - r0 : kQ8PackRows);
+    const uint8_t* group = job.packed + (r0 / kQ8PackRows) * group_bytes;
+    for (int64_t t0 = 0; t0 < job.m; t0 += kQ6KPackT) {
+      const int nt = static_cast<int>(job.m - t0 < kQ6KPackT ? job.m - t0 : kQ6KPackT);
+      Q6Kx16TileTail<kQ6KPackT>(nt, group, nb, job.act + t0 * job.act_stride, job.act_stride,
                                 job.out + t0 * job.w.rows + r0, job.w.rows, nr);
     }
   }
@@ -745,8 +819,14 @@ using Q5KTile = TileQ45K<5>::K<R, T>;
 void MatMulRows(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
   if (job.packed != nullptr) {
-    return job.w.type == DType::kQ8_0 ? PackedQ8Rows(job, row_begin, row_end)
-                                      : PackedQ4KRows(job, row_begin, row_end);
+    switch (job.w.type) {
+      case DType::kQ8_0:
+        return PackedQ8Rows(job, row_begin, row_end);
+      case DType::kQ4_K:
+        return PackedQ4KRows(job, row_begin, row_end);
+      default:
+        return PackedQ6KRows(job, row_begin, row_end);
+    }
   }
 #endif
   if (job.m == 1) {
