@@ -15,6 +15,7 @@
 #include "engine/tokenizer_vocab.h"
 #include "engine/unicode.h"
 #include "gtest/gtest.h"
+#include "tests/testing/linear_time.h"
 
 namespace mesa {
 namespace {
@@ -326,17 +327,10 @@ TEST_F(SharedModelTest, OneMegabyteIsLinear) {
   };
   doc = trim(doc);
   const auto time = [&](const Tokenizer& t, const char* name, bool lossless) {
-    const auto seconds = [&](const std::string& text) {
-      const auto start = std::chrono::steady_clock::now();
+    testing::ExpectLinearTime(doc, name, [&](const std::string& text) {
       const auto ids = MustEncode(t, text);
-      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       if (lossless) EXPECT_TRUE(t.Decode(ids) == text) << name;
-      return s;
-    };
-    const std::string eighth = trim(doc.substr(0, doc.size() / 8));
-    const double small = seconds(eighth), large = seconds(doc);
-    std::printf("%s: 128 KiB in %.3f s, 1 MiB in %.3f s (x%.1f)\n", name, small, large, large / small);
-    EXPECT_LT(large, 20 * small + 0.05) << name << ": 8x the text took " << large / small << "x the time";
+    });
   };
   time(*spm, "stories260K (spm)", true);
   std::string one_line = doc;  // worst case for SPM: no newline to cut the text at
