@@ -171,6 +171,12 @@ BENCHMARK_CAPTURE(BM_LlamaLayers, q4_K_packed, DType::kQ4_K, true)
     ->Arg(128)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
+MESA_LLAMA_BENCH(q5_K, DType::kQ5_K);
+BENCHMARK_CAPTURE(BM_LlamaLayers, q5_K_packed, DType::kQ5_K, true)
+    ->Arg(1)
+    ->Arg(128)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 MESA_LLAMA_BENCH(q6_K, DType::kQ6_K);
 BENCHMARK_CAPTURE(BM_LlamaLayers, q6_K_packed, DType::kQ6_K, true)
     ->Arg(1)

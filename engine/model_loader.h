@@ -23,7 +23,7 @@ struct LoadOptions {
     kAuto,
     // Copied once at load into the process's own memory (transparent huge pages), in
     // the packed layout of this CPU's kernels where one exists (cpu::PackWeights:
-    // Q8_0, Q4_K and Q6_K on AVX-512 VNNI). Fastest; the file's pages are released.
+    // Q8_0, Q4_K, Q5_K and Q6_K on AVX-512 VNNI). Fastest; the file's pages are released.
     kOwn,
     // Read in place from the file's memory map: no copy, no packing (models larger
     // than memory; tests compare the two).

@@ -205,7 +205,8 @@ static_assert(kRowGroup % internal::kQ8PackRows == 0);
 
 // Whether the running kernel set reads a packed form of `type` (PackWeights).
 bool HasPackedForm(Isa isa, DType type) {
-  return isa == Isa::kAvx512 && (type == DType::kQ8_0 || type == DType::kQ4_K || type == DType::kQ6_K);
+  return isa == Isa::kAvx512 && (type == DType::kQ8_0 || type == DType::kQ4_K || type == DType::kQ5_K ||
+                                  type == DType::kQ6_K);
 }
 
 // Work pieces per thread in MatMulShared (see there).
@@ -240,6 +241,8 @@ int64_t PackedBytes(const WeightView& w) {
       return groups * internal::Q8PackGroupBytes(w.cols);
     case DType::kQ4_K:
       return groups * internal::Q4KPackGroupBytes(w.cols);
+    case DType::kQ5_K:
+      return groups * internal::Q5KPackGroupBytes(w.cols);
     default:
       return groups * internal::Q6KPackGroupBytes(w.cols);
   }
@@ -270,22 +273,33 @@ void PackQ8Group(const WeightView& w, int64_t g, uint8_t* q) {
   }
 }
 
-// One 16-row group of Q4_Kx16; padding rows stay zero (d = dmin = 0).
-void PackQ4KGroup(const WeightView& w, int64_t g, uint8_t* q) {
+// One 16-row group of Q4_Kx16 or Q5_Kx16 (five_bits); padding rows stay zero (d = dmin
+// = 0).
+void PackQ45KGroup(const WeightView& w, int64_t g, uint8_t* q, bool five_bits) {
   const int64_t nb = w.cols / 256;
   const int64_t row_bytes = w.row_bytes();
+  const int src_block = five_bits ? 176 : 144, qs_offset = five_bits ? 48 : 16;
+  const int pair_bytes = five_bits ? 640 : 512;
   const auto* src = static_cast<const uint8_t*>(w.data);
-  for (int64_t b = 0; b < nb; ++b, q += internal::kQ4KPackBlockBytes) {
+  for (int64_t b = 0; b < nb; ++b, q += five_bits ? internal::kQ5KPackBlockBytes : internal::kQ4KPackBlockBytes) {
     uint8_t* sc = q;
     uint8_t* mn = sc + 128;
     uint8_t* d = mn + 128;
-    uint8_t* qs = q + 320;
     for (int i = 0; i < kPackRows; ++i) {
       const int64_t r = g * kPackRows + i;
       if (r >= w.rows) break;
-      const uint8_t* blk = src + r * row_bytes + b * 144;
+      const uint8_t* blk = src + r * row_bytes + b * src_block;
       for (int c = 0; c < 4; ++c) {
-        for (int k = 0; k < 8; ++k) std::memcpy(qs + ((c * 8 + k) * kPackRows + i) * 4, blk + 16 + 32 * c + 4 * k, 4);
+        uint8_t* pair = q + 320 + c * pair_bytes;
+        for (int k = 0; k < 8; ++k) {
+          std::memcpy(pair + (k * kPackRows + i) * 4, blk + qs_offset + 32 * c + 4 * k, 4);
+          if (!five_bits) continue;
+          for (int e = 0; e < 4; ++e) {
+            const uint8_t h = blk[16 + 4 * k + e];  // qh[l], l = element 4k+e of the sub-blocks
+            const int bits = ((h >> (2 * c)) & 1) | (((h >> (2 * c + 1)) & 1) << 1);
+            pair[512 + ((k / 4) * kPackRows + i) * 4 + e] |= static_cast<uint8_t>(bits << (2 * (k % 4)));
+          }
+        }
       }
       for (int s = 0; s < 8; ++s) {
         int scale, min;
@@ -350,7 +364,8 @@ void PackWeightsInto(const WeightView& w, uint8_t* dst) {
         PackQ8Group(w, g, dst + g * group_bytes);
         break;
       case DType::kQ4_K:
-        PackQ4KGroup(w, g, dst + g * group_bytes);
+      case DType::kQ5_K:
+        PackQ45KGroup(w, g, dst + g * group_bytes, w.type == DType::kQ5_K);
         break;
       default:
         PackQ6KGroup(w, g, dst + g * group_bytes);

@@ -55,6 +55,11 @@ inline int64_t Q8PackGroupBytes(int64_t cols) { return cols / 32 * kQ8PackBlockB
 //                         nibble that of sub-block 2c+1 (one load, two nibble masks)
 inline constexpr int kQ4KPackBlockBytes = 2048 + 128 + 128 + 64;
 inline int64_t Q4KPackGroupBytes(int64_t cols) { return cols / 256 * kQ4KPackBlockBytes; }
+// Q5_K ("Q5_Kx16"): as Q4_Kx16, with each pair's 512 bytes of quants followed by two
+// 64-byte vectors of fifth bits (steps 0-3, then 4-7): lane i, byte e, bits 2j and
+// 2j+1 = the fifth bits of element e of step j in sub-blocks 2c and 2c+1.
+inline constexpr int kQ5KPackBlockBytes = 320 + 4 * (512 + 128);
+inline int64_t Q5KPackGroupBytes(int64_t cols) { return cols / 256 * kQ5KPackBlockBytes; }
 
 // Q6_K weights repacked for AVX-512 VNNI ("Q6_Kx16"), rows in groups of 16; per
 // 256-block 3392 bytes (64-byte aligned), read front to back:

@@ -590,19 +590,23 @@ void PackedQ8Rows(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
   }
 }
 
-// Q4_K repacked as Q4_Kx16 x A256, AVX-512 VNNI: per sub-block and token one dpbusd
-// chain of nibbles (u8) against broadcast activation quants (s8) gives 16 rows' sums;
+// Q4_K / Q5_K repacked as Q4_Kx16 / Q5_Kx16 x A256, AVX-512 VNNI: per sub-block and
+// token one dpbusd chain of 4- or 5-bit quants (u8) against broadcast activation quants
+// (s8) gives 16 rows' sums;
 // they are scaled by the rows' sub-block scales in int32 and the mins enter through
 // one dpwssd per sub-block pair against the activations' 32-sums. Integer sums are
 // exact; per (row, token) the float steps are the same for any T.
-template <int T>
-MESA_INLINE void Q4Kx16Tile(const uint8_t* group, int64_t nb, const uint8_t* act, int64_t act_stride,
-                            float* out, int64_t out_stride, int nr) {
+template <int kBits, int T>
+MESA_INLINE void Q45Kx16Tile(const uint8_t* group, int64_t nb, const uint8_t* act, int64_t act_stride,
+                             float* out, int64_t out_stride, int nr) {
+  constexpr int kPairBytes = kBits == 5 ? 640 : 512;
+  constexpr int kBlockBytes = kBits == 5 ? kQ5KPackBlockBytes : kQ4KPackBlockBytes;
   const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const __m512i bit4 = _mm512_set1_epi8(0x10);
   __m512 acc[T];
   MESA_UNROLL for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
   const uint8_t* blk = group;
-  for (int64_t b = 0; b < nb; ++b, blk += kQ4KPackBlockBytes) {
+  for (int64_t b = 0; b < nb; ++b, blk += kBlockBytes) {
     const BlockA256* ab[T];
     MESA_UNROLL for (int t = 0; t < T; ++t) ab[t] = reinterpret_cast<const BlockA256*>(act + t * act_stride) + b;
     __m512i isum[T], msum[T];
@@ -610,10 +614,21 @@ MESA_INLINE void Q4Kx16Tile(const uint8_t* group, int64_t nb, const uint8_t* act
     MESA_UNROLL for (int c = 0; c < 4; ++c) {
       __m512i slo[T], shi[T];
       MESA_UNROLL for (int t = 0; t < T; ++t) slo[t] = shi[t] = _mm512_setzero_si512();
+      const uint8_t* pair = blk + 320 + c * kPairBytes;
       MESA_UNROLL for (int k = 0; k < 8; ++k) {
-        const __m512i q = _mm512_load_si512(blk + 320 + (c * 8 + k) * 64);
-        const __m512i lo = _mm512_and_si512(q, low4);
-        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), low4);
+        const __m512i q = _mm512_load_si512(pair + k * 64);
+        __m512i lo = _mm512_and_si512(q, low4);
+        __m512i hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), low4);
+        if constexpr (kBits == 5) {
+          // Fifth bits of step k: bits 2j (sub-block 2c) and 2j+1 (2c+1), j = k % 4,
+          // moved to bit 4 of each byte (16-bit shifts: spills miss bit 4).
+          const __m512i h = _mm512_load_si512(pair + 512 + (k / 4) * 64);
+          const int j = k % 4;
+          const __m512i hl = 2 * j <= 4 ? _mm512_slli_epi16(h, 4 - 2 * j) : _mm512_srli_epi16(h, 2 * j - 4);
+          const __m512i hh = 2 * j + 1 <= 4 ? _mm512_slli_epi16(h, 3 - 2 * j) : _mm512_srli_epi16(h, 2 * j - 3);
+          lo = _mm512_or_si512(lo, _mm512_and_si512(hl, bit4));
+          hi = _mm512_or_si512(hi, _mm512_and_si512(hh, bit4));
+        }
         MESA_UNROLL for (int t = 0; t < T; ++t) {
           int32_t a_lo, a_hi;
           std::memcpy(&a_lo, ab[t]->qs + 64 * c + 4 * k, 4);
@@ -648,25 +663,26 @@ MESA_INLINE void Q4Kx16Tile(const uint8_t* group, int64_t nb, const uint8_t* act
 
 constexpr int kQ4KPackT = 4;
 
-template <int T>
-MESA_INLINE void Q4Kx16TileTail(int nt, const uint8_t* group, int64_t nb, const uint8_t* act,
-                                int64_t act_stride, float* out, int64_t out_stride, int nr) {
+template <int kBits, int T>
+MESA_INLINE void Q45Kx16TileTail(int nt, const uint8_t* group, int64_t nb, const uint8_t* act,
+                                 int64_t act_stride, float* out, int64_t out_stride, int nr) {
   if constexpr (T > 1) {
-    if (nt < T) return Q4Kx16TileTail<T - 1>(nt, group, nb, act, act_stride, out, out_stride, nr);
+    if (nt < T) return Q45Kx16TileTail<kBits, T - 1>(nt, group, nb, act, act_stride, out, out_stride, nr);
   }
-  Q4Kx16Tile<T>(group, nb, act, act_stride, out, out_stride, nr);
+  Q45Kx16Tile<kBits, T>(group, nb, act, act_stride, out, out_stride, nr);
 }
 
-void PackedQ4KRows(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
+template <int kBits>
+void PackedQ45KRows(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
   const int64_t nb = job.w.cols / 256;
-  const int64_t group_bytes = Q4KPackGroupBytes(job.w.cols);
+  const int64_t group_bytes = kBits == 5 ? Q5KPackGroupBytes(job.w.cols) : Q4KPackGroupBytes(job.w.cols);
   for (int64_t r0 = row_begin; r0 < row_end; r0 += kQ8PackRows) {
     const int nr = static_cast<int>(row_end - r0 < kQ8PackRows ? row_end - r0 : kQ8PackRows);
     const uint8_t* group = job.packed + (r0 / kQ8PackRows) * group_bytes;
     for (int64_t t0 = 0; t0 < job.m; t0 += kQ4KPackT) {
       const int nt = static_cast<int>(job.m - t0 < kQ4KPackT ? job.m - t0 : kQ4KPackT);
-      Q4Kx16TileTail<kQ4KPackT>(nt, group, nb, job.act + t0 * job.act_stride, job.act_stride,
-                                job.out + t0 * job.w.rows + r0, job.w.rows, nr);
+      Q45Kx16TileTail<kBits, kQ4KPackT>(nt, group, nb, job.act + t0 * job.act_stride, job.act_stride,
+                                        job.out + t0 * job.w.rows + r0, job.w.rows, nr);
     }
   }
 }
@@ -823,7 +839,9 @@ void MatMulRows(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
       case DType::kQ8_0:
         return PackedQ8Rows(job, row_begin, row_end);
       case DType::kQ4_K:
-        return PackedQ4KRows(job, row_begin, row_end);
+        return PackedQ45KRows<4>(job, row_begin, row_end);
+      case DType::kQ5_K:
+        return PackedQ45KRows<5>(job, row_begin, row_end);
       default:
         return PackedQ6KRows(job, row_begin, row_end);
     }
