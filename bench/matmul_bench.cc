@@ -149,40 +149,25 @@ void BM_LlamaLayers(benchmark::State& state, DType type, bool pack) {
                  " threads=" + std::to_string(pool.size()));
 }
 
-#define MESA_LLAMA_BENCH(name, type)                   \
-  BENCHMARK_CAPTURE(BM_LlamaLayers, name, type, false) \
-      ->Arg(1)                                         \
-      ->Arg(128)                                       \
-      ->UseRealTime()                                  \
+#define MESA_LLAMA_BENCH(name, type, pack)            \
+  BENCHMARK_CAPTURE(BM_LlamaLayers, name, type, pack) \
+      ->Arg(1)                                        \
+      ->Arg(128)                                      \
+      ->UseRealTime()                                 \
       ->Unit(benchmark::kMillisecond)
 
-MESA_LLAMA_BENCH(f32, DType::kF32);
-MESA_LLAMA_BENCH(f16, DType::kF16);
-MESA_LLAMA_BENCH(q8_0, DType::kQ8_0);
-// The layout PackWeights gives the model loader (same as q8_0 where none exists).
-BENCHMARK_CAPTURE(BM_LlamaLayers, q8_0_packed, DType::kQ8_0, true)
-    ->Arg(1)
-    ->Arg(128)
-    ->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
-MESA_LLAMA_BENCH(q4_K, DType::kQ4_K);
-BENCHMARK_CAPTURE(BM_LlamaLayers, q4_K_packed, DType::kQ4_K, true)
-    ->Arg(1)
-    ->Arg(128)
-    ->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
-MESA_LLAMA_BENCH(q5_K, DType::kQ5_K);
-BENCHMARK_CAPTURE(BM_LlamaLayers, q5_K_packed, DType::kQ5_K, true)
-    ->Arg(1)
-    ->Arg(128)
-    ->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
-MESA_LLAMA_BENCH(q6_K, DType::kQ6_K);
-BENCHMARK_CAPTURE(BM_LlamaLayers, q6_K_packed, DType::kQ6_K, true)
-    ->Arg(1)
-    ->Arg(128)
-    ->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
+MESA_LLAMA_BENCH(f32, DType::kF32, false);
+MESA_LLAMA_BENCH(f16, DType::kF16, false);
+// *_packed: the layout PackWeights gives the model loader on this CPU (the same as the
+// plain run where there is none).
+MESA_LLAMA_BENCH(q8_0, DType::kQ8_0, false);
+MESA_LLAMA_BENCH(q8_0_packed, DType::kQ8_0, true);
+MESA_LLAMA_BENCH(q4_K, DType::kQ4_K, false);
+MESA_LLAMA_BENCH(q4_K_packed, DType::kQ4_K, true);
+MESA_LLAMA_BENCH(q5_K, DType::kQ5_K, false);
+MESA_LLAMA_BENCH(q5_K_packed, DType::kQ5_K, true);
+MESA_LLAMA_BENCH(q6_K, DType::kQ6_K, false);
+MESA_LLAMA_BENCH(q6_K_packed, DType::kQ6_K, true);
 
 MESA_MATMUL_BENCH(f32, DType::kF32);
 MESA_MATMUL_BENCH(f16, DType::kF16);

@@ -563,32 +563,6 @@ MESA_INLINE void Q8x16Tile(const uint8_t* group, int64_t nb, const uint8_t* act,
   MESA_UNROLL for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(out + t * out_stride, keep, acc[t]);
 }
 
-constexpr int kQ8PackT = 8;
-
-template <int T>
-MESA_INLINE void Q8x16TileTail(int nt, const uint8_t* group, int64_t nb, const uint8_t* act,
-                               int64_t act_stride, int64_t cols, float* out, int64_t out_stride, int nr) {
-  if constexpr (T > 1) {
-    if (nt < T) return Q8x16TileTail<T - 1>(nt, group, nb, act, act_stride, cols, out, out_stride, nr);
-  }
-  Q8x16Tile<T>(group, nb, act, act_stride, cols, out, out_stride, nr);
-}
-
-// Rows [row_begin, row_end) of a packed Q8_0 job; row_begin is a multiple of 16.
-void PackedQ8Rows(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
-  const int64_t cols = job.w.cols;
-  const int64_t nb = cols / 32;
-  const int64_t group_bytes = Q8PackGroupBytes(cols);
-  for (int64_t r0 = row_begin; r0 < row_end; r0 += kQ8PackRows) {
-    const int nr = static_cast<int>(row_end - r0 < kQ8PackRows ? row_end - r0 : kQ8PackRows);
-    const uint8_t* group = job.packed + (r0 / kQ8PackRows) * group_bytes;
-    for (int64_t t0 = 0; t0 < job.m; t0 += kQ8PackT) {
-      const int nt = static_cast<int>(job.m - t0 < kQ8PackT ? job.m - t0 : kQ8PackT);
-      Q8x16TileTail<kQ8PackT>(nt, group, nb, job.act + t0 * job.act_stride, job.act_stride, cols,
-                              job.out + t0 * job.w.rows + r0, job.w.rows, nr);
-    }
-  }
-}
 
 // Q4_K / Q5_K repacked as Q4_Kx16 / Q5_Kx16 x A256, AVX-512 VNNI: per sub-block and
 // token one dpbusd chain of 4- or 5-bit quants (u8) against broadcast activation quants
@@ -661,32 +635,6 @@ MESA_INLINE void Q45Kx16Tile(const uint8_t* group, int64_t nb, const uint8_t* ac
   MESA_UNROLL for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(out + t * out_stride, keep, acc[t]);
 }
 
-constexpr int kQ4KPackT = 4;
-
-template <int kBits, int T>
-MESA_INLINE void Q45Kx16TileTail(int nt, const uint8_t* group, int64_t nb, const uint8_t* act,
-                                 int64_t act_stride, float* out, int64_t out_stride, int nr) {
-  if constexpr (T > 1) {
-    if (nt < T) return Q45Kx16TileTail<kBits, T - 1>(nt, group, nb, act, act_stride, out, out_stride, nr);
-  }
-  Q45Kx16Tile<kBits, T>(group, nb, act, act_stride, out, out_stride, nr);
-}
-
-template <int kBits>
-void PackedQ45KRows(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
-  const int64_t nb = job.w.cols / 256;
-  const int64_t group_bytes = kBits == 5 ? Q5KPackGroupBytes(job.w.cols) : Q4KPackGroupBytes(job.w.cols);
-  for (int64_t r0 = row_begin; r0 < row_end; r0 += kQ8PackRows) {
-    const int nr = static_cast<int>(row_end - r0 < kQ8PackRows ? row_end - r0 : kQ8PackRows);
-    const uint8_t* group = job.packed + (r0 / kQ8PackRows) * group_bytes;
-    for (int64_t t0 = 0; t0 < job.m; t0 += kQ4KPackT) {
-      const int nt = static_cast<int>(job.m - t0 < kQ4KPackT ? job.m - t0 : kQ4KPackT);
-      Q45Kx16TileTail<kBits, kQ4KPackT>(nt, group, nb, job.act + t0 * job.act_stride, job.act_stride,
-                                        job.out + t0 * job.w.rows + r0, job.w.rows, nr);
-    }
-  }
-}
-
 // Q6_K repacked as Q6_Kx16 x A256, AVX-512 VNNI: per sub-block of 16 elements, three
 // vector loads give the 6-bit quants of 16 rows for its 4 steps; per token one dpbusd
 // chain (started at -32 * the activations' 16-sum, which removes the +32 offset)
@@ -736,27 +684,60 @@ MESA_INLINE void Q6Kx16Tile(const uint8_t* group, int64_t nb, const uint8_t* act
   MESA_UNROLL for (int t = 0; t < T; ++t) _mm512_mask_storeu_ps(out + t * out_stride, keep, acc[t]);
 }
 
-constexpr int kQ6KPackT = 4;
-
-template <int T>
-MESA_INLINE void Q6Kx16TileTail(int nt, const uint8_t* group, int64_t nb, const uint8_t* act,
-                                int64_t act_stride, float* out, int64_t out_stride, int nr) {
-  if constexpr (T > 1) {
-    if (nt < T) return Q6Kx16TileTail<T - 1>(nt, group, nb, act, act_stride, out, out_stride, nr);
+// The packed kernels as types, so one driver serves them all: Run<T> computes 16 rows x
+// T tokens of a group.
+struct Q8Packed {
+  static constexpr int kTokens = 8;
+  static int64_t GroupBytes(int64_t cols) { return Q8PackGroupBytes(cols); }
+  template <int T>
+  static MESA_INLINE void Run(const uint8_t* group, int64_t cols, const uint8_t* act, int64_t act_stride,
+                              float* out, int64_t out_stride, int nr) {
+    Q8x16Tile<T>(group, cols / 32, act, act_stride, cols, out, out_stride, nr);
   }
-  Q6Kx16Tile<T>(group, nb, act, act_stride, out, out_stride, nr);
+};
+template <int kBits>
+struct Q45KPacked {
+  static constexpr int kTokens = 4;
+  static int64_t GroupBytes(int64_t cols) { return kBits == 5 ? Q5KPackGroupBytes(cols) : Q4KPackGroupBytes(cols); }
+  template <int T>
+  static MESA_INLINE void Run(const uint8_t* group, int64_t cols, const uint8_t* act, int64_t act_stride,
+                              float* out, int64_t out_stride, int nr) {
+    Q45Kx16Tile<kBits, T>(group, cols / 256, act, act_stride, out, out_stride, nr);
+  }
+};
+struct Q6KPacked {
+  static constexpr int kTokens = 4;
+  static int64_t GroupBytes(int64_t cols) { return Q6KPackGroupBytes(cols); }
+  template <int T>
+  static MESA_INLINE void Run(const uint8_t* group, int64_t cols, const uint8_t* act, int64_t act_stride,
+                              float* out, int64_t out_stride, int nr) {
+    Q6Kx16Tile<T>(group, cols / 256, act, act_stride, out, out_stride, nr);
+  }
+};
+
+// Runs K::Run<nt> (nt <= T) through the instantiated token counts.
+template <class K, int T>
+MESA_INLINE void RunPackedTile(int nt, const uint8_t* group, int64_t cols, const uint8_t* act,
+                               int64_t act_stride, float* out, int64_t out_stride, int nr) {
+  if constexpr (T > 1) {
+    if (nt < T) return RunPackedTile<K, T - 1>(nt, group, cols, act, act_stride, out, out_stride, nr);
+  }
+  K::template Run<T>(group, cols, act, act_stride, out, out_stride, nr);
 }
 
-void PackedQ6KRows(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
-  const int64_t nb = job.w.cols / 256;
-  const int64_t group_bytes = Q6KPackGroupBytes(job.w.cols);
+// Rows [row_begin, row_end) of a packed job (row_begin a multiple of 16): each 16-row
+// group against all tokens, K::kTokens at a time.
+template <class K>
+void PackedRows(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
+  const int64_t cols = job.w.cols;
+  const int64_t group_bytes = K::GroupBytes(cols);
   for (int64_t r0 = row_begin; r0 < row_end; r0 += kQ8PackRows) {
     const int nr = static_cast<int>(row_end - r0 < kQ8PackRows ? row_end - r0 : kQ8PackRows);
     const uint8_t* group = job.packed + (r0 / kQ8PackRows) * group_bytes;
-    for (int64_t t0 = 0; t0 < job.m; t0 += kQ6KPackT) {
-      const int nt = static_cast<int>(job.m - t0 < kQ6KPackT ? job.m - t0 : kQ6KPackT);
-      Q6Kx16TileTail<kQ6KPackT>(nt, group, nb, job.act + t0 * job.act_stride, job.act_stride,
-                                job.out + t0 * job.w.rows + r0, job.w.rows, nr);
+    for (int64_t t0 = 0; t0 < job.m; t0 += K::kTokens) {
+      const int nt = static_cast<int>(job.m - t0 < K::kTokens ? job.m - t0 : K::kTokens);
+      RunPackedTile<K, K::kTokens>(nt, group, cols, job.act + t0 * job.act_stride, job.act_stride,
+                                   job.out + t0 * job.w.rows + r0, job.w.rows, nr);
     }
   }
 }
@@ -837,13 +818,13 @@ void MatMulRows(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
   if (job.packed != nullptr) {
     switch (job.w.type) {
       case DType::kQ8_0:
-        return PackedQ8Rows(job, row_begin, row_end);
+        return PackedRows<Q8Packed>(job, row_begin, row_end);
       case DType::kQ4_K:
-        return PackedQ45KRows<4>(job, row_begin, row_end);
+        return PackedRows<Q45KPacked<4>>(job, row_begin, row_end);
       case DType::kQ5_K:
-        return PackedQ45KRows<5>(job, row_begin, row_end);
+        return PackedRows<Q45KPacked<5>>(job, row_begin, row_end);
       default:
-        return PackedQ6KRows(job, row_begin, row_end);
+        return PackedRows<Q6KPacked>(job, row_begin, row_end);
     }
   }
 #endif
