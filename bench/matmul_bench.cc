@@ -14,6 +14,7 @@
 
 #include "common/thread_pool.h"
 #include "kernels/matmul.h"
+#include "tests/testing/random_weights.h"
 #include "kernels/ref/quant_ref.h"
 
 namespace mesa {
@@ -24,50 +25,11 @@ int BenchThreads() {
   return env != nullptr ? std::atoi(env) : 2;
 }
 
-// Random weights of the right format; values do not matter for speed, only validity
-// of the f16 scales (random bytes could be NaN and slow paths down).
+// Random weights of the right format (tests/testing): values do not matter for speed,
+// only validity of the f16 scales (random bytes could be NaN and slow paths down).
 std::vector<uint8_t> MakeWeights(DType type, int64_t rows, int64_t cols) {
   std::mt19937 rng(42);
-  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  const int64_t row_bytes = RowBytes(type, cols);
-  std::vector<uint8_t> w(rows * row_bytes);
-  for (auto& b : w) b = static_cast<uint8_t>(rng());
-  std::vector<float> f(cols);
-  for (int64_t r = 0; r < rows; ++r) {
-    uint8_t* row = w.data() + r * row_bytes;
-    for (float& v : f) v = u(rng);
-    auto put16 = [](uint8_t* p, uint16_t h) { std::memcpy(p, &h, 2); };
-    switch (type) {
-      case DType::kF32:
-        std::memcpy(row, f.data(), cols * 4);
-        break;
-      case DType::kF16:
-        for (int64_t c = 0; c < cols; ++c) put16(row + 2 * c, F32ToF16(f[c]));
-        break;
-      case DType::kBF16:
-        for (int64_t c = 0; c < cols; ++c) put16(row + 2 * c, F32ToBF16(f[c]));
-        break;
-      case DType::kQ8_0:
-        ref::QuantizeRowQ8_0(f.data(), row, cols);
-        break;
-      case DType::kQ4_0:
-        ref::QuantizeRowQ4_0(f.data(), row, cols);
-        break;
-      default: {
-        const int bb = GetDTypeInfo(type).block_bytes;
-        for (int64_t b = 0; b < cols / 256; ++b) {
-          uint8_t* blk = row + b * bb;
-          if (type == DType::kQ6_K) {
-            put16(blk + 208, F32ToF16(0.01f));
-          } else {
-            put16(blk, F32ToF16(0.01f));
-            put16(blk + 2, F32ToF16(0.005f));
-          }
-        }
-      }
-    }
-  }
-  return w;
+  return testing::RandomWeights(type, rows, cols, rng);
 }
 
 void BM_MatMul(benchmark::State& state, DType type) {

@@ -15,6 +15,7 @@
 #include "tests/testing/compare.h"
 #include "tests/testing/random_model.h"
 #include "tests/testing/temp_path.h"
+#include "tests/testing/toy_plan.h"
 
 namespace mesa {
 namespace {
@@ -70,17 +71,7 @@ std::vector<int32_t> RandomTokens(int64_t n, int64_t vocab, uint32_t seed) {
   return t;
 }
 
-
-// The worked toy plan of MESA_SPEC section 5 (E is raised from 2 to 3).
-MesaOptions ToyOptions() {
-  MesaOptions o;
-  o.anchor = 4;
-  o.last_chunk = 8;
-  o.margin = 0;
-  o.stair_n = 16;
-  o.stair_e = 2;
-  return o;
-}
+using testing::ToyOptions;
 
 class MesaPhasesTest : public ::testing::TestWithParam<ModelCase> {};
 

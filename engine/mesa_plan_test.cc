@@ -7,21 +7,14 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/toy_plan.h"
 
 namespace mesa {
 namespace {
 
 using ::testing::HasSubstr;
 
-MesaOptions Toy() {
-  MesaOptions o;
-  o.anchor = 4;
-  o.last_chunk = 8;
-  o.margin = 0;
-  o.stair_n = 16;
-  o.stair_e = 2;
-  return o;
-}
+using testing::ToyOptions;
 
 void ExpectRange(const TokenRange& r, int64_t begin, int64_t end) {
   EXPECT_EQ(r.begin, begin);
@@ -54,7 +47,7 @@ void CheckCover(const MesaPlan& p) {
 }
 
 TEST(MesaPlanTest, WorkedToyPlan) {
-  auto p = PlanMesa(60, 0, 32, Toy());
+  auto p = PlanMesa(60, 0, 32, ToyOptions());
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_TRUE(p->chunked);
   ExpectRange(p->anchor, 0, 4);
@@ -66,7 +59,7 @@ TEST(MesaPlanTest, WorkedToyPlan) {
   EXPECT_EQ(p->last_target, 8);
   EXPECT_EQ(p->stair_n, 16);
   EXPECT_EQ(p->stair_e, 3);
-  EXPECT_THAT(testing::PrintToString(p->notes), HasSubstr("E raised from 2 to 3"));
+  EXPECT_THAT(::testing::PrintToString(p->notes), HasSubstr("E raised from 2 to 3"));
   // Section 5 item 5: relative positions seen by the last query t = 59.
   const int64_t t = 59;
   EXPECT_EQ(StairPosition(t - 0, p->stair_n, p->stair_e), 30);
@@ -120,7 +113,7 @@ TEST(MesaPlanTest, DefaultN) {
 }
 
 TEST(MesaPlanTest, AnchorShortenedToNMinusOne) {
-  MesaOptions o = Toy();
+  MesaOptions o = ToyOptions();
   o.anchor = 100;
   auto p = PlanMesa(20, 40, 32, o);  // 20 + 40 > 32: chunked, but F >= n
   ASSERT_TRUE(p.ok()) << p.status();
@@ -128,7 +121,7 @@ TEST(MesaPlanTest, AnchorShortenedToNMinusOne) {
   ExpectRange(p->anchor, 0, 19);
   EXPECT_TRUE(p->middle.empty());
   ExpectRange(p->last, 19, 20);
-  EXPECT_THAT(testing::PrintToString(p->notes), HasSubstr("anchor shortened from 100 to 19"));
+  EXPECT_THAT(::testing::PrintToString(p->notes), HasSubstr("anchor shortened from 100 to 19"));
   // n = 1: an empty anchor and a one-token last chunk.
   auto one = PlanMesa(1, 100, 32, o);
   ASSERT_TRUE(one.ok()) << one.status();
@@ -137,7 +130,7 @@ TEST(MesaPlanTest, AnchorShortenedToNMinusOne) {
 }
 
 TEST(MesaPlanTest, MarginLowersWidthCap) {
-  MesaOptions o = Toy();
+  MesaOptions o = ToyOptions();
   o.margin = 6;  // W_cap = 32 - 4 - 6 = 22
   auto p = PlanMesa(60, 0, 32, o);
   ASSERT_TRUE(p.ok()) << p.status();
@@ -151,7 +144,7 @@ TEST(MesaPlanTest, MarginLowersWidthCap) {
 }
 
 TEST(MesaPlanTest, MaxChunkCapsWidthAndLastTarget) {
-  MesaOptions o = Toy();
+  MesaOptions o = ToyOptions();
   o.max_chunk = 5;  // W_cap 28 -> 5; L_eff = min(8, 5) = 5
   auto p = PlanMesa(60, 0, 32, o);
   ASSERT_TRUE(p.ok()) << p.status();
@@ -162,7 +155,7 @@ TEST(MesaPlanTest, MaxChunkCapsWidthAndLastTarget) {
   EXPECT_EQ(p->last.size(), 4);
   for (int c = 0; c < 8; ++c) EXPECT_EQ(p->middle[c].size(), 5) << c;
   for (int c = 8; c < 11; ++c) EXPECT_EQ(p->middle[c].size(), 4) << c;
-  const std::string notes = testing::PrintToString(p->notes);
+  const std::string notes = ::testing::PrintToString(p->notes);
   EXPECT_THAT(notes, HasSubstr("capped at 5"));
   EXPECT_THAT(notes, HasSubstr("last-chunk target lowered from 8 to 5"));
   EXPECT_THAT(notes, HasSubstr("last chunk shortened from 5 to 4"));
@@ -175,7 +168,7 @@ TEST(MesaPlanTest, MaxChunkCapsWidthAndLastTarget) {
 }
 
 TEST(MesaPlanTest, WidthCapBelowOneIsAnErrorNamingTheNumbers) {
-  MesaOptions o = Toy();
+  MesaOptions o = ToyOptions();
   o.anchor = 20;
   o.margin = 12;  // 32 - 20 - 12 = 0
   auto p = PlanMesa(60, 0, 32, o);
@@ -279,7 +272,7 @@ TEST(MesaPlanTest, LognScale) {
 }
 
 TEST(MesaPlanTest, JsonAndText) {
-  auto p = PlanMesa(60, 0, 32, Toy());
+  auto p = PlanMesa(60, 0, 32, ToyOptions());
   ASSERT_TRUE(p.ok());
   nlohmann::json j = PlanToJson(*p);
   EXPECT_EQ(j["anchor"], nlohmann::json::array({0, 4}));
@@ -294,7 +287,7 @@ TEST(MesaPlanTest, JsonAndText) {
   EXPECT_THAT(text, HasSubstr("last:    [52, 60)  8 tokens"));
   EXPECT_THAT(text, HasSubstr("N = 16, E = 3"));
   // Long chunk lists are elided in text.
-  MesaOptions o = Toy();
+  MesaOptions o = ToyOptions();
   o.max_chunk = 1;
   auto many = PlanMesa(200, 0, 32, o);
   ASSERT_TRUE(many.ok()) << many.status();

@@ -263,10 +263,10 @@ void PlaceWeights(Model* model, const LoadOptions& options,
   if (!model->weights_in_own_memory) return;
   // One arena for all (each matrix 64-byte aligned): separate huge-page buffers would
   // round every small matrix up to 2 MiB.
-  std::vector<int64_t> offset(views.size() + 1, 0);
+  std::vector<int64_t> offset(views.size() + 1, 0), packed(views.size());
   for (size_t i = 0; i < views.size(); ++i) {
-    const int64_t packed = cpu::PackedBytes(*views[i]);
-    const int64_t bytes = packed > 0 ? packed : views[i]->rows * views[i]->row_bytes();
+    packed[i] = cpu::PackedBytes(*views[i]);
+    const int64_t bytes = packed[i] > 0 ? packed[i] : views[i]->rows * views[i]->row_bytes();
     offset[i + 1] = offset[i] + (bytes + 63) / 64 * 64;
   }
   std::shared_ptr<uint8_t> arena = AllocateHugeBuffer(static_cast<size_t>(offset.back()));
@@ -279,7 +279,7 @@ void PlaceWeights(Model* model, const LoadOptions& options,
     WeightView* v = views[i];
     const WeightView original = *v;
     uint8_t* dst = arena.get() + offset[i];
-    if (cpu::PackedBytes(original) > 0) {
+    if (packed[i] > 0) {
       cpu::PackWeightsInto(original, dst);
       v->packed = dst;
     } else {

@@ -15,5 +15,5 @@ if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$")
 endif()
 
 if(MESA_BUILD_TESTS)
-  mesa_test(matmul_cpu_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/matmul_cpu_test.cc LIBS mesa_kernels)
+  mesa_test(matmul_cpu_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/matmul_cpu_test.cc LIBS mesa_kernels mesa_random_weights)
 endif()

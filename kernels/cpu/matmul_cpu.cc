@@ -102,6 +102,7 @@ using internal::ActKind;
 using internal::BlockA256;
 using internal::Isa;
 using internal::MatMulJob;
+using internal::kPackRows;
 
 // Programmer errors (unsupported type, ragged rows) abort with a message.
 void Require(bool ok, const char* what, DType type) {
@@ -201,7 +202,7 @@ void ScalarRows(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
 // and of the packed layouts' row groups, so thread boundaries do not create narrow
 // tail tiles or split a packed group.
 constexpr int64_t kRowGroup = 16;
-static_assert(kRowGroup % internal::kQ8PackRows == 0);
+static_assert(kRowGroup % internal::kPackRows == 0);
 
 // Whether the running kernel set reads a packed form of `type` (PackWeights).
 bool HasPackedForm(Isa isa, DType type) {
@@ -235,7 +236,7 @@ int64_t PackedBytes(const WeightView& w) {
   if (!HasPackedForm(internal::BestIsa(), w.type) || w.rows <= 0) return 0;
   const int64_t block = GetDTypeInfo(w.type).block_elems;
   if (w.cols % block != 0) return 0;
-  const int64_t groups = (w.rows + internal::kQ8PackRows - 1) / internal::kQ8PackRows;
+  const int64_t groups = (w.rows + internal::kPackRows - 1) / internal::kPackRows;
   switch (w.type) {
     case DType::kQ8_0:
       return groups * internal::Q8PackGroupBytes(w.cols);
@@ -250,7 +251,6 @@ int64_t PackedBytes(const WeightView& w) {
 
 namespace {
 
-constexpr int kPackRows = internal::kQ8PackRows;
 
 // One 16-row group of Q8_0x16 (matmul_cpu_internal.h); rows past `rows` stay as the
 // caller zeroed them, except that their quants are stored as 0 + 128.

@@ -39,7 +39,7 @@ inline int64_t A256Stride(int64_t cols) { return cols / 256 * sizeof(BlockA256);
 // The +128 adds 128 * (sum of the block's activation quants), which A32 already holds.
 // Scales inside each block keep one sequential stream per group: with the scales of a
 // group in a run of their own, decode from DRAM measured 25-40% slower.
-inline constexpr int kQ8PackRows = 16;
+inline constexpr int kPackRows = 16;  // rows per group in every packed layout below
 inline constexpr int kQ8PackBlockBytes = 576;
 inline int64_t Q8PackGroupBytes(int64_t cols) { return cols / 32 * kQ8PackBlockBytes; }
 

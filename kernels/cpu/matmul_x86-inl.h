@@ -731,9 +731,9 @@ template <class K>
 void PackedRows(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
   const int64_t cols = job.w.cols;
   const int64_t group_bytes = K::GroupBytes(cols);
-  for (int64_t r0 = row_begin; r0 < row_end; r0 += kQ8PackRows) {
-    const int nr = static_cast<int>(row_end - r0 < kQ8PackRows ? row_end - r0 : kQ8PackRows);
-    const uint8_t* group = job.packed + (r0 / kQ8PackRows) * group_bytes;
+  for (int64_t r0 = row_begin; r0 < row_end; r0 += kPackRows) {
+    const int nr = static_cast<int>(row_end - r0 < kPackRows ? row_end - r0 : kPackRows);
+    const uint8_t* group = job.packed + (r0 / kPackRows) * group_bytes;
     for (int64_t t0 = 0; t0 < job.m; t0 += K::kTokens) {
       const int nt = static_cast<int>(job.m - t0 < K::kTokens ? job.m - t0 : K::kTokens);
       RunPackedTile<K, K::kTokens>(nt, group, cols, job.act + t0 * job.act_stride, job.act_stride,
