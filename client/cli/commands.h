@@ -18,5 +18,9 @@ void RegisterBench(CLI::App& app);
 void RegisterPlan(CLI::App& app);
 void RegisterRun(CLI::App& app);
 void RegisterEval(CLI::App& app);
+// cmd_client.cc: submit, status, wait, results, cancel, list (over client/lib).
+void RegisterClientCommands(CLI::App& app);
+// cmd_cluster.cc: coordinator, worker.
+void RegisterClusterCommands(CLI::App& app);
 
 }  // namespace mesa::cli

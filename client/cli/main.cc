@@ -50,6 +50,8 @@ int main(int argc, char** argv) {
   mesa::cli::RegisterPlan(app);
   mesa::cli::RegisterRun(app);
   mesa::cli::RegisterEval(app);
+  mesa::cli::RegisterClientCommands(app);
+  mesa::cli::RegisterClusterCommands(app);
   CLI11_PARSE(app, argc, argv);
   return mesa::cli::ExitCode();
 }

@@ -1,0 +1,1 @@
+// coordinator_core: placeholder until written.

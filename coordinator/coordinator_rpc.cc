@@ -1,0 +1,1 @@
+// coordinator_rpc: placeholder until written.

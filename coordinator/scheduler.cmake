@@ -1,0 +1,1 @@
+target_sources(mesa_coordinator_core PRIVATE ${CMAKE_CURRENT_LIST_DIR}/scheduler.cc)

@@ -1,0 +1,1 @@
+// grpc_kv: placeholder until written.

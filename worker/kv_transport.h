@@ -1,0 +1,39 @@
+// How a final worker gets a middle chunk's K/V from the worker that computed it: one
+// interface, chosen per pair of workers (in-process: no copy, for `mesa run`; gRPC
+// stream: worker/grpc_kv.h; NCCL joins in the GPU issue). Transport-free.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "engine/mesa_phases.h"
+
+namespace mesa::worker {
+
+// Every K/V entry is named by ids the coordinator issued (never ones a worker made up).
+struct KvKey {
+  std::string job_id;
+  int64_t item = 0;
+  int32_t chunk = 0;
+  int32_t attempt = 0;
+  bool operator==(const KvKey&) const = default;
+  template <typename H>
+  friend H AbslHashValue(H h, const KvKey& k) {
+    return H::combine(std::move(h), k.job_id, k.item, k.chunk, k.attempt);
+  }
+};
+std::string KvKeyString(const KvKey& key);  // "job/item/chunk/attempt" for messages
+
+// Fetches one chunk's K/V from the worker at `address`. Implementations must fail
+// (never hang, never return a partial or corrupt cache) within `timeout_ms`.
+class KvFetcher {
+ public:
+  virtual ~KvFetcher() = default;
+  virtual absl::StatusOr<std::shared_ptr<const ChunkKv>> Fetch(const std::string& address,
+                                                               const KvKey& key,
+                                                               int64_t timeout_ms) = 0;
+};
+
+}  // namespace mesa::worker

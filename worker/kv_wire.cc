@@ -1,0 +1,1 @@
+// kv_wire: placeholder until written.

@@ -1,0 +1,117 @@
+// The transport-free core of a worker: one engine (model + thread pool) that runs
+// chunk tasks (anchor + one middle chunk, K/V kept in memory under a byte budget with
+// a lease) and final tasks (gather every middle chunk's K/V in plan order, run the
+// last chunk and decode), and hands out or releases the K/V it holds. The gRPC
+// service (worker/rpc) and `mesa run --workers K` (in-process) are thin adapters.
+// Thread-safe: tasks may run concurrently with FetchKv/ReleaseKv/ExpireLeases; tasks
+// themselves are serialised (one engine, one task at a time).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "common/thread_pool.h"
+#include "engine/long_context.h"
+#include "engine/mesa_phases.h"
+#include "engine/model.h"
+#include "engine/sampling.h"
+#include "worker/kv_transport.h"
+
+namespace mesa::worker {
+
+struct WorkerCoreOptions {
+  int64_t kv_memory_bytes = 0;  // budget for held chunk K/V; 0 = no limit
+  int64_t default_lease_ms = 10 * 60 * 1000;
+};
+
+struct ChunkTask {
+  KvKey key;                       // key.chunk = index into plan.middle
+  std::vector<int32_t> prompt;     // the whole prompt
+  int64_t max_new_tokens = 0;
+  LongContextOptions options;
+  int64_t lease_ms = 0;            // 0 = default_lease_ms
+};
+struct ChunkResult {
+  int64_t kv_bytes = 0;
+  int64_t tokens = 0;              // anchor + chunk tokens computed
+  double compute_s = 0;
+};
+
+struct KvSourceRef {
+  int32_t chunk = 0;
+  std::string address;             // "" = held by this worker
+  KvKey key;
+};
+struct FinalTask {
+  KvKey key;                       // chunk = -1
+  std::vector<int32_t> prompt;
+  int64_t max_new_tokens = 0;
+  LongContextOptions options;
+  SamplingParams sampling;
+  std::vector<KvSourceRef> sources;  // one per middle chunk in plan order; empty = all here
+  int64_t fetch_timeout_ms = 60000;
+};
+struct FinalResult {
+  std::vector<int32_t> tokens;     // EOS included when it stopped there
+  std::string stop_reason;
+  std::string attention;           // method used, e.g. "mesa"
+  nlohmann::json plan = nlohmann::json::object();  // PrefillInfo::ToJson()
+  double prefill_s = 0, decode_s = 0;
+  int64_t kv_bytes_received = 0;
+  double kv_transfer_s = 0;
+};
+
+// Set by the caller to stop a running task between steps (CANCELLED).
+using CancelFlag = std::atomic<bool>;
+
+class WorkerCore {
+ public:
+  using Clock = std::function<int64_t()>;  // milliseconds, monotonic; injectable for tests
+  // `model` must outlive the core. `fetcher` may be null when no remote sources are used.
+  WorkerCore(const Model& model, int threads, WorkerCoreOptions options, KvFetcher* fetcher,
+             Clock clock = nullptr);
+  ~WorkerCore();
+
+  // RESOURCE_EXHAUSTED when the chunk's K/V would exceed the budget (nothing kept);
+  // INVALID_ARGUMENT when the task does not match its plan (chunk index out of range,
+  // the prompt is not chunked). A repeat of a key already held succeeds at once.
+  absl::StatusOr<ChunkResult> RunChunk(const ChunkTask& task, const CancelFlag* cancel = nullptr);
+  // Output equal, token for token, to jobs::LongContextGenerator on the same prompt.
+  absl::StatusOr<FinalResult> RunFinal(const FinalTask& task, const CancelFlag* cancel = nullptr);
+
+  // A held entry (refreshes its lease), or NOT_FOUND.
+  absl::StatusOr<std::shared_ptr<const ChunkKv>> GetKv(const KvKey& key);
+  // Frees entries of a job (item -1: all items; attempt -1: all attempts).
+  struct Released { int64_t bytes = 0, entries = 0; };
+  Released ReleaseKv(const std::string& job_id, int64_t item, int32_t attempt);
+  Released ReleaseAll();
+  // Frees entries whose lease ran out; returns what was freed.
+  Released ExpireLeases();
+
+  int64_t kv_bytes_in_use() const;
+  int64_t kv_entries() const;
+  const Model& model() const { return model_; }
+
+ private:
+  struct Entry;
+  const Model& model_;
+  WorkerCoreOptions options_;
+  KvFetcher* fetcher_;
+  Clock clock_;
+  std::mutex task_mu_;             // one task at a time on the engine
+  std::unique_ptr<ThreadPool> pool_;
+  mutable std::mutex kv_mu_;
+  absl::flat_hash_map<KvKey, std::shared_ptr<Entry>> kv_;
+  int64_t kv_bytes_ = 0;
+};
+
+}  // namespace mesa::worker

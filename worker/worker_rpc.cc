@@ -1,0 +1,1 @@
+// worker_rpc: placeholder until written.
