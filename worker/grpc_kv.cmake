@@ -1,1 +1,11 @@
-target_sources(mesa_worker_rpc PRIVATE ${CMAKE_CURRENT_LIST_DIR}/grpc_kv.cc)
+# K/V over gRPC: the FetchKv stream writer, GrpcKvFetcher, absl <-> gRPC status
+# conversions; their test against a real loopback server; and the transfer benchmark.
+target_sources(mesa_worker_rpc PRIVATE
+  ${CMAKE_CURRENT_LIST_DIR}/grpc_kv.cc
+  ${CMAKE_CURRENT_LIST_DIR}/grpc_status.cc)
+if(MESA_BUILD_TESTS)
+  mesa_test(grpc_kv_test ${CMAKE_CURRENT_LIST_DIR}/grpc_kv_test.cc LIBS mesa_worker_rpc GTest::gmock)
+endif()
+# GB/s of a FetchKv stream on loopback against a plain TCP copy: bench/kv_transfer.sh.
+add_executable(kv_transfer_bench ${CMAKE_SOURCE_DIR}/bench/kv_transfer_bench.cc)
+target_link_libraries(kv_transfer_bench PRIVATE mesa_worker_rpc Threads::Threads)

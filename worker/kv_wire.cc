@@ -1,1 +1,290 @@
-// kv_wire: placeholder until written.
+// The K/V byte form (worker/kv_wire.h): CRC32C, manifest and pieces on the sender's
+// side, the checking assembler on the receiver's, and KvKeyString
+// (worker/kv_transport.h). The CRC has two paths behind one dispatch: the SSE4.2 crc32
+// instruction on three interleaved streams (its latency is 3 cycles, its throughput 1
+// per cycle) joined by zero-shift tables, and a slicing-by-8 table loop elsewhere.
+#include "worker/kv_wire.h"
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "worker/kv_transport.h"
+
+#if defined(__x86_64__)
+#include <nmmintrin.h>
+#endif
+
+namespace mesa::worker {
+
+static_assert(std::endian::native == std::endian::little,
+              "the K/V wire form is little-endian f32: a big-endian host must swap bytes");
+
+namespace {
+
+constexpr uint32_t kPoly = 0x82F63B78;  // CRC-32C, reflected
+
+// ---- Portable: slicing-by-8 ----
+
+using ByteTables = std::array<std::array<uint32_t, 256>, 8>;
+
+constexpr ByteTables MakeByteTables() {
+  ByteTables t{};
+  for (uint32_t n = 0; n < 256; ++n) {
+    uint32_t c = n;
+    for (int bit = 0; bit < 8; ++bit) c = (c >> 1) ^ ((c & 1) ? kPoly : 0);
+    t[0][n] = c;
+  }
+  for (int k = 1; k < 8; ++k) {
+    for (uint32_t n = 0; n < 256; ++n) t[k][n] = (t[k - 1][n] >> 8) ^ t[0][t[k - 1][n] & 0xff];
+  }
+  return t;
+}
+constexpr ByteTables kByteTables = MakeByteTables();
+
+uint64_t Load64(const uint8_t* p) {
+  uint64_t w;
+  std::memcpy(&w, p, sizeof(w));
+  return w;
+}
+
+// ---- Zero shifts: the CRC register after appending `len` zero bytes, as 4 byte tables ----
+
+// A GF(2) 32x32 matrix as its columns: M * v = XOR of cols[i] for each set bit i of v.
+using Gf2Matrix = std::array<uint32_t, 32>;
+
+constexpr uint32_t Gf2Times(const Gf2Matrix& m, uint32_t v) {
+  uint32_t sum = 0;
+  for (int i = 0; v != 0; ++i, v >>= 1) {
+    if (v & 1) sum ^= m[i];
+  }
+  return sum;
+}
+constexpr Gf2Matrix Gf2Square(const Gf2Matrix& m) {
+  Gf2Matrix sq{};
+  for (int i = 0; i < 32; ++i) sq[i] = Gf2Times(m, m[i]);
+  return sq;
+}
+
+using ShiftTables = std::array<std::array<uint32_t, 256>, 4>;
+
+// `len_bytes` must be a power of two.
+constexpr ShiftTables MakeShiftTables(size_t len_bytes) {
+  Gf2Matrix op{};  // one zero bit: bit 0 leaves and folds in the polynomial
+  op[0] = kPoly;
+  for (int i = 1; i < 32; ++i) op[i] = uint32_t{1} << (i - 1);
+  for (size_t bits = 1; bits < 8 * len_bytes; bits *= 2) op = Gf2Square(op);
+  ShiftTables t{};
+  for (uint32_t n = 0; n < 256; ++n) {
+    for (int k = 0; k < 4; ++k) t[k][n] = Gf2Times(op, n << (8 * k));
+  }
+  return t;
+}
+
+[[maybe_unused]] inline uint32_t Shift(const ShiftTables& t, uint32_t crc) {
+  return t[0][crc & 0xff] ^ t[1][(crc >> 8) & 0xff] ^ t[2][(crc >> 16) & 0xff] ^ t[3][crc >> 24];
+}
+
+#if defined(__x86_64__)
+constexpr size_t kLongBlock = 8192;  // bytes per stream in the 3-way loop
+constexpr size_t kShortBlock = 256;  // the same for what is left
+constexpr ShiftTables kLongShift = MakeShiftTables(kLongBlock);
+constexpr ShiftTables kShortShift = MakeShiftTables(kShortBlock);
+
+// Three independent crc32 streams over blocks [0, B), [B, 2B), [2B, 3B), joined as
+// crc(a || b) = shift_B(crc(a)) ^ crc_from_zero(b). Registers are raw (pre-inverted).
+template <size_t kBlock>
+__attribute__((target("sse4.2"))) uint64_t Crc3Way(uint64_t c0, const ShiftTables& shift,
+                                                   const uint8_t*& p, size_t& size) {
+  while (size >= 3 * kBlock) {
+    uint64_t c1 = 0, c2 = 0;
+    for (size_t i = 0; i < kBlock; i += 8) {
+      c0 = _mm_crc32_u64(c0, Load64(p + i));
+      c1 = _mm_crc32_u64(c1, Load64(p + kBlock + i));
+      c2 = _mm_crc32_u64(c2, Load64(p + 2 * kBlock + i));
+    }
+    c0 = Shift(shift, static_cast<uint32_t>(c0)) ^ c1;
+    c0 = Shift(shift, static_cast<uint32_t>(c0)) ^ c2;
+    p += 3 * kBlock;
+    size -= 3 * kBlock;
+  }
+  return c0;
+}
+#endif
+
+}  // namespace
+
+namespace internal {
+
+uint32_t Crc32cPortable(const void* data, size_t size, uint32_t crc) {
+  const auto& t = kByteTables;
+  const auto* p = static_cast<const uint8_t*>(data);
+  uint32_t c = ~crc;
+  for (; size >= 8; p += 8, size -= 8) {
+    const uint64_t w = Load64(p) ^ c;
+    const auto lo = static_cast<uint32_t>(w), hi = static_cast<uint32_t>(w >> 32);
+    c = t[7][lo & 0xff] ^ t[6][(lo >> 8) & 0xff] ^ t[5][(lo >> 16) & 0xff] ^ t[4][lo >> 24] ^
+        t[3][hi & 0xff] ^ t[2][(hi >> 8) & 0xff] ^ t[1][(hi >> 16) & 0xff] ^ t[0][hi >> 24];
+  }
+  for (; size > 0; ++p, --size) c = (c >> 8) ^ t[0][(c ^ *p) & 0xff];
+  return ~c;
+}
+
+#if defined(__x86_64__)
+bool Crc32cSse42Available() {
+  static const bool available = __builtin_cpu_supports("sse4.2");
+  return available;
+}
+
+__attribute__((target("sse4.2"))) uint32_t Crc32cSse42(const void* data, size_t size,
+                                                       uint32_t crc) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  uint64_t c = ~crc;
+  for (; size > 0 && (reinterpret_cast<uintptr_t>(p) & 7) != 0; ++p, --size) {
+    c = _mm_crc32_u8(static_cast<uint32_t>(c), *p);
+  }
+  c = Crc3Way<kLongBlock>(c, kLongShift, p, size);
+  c = Crc3Way<kShortBlock>(c, kShortShift, p, size);
+  for (; size >= 8; p += 8, size -= 8) c = _mm_crc32_u64(c, Load64(p));
+  for (; size > 0; ++p, --size) c = _mm_crc32_u8(static_cast<uint32_t>(c), *p);
+  return ~static_cast<uint32_t>(c);
+}
+#else
+bool Crc32cSse42Available() { return false; }
+uint32_t Crc32cSse42(const void* data, size_t size, uint32_t crc) {
+  return Crc32cPortable(data, size, crc);
+}
+#endif
+
+}  // namespace internal
+
+uint32_t Crc32c(const void* data, size_t size, uint32_t crc) {
+  return internal::Crc32cSse42Available() ? internal::Crc32cSse42(data, size, crc)
+                                          : internal::Crc32cPortable(data, size, crc);
+}
+
+std::string KvKeyString(const KvKey& key) {
+  return absl::StrCat(key.job_id, "/", key.item, "/", key.chunk, "/", key.attempt);
+}
+
+KvManifestInfo MakeManifest(const ChunkKv& kv) {
+  KvManifestInfo m;
+  m.n_layer = kv.n_layer;
+  m.n_head_kv = kv.n_head_kv;
+  m.head_dim = kv.head_dim;
+  m.range_begin = kv.range.begin;
+  m.range_end = kv.range.end;
+  m.dtype = "f32";
+  m.total_bytes = static_cast<int64_t>(kv.bytes());
+  m.crc32c = Crc32c(kv.k.data(), kv.k.size() * sizeof(float));
+  m.crc32c = Crc32c(kv.v.data(), kv.v.size() * sizeof(float), m.crc32c);
+  return m;
+}
+
+std::vector<KvPiece> SplitPieces(const ChunkKv& kv, int64_t piece_bytes) {
+  if (piece_bytes <= 0) piece_bytes = kKvPieceBytes;
+  std::vector<KvPiece> pieces;
+  int64_t offset = 0;
+  for (const std::vector<float>* part : {&kv.k, &kv.v}) {
+    const auto* base = reinterpret_cast<const uint8_t*>(part->data());
+    const auto size = static_cast<int64_t>(part->size() * sizeof(float));
+    for (int64_t at = 0; at < size; at += piece_bytes) {
+      const int64_t n = std::min(piece_bytes, size - at);
+      pieces.push_back({offset + at, absl::Span<const uint8_t>(base + at, n)});
+    }
+    offset += size;
+  }
+  return pieces;
+}
+
+absl::StatusOr<KvAssembler> KvAssembler::Start(const KvManifestInfo& m, int64_t max_bytes) {
+  if (m.n_layer <= 0 || m.n_head_kv <= 0 || m.head_dim <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("K/V manifest: shapes must be positive, got ",
+                                                   m.n_layer, " layers, ", m.n_head_kv,
+                                                   " kv heads, head_dim ", m.head_dim));
+  }
+  if (m.range_begin < 0 || m.range_end <= m.range_begin) {
+    return absl::InvalidArgumentError(absl::StrCat("K/V manifest: bad token range [",
+                                                   m.range_begin, ", ", m.range_end, ")"));
+  }
+  if (m.dtype != "f32") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("K/V manifest: dtype \"", m.dtype, "\" (only \"f32\" is supported)"));
+  }
+  int64_t expected = 2 * static_cast<int64_t>(sizeof(float));
+  for (int64_t factor : {m.n_layer, m.n_head_kv, m.range_end - m.range_begin, m.head_dim}) {
+    if (__builtin_mul_overflow(expected, factor, &expected)) {
+      return absl::InvalidArgumentError("K/V manifest: shape overflows 64-bit byte counts");
+    }
+  }
+  if (m.total_bytes != expected) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("K/V manifest: total_bytes ", m.total_bytes, " does not match the shape (",
+                     m.n_layer, " x ", m.n_head_kv, " x ", m.range_end - m.range_begin, " x ",
+                     m.head_dim, " x 2 x 4 = ", expected, ")"));
+  }
+  if (m.total_bytes > max_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "K/V manifest announces ", m.total_bytes, " bytes, over the limit of ", max_bytes));
+  }
+  KvAssembler a;
+  a.manifest_ = m;
+  a.kv_.n_layer = m.n_layer;
+  a.kv_.n_head_kv = m.n_head_kv;
+  a.kv_.head_dim = m.head_dim;
+  a.kv_.range = TokenRange{m.range_begin, m.range_end};
+  const auto elements = static_cast<size_t>(m.total_bytes / 2 / sizeof(float));
+  a.kv_.k.resize(elements);
+  a.kv_.v.resize(elements);
+  return a;
+}
+
+absl::Status KvAssembler::Add(int64_t offset, absl::Span<const uint8_t> bytes) {
+  if (finished_) return absl::FailedPreconditionError("K/V stream: piece after Finish");
+  if (offset != received_) {
+    return absl::DataLossError(absl::StrCat("K/V stream: piece out of order at offset ", offset,
+                                            ", expected offset ", received_));
+  }
+  if (bytes.empty()) {
+    return absl::DataLossError(absl::StrCat("K/V stream: empty piece at offset ", offset));
+  }
+  const auto size = static_cast<int64_t>(bytes.size());
+  if (size > manifest_.total_bytes - received_) {
+    return absl::DataLossError(absl::StrCat("K/V stream: piece of ", size, " bytes at offset ",
+                                            offset, " runs past the announced ",
+                                            manifest_.total_bytes, " bytes"));
+  }
+  const auto k_bytes = static_cast<int64_t>(kv_.k.size() * sizeof(float));
+  const uint8_t* src = bytes.data();
+  int64_t at = offset, left = size;
+  if (at < k_bytes) {
+    const int64_t n = std::min(left, k_bytes - at);
+    std::memcpy(reinterpret_cast<uint8_t*>(kv_.k.data()) + at, src, n);
+    src += n, at += n, left -= n;
+  }
+  if (left > 0) std::memcpy(reinterpret_cast<uint8_t*>(kv_.v.data()) + (at - k_bytes), src, left);
+  crc_ = Crc32c(bytes.data(), bytes.size(), crc_);
+  received_ += size;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ChunkKv> KvAssembler::Finish() {
+  if (finished_) return absl::FailedPreconditionError("K/V stream: Finish called twice");
+  if (received_ != manifest_.total_bytes) {
+    return absl::DataLossError(absl::StrCat("K/V stream truncated: received ", received_, " of ",
+                                            manifest_.total_bytes, " bytes"));
+  }
+  if (crc_ != manifest_.crc32c) {
+    return absl::DataLossError(absl::StrFormat(
+        "K/V stream corrupt: CRC32C expected 0x%08x (manifest), actual 0x%08x (bytes received)",
+        manifest_.crc32c, crc_));
+  }
+  finished_ = true;
+  return std::move(kv_);
+}
+
+}  // namespace mesa::worker

@@ -3,7 +3,8 @@
 // pieces of about 1 MiB, each with its offset. The receiver allocates from the
 // manifest, accepts pieces only in order and only within the announced size, and
 // checks the CRC32C at the end: a corrupt, truncated, reordered or oversized stream is
-// an error (DATA_LOSS / INVALID_ARGUMENT), never a silently wrong cache.
+// an error (DATA_LOSS / INVALID_ARGUMENT / RESOURCE_EXHAUSTED), never a silently wrong
+// cache. The bytes are ChunkKv::k then ChunkKv::v as little-endian f32.
 #pragma once
 
 #include <cstdint>
@@ -16,7 +17,18 @@
 
 namespace mesa::worker {
 
-uint32_t Crc32c(const void* data, size_t size, uint32_t crc = 0);  // Castagnoli, as iSCSI/gRPC
+// CRC32C (Castagnoli, reflected polynomial 0x82F63B78, as iSCSI/ext4/gRPC). `crc` is a
+// previous result, so Crc32c(b, nb, Crc32c(a, na)) == CRC of a followed by b. Uses the
+// SSE4.2 crc32 instruction when the CPU has it, else a table-driven loop.
+uint32_t Crc32c(const void* data, size_t size, uint32_t crc = 0);
+
+namespace internal {
+// Both paths of Crc32c, exposed so tests can compare them. Crc32cSse42 may only be
+// called when Crc32cSse42Available().
+uint32_t Crc32cPortable(const void* data, size_t size, uint32_t crc);
+bool Crc32cSse42Available();
+uint32_t Crc32cSse42(const void* data, size_t size, uint32_t crc);
+}  // namespace internal
 
 struct KvManifestInfo {
   int64_t n_layer = 0, n_head_kv = 0, head_dim = 0;
@@ -28,27 +40,41 @@ struct KvManifestInfo {
 
 constexpr int64_t kKvPieceBytes = 1 << 20;
 
-// Sender side: the manifest of `kv` (computes the CRC) and its pieces, as views into
-// kv.k then kv.v (no copy; a piece may span the k/v boundary only by being split).
+// Sender side: the manifest of `kv` (computes the CRC over k then v).
 KvManifestInfo MakeManifest(const ChunkKv& kv);
-struct KvPiece { int64_t offset; absl::Span<const uint8_t> bytes; };
+// The bytes of `kv` as pieces of at most `piece_bytes` (<= 0: kKvPieceBytes): views
+// into kv.k, then into kv.v (no copy; a piece never spans the k/v boundary, so the last
+// piece of k may be short). Offsets count from the first byte of k. Valid while `kv`
+// lives.
+struct KvPiece {
+  int64_t offset;
+  absl::Span<const uint8_t> bytes;
+};
 std::vector<KvPiece> SplitPieces(const ChunkKv& kv, int64_t piece_bytes = kKvPieceBytes);
 
-// Receiver side.
+// Receiver side: one stream's bytes into a ChunkKv. Move-only in effect (owns the
+// buffer); not thread-safe (one stream, one reader).
 class KvAssembler {
  public:
-  // Checks the manifest (positive shapes, dtype f32, total == 2 * layers*heads*tokens*dim*4,
-  // total <= max_bytes) and allocates.
+  // Checks the manifest (positive shapes, range_end > range_begin >= 0, dtype "f32",
+  // total == 2 * layers*heads*tokens*dim*4: else INVALID_ARGUMENT; total <= max_bytes:
+  // else RESOURCE_EXHAUSTED) and allocates.
   static absl::StatusOr<KvAssembler> Start(const KvManifestInfo& manifest, int64_t max_bytes);
-  absl::Status Add(int64_t offset, absl::Span<const uint8_t> bytes);  // in order only
-  absl::StatusOr<ChunkKv> Finish();  // all bytes there and the CRC32C matches
+  // Pieces must arrive in order (offset == received(), else DATA_LOSS "out of order"),
+  // be non-empty and stay within total_bytes (else DATA_LOSS).
+  absl::Status Add(int64_t offset, absl::Span<const uint8_t> bytes);
+  // All bytes there and the CRC32C matches (else DATA_LOSS naming expected and actual).
+  // Hands over the cache: call once.
+  absl::StatusOr<ChunkKv> Finish();
   int64_t received() const { return received_; }
+  const KvManifestInfo& manifest() const { return manifest_; }
 
  private:
   KvManifestInfo manifest_;
   ChunkKv kv_;
   int64_t received_ = 0;
   uint32_t crc_ = 0;
+  bool finished_ = false;
 };
 
 }  // namespace mesa::worker

@@ -1,0 +1,262 @@
+// kv_transfer_bench: how fast one chunk's K/V moves over a FetchKv gRPC stream on
+// loopback (ServeKvStream -> GrpcKvFetcher: manifest with CRC32C, ~1 MiB pieces,
+// reassembly and CRC check into a fresh ChunkKv), against a plain TCP socket copy of
+// the same bytes on loopback (a writer and a reader thread, into a buffer allocated
+// once and touched beforehand: the bar gRPC is held to) in the same run. Rounds
+// alternate between the two; each cell is the median. Prints a markdown report (CPU
+// model, ISA, table) on stdout. Run through bench/kv_transfer.sh.
+//
+// Usage: kv_transfer_bench [--sizes-mib 16,64,256] [--rounds 7] [--piece-kib 1024]
+//                          [--arg grpc.channel.arg=INT]...  (to server and client)
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_split.h"
+#include "worker/grpc_kv.h"
+#include "worker/kv_testing.h"
+
+namespace mesa::worker {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+volatile uint32_t crc_sink;  // keeps the timed CRC from being optimised away
+
+[[noreturn]] void Die(const std::string& what) {
+  std::fprintf(stderr, "kv_transfer_bench: %s (%s)\n", what.c_str(), std::strerror(errno));
+  std::exit(1);
+}
+
+double Seconds(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// CPU seconds (user + system, all threads) this process has used so far.
+double CpuSeconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_utime.tv_sec + u.ru_stime.tv_sec + 1e-6 * (u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+std::string CpuModel() {
+  std::ifstream in("/proc/cpuinfo");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  }
+  return "unknown";
+}
+
+std::string Isa() {
+  std::string isa = "x86-64";
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("sse4.2")) isa += ", SSE4.2 (crc32)";
+  if (__builtin_cpu_supports("avx2")) isa += ", AVX2";
+  if (__builtin_cpu_supports("avx512f")) isa += ", AVX-512F";
+  return isa;
+}
+
+// A connected loopback TCP pair: `writer` sends, a reader thread receives.
+struct TcpPair {
+  int writer = -1, reader = -1;
+  TcpPair() {
+    const int listener = socket(AF_INET, SOCK_STREAM, 0);
+    if (listener < 0) Die("socket");
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    if (bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) Die("bind");
+    if (listen(listener, 1) != 0) Die("listen");
+    if (getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len) != 0) Die("getsockname");
+    writer = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(writer, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) Die("connect");
+    reader = accept(listener, nullptr, nullptr);
+    if (reader < 0) Die("accept");
+    close(listener);
+    const int one = 1;
+    setsockopt(writer, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  }
+  ~TcpPair() {
+    close(writer);
+    close(reader);
+  }
+};
+
+void SendAll(int fd, const void* data, size_t size) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  while (size > 0) {
+    const ssize_t n = send(fd, p, size, 0);
+    if (n <= 0) Die("send");
+    p += n, size -= static_cast<size_t>(n);
+  }
+}
+
+// Seconds to move k then v from one end of `pair` to `sink` (k.size + v.size bytes).
+double TcpCopy(TcpPair& pair, const ChunkKv& kv, std::vector<uint8_t>& sink) {
+  const auto start = Clock::now();
+  std::thread reader([&] {
+    size_t got = 0;
+    while (got < sink.size()) {
+      const ssize_t n = recv(pair.reader, sink.data() + got, sink.size() - got, 0);
+      if (n <= 0) Die("recv");
+      got += static_cast<size_t>(n);
+    }
+  });
+  SendAll(pair.writer, kv.k.data(), kv.k.size() * sizeof(float));
+  SendAll(pair.writer, kv.v.data(), kv.v.size() * sizeof(float));
+  reader.join();
+  return Seconds(start);
+}
+
+class BenchWorker final : public mesa::v1::WorkerService::Service {
+ public:
+  explicit BenchWorker(int64_t piece_bytes) : piece_bytes_(piece_bytes) {}
+  void set_kv(const ChunkKv* kv) { kv_ = kv; }
+  grpc::Status FetchKv(grpc::ServerContext* ctx, const mesa::v1::FetchKvRequest*,
+                       grpc::ServerWriter<mesa::v1::KvMessage>* writer) override {
+    return ServeKvStream(*kv_, ctx, writer, piece_bytes_);
+  }
+
+ private:
+  const int64_t piece_bytes_;
+  const ChunkKv* kv_ = nullptr;
+};
+
+struct Args {
+  std::vector<int64_t> sizes_mib = {16, 64, 256};
+  int rounds = 7;
+  int64_t piece_kib = 1024;
+  std::vector<std::pair<std::string, int>> channel_args;
+};
+
+Args Parse(int argc, char** argv) {
+  Args args;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i], value = argv[i + 1];
+    if (flag == "--sizes-mib") {
+      args.sizes_mib.clear();
+      for (auto s : absl::StrSplit(value, ',')) args.sizes_mib.push_back(std::stoll(std::string(s)));
+    } else if (flag == "--rounds") {
+      args.rounds = std::stoi(value);
+    } else if (flag == "--piece-kib") {
+      args.piece_kib = std::stoll(value);
+    } else if (flag == "--arg" && value.find('=') != std::string::npos) {
+      const size_t eq = value.find('=');
+      args.channel_args.emplace_back(value.substr(0, eq), std::stoi(value.substr(eq + 1)));
+    } else {
+      std::fprintf(stderr, "usage: kv_transfer_bench [--sizes-mib 16,64,256] [--rounds 7] "
+                           "[--piece-kib 1024] [--arg grpc.channel.arg=INT]...\n");
+      std::exit(2);
+    }
+  }
+  return args;
+}
+
+int Main(int argc, char** argv) {
+  const Args args = Parse(argc, argv);
+  BenchWorker service(args.piece_kib << 10);
+  int port = 0;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  GrpcKvFetcherOptions options;
+  std::string arg_list;
+  for (const auto& [name, value] : args.channel_args) {
+    builder.AddChannelArgument(name, value);
+    options.channel_args.SetInt(name, value);
+    arg_list += " " + name + "=" + std::to_string(value);
+  }
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) Die("gRPC server did not start");
+  const std::string address = "127.0.0.1:" + std::to_string(port);
+  GrpcKvFetcher fetcher(options);
+  TcpPair tcp;
+  const KvKey key{"bench", 0, 0, 0};
+
+  std::printf("- CPU: %s (%u logical CPUs); ISA: %s\n", CpuModel().c_str(),
+              std::thread::hardware_concurrency(), Isa().c_str());
+  std::printf("- gRPC %s on 127.0.0.1, sync server; channel arguments: a %d MiB max "
+              "receive message%s%s; K/V pieces of %lld KiB; %d rounds per size, alternating "
+              "TCP and gRPC, median shown\n",
+              grpc::Version().c_str(), options.max_receive_message_bytes >> 20,
+              arg_list.empty() ? ", the rest default" : ", on both sides:", arg_list.c_str(),
+              static_cast<long long>(args.piece_kib), args.rounds);
+
+  std::string table =
+      "| chunk | TCP copy GB/s | gRPC FetchKv GB/s | gRPC / TCP | TCP CPU s/GB | gRPC CPU s/GB "
+      "| CRC32C GB/s |\n"
+      "|---:|---:|---:|---:|---:|---:|---:|\n";
+  for (int64_t mib : args.sizes_mib) {
+    // 32 layers x 8 kv heads x 128 dims: 256 KiB per token for k and v together.
+    const int64_t tokens = (mib << 20) / (2 * 32 * 8 * 128 * 4);
+    const ChunkKv kv = RandomChunkKv(32, 8, tokens, 128, 0, 1);
+    const size_t bytes = kv.bytes();
+    service.set_kv(&kv);
+    std::vector<uint8_t> sink(bytes, 1);
+
+    const auto crc_start = Clock::now();
+    crc_sink = Crc32c(kv.k.data(), kv.k.size() * sizeof(float));
+    const double crc_s = Seconds(crc_start);
+
+    std::vector<double> tcp_s, grpc_s, tcp_cpu, grpc_cpu;
+    for (int round = -1; round < args.rounds; ++round) {  // round -1: warm-up, not counted
+      for (int leg = 0; leg < 2; ++leg) {
+        const bool grpc_leg = (leg + round) % 2 != 0;
+        const double cpu_start = CpuSeconds();
+        if (!grpc_leg) {
+          const double s = TcpCopy(tcp, kv, sink);
+          if (round >= 0) tcp_s.push_back(s), tcp_cpu.push_back(CpuSeconds() - cpu_start);
+          continue;
+        }
+        const auto start = Clock::now();
+        absl::StatusOr<std::shared_ptr<const ChunkKv>> got = fetcher.Fetch(address, key, 120000);
+        const double s = Seconds(start);
+        if (!got.ok()) Die(std::string(got.status().message()));
+        if (round == -1 && !SameBits(**got, kv)) Die("gRPC copy differs from the source");
+        if (round >= 0) grpc_s.push_back(s), grpc_cpu.push_back(CpuSeconds() - cpu_start);
+      }
+    }
+    const size_t k_bytes = kv.k.size() * sizeof(float);
+    if (std::memcmp(sink.data(), kv.k.data(), k_bytes) != 0 ||
+        std::memcmp(sink.data() + k_bytes, kv.v.data(), k_bytes) != 0) {
+      Die("TCP copy differs from the source");
+    }
+    const double tcp_gbs = bytes / Median(tcp_s) / 1e9, grpc_gbs = bytes / Median(grpc_s) / 1e9;
+    char row[256];
+    std::snprintf(row, sizeof(row), "| %lld MiB | %.2f | %.2f | %.2f | %.2f | %.2f | %.1f |\n",
+                  static_cast<long long>(mib), tcp_gbs, grpc_gbs, grpc_gbs / tcp_gbs,
+                  Median(tcp_cpu) / (bytes / 1e9), Median(grpc_cpu) / (bytes / 1e9),
+                  kv.k.size() * sizeof(float) / crc_s / 1e9);
+    table += row;
+    std::fprintf(stderr, "%s", row);
+  }
+  std::printf("\n%s", table.c_str());
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  server->Wait();
+  return 0;
+}
+
+}  // namespace
+}  // namespace mesa::worker
+
+int main(int argc, char** argv) { return mesa::worker::Main(argc, argv); }

@@ -1,0 +1,70 @@
+// K/V over gRPC (the FetchKv server stream of mesa.v1.WorkerService): the server side
+// streams one chunk's manifest then its bytes in ~1 MiB KvData pieces (worker/kv_wire.h);
+// the client side, GrpcKvFetcher, reads such a stream into a KvAssembler under a
+// deadline. A fetch returns the whole, CRC-checked cache or an error whose message names
+// the peer and the key: never a partial or corrupt cache, never a wait without a limit.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "engine/mesa_phases.h"
+#include "mesa/v1/worker_service.grpc.pb.h"
+#include "worker/kv_transport.h"
+#include "worker/kv_wire.h"
+
+namespace mesa::worker {
+
+void ToProto(const KvKey& key, mesa::v1::KvKey* out);
+KvKey FromProto(const mesa::v1::KvKey& key);
+void ToProto(const KvManifestInfo& manifest, mesa::v1::KvManifest* out);
+KvManifestInfo FromProto(const mesa::v1::KvManifest& manifest);
+
+// Writes `kv` to a FetchKv stream: the manifest, then pieces of `piece_bytes` in order.
+// CANCELLED when the client cancels or goes away midway; INTERNAL when `kv`'s vectors do
+// not match its shape (a caller's bug: refuse rather than send what a receiver rejects).
+// Blocks the calling (sync-server) thread for the whole transfer.
+grpc::Status ServeKvStream(const ChunkKv& kv, grpc::ServerContext* ctx,
+                           grpc::ServerWriterInterface<mesa::v1::KvMessage>* writer,
+                           int64_t piece_bytes = kKvPieceBytes);
+
+struct GrpcKvFetcherOptions {
+  // The largest cache a fetch accepts (checked against the manifest before allocating).
+  int64_t max_kv_bytes = int64_t{8} << 30;
+  // Per message; pieces are ~1 MiB, so this leaves room without accepting anything.
+  int max_receive_message_bytes = 8 << 20;
+  // nullptr = insecure (loopback and trusted cluster networks only).
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  // Further channel arguments (keepalive, HTTP/2 windows); the receive limit above is
+  // set on top of them.
+  grpc::ChannelArguments channel_args;
+};
+
+// Thread-safe: concurrent Fetch calls share one channel per address (created on first
+// use, kept for the fetcher's lifetime).
+class GrpcKvFetcher : public KvFetcher {
+ public:
+  explicit GrpcKvFetcher(GrpcKvFetcherOptions options = {});
+
+  // Errors keep the stream's code (DEADLINE_EXCEEDED, UNAVAILABLE, NOT_FOUND, ... from
+  // the call; DATA_LOSS, INVALID_ARGUMENT, RESOURCE_EXHAUSTED from the checks) and say
+  // "FetchKv <key> from <address>: ...". timeout_ms must be positive.
+  absl::StatusOr<std::shared_ptr<const ChunkKv>> Fetch(const std::string& address,
+                                                       const KvKey& key,
+                                                       int64_t timeout_ms) override;
+
+ private:
+  std::shared_ptr<grpc::Channel> ChannelFor(const std::string& address);
+
+  const GrpcKvFetcherOptions options_;
+  std::mutex mu_;
+  absl::flat_hash_map<std::string, std::shared_ptr<grpc::Channel>> channels_;  // guarded by mu_
+};
+
+}  // namespace mesa::worker

@@ -1,0 +1,382 @@
+// Tests of K/V over gRPC (worker/grpc_kv.h, worker/grpc_status.h) against a real gRPC
+// server on loopback: a test-only WorkerService whose FetchKv serves a random chunk
+// through ServeKvStream, or a tampered stream (a flipped byte, a missing tail, swapped
+// or repeated pieces, a wrong manifest, data before the manifest), or stalls, or says
+// NOT_FOUND. The fetcher must return the chunk bit for bit, or an error with the right
+// code that names the peer and the key, within its deadline.
+#include "worker/grpc_kv.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "worker/grpc_status.h"
+#include "worker/kv_testing.h"
+
+namespace mesa::worker {
+namespace {
+
+using ::testing::HasSubstr;
+using mesa::v1::KvMessage;
+using Clock = std::chrono::steady_clock;
+
+enum class Mode {
+  kServe,          // ServeKvStream
+  kCorruptByte,    // one byte of the middle piece flipped
+  kTruncate,       // last piece missing, status OK
+  kReorder,        // pieces 1 and 2 swapped
+  kDuplicate,      // piece 1 sent twice
+  kWrongManifest,  // total_bytes off by 4
+  kNoManifest,     // data first
+  kStall,          // never writes; waits for the client to give up
+  kNotFound,       // NOT_FOUND before any message
+};
+
+class FakeKvWorker final : public mesa::v1::WorkerService::Service {
+ public:
+  FakeKvWorker(ChunkKv kv, int64_t piece_bytes) : kv_(std::move(kv)), piece_bytes_(piece_bytes) {}
+
+  void set_mode(Mode mode) { mode_ = mode; }
+  const ChunkKv& kv() const { return kv_; }
+  KvKey last_key() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return last_key_;
+  }
+  // The status of the next handler to finish after this call, or nullopt on timeout.
+  std::optional<grpc::Status> WaitForHandler(int calls_before, std::chrono::milliseconds limit) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!done_cv_.wait_for(lock, limit, [&] { return finished_ > calls_before; })) return {};
+    return last_status_;
+  }
+  int finished() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return finished_;
+  }
+
+  grpc::Status FetchKv(grpc::ServerContext* ctx, const mesa::v1::FetchKvRequest* request,
+                       grpc::ServerWriter<KvMessage>* writer) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      last_key_ = FromProto(request->key());
+    }
+    const grpc::Status status = Serve(ctx, request, writer);
+    std::lock_guard<std::mutex> lock(mu_);
+    last_status_ = status;
+    ++finished_;
+    done_cv_.notify_all();
+    return status;
+  }
+
+ private:
+  grpc::Status Serve(grpc::ServerContext* ctx, const mesa::v1::FetchKvRequest* request,
+                     grpc::ServerWriter<KvMessage>* writer) {
+    switch (mode_.load()) {
+      case Mode::kServe:
+        return ServeKvStream(kv_, ctx, writer, piece_bytes_);
+      case Mode::kNotFound:
+        return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                            "no K/V held for " + KvKeyString(FromProto(request->key())));
+      case Mode::kStall:
+        while (!ctx->IsCancelled()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        return grpc::Status(grpc::StatusCode::CANCELLED, "stalled until cancelled");
+      case Mode::kCorruptByte:
+      case Mode::kTruncate:
+      case Mode::kReorder:
+      case Mode::kDuplicate:
+      case Mode::kWrongManifest:
+      case Mode::kNoManifest:
+        return ServeTampered(writer);
+    }
+    return grpc::Status(grpc::StatusCode::INTERNAL, "unknown mode");
+  }
+
+  grpc::Status ServeTampered(grpc::ServerWriter<KvMessage>* writer) {
+    KvManifestInfo manifest = MakeManifest(kv_);
+    std::vector<std::pair<int64_t, std::string>> pieces;
+    for (const KvPiece& p : SplitPieces(kv_, piece_bytes_)) {
+      pieces.emplace_back(p.offset, std::string(p.bytes.begin(), p.bytes.end()));
+    }
+    const Mode mode = mode_.load();
+    if (mode == Mode::kCorruptByte) pieces[pieces.size() / 2].second[77] ^= 0x01;
+    if (mode == Mode::kTruncate) pieces.pop_back();
+    if (mode == Mode::kReorder) std::swap(pieces[1], pieces[2]);
+    if (mode == Mode::kDuplicate) pieces.insert(pieces.begin() + 2, pieces[1]);
+    if (mode == Mode::kWrongManifest) manifest.total_bytes += 4;
+
+    KvMessage msg;
+    if (mode != Mode::kNoManifest) {
+      ToProto(manifest, msg.mutable_manifest());
+      if (!writer->Write(msg)) return grpc::Status::CANCELLED;
+    }
+    for (auto& [offset, bytes] : pieces) {
+      msg.mutable_data()->set_offset(offset);
+      msg.mutable_data()->set_data(bytes);
+      if (!writer->Write(msg)) return grpc::Status::CANCELLED;
+    }
+    return grpc::Status::OK;
+  }
+
+  const ChunkKv kv_;
+  const int64_t piece_bytes_;
+  std::atomic<Mode> mode_{Mode::kServe};
+  std::mutex mu_;
+  std::condition_variable done_cv_;
+  KvKey last_key_;
+  grpc::Status last_status_;
+  int finished_ = 0;
+};
+
+// A real server on a free loopback port; shut down (cancelling calls still running after
+// a grace period) when destroyed.
+class LoopbackServer {
+ public:
+  explicit LoopbackServer(grpc::Service* service) {
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
+    builder.RegisterService(service);
+    server_ = builder.BuildAndStart();
+  }
+  ~LoopbackServer() { Stop(); }
+  bool ok() const { return server_ != nullptr && port_ > 0; }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  void Stop() {
+    if (server_ == nullptr) return;
+    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    server_->Wait();
+    server_.reset();
+  }
+
+ private:
+  int port_ = 0;
+  std::unique_ptr<grpc::Server> server_;
+};
+
+const KvKey kKey{"job-42", 7, 3, 1};
+
+class GrpcKvTest : public ::testing::Test {
+ protected:
+  // 4 layers x 4 heads x 257 tokens x 128 dims x 2 x 4 bytes = 4.2 MB: 5 pieces of 1 MiB
+  // for k (the last one short), and the same for v.
+  GrpcKvTest() : worker_(RandomChunkKv(4, 4, 257, 128, 1000, 11), kKvPieceBytes), server_(&worker_) {}
+  void SetUp() override { ASSERT_TRUE(server_.ok()); }
+
+  absl::StatusOr<std::shared_ptr<const ChunkKv>> FetchIn(Mode mode, int64_t timeout_ms = 10000) {
+    worker_.set_mode(mode);
+    return fetcher_.Fetch(server_.address(), kKey, timeout_ms);
+  }
+  // The error names the call, the key and the peer.
+  void ExpectNamed(const absl::Status& status) {
+    EXPECT_THAT(std::string(status.message()), HasSubstr("job-42/7/3/1"));
+    EXPECT_THAT(std::string(status.message()), HasSubstr(server_.address()));
+  }
+
+  FakeKvWorker worker_;
+  LoopbackServer server_;
+  GrpcKvFetcher fetcher_;
+};
+
+TEST_F(GrpcKvTest, FetchReturnsTheChunkBitForBit) {
+  absl::StatusOr<std::shared_ptr<const ChunkKv>> kv = FetchIn(Mode::kServe);
+  ASSERT_TRUE(kv.ok()) << kv.status();
+  EXPECT_TRUE(SameBits(**kv, worker_.kv()));
+  EXPECT_EQ(worker_.last_key(), kKey);
+}
+
+TEST_F(GrpcKvTest, ConcurrentFetchesShareTheFetcher) {
+  worker_.set_mode(Mode::kServe);
+  std::vector<std::thread> threads;
+  std::atomic<int> good{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 3; ++i) {
+        auto kv = fetcher_.Fetch(server_.address(), kKey, 20000);
+        if (kv.ok() && SameBits(**kv, worker_.kv())) ++good;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(good.load(), 12);
+}
+
+TEST_F(GrpcKvTest, CorruptByteIsDataLoss) {
+  const auto kv = FetchIn(Mode::kCorruptByte);
+  EXPECT_EQ(kv.status().code(), absl::StatusCode::kDataLoss) << kv.status();
+  EXPECT_THAT(std::string(kv.status().message()), HasSubstr("CRC32C"));
+  ExpectNamed(kv.status());
+}
+
+TEST_F(GrpcKvTest, TruncatedStreamIsDataLoss) {
+  const auto kv = FetchIn(Mode::kTruncate);
+  EXPECT_EQ(kv.status().code(), absl::StatusCode::kDataLoss) << kv.status();
+  EXPECT_THAT(std::string(kv.status().message()), HasSubstr("truncated"));
+  ExpectNamed(kv.status());
+}
+
+TEST_F(GrpcKvTest, ReorderedPiecesAreDataLoss) {
+  const auto kv = FetchIn(Mode::kReorder);
+  EXPECT_EQ(kv.status().code(), absl::StatusCode::kDataLoss) << kv.status();
+  EXPECT_THAT(std::string(kv.status().message()), HasSubstr("out of order"));
+  ExpectNamed(kv.status());
+}
+
+TEST_F(GrpcKvTest, DuplicatedPieceIsDataLoss) {
+  const auto kv = FetchIn(Mode::kDuplicate);
+  EXPECT_EQ(kv.status().code(), absl::StatusCode::kDataLoss) << kv.status();
+  ExpectNamed(kv.status());
+}
+
+TEST_F(GrpcKvTest, WrongManifestIsInvalidArgument) {
+  const auto kv = FetchIn(Mode::kWrongManifest);
+  EXPECT_EQ(kv.status().code(), absl::StatusCode::kInvalidArgument) << kv.status();
+  EXPECT_THAT(std::string(kv.status().message()), HasSubstr("total_bytes"));
+  ExpectNamed(kv.status());
+}
+
+TEST_F(GrpcKvTest, DataBeforeManifestIsDataLoss) {
+  const auto kv = FetchIn(Mode::kNoManifest);
+  EXPECT_EQ(kv.status().code(), absl::StatusCode::kDataLoss) << kv.status();
+  EXPECT_THAT(std::string(kv.status().message()), HasSubstr("before the manifest"));
+}
+
+TEST_F(GrpcKvTest, NotFoundKeepsItsCodeAndMessage) {
+  const auto kv = FetchIn(Mode::kNotFound);
+  EXPECT_EQ(kv.status().code(), absl::StatusCode::kNotFound) << kv.status();
+  EXPECT_THAT(std::string(kv.status().message()), HasSubstr("no K/V held for job-42/7/3/1"));
+  ExpectNamed(kv.status());
+}
+
+TEST_F(GrpcKvTest, StalledServerFailsByTheDeadline) {
+  const int before = worker_.finished();
+  const auto start = Clock::now();
+  const auto kv = FetchIn(Mode::kStall, 300);
+  const auto elapsed = Clock::now() - start;
+  EXPECT_EQ(kv.status().code(), absl::StatusCode::kDeadlineExceeded) << kv.status();
+  ExpectNamed(kv.status());
+  EXPECT_GE(elapsed, std::chrono::milliseconds(290));
+  EXPECT_LT(elapsed, std::chrono::milliseconds(300 + 1500));
+  // The server sees the cancellation and its handler returns.
+  EXPECT_TRUE(worker_.WaitForHandler(before, std::chrono::seconds(5)).has_value());
+}
+
+TEST_F(GrpcKvTest, ManifestOverTheLimitIsRefusedBeforeTheBytes) {
+  GrpcKvFetcherOptions options;
+  options.max_kv_bytes = static_cast<int64_t>(worker_.kv().bytes()) - 1;
+  GrpcKvFetcher small(options);
+  worker_.set_mode(Mode::kServe);
+  const auto kv = small.Fetch(server_.address(), kKey, 10000);
+  EXPECT_EQ(kv.status().code(), absl::StatusCode::kResourceExhausted) << kv.status();
+}
+
+TEST_F(GrpcKvTest, MessagesOverTheReceiveLimitAreRefused) {
+  GrpcKvFetcherOptions options;
+  options.max_receive_message_bytes = 512 << 10;  // the server sends 1 MiB pieces
+  GrpcKvFetcher strict(options);
+  worker_.set_mode(Mode::kServe);
+  const auto kv = strict.Fetch(server_.address(), kKey, 10000);
+  EXPECT_EQ(kv.status().code(), absl::StatusCode::kResourceExhausted) << kv.status();
+}
+
+TEST_F(GrpcKvTest, NonPositiveTimeoutIsInvalidArgument) {
+  EXPECT_EQ(FetchIn(Mode::kServe, 0).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(GrpcKvTest, StoppedServerIsUnavailable) {
+  const std::string address = server_.address();
+  server_.Stop();
+  const auto start = Clock::now();
+  const auto kv = fetcher_.Fetch(address, kKey, 5000);
+  EXPECT_EQ(kv.status().code(), absl::StatusCode::kUnavailable) << kv.status();
+  EXPECT_THAT(std::string(kv.status().message()), HasSubstr(address));
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(5)) << "fails fast, not at the deadline";
+}
+
+// A client that cancels after the manifest: ServeKvStream stops with CANCELLED rather
+// than writing the rest (24 MiB in 64 KiB pieces cannot all fit in flow-control windows).
+TEST(ServeKvStream, StopsWhenTheClientCancels) {
+  FakeKvWorker worker(RandomChunkKv(4, 8, 768, 128, 0, 12), 64 << 10);
+  LoopbackServer server(&worker);
+  ASSERT_TRUE(server.ok());
+  auto stub = mesa::v1::WorkerService::NewStub(
+      grpc::CreateChannel(server.address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  mesa::v1::FetchKvRequest request;
+  ToProto(kKey, request.mutable_key());
+  auto reader = stub->FetchKv(&ctx, request);
+  KvMessage msg;
+  ASSERT_TRUE(reader->Read(&msg));
+  EXPECT_TRUE(msg.has_manifest());
+  ctx.TryCancel();
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  const std::optional<grpc::Status> served = worker.WaitForHandler(0, std::chrono::seconds(5));
+  ASSERT_TRUE(served.has_value()) << "the handler did not return";
+  EXPECT_EQ(served->error_code(), grpc::StatusCode::CANCELLED) << served->error_message();
+}
+
+TEST(ServeKvStream, RefusesAChunkThatDoesNotMatchItsShape) {
+  FakeKvWorker worker([] {
+    ChunkKv kv = RandomChunkKv(1, 2, 3, 4, 0, 13);
+    kv.v.pop_back();
+    return kv;
+  }(), kKvPieceBytes);
+  LoopbackServer server(&worker);
+  ASSERT_TRUE(server.ok());
+  GrpcKvFetcher fetcher;
+  const auto kv = fetcher.Fetch(server.address(), kKey, 10000);
+  EXPECT_EQ(kv.status().code(), absl::StatusCode::kInternal) << kv.status();
+}
+
+TEST(GrpcKvProto, KeyAndManifestRoundTrip) {
+  mesa::v1::KvKey key_proto;
+  ToProto(kKey, &key_proto);
+  EXPECT_EQ(FromProto(key_proto), kKey);
+  const KvManifestInfo m = MakeManifest(RandomChunkKv(2, 3, 4, 5, 6, 14));
+  mesa::v1::KvManifest manifest_proto;
+  ToProto(m, &manifest_proto);
+  const KvManifestInfo back = FromProto(manifest_proto);
+  EXPECT_EQ(back.n_layer, m.n_layer);
+  EXPECT_EQ(back.n_head_kv, m.n_head_kv);
+  EXPECT_EQ(back.head_dim, m.head_dim);
+  EXPECT_EQ(back.range_begin, m.range_begin);
+  EXPECT_EQ(back.range_end, m.range_end);
+  EXPECT_EQ(back.dtype, m.dtype);
+  EXPECT_EQ(back.total_bytes, m.total_bytes);
+  EXPECT_EQ(back.crc32c, m.crc32c);
+}
+
+TEST(GrpcStatus, EveryCodeAndMessageSurvivesBothWays) {
+  for (int code = 0; code <= 16; ++code) {
+    const absl::Status a(static_cast<absl::StatusCode>(code), code == 0 ? "" : "why it failed");
+    const grpc::Status g = ToGrpcStatus(a);
+    EXPECT_EQ(static_cast<int>(g.error_code()), code);
+    EXPECT_EQ(g.error_message(), std::string(a.message()));
+    EXPECT_EQ(FromGrpcStatus(g), a);
+  }
+}
+
+TEST(GrpcStatus, NonCanonicalCodesBecomeUnknown) {
+  const grpc::Status g(static_cast<grpc::StatusCode>(99), "odd");
+  EXPECT_EQ(FromGrpcStatus(g).code(), absl::StatusCode::kUnknown);
+  EXPECT_THAT(std::string(FromGrpcStatus(g).message()), HasSubstr("odd"));
+  const absl::Status a(static_cast<absl::StatusCode>(77), "odd");
+  EXPECT_EQ(ToGrpcStatus(a).error_code(), grpc::StatusCode::UNKNOWN);
+}
+
+TEST(GrpcStatus, ContextGoesInFront) {
+  const absl::Status s =
+      FromGrpcStatus(grpc::Status(grpc::StatusCode::UNAVAILABLE, "connect failed"), "FetchKv x");
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(s.message(), "FetchKv x: connect failed");
+  EXPECT_TRUE(FromGrpcStatus(grpc::Status::OK, "FetchKv x").ok());
+}
+
+}  // namespace
+}  // namespace mesa::worker
