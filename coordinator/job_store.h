@@ -2,7 +2,8 @@
 // synchronous=FULL): jobs, their items (the raw input line, its plan, failures counted,
 // the result record), so that a restarted coordinator resumes every unfinished job and
 // never recomputes a finished item. One connection behind a mutex (thread-safe).
-// Schema: docs/RUNTIME.md.
+// Schema (versioned by PRAGMA user_version): the comment atop job_store.cc; the
+// practices it follows: docs/RUNTIME.md.
 #pragma once
 
 #include <cstdint>
@@ -66,23 +67,28 @@ class JobStore {
 
   // Creates the job and its items in one transaction. When `job.request_id` is set and
   // a job with it exists, nothing is written and that job is returned with
-  // created = false.
+  // created = false. Fields are stored as given, except that created_at = 0 means now
+  // and every item is stored under job.id (ItemRecord::job_id is ignored).
+  // ALREADY_EXISTS when job.id is taken; INVALID_ARGUMENT for an unknown status.
   struct Created { JobRecord job; bool created = false; };
   absl::StatusOr<Created> CreateJob(const JobRecord& job, const std::vector<ItemRecord>& items);
 
+  // Derived counts: completed = items in kDone, failed = items in kFailed.
   absl::StatusOr<JobRecord> GetJob(const std::string& id);        // NOT_FOUND
   absl::StatusOr<std::vector<JobRecord>> ListJobs(int limit);     // newest first; 0 = all
   absl::StatusOr<std::vector<std::string>> UnfinishedJobIds();    // status not terminal, oldest first
-  absl::StatusOr<std::vector<ItemRecord>> Items(const std::string& job_id);  // idx order
+  absl::StatusOr<std::vector<ItemRecord>> Items(const std::string& job_id);  // idx order; NOT_FOUND
   absl::StatusOr<ItemRecord> Item(const std::string& job_id, int64_t idx);
 
-  // Sets the status and stamps the matching *_at field (now, unix seconds) if unset.
+  // Sets the status and stamps the matching *_at field (now, unix seconds) if unset;
+  // `error` replaces the stored one only when non-empty. INVALID_ARGUMENT for a status
+  // not listed above, NOT_FOUND for an unknown job (Set* below: an unknown item).
   absl::Status SetJobStatus(const std::string& id, const std::string& status,
                             const std::string& error = "");
   absl::Status SetPlan(const std::string& job_id, int64_t idx, const std::string& plan_json);
   absl::Status SetFailures(const std::string& job_id, int64_t idx, int32_t failures);
   // Commits an item's result once (kDone or kFailed) with synchronous=FULL; returns
-  // false, changing nothing, when the item already has one.
+  // false, changing nothing, when the item already has one. NOT_FOUND for an unknown item.
   absl::StatusOr<bool> CommitResult(const std::string& job_id, int64_t idx, ItemState state,
                                     const std::string& result, int64_t prompt_tokens,
                                     int64_t generated_tokens);
