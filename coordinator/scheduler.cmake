@@ -1,1 +1,5 @@
 target_sources(mesa_coordinator_core PRIVATE ${CMAKE_CURRENT_LIST_DIR}/scheduler.cc)
+if(MESA_BUILD_TESTS)
+  mesa_test(scheduler_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/scheduler_test.cc LIBS mesa_coordinator_core)
+  mesa_test(scheduler_sim_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/scheduler_sim_test.cc LIBS mesa_coordinator_core)
+endif()

@@ -10,16 +10,21 @@
 // per middle chunk (any workers, in parallel), then one final task on the worker that
 // holds the most of its K/V bytes, which gathers the others' chunks.
 // Each worker runs one task at a time. Every dispatch gets a fresh per-item `attempt`
-// number, so K/V keys (job, item, chunk, attempt) never repeat.
+// number, so K/V keys (job, item, chunk, attempt) never repeat: an item's first attempt
+// in a Scheduler is max(failures * 1000, last_attempt) + 1 (ItemSpec), then +1 for each
+// dispatch; a store that keeps the highest attempt it saw makes them unique across
+// coordinator restarts too.
 // Failures: a failed task (error, deadline, its worker died) counts one failure for its
 // item; at max_attempts failures the item fails for good (ItemFailed). A chunk task
 // refused with RESOURCE_EXHAUSTED is placed elsewhere without counting. Chunks held by
 // a worker that died are recomputed (not counted). A task whose deadline expired is
 // retried elsewhere, but its worker stays busy until that task's outcome arrives.
+// Not thread-safe: the caller serializes calls.
 #pragma once
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <variant>
@@ -51,6 +56,7 @@ struct ItemSpec {
   std::vector<int64_t> chunk_kv_bytes;  // size n_middle: K/V bytes each chunk task keeps
   std::vector<int64_t> chunk_tokens;    // size n_middle: tokens each chunk task computes
   int32_t failures = 0;                 // failures counted before (from the store)
+  int32_t last_attempt = 0;             // highest attempt dispatched before (from the store)
 };
 
 enum class TaskKind { kChunk, kFinal };
@@ -124,6 +130,13 @@ class Scheduler {
   Stats stats() const;
   bool JobFinished(const std::string& job_id) const;  // every item done, failed or cancelled
   int64_t next_deadline_ms() const;                   // earliest timer; INT64_MAX when none
+  // Failures counted for an item so far (ItemSpec.failures included), for the store to
+  // persist; -1 for an unknown item.
+  int32_t ItemFailures(const std::string& job_id, int64_t item) const;
+  // A draining worker with no task in flight and no K/V held: safe to let go.
+  // Whether the worker is known (joined and not left or declared dead).
+  bool HasWorker(const std::string& worker) const;
+  bool WorkerDrained(const std::string& worker) const;
 
  private:
   // Implementation state lives in scheduler.cc (private structs declared there).

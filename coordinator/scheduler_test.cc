@@ -1,0 +1,560 @@
+// Scenario tests of the scheduling state machine: each drives the Scheduler by hand
+// (events in, actions out) on a fake clock and checks the decisions the header promises.
+// The randomized fault simulation is scheduler_sim_test.cc.
+#include "coordinator/scheduler.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+namespace mesa::coord {
+namespace {
+
+template <class T>
+std::vector<T> Only(const std::vector<Action>& actions) {
+  std::vector<T> out;
+  for (const Action& a : actions) {
+    if (const T* t = std::get_if<T>(&a)) out.push_back(*t);
+  }
+  return out;
+}
+
+// An item of `bytes.size()` middle chunks, each keeping bytes[c] of K/V.
+ItemSpec Item(const std::string& job, int64_t index, std::vector<int64_t> bytes = {}) {
+  ItemSpec spec;
+  spec.job_id = job;
+  spec.item = index;
+  spec.n_middle = static_cast<int32_t>(bytes.size());
+  spec.chunk_kv_bytes = bytes;
+  spec.chunk_tokens.assign(bytes.size(), 100);
+  spec.prompt_tokens = 100 * static_cast<int64_t>(bytes.size() + 1);
+  spec.max_new_tokens = 10;
+  return spec;
+}
+
+SchedulerOptions Options(Placement placement, int max_attempts = 3) {
+  SchedulerOptions o;
+  o.placement = placement;
+  o.max_attempts = max_attempts;
+  o.heartbeat_timeout_ms = 1000;
+  o.deadline_base_ms = 500;
+  o.deadline_ms_per_token = 1.0;
+  return o;
+}
+
+class SchedulerTest : public ::testing::Test {
+ protected:
+  void Start(SchedulerOptions options, std::vector<std::string> workers, int64_t budget = 0) {
+    s_ = std::make_unique<Scheduler>(options, now_);
+    for (const std::string& w : workers) s_->WorkerJoined(w, WorkerCaps{budget}, now_);
+  }
+  std::vector<Action> Take() { return s_->TakeActions(); }
+  std::vector<Dispatch> Dispatches() { return Only<Dispatch>(Take()); }
+  // The single dispatch the last events produced.
+  Dispatch One() {
+    std::vector<Dispatch> d = Dispatches();
+    EXPECT_EQ(d.size(), 1u);
+    return d.empty() ? Dispatch{} : d[0];
+  }
+
+  int64_t now_ = 0;
+  std::unique_ptr<Scheduler> s_;
+};
+
+TEST(PlacementTest, NamesRoundTrip) {
+  for (Placement p : {Placement::kAuto, Placement::kWhole, Placement::kSpread}) {
+    Placement parsed = Placement::kAuto;
+    ASSERT_TRUE(ParsePlacement(PlacementName(p), &parsed));
+    EXPECT_EQ(parsed, p);
+  }
+  Placement parsed = Placement::kAuto;
+  EXPECT_FALSE(ParsePlacement("everywhere", &parsed));
+}
+
+TEST_F(SchedulerTest, UnchunkedItemRunsWholeEvenWhenSpreadIsAsked) {
+  Start(Options(Placement::kSpread), {"w1", "w2"});
+  s_->AddJob("j", {Item("j", 0)}, now_);
+  Dispatch d = One();
+  EXPECT_EQ(d.kind, TaskKind::kFinal);
+  EXPECT_TRUE(d.whole);
+  EXPECT_TRUE(d.sources.empty());
+  EXPECT_EQ(d.worker, "w1");
+  EXPECT_EQ(d.deadline_ms, now_ + 500 + 110);
+  EXPECT_TRUE(s_->TaskSucceeded(d.task, now_));
+  EXPECT_TRUE(s_->JobFinished("j"));
+  EXPECT_EQ(s_->stats().items_done, 1);
+}
+
+TEST_F(SchedulerTest, WholePlacementRunsChunkedItemOnOneWorker) {
+  Start(Options(Placement::kWhole), {"w1", "w2", "w3"});
+  s_->AddJob("j", {Item("j", 0, {10, 10, 10})}, now_);
+  Dispatch d = One();
+  EXPECT_EQ(d.kind, TaskKind::kFinal);
+  EXPECT_TRUE(d.whole);
+  EXPECT_EQ(s_->stats().workers_idle, 2);
+}
+
+TEST_F(SchedulerTest, SpreadRunsChunksInParallelThenFinalOnBiggestHolder) {
+  Start(Options(Placement::kSpread), {"w1", "w2", "w3"});
+  s_->AddJob("j", {Item("j", 0, {100, 300, 200})}, now_);
+  std::vector<Dispatch> chunks = Dispatches();
+  ASSERT_EQ(chunks.size(), 3u);
+  for (int c = 0; c < 3; ++c) {
+    EXPECT_EQ(chunks[c].kind, TaskKind::kChunk);
+    EXPECT_EQ(chunks[c].chunk, c);
+    EXPECT_EQ(chunks[c].worker, "w" + std::to_string(c + 1));
+    EXPECT_EQ(chunks[c].deadline_ms, now_ + 500 + 100);
+  }
+  EXPECT_FALSE(s_->TaskSucceeded(chunks[0].task, now_));
+  EXPECT_FALSE(s_->TaskSucceeded(chunks[2].task, now_));
+  EXPECT_TRUE(Dispatches().empty());  // the final waits for chunk 1
+  EXPECT_FALSE(s_->TaskSucceeded(chunks[1].task, now_));
+  EXPECT_EQ(s_->stats().kv_bytes_held, 600);
+  Dispatch final = One();
+  EXPECT_EQ(final.kind, TaskKind::kFinal);
+  EXPECT_FALSE(final.whole);
+  EXPECT_EQ(final.worker, "w2");  // holds 300 of 600 bytes
+  ASSERT_EQ(final.sources.size(), 3u);
+  for (int c = 0; c < 3; ++c) {
+    EXPECT_EQ(final.sources[c].chunk, c);
+    EXPECT_EQ(final.sources[c].worker, chunks[c].worker);
+    EXPECT_EQ(final.sources[c].attempt, chunks[c].attempt);
+  }
+  EXPECT_TRUE(s_->TaskSucceeded(final.task, now_));
+  std::vector<ReleaseKv> released = Only<ReleaseKv>(Take());
+  ASSERT_EQ(released.size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(released[i].worker, "w" + std::to_string(i + 1));
+    EXPECT_EQ(released[i].attempt, -1);
+  }
+  EXPECT_EQ(s_->stats().kv_bytes_held, 0);
+  EXPECT_FALSE(s_->TaskSucceeded(final.task, now_));  // a repeat completes nothing
+}
+
+TEST_F(SchedulerTest, FinalTieGoesToLowestWorkerId) {
+  Start(Options(Placement::kSpread), {"wb", "wa"});
+  s_->AddJob("j", {Item("j", 0, {50, 50})}, now_);
+  std::vector<Dispatch> chunks = Dispatches();
+  ASSERT_EQ(chunks.size(), 2u);
+  s_->TaskSucceeded(chunks[1].task, now_);
+  s_->TaskSucceeded(chunks[0].task, now_);
+  EXPECT_EQ(One().worker, "wa");
+}
+
+TEST_F(SchedulerTest, FinalWaitsForItsBusyHolder) {
+  Start(Options(Placement::kSpread), {"w1", "w2"});
+  s_->AddJob("j", {Item("j", 0, {300, 100}), Item("j", 1, {10})}, now_);
+  std::vector<Dispatch> a = Dispatches();  // w1: item 0 chunk 0, w2: item 0 chunk 1
+  ASSERT_EQ(a.size(), 2u);
+  s_->TaskSucceeded(a[0].task, now_);
+  Dispatch b = One();  // w1 starts item 1
+  EXPECT_EQ(b.worker, "w1");
+  EXPECT_EQ(b.item, 1);
+  s_->TaskSucceeded(a[1].task, now_);
+  EXPECT_TRUE(Dispatches().empty());  // item 0's final waits for w1 (300 bytes), w2 idles
+  EXPECT_EQ(s_->stats().workers_idle, 1);
+  s_->TaskSucceeded(b.task, now_);
+  Dispatch f = One();  // item 0 first (input order); item 1's final waits again
+  EXPECT_EQ(f.worker, "w1");
+  EXPECT_EQ(f.item, 0);
+}
+
+TEST_F(SchedulerTest, AutoSpreadsWhenWorkersWouldIdleAndRunsWholeUnderLoad) {
+  Start(Options(Placement::kAuto), {"w1", "w2", "w3"});
+  s_->AddJob("one", {Item("one", 0, {10, 10, 10})}, now_);
+  std::vector<Dispatch> d = Dispatches();
+  ASSERT_EQ(d.size(), 3u);
+  for (const Dispatch& x : d) EXPECT_EQ(x.kind, TaskKind::kChunk);
+
+  Start(Options(Placement::kAuto), {"w1", "w2", "w3"});
+  s_->AddJob("three", {Item("three", 0, {10, 10}), Item("three", 1, {10, 10}), Item("three", 2, {10, 10})}, now_);
+  d = Dispatches();
+  ASSERT_EQ(d.size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(d[i].kind, TaskKind::kFinal);
+    EXPECT_TRUE(d[i].whole);
+    EXPECT_EQ(d[i].item, i);
+  }
+}
+
+TEST_F(SchedulerTest, AutoSpreadsAnItemTooBigForEveryBudget) {
+  Start(Options(Placement::kAuto), {"w1"}, /*budget=*/250);
+  s_->AddJob("j", {Item("j", 0, {100, 100, 100}), Item("j", 1, {10})}, now_);
+  Dispatch d = One();  // 2 queued >= 1 idle, but 300 bytes fit no worker
+  EXPECT_EQ(d.kind, TaskKind::kChunk);
+}
+
+TEST_F(SchedulerTest, AutoLeavesAWholeItemToAWorkerWhereItFits) {
+  s_ = std::make_unique<Scheduler>(Options(Placement::kAuto), now_);
+  s_->WorkerJoined("small", WorkerCaps{100}, now_);
+  s_->WorkerJoined("big", WorkerCaps{0}, now_);
+  s_->AddJob("j", {Item("j", 0, {100, 100}), Item("j", 1, {100, 100}), Item("j", 2, {100, 100})}, now_);
+  Dispatch d = One();
+  EXPECT_EQ(d.worker, "big");
+  EXPECT_TRUE(d.whole);
+}
+
+TEST_F(SchedulerTest, JobsShareWorkersRoundRobin) {
+  Start(Options(Placement::kWhole), {"w1"});
+  s_->AddJob("a", {Item("a", 0), Item("a", 1), Item("a", 2)}, now_);
+  Dispatch first = One();
+  s_->AddJob("b", {Item("b", 0), Item("b", 1), Item("b", 2)}, now_);
+  std::vector<std::string> order = {first.job_id + std::to_string(first.item)};
+  uint64_t task = first.task;
+  for (int i = 0; i < 5; ++i) {
+    s_->TaskSucceeded(task, now_);
+    Dispatch d = One();
+    order.push_back(d.job_id + std::to_string(d.item));
+    task = d.task;
+  }
+  EXPECT_EQ(order, (std::vector<std::string>{"a0", "b0", "a1", "b1", "a2", "b2"}));
+}
+
+TEST_F(SchedulerTest, WorkerDeathMidChunkCountsAndRecomputes) {
+  Start(Options(Placement::kSpread), {"w1", "w2"});
+  s_->AddJob("j", {Item("j", 0, {10, 10})}, now_);
+  std::vector<Dispatch> d = Dispatches();
+  ASSERT_EQ(d.size(), 2u);
+  s_->WorkerLeft("w1", now_);
+  EXPECT_EQ(s_->ItemFailures("j", 0), 1);
+  EXPECT_TRUE(Dispatches().empty());  // w2 busy, w1 gone
+  s_->WorkerJoined("w3", WorkerCaps{}, now_);
+  Dispatch redo = One();
+  EXPECT_EQ(redo.worker, "w3");
+  EXPECT_EQ(redo.chunk, 0);
+  EXPECT_GT(redo.attempt, d[1].attempt);
+  s_->TaskSucceeded(redo.task, now_);
+  s_->TaskSucceeded(d[1].task, now_);
+  Dispatch f = One();
+  EXPECT_EQ(f.kind, TaskKind::kFinal);
+  EXPECT_EQ(f.worker, "w2");  // 10 vs 10 bytes: lowest id
+  EXPECT_TRUE(s_->TaskSucceeded(f.task, now_));
+  EXPECT_EQ(s_->stats().items_done, 1);
+}
+
+TEST_F(SchedulerTest, WorkerDeathMidFinalRecomputesItsChunksAndCompletesOnce) {
+  Start(Options(Placement::kSpread), {"w1", "w2"});
+  s_->AddJob("j", {Item("j", 0, {10, 20})}, now_);
+  std::vector<Dispatch> d = Dispatches();
+  s_->TaskSucceeded(d[0].task, now_);
+  s_->TaskSucceeded(d[1].task, now_);
+  Dispatch f = One();
+  ASSERT_EQ(f.worker, "w2");
+  s_->WorkerLeft("w2", now_);
+  EXPECT_EQ(s_->ItemFailures("j", 0), 1);
+  EXPECT_EQ(s_->stats().kv_bytes_held, 10);
+  Dispatch redo = One();  // chunk 1 was on w2: recomputed on w1
+  EXPECT_EQ(redo.worker, "w1");
+  EXPECT_EQ(redo.chunk, 1);
+  s_->TaskSucceeded(redo.task, now_);
+  Dispatch f2 = One();
+  EXPECT_EQ(f2.worker, "w1");
+  ASSERT_EQ(f2.sources.size(), 2u);
+  EXPECT_EQ(f2.sources[1].attempt, redo.attempt);
+  EXPECT_FALSE(s_->TaskSucceeded(f.task, now_));  // the dead worker's task is unknown now
+  EXPECT_TRUE(s_->TaskSucceeded(f2.task, now_));
+  EXPECT_FALSE(s_->TaskSucceeded(f2.task, now_));
+  EXPECT_EQ(s_->stats().items_done, 1);
+}
+
+TEST_F(SchedulerTest, HeldChunksLostWithTheirHolderAreRecomputedWithoutCounting) {
+  Start(Options(Placement::kSpread), {"w1", "w2", "w3"});
+  s_->AddJob("j", {Item("j", 0, {10, 10})}, now_);
+  std::vector<Dispatch> d = Dispatches();
+  ASSERT_EQ(d.size(), 2u);
+  s_->TaskSucceeded(d[0].task, now_);  // w1 holds chunk 0; chunk 1 still runs on w2
+  s_->WorkerLeft("w1", now_);
+  EXPECT_EQ(s_->ItemFailures("j", 0), 0);
+  EXPECT_EQ(s_->stats().kv_bytes_held, 0);
+  Dispatch redo = One();
+  EXPECT_EQ(redo.worker, "w3");
+  EXPECT_EQ(redo.chunk, 0);
+}
+
+TEST_F(SchedulerTest, FinalWhoseSourceDiedIsNotCharged) {
+  Start(Options(Placement::kSpread), {"w1", "w2"});
+  s_->AddJob("j", {Item("j", 0, {10, 20})}, now_);
+  std::vector<Dispatch> d = Dispatches();
+  s_->TaskSucceeded(d[0].task, now_);
+  s_->TaskSucceeded(d[1].task, now_);
+  Dispatch f = One();
+  ASSERT_EQ(f.worker, "w2");
+  s_->WorkerLeft("w1", now_);
+  s_->TaskFailed(f.task, absl::UnavailableError("fetch chunk 0 failed"), now_);
+  EXPECT_EQ(s_->ItemFailures("j", 0), 0);
+}
+
+TEST_F(SchedulerTest, DeadlineRetriesElsewhereAndKeepsTheWorkerBusyUntilItsOutcome) {
+  Start(Options(Placement::kWhole), {"w1", "w2"});
+  s_->AddJob("j", {Item("j", 0), Item("j", 1)}, now_);
+  std::vector<Dispatch> d = Dispatches();
+  ASSERT_EQ(d.size(), 2u);
+  s_->TaskSucceeded(d[1].task, now_);  // w2 free; nothing left to start
+  EXPECT_EQ(s_->next_deadline_ms(), d[0].deadline_ms);
+  now_ = d[0].deadline_ms;
+  s_->WorkerHeartbeat("w1", now_);
+  s_->WorkerHeartbeat("w2", now_);
+  s_->Tick(now_);
+  std::vector<Action> a = Take();
+  std::vector<CancelTask> cancels = Only<CancelTask>(a);
+  ASSERT_EQ(cancels.size(), 1u);
+  EXPECT_EQ(cancels[0].task, d[0].task);
+  EXPECT_EQ(cancels[0].worker, "w1");
+  std::vector<Dispatch> retry = Only<Dispatch>(a);
+  ASSERT_EQ(retry.size(), 1u);
+  EXPECT_EQ(retry[0].worker, "w2");
+  EXPECT_GT(retry[0].attempt, d[0].attempt);
+  EXPECT_EQ(s_->ItemFailures("j", 0), 1);
+  EXPECT_EQ(s_->stats().tasks_in_flight, 2);
+  EXPECT_EQ(s_->stats().workers_idle, 0);  // w1 still runs the given-up task
+  s_->AddJob("k", {Item("k", 0)}, now_);
+  EXPECT_TRUE(Dispatches().empty());
+  s_->TaskFailed(d[0].task, absl::CancelledError("cancelled"), now_);
+  EXPECT_EQ(s_->ItemFailures("j", 0), 1);  // counted once, at the deadline
+  Dispatch k = One();
+  EXPECT_EQ(k.worker, "w1");
+  EXPECT_EQ(k.job_id, "k");
+}
+
+TEST_F(SchedulerTest, GivenUpFinalThatSucceedsCompletesAndCancelsTheRetry) {
+  Start(Options(Placement::kWhole), {"w1", "w2"});
+  s_->AddJob("j", {Item("j", 0)}, now_);
+  Dispatch d = One();
+  now_ = d.deadline_ms;
+  s_->WorkerHeartbeat("w1", now_);
+  s_->WorkerHeartbeat("w2", now_);
+  s_->Tick(now_);
+  Dispatch retry = One();
+  EXPECT_TRUE(s_->TaskSucceeded(d.task, now_));
+  std::vector<CancelTask> cancels = Only<CancelTask>(Take());
+  ASSERT_EQ(cancels.size(), 1u);
+  EXPECT_EQ(cancels[0].task, retry.task);
+  EXPECT_FALSE(s_->TaskSucceeded(retry.task, now_));
+  EXPECT_EQ(s_->stats().items_done, 1);
+  EXPECT_EQ(s_->stats().tasks_in_flight, 0);
+}
+
+TEST_F(SchedulerTest, GivenUpChunkThatSucceedsIsUsedAndTheRetryReleased) {
+  Start(Options(Placement::kSpread), {"w1", "w2"});
+  s_->AddJob("j", {Item("j", 0, {10})}, now_);
+  Dispatch d = One();
+  now_ = d.deadline_ms;
+  s_->WorkerHeartbeat("w1", now_);
+  s_->WorkerHeartbeat("w2", now_);
+  s_->Tick(now_);
+  Dispatch retry = One();
+  ASSERT_EQ(retry.worker, "w2");
+  s_->TaskSucceeded(d.task, now_);  // the late result is good: use it
+  std::vector<Action> a = Take();
+  ASSERT_EQ(Only<CancelTask>(a).size(), 1u);
+  EXPECT_EQ(Only<CancelTask>(a)[0].task, retry.task);
+  std::vector<Dispatch> f = Only<Dispatch>(a);
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(f[0].worker, "w1");
+  EXPECT_EQ(f[0].sources[0].attempt, d.attempt);
+  s_->TaskSucceeded(retry.task, now_);  // its K/V is not needed
+  std::vector<ReleaseKv> r = Only<ReleaseKv>(Take());
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].worker, "w2");
+  EXPECT_EQ(r[0].attempt, retry.attempt);
+  EXPECT_EQ(s_->stats().kv_bytes_held, 10);
+}
+
+TEST_F(SchedulerTest, MaxAttemptsFailsTheItemOnceAndReleasesItsKv) {
+  Start(Options(Placement::kSpread, /*max_attempts=*/2), {"w1", "w2", "w3"});
+  s_->AddJob("j", {Item("j", 0, {10, 10, 10})}, now_);
+  std::vector<Dispatch> d = Dispatches();
+  ASSERT_EQ(d.size(), 3u);
+  s_->TaskSucceeded(d[0].task, now_);
+  s_->TaskFailed(d[1].task, absl::InternalError("boom"), now_);
+  Dispatch again = One();
+  EXPECT_EQ(again.chunk, 1);
+  s_->TaskFailed(again.task, absl::InternalError("boom again"), now_);
+  std::vector<Action> a = Take();
+  std::vector<ItemFailed> failed = Only<ItemFailed>(a);
+  ASSERT_EQ(failed.size(), 1u);
+  EXPECT_NE(failed[0].error.find("boom again"), std::string::npos) << failed[0].error;
+  EXPECT_NE(failed[0].error.find("2 of 2"), std::string::npos) << failed[0].error;
+  std::vector<CancelTask> cancels = Only<CancelTask>(a);
+  ASSERT_EQ(cancels.size(), 1u);
+  EXPECT_EQ(cancels[0].task, d[2].task);
+  std::vector<ReleaseKv> released = Only<ReleaseKv>(a);
+  ASSERT_EQ(released.size(), 1u);
+  EXPECT_EQ(released[0].worker, "w1");
+  EXPECT_EQ(released[0].attempt, -1);
+  EXPECT_TRUE(Only<Dispatch>(a).empty());
+  s_->TaskSucceeded(d[2].task, now_);  // the cancelled chunk finished anyway
+  a = Take();
+  ASSERT_EQ(Only<ReleaseKv>(a).size(), 1u);
+  EXPECT_EQ(Only<ReleaseKv>(a)[0].attempt, d[2].attempt);
+  EXPECT_TRUE(Only<ItemFailed>(a).empty());
+  EXPECT_TRUE(s_->JobFinished("j"));
+  Scheduler::Stats st = s_->stats();
+  EXPECT_EQ(st.items_failed, 1);
+  EXPECT_EQ(st.items_done, 0);
+  EXPECT_EQ(st.kv_bytes_held, 0);
+  EXPECT_EQ(st.tasks_in_flight, 0);
+}
+
+TEST_F(SchedulerTest, ResourceExhaustedMovesTheChunkWithoutCounting) {
+  Start(Options(Placement::kSpread), {"w1", "w2"});
+  s_->AddJob("j", {Item("j", 0, {10}), Item("j", 1, {10})}, now_);
+  std::vector<Dispatch> d = Dispatches();
+  ASSERT_EQ(d.size(), 2u);  // w1: item 0, w2: item 1
+  s_->TaskFailed(d[0].task, absl::ResourceExhaustedError("full"), now_);
+  EXPECT_EQ(s_->ItemFailures("j", 0), 0);
+  EXPECT_TRUE(Dispatches().empty());  // not back on w1
+  s_->TaskSucceeded(d[1].task, now_);
+  Dispatch f = One();  // item 1's final on its holder
+  EXPECT_EQ(f.worker, "w2");
+  EXPECT_EQ(f.item, 1);
+  s_->TaskSucceeded(f.task, now_);
+  Dispatch moved = One();
+  EXPECT_EQ(moved.worker, "w2");
+  EXPECT_EQ(moved.item, 0);
+  EXPECT_EQ(moved.chunk, 0);
+}
+
+TEST_F(SchedulerTest, NoRoomAnywhereFailsTheItemClearly) {
+  Start(Options(Placement::kSpread), {"w1"});
+  s_->AddJob("j", {Item("j", 0, {10})}, now_);
+  Dispatch d = One();
+  s_->TaskFailed(d.task, absl::ResourceExhaustedError("full"), now_);
+  std::vector<ItemFailed> failed = Only<ItemFailed>(Take());
+  ASSERT_EQ(failed.size(), 1u);
+  EXPECT_NE(failed[0].error.find("RESOURCE_EXHAUSTED"), std::string::npos);
+  EXPECT_TRUE(s_->JobFinished("j"));
+  s_->AddJob("k", {Item("k", 0, {10})}, now_);
+  EXPECT_EQ(One().job_id, "k");  // the worker's refusal was about that chunk only
+}
+
+TEST_F(SchedulerTest, BudgetLimitsChunksPerWorker) {
+  Start(Options(Placement::kSpread), {"w1"}, /*budget=*/250);
+  s_->AddJob("j", {Item("j", 0, {100, 100, 100})}, now_);
+  Dispatch c0 = One();
+  s_->TaskSucceeded(c0.task, now_);
+  Dispatch c1 = One();
+  s_->TaskSucceeded(c1.task, now_);
+  std::vector<ItemFailed> failed = Only<ItemFailed>(Take());  // 300 bytes never fit in 250
+  ASSERT_EQ(failed.size(), 1u);
+  EXPECT_NE(failed[0].error.find("RESOURCE_EXHAUSTED"), std::string::npos);
+  EXPECT_EQ(s_->stats().kv_bytes_held, 0);
+}
+
+TEST_F(SchedulerTest, CancelJobStopsTasksReleasesKvAndFinishesTheJob) {
+  Start(Options(Placement::kSpread), {"w1", "w2", "w3"});
+  s_->AddJob("j", {Item("j", 0, {10, 10}), Item("j", 1, {10})}, now_);
+  std::vector<Dispatch> d = Dispatches();
+  ASSERT_EQ(d.size(), 3u);
+  s_->TaskSucceeded(d[0].task, now_);
+  Take();
+  s_->CancelJob("j", now_);
+  std::vector<Action> a = Take();
+  std::vector<CancelTask> cancels = Only<CancelTask>(a);
+  ASSERT_EQ(cancels.size(), 2u);
+  std::vector<ReleaseKv> released = Only<ReleaseKv>(a);
+  ASSERT_EQ(released.size(), 1u);
+  EXPECT_EQ(released[0].worker, d[0].worker);
+  EXPECT_TRUE(Only<ItemFailed>(a).empty());
+  EXPECT_TRUE(s_->JobFinished("j"));
+  s_->TaskSucceeded(d[1].task, now_);
+  ASSERT_EQ(Only<ReleaseKv>(Take()).size(), 1u);
+  s_->TaskFailed(d[2].task, absl::CancelledError("cancelled"), now_);
+  Scheduler::Stats st = s_->stats();
+  EXPECT_EQ(st.items_queued + st.items_running + st.items_done + st.items_failed, 0);
+  EXPECT_EQ(st.tasks_in_flight, 0);
+  EXPECT_EQ(st.kv_bytes_held, 0);
+  EXPECT_EQ(st.workers_idle, 3);
+}
+
+TEST_F(SchedulerTest, DrainingWorkerGetsNoTasksAndNoFinal) {
+  Start(Options(Placement::kSpread), {"w1", "w2"});
+  s_->AddJob("j", {Item("j", 0, {300, 100}), Item("j", 1)}, now_);
+  std::vector<Dispatch> d = Dispatches();
+  ASSERT_EQ(d.size(), 2u);
+  s_->WorkerDraining("w1", now_);
+  s_->TaskSucceeded(d[0].task, now_);
+  EXPECT_TRUE(Dispatches().empty());  // w1 drains: item 1 waits
+  EXPECT_FALSE(s_->WorkerDrained("w1"));  // still holds chunk 0
+  s_->TaskSucceeded(d[1].task, now_);
+  Dispatch f = One();  // w1 holds more, but drains: the final goes to w2
+  EXPECT_EQ(f.worker, "w2");
+  EXPECT_EQ(f.sources[0].worker, "w1");
+  EXPECT_TRUE(s_->TaskSucceeded(f.task, now_));
+  EXPECT_TRUE(s_->WorkerDrained("w1"));
+  Dispatch next = One();
+  EXPECT_EQ(next.worker, "w2");
+  EXPECT_EQ(next.item, 1);
+}
+
+TEST_F(SchedulerTest, SilentWorkerIsDeclaredDead) {
+  SchedulerOptions options = Options(Placement::kWhole);
+  options.deadline_base_ms = 100000;
+  Start(options, {"w1", "w2"});
+  s_->AddJob("j", {Item("j", 0)}, now_);
+  Dispatch d = One();
+  EXPECT_EQ(s_->next_deadline_ms(), 1001);
+  now_ = 900;
+  s_->WorkerHeartbeat("w2", now_);
+  now_ = s_->next_deadline_ms();
+  EXPECT_EQ(now_, 1001);
+  s_->Tick(now_);
+  Dispatch retry = One();
+  EXPECT_EQ(retry.worker, "w2");
+  EXPECT_EQ(s_->ItemFailures("j", 0), 1);
+  EXPECT_EQ(s_->stats().workers, 1);
+  EXPECT_FALSE(s_->TaskSucceeded(d.task, now_));
+}
+
+TEST_F(SchedulerTest, RestartContinuesAttemptsAndFailureCounts) {
+  Start(Options(Placement::kWhole, /*max_attempts=*/3), {"w1", "w2", "w3"});
+  ItemSpec twice = Item("j", 0);
+  twice.failures = 2;
+  ItemSpec seen = Item("j", 1);
+  seen.failures = 1;
+  seen.last_attempt = 2500;
+  ItemSpec spent = Item("j", 2);
+  spent.failures = 3;
+  s_->AddJob("j", {twice, seen, spent}, now_);
+  std::vector<Action> a = Take();
+  std::vector<ItemFailed> failed = Only<ItemFailed>(a);
+  ASSERT_EQ(failed.size(), 1u);
+  EXPECT_EQ(failed[0].item, 2);
+  std::vector<Dispatch> d = Only<Dispatch>(a);
+  ASSERT_EQ(d.size(), 2u);
+  EXPECT_EQ(d[0].attempt, 2001);
+  EXPECT_EQ(d[1].attempt, 2501);
+  s_->TaskFailed(d[0].task, absl::InternalError("third"), now_);
+  failed = Only<ItemFailed>(Take());
+  ASSERT_EQ(failed.size(), 1u);
+  EXPECT_EQ(failed[0].item, 0);
+  EXPECT_EQ(s_->ItemFailures("j", 0), 3);
+}
+
+TEST_F(SchedulerTest, SameEventsGiveSameActions) {
+  auto run = [] {
+    Scheduler s(Options(Placement::kAuto), 0);
+    for (const char* w : {"c", "a", "b"}) s.WorkerJoined(w, WorkerCaps{}, 0);
+    s.AddJob("y", {Item("y", 0, {5, 7}), Item("y", 1, {3})}, 0);
+    s.AddJob("x", {Item("x", 0, {1, 2, 3})}, 0);
+    std::string trace;
+    for (int step = 0; step < 20; ++step) {
+      for (const Action& a : s.TakeActions()) {
+        if (const Dispatch* d = std::get_if<Dispatch>(&a)) {
+          trace += d->worker + d->job_id + std::to_string(d->item) + ":" + std::to_string(d->chunk) + " ";
+          if (step % 3 == 0) {
+            s.TaskFailed(d->task, absl::InternalError("x"), step);
+          } else {
+            s.TaskSucceeded(d->task, step);
+          }
+        }
+      }
+    }
+    return trace;
+  };
+  EXPECT_EQ(run(), run());
+}
+
+}  // namespace
+}  // namespace mesa::coord
