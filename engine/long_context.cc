@@ -40,6 +40,24 @@ nlohmann::json PrefillInfo::ToJson() const {
   return j;
 }
 
+absl::StatusOr<int64_t> TrainLengthFor(const Model& model, const LongContextOptions& options) {
+  const int64_t t_len = options.mesa.train_length > 0 ? options.mesa.train_length
+                                                      : model.config.context_length;
+  if (t_len <= 1) {
+    return absl::InvalidArgumentError(
+        "the model does not state its trained context length: pass --train-length");
+  }
+  return t_len;
+}
+
+absl::StatusOr<MesaPlan> PlanFor(const Model& model, const LongContextOptions& options, int64_t n,
+                                 int64_t max_new_tokens) {
+  MESA_ASSIGN_OR_RETURN(const int64_t t_len, TrainLengthFor(model, options));
+  MesaOptions mo = options.mesa;
+  mo.train_length = t_len;
+  return PlanMesa(n, max_new_tokens, t_len, mo);
+}
+
 class LongContextRunner::Impl {
  public:
   Impl(const Model& model, ThreadPool& pool, LongContextOptions options)
@@ -122,12 +140,7 @@ absl::StatusOr<PrefillInfo> LongContextRunner::Impl::Prefill(absl::Span<const in
   mesa_state_.reset();
   phases_.reset();
   const int64_t n = static_cast<int64_t>(prompt.size());
-  const int64_t t_len = options_.mesa.train_length > 0 ? options_.mesa.train_length
-                                                       : model_.config.context_length;
-  if (t_len <= 1) {
-    return absl::InvalidArgumentError(
-        "the model does not state its trained context length: pass --train-length");
-  }
+  MESA_ASSIGN_OR_RETURN(const int64_t t_len, TrainLengthFor(model_, options_));
   PrefillInfo info;
   info.train_length = t_len;
   AttentionMethod method = options_.method == AttentionMethod::kAuto ? AttentionMethod::kMesa
@@ -137,9 +150,7 @@ absl::StatusOr<PrefillInfo> LongContextRunner::Impl::Prefill(absl::Span<const in
   switch (method) {
     case AttentionMethod::kAuto:
     case AttentionMethod::kMesa: {
-      MesaOptions mo = options_.mesa;
-      mo.train_length = t_len;
-      MESA_ASSIGN_OR_RETURN(MesaPlan plan, PlanMesa(n, max_new, t_len, mo));
+      MESA_ASSIGN_OR_RETURN(MesaPlan plan, PlanFor(model_, options_, n, max_new));
       if (plan.chunked) return PrefillMesa(prompt, plan, mode, logits);
       // The input fits: plain attention, exactly the base model.
       info.plan = plan;

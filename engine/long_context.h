@@ -45,6 +45,14 @@ struct PrefillInfo {
   nlohmann::json ToJson() const;
 };
 
+// The trained length T in force: options.mesa.train_length, else the model's context
+// length (INVALID_ARGUMENT when neither states one).
+absl::StatusOr<int64_t> TrainLengthFor(const Model& model, const LongContextOptions& options);
+// The Mesa plan LongContextRunner::Prefill uses (methods auto and mesa) for a prompt of
+// n tokens: callers that run the phases themselves (distributed workers) plan the same.
+absl::StatusOr<MesaPlan> PlanFor(const Model& model, const LongContextOptions& options, int64_t n,
+                                 int64_t max_new_tokens);
+
 class LongContextRunner {
  public:
   LongContextRunner(const Model& model, ThreadPool& pool, LongContextOptions options);

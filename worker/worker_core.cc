@@ -1,1 +1,327 @@
-// worker_core: placeholder until written.
+// WorkerCore (worker/worker_core.h): chunk tasks (anchor + one middle chunk on this
+// core's pool, the middle's K/V kept under a byte budget with a lease) and final tasks
+// (the whole prompt here through GenerateLong, or anchor here + every middle chunk
+// gathered in plan order from this core or a KvFetcher, then the last chunk and decode
+// with the same sampling loop), so that outputs equal jobs::LongContextGenerator's
+// token for token. The plan is engine PlanFor, the one LongContextRunner uses.
+#include "worker/worker_core.h"
+
+#include <optional>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "engine/generate.h"
+
+namespace mesa::worker {
+
+struct WorkerCore::Entry {
+  std::shared_ptr<const ChunkKv> kv;
+  ChunkResult result;     // what RunChunk reported when it computed the entry
+  int64_t lease_ms = 0;
+  int64_t expires_ms = 0;  // the entry is freed by ExpireLeases once the clock reaches it
+};
+
+namespace {
+
+double SecondsSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+int64_t SteadyMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+bool Cancelled(const CancelFlag* cancel) { return cancel && cancel->load(); }
+
+absl::Status CancelledStatus(const KvKey& key) {
+  return absl::CancelledError(absl::StrCat("task ", KvKeyString(key), " cancelled"));
+}
+
+// Bytes of one chunk's K/V in the model's shape: keys and values, f32.
+int64_t ChunkBytes(const ModelConfig& c, int64_t tokens) {
+  return 2 * c.n_layer * c.n_head_kv * tokens * c.head_dim * static_cast<int64_t>(sizeof(float));
+}
+
+bool UsesMesa(const LongContextOptions& o) {
+  return o.method == AttentionMethod::kAuto || o.method == AttentionMethod::kMesa;
+}
+
+// DATA_LOSS unless `kv` is exactly the plan's middle chunk `r` in this model's shape.
+absl::Status CheckChunk(const ChunkKv& kv, const ModelConfig& c, TokenRange r, int32_t chunk) {
+  const size_t elems = static_cast<size_t>(c.n_layer * c.n_head_kv * r.size() * c.head_dim);
+  if (kv.range.begin != r.begin || kv.range.end != r.end || kv.n_layer != c.n_layer ||
+      kv.n_head_kv != c.n_head_kv || kv.head_dim != c.head_dim || kv.k.size() != elems ||
+      kv.v.size() != elems) {
+    return absl::DataLossError(absl::StrCat(
+        "K/V of middle chunk ", chunk, " is [", kv.range.begin, ", ", kv.range.end, ") with ",
+        kv.n_layer, " layers x ", kv.n_head_kv, " kv heads x ", kv.head_dim, " dims (", kv.k.size(),
+        "+", kv.v.size(), " floats); the plan needs [", r.begin, ", ", r.end, ") with ", c.n_layer,
+        " x ", c.n_head_kv, " x ", c.head_dim, " (", elems, " floats each)"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+WorkerCore::WorkerCore(const Model& model, int threads, WorkerCoreOptions options,
+                       KvFetcher* fetcher, Clock clock)
+    : model_(model),
+      options_(options),
+      fetcher_(fetcher),
+      clock_(clock ? std::move(clock) : Clock(SteadyMs)),
+      pool_(std::make_unique<ThreadPool>(threads)) {}
+
+WorkerCore::~WorkerCore() = default;
+
+absl::StatusOr<ChunkResult> WorkerCore::RunChunk(const ChunkTask& task, const CancelFlag* cancel) {
+  auto held = [&]() -> std::optional<ChunkResult> {
+    std::lock_guard<std::mutex> l(kv_mu_);
+    auto it = kv_.find(task.key);
+    if (it == kv_.end()) return std::nullopt;
+    return it->second->result;
+  };
+  // A repeat answers at once, even while another task holds the engine.
+  if (auto r = held()) return *r;
+  std::lock_guard<std::mutex> task_lock(task_mu_);
+  if (auto r = held()) return *r;  // the same key finished while we waited
+
+  if (!UsesMesa(task.options)) {
+    return absl::InvalidArgumentError(absl::StrCat("chunk task ", KvKeyString(task.key), ": method ",
+                                                   AttentionMethodName(task.options.method),
+                                                   " has no chunks (use auto or mesa)"));
+  }
+  if (task.max_new_tokens < 0) return absl::InvalidArgumentError("max_new_tokens < 0");
+  MESA_ASSIGN_OR_RETURN(
+      const MesaPlan plan,
+      PlanFor(model_, task.options, static_cast<int64_t>(task.prompt.size()), task.max_new_tokens));
+  if (!plan.chunked) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "chunk task ", KvKeyString(task.key), ": the prompt (", plan.n, " tokens + ",
+        plan.max_new_tokens, " new) fits the trained length ", plan.train_length,
+        " and is not chunked"));
+  }
+  const int64_t n_middle = static_cast<int64_t>(plan.middle.size());
+  if (task.key.chunk < 0 || task.key.chunk >= n_middle) {
+    return absl::InvalidArgumentError(absl::StrCat("chunk task ", KvKeyString(task.key),
+                                                   ": chunk index ", task.key.chunk,
+                                                   " is outside the plan's ", n_middle,
+                                                   " middle chunks"));
+  }
+  const TokenRange r = plan.middle[task.key.chunk];
+  const int64_t bytes = ChunkBytes(model_.config, r.size());
+  {
+    std::lock_guard<std::mutex> l(kv_mu_);
+    if (options_.kv_memory_bytes > 0 && kv_bytes_ + bytes > options_.kv_memory_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "chunk task ", KvKeyString(task.key), ": its K/V needs ", bytes, " bytes; ", kv_bytes_,
+          " of the budget ", options_.kv_memory_bytes, " are in use"));
+    }
+  }
+
+  if (Cancelled(cancel)) return CancelledStatus(task.key);
+  const auto t0 = std::chrono::steady_clock::now();
+  const absl::Span<const int32_t> prompt(task.prompt);
+  MesaPhases phases(model_, *pool_, plan);
+  MESA_ASSIGN_OR_RETURN(const ChunkKv anchor,
+                        phases.RunAnchor(prompt.subspan(plan.anchor.begin, plan.anchor.size()), nullptr));
+  if (Cancelled(cancel)) return CancelledStatus(task.key);
+  MESA_ASSIGN_OR_RETURN(ChunkKv kv, phases.RunMiddle(anchor, prompt.subspan(r.begin, r.size()), r, nullptr));
+  if (Cancelled(cancel)) return CancelledStatus(task.key);
+  if (static_cast<int64_t>(kv.bytes()) != bytes) {
+    return absl::InternalError(absl::StrCat("chunk K/V has ", kv.bytes(), " bytes, expected ", bytes));
+  }
+
+  auto entry = std::make_shared<Entry>();
+  entry->kv = std::make_shared<const ChunkKv>(std::move(kv));
+  entry->result.kv_bytes = bytes;
+  entry->result.tokens = anchor.tokens() + r.size();
+  entry->result.compute_s = SecondsSince(t0);
+  entry->lease_ms = task.lease_ms > 0 ? task.lease_ms : options_.default_lease_ms;
+  std::lock_guard<std::mutex> l(kv_mu_);
+  entry->expires_ms = clock_() + entry->lease_ms;
+  kv_bytes_ += bytes;
+  kv_[task.key] = entry;
+  return entry->result;
+}
+
+absl::StatusOr<FinalResult> WorkerCore::RunFinal(const FinalTask& task, const CancelFlag* cancel) {
+  std::lock_guard<std::mutex> task_lock(task_mu_);
+  if (Cancelled(cancel)) return CancelledStatus(task.key);
+  if (task.max_new_tokens < 0) return absl::InvalidArgumentError("max_new_tokens < 0");
+  const int64_t n = static_cast<int64_t>(task.prompt.size());
+
+  GenerateOptions gen;
+  gen.max_new_tokens = task.max_new_tokens;
+  gen.sampling = task.sampling;
+  gen.stop_at_eos = true;
+  // Checked after each chosen token, i.e. between decode steps.
+  gen.on_token = [cancel](int32_t) { return !Cancelled(cancel); };
+  FinalResult out;
+  auto finish = [&](GenerateResult g) -> absl::StatusOr<FinalResult> {
+    if (Cancelled(cancel)) return CancelledStatus(task.key);
+    out.tokens = std::move(g.tokens);
+    out.stop_reason = std::move(g.stop_reason);
+    out.prefill_s = g.prefill_seconds;
+    out.decode_s = g.decode_seconds;
+    return std::move(out);
+  };
+
+  std::optional<MesaPlan> plan;
+  if (UsesMesa(task.options)) {
+    MESA_ASSIGN_OR_RETURN(plan, PlanFor(model_, task.options, n, task.max_new_tokens));
+  }
+  if (!plan || !plan->chunked || task.sources.empty()) {
+    if (!task.sources.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "final task ", KvKeyString(task.key), " has ", task.sources.size(),
+          " K/V sources but the prompt is not chunked under its plan"));
+    }
+    // Everything here: exactly jobs::LongContextGenerator.
+    LongContextRunner runner(model_, *pool_, task.options);
+    MESA_ASSIGN_OR_RETURN(LongGenerateResult r, GenerateLong(runner, task.prompt, gen));
+    out.attention = AttentionMethodName(r.prefill.method);
+    out.plan = r.prefill.ToJson();
+    return finish(std::move(r.generation));
+  }
+
+  // Spread: the anchor here, each middle chunk from where the coordinator says.
+  const MesaPlan& p = *plan;
+  if (task.sources.size() != p.middle.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("final task ", KvKeyString(task.key), " has ",
+                                                   task.sources.size(), " K/V sources; the plan has ",
+                                                   p.middle.size(), " middle chunks"));
+  }
+  for (size_t i = 0; i < task.sources.size(); ++i) {
+    const KvSourceRef& s = task.sources[i];
+    if (s.chunk != static_cast<int32_t>(i)) {
+      return absl::InvalidArgumentError(absl::StrCat("final task ", KvKeyString(task.key),
+                                                     ": source ", i, " is for chunk ", s.chunk,
+                                                     " (sources go in plan order)"));
+    }
+    if (!s.address.empty() && !fetcher_) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "chunk ", i, " K/V is at ", s.address, " but this worker has no K/V fetcher"));
+    }
+  }
+  const absl::Span<const int32_t> prompt(task.prompt);
+  auto tokens = [&](TokenRange r) { return prompt.subspan(r.begin, r.size()); };
+  MesaPhases phases(model_, *pool_, p);
+  std::optional<MesaState> state;
+
+  auto prefill = [&](std::vector<float>* logits) -> absl::Status {
+    MESA_ASSIGN_OR_RETURN(const ChunkKv anchor, phases.RunAnchor(tokens(p.anchor), nullptr));
+    state.emplace(phases.StartFinal(anchor, p.n + p.max_new_tokens));
+    for (size_t i = 0; i < p.middle.size(); ++i) {
+      if (Cancelled(cancel)) return CancelledStatus(task.key);
+      const KvSourceRef& s = task.sources[i];
+      std::shared_ptr<const ChunkKv> kv;
+      if (s.address.empty()) {
+        auto held = GetKv(s.key);
+        if (!held.ok()) {
+          return absl::NotFoundError(absl::StrCat("chunk K/V missing: chunk ", i, " (",
+                                                  KvKeyString(s.key), ") is not held here"));
+        }
+        kv = *std::move(held);
+      } else {
+        const auto f0 = std::chrono::steady_clock::now();
+        auto fetched = fetcher_->Fetch(s.address, s.key, task.fetch_timeout_ms);
+        out.kv_transfer_s += SecondsSince(f0);
+        if (!fetched.ok()) {
+          // ABORTED tells the coordinator that a source, not this worker, failed (it then
+          // checks the holder and recomputes the chunk); cancellation stays CANCELLED.
+          const absl::StatusCode code = absl::IsCancelled(fetched.status()) ? absl::StatusCode::kCancelled
+                                                                            : absl::StatusCode::kAborted;
+          return absl::Status(code, absl::StrCat("chunk K/V missing: chunk ", i, " (", KvKeyString(s.key),
+                                                 ") from ", s.address, ": ",
+                                                 absl::StatusCodeToString(fetched.status().code()), ": ",
+                                                 fetched.status().message()));
+        }
+        kv = *std::move(fetched);
+        if (!kv) return absl::DataLossError(absl::StrCat("fetcher returned no K/V for chunk ", i));
+        out.kv_bytes_received += static_cast<int64_t>(kv->bytes());
+      }
+      MESA_RETURN_IF_ERROR(CheckChunk(*kv, model_.config, p.middle[i], static_cast<int32_t>(i)));
+      MESA_RETURN_IF_ERROR(phases.AddMiddle(*state, *kv));
+      kv.reset();  // laid into the final cache: drop our reference at once
+    }
+    if (Cancelled(cancel)) return CancelledStatus(task.key);
+    return phases.FinishFinal(*state, tokens(p.last), LogitsMode::kLast, logits);
+  };
+  auto step = [&](int32_t token, std::vector<float>* logits) {
+    return phases.Decode(*state, token, logits);
+  };
+  MESA_ASSIGN_OR_RETURN(GenerateResult g,
+                        GenerateWith(prefill, step, model_.tokenizer.get(), n, gen));
+  PrefillInfo info;
+  info.method = AttentionMethod::kMesa;
+  info.plan = p;
+  info.train_length = p.train_length;
+  out.attention = AttentionMethodName(info.method);
+  out.plan = info.ToJson();
+  return finish(std::move(g));
+}
+
+absl::StatusOr<std::shared_ptr<const ChunkKv>> WorkerCore::GetKv(const KvKey& key) {
+  std::lock_guard<std::mutex> l(kv_mu_);
+  auto it = kv_.find(key);
+  if (it == kv_.end()) {
+    return absl::NotFoundError(absl::StrCat("no K/V held for ", KvKeyString(key)));
+  }
+  it->second->expires_ms = clock_() + it->second->lease_ms;
+  return it->second->kv;
+}
+
+WorkerCore::Released WorkerCore::ReleaseKv(const std::string& job_id, int64_t item,
+                                           int32_t attempt) {
+  Released r;
+  std::lock_guard<std::mutex> l(kv_mu_);
+  absl::erase_if(kv_, [&](const auto& e) {
+    const KvKey& k = e.first;
+    if (k.job_id != job_id || (item != -1 && k.item != item) ||
+        (attempt != -1 && k.attempt != attempt)) {
+      return false;
+    }
+    r.bytes += e.second->result.kv_bytes;
+    ++r.entries;
+    return true;
+  });
+  kv_bytes_ -= r.bytes;
+  return r;
+}
+
+WorkerCore::Released WorkerCore::ReleaseAll() {
+  std::lock_guard<std::mutex> l(kv_mu_);
+  Released r{kv_bytes_, static_cast<int64_t>(kv_.size())};
+  kv_.clear();
+  kv_bytes_ = 0;
+  return r;
+}
+
+WorkerCore::Released WorkerCore::ExpireLeases() {
+  Released r;
+  std::lock_guard<std::mutex> l(kv_mu_);
+  const int64_t now = clock_();
+  absl::erase_if(kv_, [&](const auto& e) {
+    if (now < e.second->expires_ms) return false;
+    r.bytes += e.second->result.kv_bytes;
+    ++r.entries;
+    return true;
+  });
+  kv_bytes_ -= r.bytes;
+  return r;
+}
+
+int64_t WorkerCore::kv_bytes_in_use() const {
+  std::lock_guard<std::mutex> l(kv_mu_);
+  return kv_bytes_;
+}
+
+int64_t WorkerCore::kv_entries() const {
+  std::lock_guard<std::mutex> l(kv_mu_);
+  return static_cast<int64_t>(kv_.size());
+}
+
+}  // namespace mesa::worker

@@ -86,6 +86,8 @@ class WorkerCore {
   // the prompt is not chunked). A repeat of a key already held succeeds at once.
   absl::StatusOr<ChunkResult> RunChunk(const ChunkTask& task, const CancelFlag* cancel = nullptr);
   // Output equal, token for token, to jobs::LongContextGenerator on the same prompt.
+  // A remote source that cannot be fetched (unreachable, corrupt, missing) is ABORTED:
+  // the source failed, not this worker.
   absl::StatusOr<FinalResult> RunFinal(const FinalTask& task, const CancelFlag* cancel = nullptr);
 
   // A held entry (refreshes its lease), or NOT_FOUND.
