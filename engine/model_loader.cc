@@ -292,63 +292,31 @@ void PlaceWeights(Model* model, const LoadOptions& options,
   }
 }
 
-}  // namespace
-
-absl::StatusOr<std::unique_ptr<Model>> LoadGgufModel(const std::string& path, const LoadOptions& options) {
-  MESA_ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> file_owned, GgufFile::Open(path));
-  std::shared_ptr<GgufFile> file(std::move(file_owned));
-  auto model = std::make_unique<Model>();
-  model->source_path = path;
-  model->format = "gguf";
-  model->storage.push_back(file);
-  MESA_ASSIGN_OR_RETURN(model->config, ConfigFromGguf(*file));
-  ModelConfig& c = model->config;
-  const GgufTensorInfo* embd = file->FindTensor("token_embd.weight");
-  if (embd == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": missing tensor 'token_embd.weight'"));
+absl::Status AttachGgufTokenizer(const GgufFile& file, const std::string& path, Model* model) {
+  auto tok = CreateTokenizerFromGguf(file);
+  if (!tok.ok()) {
+    return absl::Status(tok.status().code(),
+                        absl::StrCat(path, ": cannot build the tokenizer: ", tok.status().message()));
   }
-  if (embd->shape.size() < 2) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": tensor 'token_embd.weight' has shape ",
-                                                   ShapeString(embd->shape), ", expected 2-D"));
-  }
-  c.n_vocab = embd->shape[1];
-  MESA_RETURN_IF_ERROR(ValidateConfig(c, path));
-
-  TensorLookup lookup = [file](const std::string& name) -> std::optional<RawTensor> {
-    const GgufTensorInfo* t = file->FindTensor(name);
-    if (t == nullptr) return std::nullopt;
-    return RawTensor{t->type, true, std::string(DTypeName(t->type)), t->shape, t->data};
-  };
-  Binder binder(path, lookup, model.get());
-  MESA_RETURN_IF_ERROR(BindWeights(c, binder, &model->weights));
-  // The copies are what the forward pass reads; the file's pages of each matrix, read
-  // once to copy it, need not stay resident (whatever reads the file's layout later
-  // gets them back from the page cache).
-  PlaceWeights(model.get(), options,
-               [&file](const WeightView& v) { file->DropPages(v.data, v.rows * v.row_bytes()); });
-  model->tensor_types = binder.matrix_types();
-  for (const GgufTensorInfo& t : file->tensors()) c.parameter_count += t.elements();
-  MESA_ASSIGN_OR_RETURN(model->chat_template, file->GetStringOr("tokenizer.chat_template", ""));
-  if (options.load_tokenizer) {
-    auto tok = CreateTokenizerFromGguf(*file);
-    if (!tok.ok()) {
-      return absl::Status(tok.status().code(),
-                          absl::StrCat(path, ": cannot build the tokenizer: ", tok.status().message()));
-    }
-    model->tokenizer = std::move(tok).value();
-  }
-  return model;
+  model->tokenizer = std::move(tok).value();
+  return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<Model>> LoadHfModel(const std::string& dir, const LoadOptions& options) {
-  const std::string config_path = dir + "/config.json";
-  MESA_ASSIGN_OR_RETURN(std::string config_text, ReadTextFile(config_path));
-  auto model = std::make_unique<Model>();
-  model->source_path = dir;
-  model->format = "hf";
-  MESA_ASSIGN_OR_RETURN(model->config, ConfigFromHfJson(config_text, config_path));
+absl::Status AttachHfTokenizer(const std::string& dir, Model* model) {
+  auto tok = CreateTokenizerFromHfJson(dir + "/tokenizer.json");
+  if (!tok.ok()) {
+    return absl::Status(tok.status().code(),
+                        absl::StrCat(dir, ": cannot build the tokenizer: ", tok.status().message()));
+  }
+  model->tokenizer = std::move(tok).value();
+  return absl::OkStatus();
+}
+
+// The weights of a Hugging Face directory (`config_text` is its config.json) into
+// `model`, placed per `options`.
+absl::Status BindHfWeights(const std::string& dir, const std::string& config_text, const std::string& config_path,
+                           const LoadOptions& options, Model* model) {
   ModelConfig& c = model->config;
-  MESA_RETURN_IF_ERROR(ValidateConfig(c, config_path));
   MESA_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsModel> st_owned, SafetensorsModel::OpenDir(dir));
   std::shared_ptr<SafetensorsModel> st(std::move(st_owned));
   model->storage.push_back(st);
@@ -381,11 +349,73 @@ absl::StatusOr<std::unique_ptr<Model>> LoadHfModel(const std::string& dir, const
       return lookup(name);
     };
   }
-  Binder binder(config_path, bound, model.get());
+  Binder binder(config_path, bound, model);
   MESA_RETURN_IF_ERROR(BindWeights(c, binder, &model->weights));
-  PlaceWeights(model.get(), options, nullptr);
+  PlaceWeights(model, options, nullptr);
   model->tensor_types = binder.matrix_types();
   for (const std::string& name : st->names()) c.parameter_count += Elements(st->Find(name)->shape);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Model>> LoadGgufModel(const std::string& path, const LoadOptions& options) {
+  MESA_ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> file_owned, GgufFile::Open(path));
+  std::shared_ptr<GgufFile> file(std::move(file_owned));
+  auto model = std::make_unique<Model>();
+  model->source_path = path;
+  model->format = "gguf";
+  model->storage.push_back(file);
+  MESA_ASSIGN_OR_RETURN(model->config, ConfigFromGguf(*file));
+  ModelConfig& c = model->config;
+  if (options.tokenizer_only) {
+    MESA_ASSIGN_OR_RETURN(model->chat_template, file->GetStringOr("tokenizer.chat_template", ""));
+    MESA_RETURN_IF_ERROR(AttachGgufTokenizer(*file, path, model.get()));
+    c.n_vocab = model->tokenizer->vocab_size();
+    MESA_RETURN_IF_ERROR(ValidateConfig(c, path));
+    for (const GgufTensorInfo& t : file->tensors()) c.parameter_count += t.elements();
+    return model;
+  }
+  const GgufTensorInfo* embd = file->FindTensor("token_embd.weight");
+  if (embd == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": missing tensor 'token_embd.weight'"));
+  }
+  if (embd->shape.size() < 2) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": tensor 'token_embd.weight' has shape ",
+                                                   ShapeString(embd->shape), ", expected 2-D"));
+  }
+  c.n_vocab = embd->shape[1];
+  MESA_RETURN_IF_ERROR(ValidateConfig(c, path));
+
+  TensorLookup lookup = [file](const std::string& name) -> std::optional<RawTensor> {
+    const GgufTensorInfo* t = file->FindTensor(name);
+    if (t == nullptr) return std::nullopt;
+    return RawTensor{t->type, true, std::string(DTypeName(t->type)), t->shape, t->data};
+  };
+  Binder binder(path, lookup, model.get());
+  MESA_RETURN_IF_ERROR(BindWeights(c, binder, &model->weights));
+  // The copies are what the forward pass reads; the file's pages of each matrix, read
+  // once to copy it, need not stay resident (whatever reads the file's layout later
+  // gets them back from the page cache).
+  PlaceWeights(model.get(), options,
+               [&file](const WeightView& v) { file->DropPages(v.data, v.rows * v.row_bytes()); });
+  model->tensor_types = binder.matrix_types();
+  for (const GgufTensorInfo& t : file->tensors()) c.parameter_count += t.elements();
+  MESA_ASSIGN_OR_RETURN(model->chat_template, file->GetStringOr("tokenizer.chat_template", ""));
+  if (options.load_tokenizer) MESA_RETURN_IF_ERROR(AttachGgufTokenizer(*file, path, model.get()));
+  return model;
+}
+
+absl::StatusOr<std::unique_ptr<Model>> LoadHfModel(const std::string& dir, const LoadOptions& options) {
+  const std::string config_path = dir + "/config.json";
+  MESA_ASSIGN_OR_RETURN(std::string config_text, ReadTextFile(config_path));
+  auto model = std::make_unique<Model>();
+  model->source_path = dir;
+  model->format = "hf";
+  MESA_ASSIGN_OR_RETURN(model->config, ConfigFromHfJson(config_text, config_path));
+  ModelConfig& c = model->config;
+  MESA_RETURN_IF_ERROR(ValidateConfig(c, config_path));
+  if (!options.tokenizer_only) MESA_RETURN_IF_ERROR(BindHfWeights(dir, config_text, config_path, options, model.get()));
   if (auto tc = ReadTextFile(dir + "/tokenizer_config.json"); tc.ok()) {
     nlohmann::json j = nlohmann::json::parse(*tc, nullptr, false);
     if (j.is_object()) {
@@ -394,14 +424,7 @@ absl::StatusOr<std::unique_ptr<Model>> LoadHfModel(const std::string& dir, const
       }
     }
   }
-  if (options.load_tokenizer) {
-    auto tok = CreateTokenizerFromHfJson(dir + "/tokenizer.json");
-    if (!tok.ok()) {
-      return absl::Status(tok.status().code(),
-                          absl::StrCat(dir, ": cannot build the tokenizer: ", tok.status().message()));
-    }
-    model->tokenizer = std::move(tok).value();
-  }
+  if (options.load_tokenizer || options.tokenizer_only) MESA_RETURN_IF_ERROR(AttachHfTokenizer(dir, model.get()));
   return model;
 }
 

@@ -30,6 +30,11 @@ struct LoadOptions {
     kMapped,
   };
   WeightMemory weight_memory = WeightMemory::kAuto;
+  // Config, chat template and tokenizer only (commands that tokenize or plan): no
+  // tensor is read or required, so a vocab-only GGUF loads. The model's weights stay
+  // empty (it cannot run) and n_vocab is the tokenizer's vocabulary size for a GGUF,
+  // config.json's vocab_size for a Hugging Face directory. Implies load_tokenizer.
+  bool tokenizer_only = false;
 };
 
 absl::StatusOr<std::unique_ptr<Model>> LoadModel(const std::string& path, const LoadOptions& options);

@@ -1,6 +1,7 @@
 // Tests for the model loaders: the shared real models (GGUF and Hugging Face), random
-// llama/qwen2/mpt GGUFs, mixed quantized types, and clear errors for missing tensors,
-// wrong shapes, unsupported architectures and types, and truncated files.
+// llama/qwen2/mpt GGUFs, mixed quantized types, clear errors for missing tensors,
+// wrong shapes, unsupported architectures and types, and truncated files, and the
+// tokenizer-only load (vocab-only GGUFs, Hugging Face directories without weights).
 #include "engine/model_loader.h"
 
 #include <cstdlib>
@@ -13,6 +14,7 @@
 
 #include "absl/strings/match.h"
 #include "engine/gguf.h"
+#include "engine/mesa_plan.h"
 #include "gtest/gtest.h"
 #include "tests/testing/random_model.h"
 #include "tests/testing/temp_path.h"
@@ -364,6 +366,107 @@ TEST(ModelLoaderTest, HfErrors) {
       << R"("num_attention_heads":4,"intermediate_size":128,"max_position_embeddings":64,"vocab_size":10})";
   auto r = LoadHfModel(dir, kNoTokenizer);  // no safetensors
   EXPECT_FALSE(r.ok());
+}
+
+const LoadOptions kTokenizerOnly{.tokenizer_only = true};
+
+// The same ids from both tokenizers, for a few texts.
+void ExpectSameTokenizer(const Tokenizer& a, const Tokenizer& b) {
+  EXPECT_EQ(a.vocab_size(), b.vocab_size());
+  EXPECT_EQ(a.bos_id(), b.bos_id());
+  EXPECT_EQ(a.eos_id(), b.eos_id());
+  for (const char* text : {"Once upon a time, there was a cat.", "<s> x</s>\n\n  y", ""}) {
+    auto x = a.Encode(text, EncodeOptions{});
+    auto y = b.Encode(text, EncodeOptions{});
+    ASSERT_TRUE(x.ok() && y.ok());
+    EXPECT_EQ(*x, *y) << text;
+  }
+}
+
+TEST(ModelLoaderTest, VocabOnlyGguf) {
+  RandomModelSpec spec = Spec("llama");
+  spec.context_length = 1024;
+  spec.n_vocab = 0;  // the tokenizer's
+  const std::string src = WriteSpec(spec, "vocab_src");
+  const std::string dst = Temp("vocab_only.gguf");
+  Rewrite(src, dst, nullptr, [](TensorEdit&) { return false; });
+  // A normal load still needs the tensors.
+  ExpectError(LoadGgufModel(dst, LoadOptions{}), absl::StatusCode::kInvalidArgument,
+              {"missing tensor 'token_embd.weight'"});
+  auto vocab = LoadModel(dst, kTokenizerOnly);
+  ASSERT_TRUE(vocab.ok()) << vocab.status();
+  auto full = LoadModel(src, LoadOptions{});
+  ASSERT_TRUE(full.ok()) << full.status();
+  const Model& v = **vocab;
+  ASSERT_NE(v.tokenizer, nullptr);
+  ExpectSameTokenizer(*v.tokenizer, *(*full)->tokenizer);
+  EXPECT_EQ(v.config.context_length, 1024);
+  EXPECT_EQ(v.config.n_layer, (*full)->config.n_layer);
+  EXPECT_EQ(v.config.n_vocab, v.tokenizer->vocab_size());
+  EXPECT_EQ(v.config.n_vocab, (*full)->config.n_vocab);
+  EXPECT_EQ(v.config.parameter_count, 0);
+  EXPECT_TRUE(v.weights.layers.empty());
+  EXPECT_EQ(v.weights.token_embd.data, nullptr);
+  EXPECT_TRUE(v.tensor_types.empty());
+  EXPECT_EQ(v.format, "gguf");
+  // A full file loads tokenizer-only too, reading no tensors.
+  auto light = LoadModel(src, kTokenizerOnly);
+  ASSERT_TRUE(light.ok()) << light.status();
+  EXPECT_TRUE((*light)->weights.layers.empty());
+  EXPECT_EQ((*light)->config.parameter_count, (*full)->config.parameter_count);
+  // Without tokenizer metadata there is nothing to load.
+  const std::string bare = Temp("no_vocab.gguf");
+  {
+    auto f = GgufFile::Open(dst);
+    ASSERT_TRUE(f.ok());
+    GgufWriter w;
+    for (const auto& [k, val] : (*f)->metadata()) {
+      if (k.rfind("tokenizer.", 0) != 0) w.SetValue(k, val);
+    }
+    ASSERT_TRUE(w.Write(bare).ok());
+  }
+  auto none = LoadModel(bare, kTokenizerOnly);
+  ASSERT_FALSE(none.ok());
+  EXPECT_TRUE(absl::StrContains(none.status().message(), "cannot build the tokenizer")) << none.status();
+}
+
+TEST(ModelLoaderTest, VocabOnlyStories260K) {
+  REQUIRE_SHARED(path, "stories260K-f32.gguf");
+  const std::string dst = Temp("stories_vocab.gguf");
+  Rewrite(path, dst, nullptr, [](TensorEdit&) { return false; });
+  auto vocab = LoadModel(dst, kTokenizerOnly);
+  ASSERT_TRUE(vocab.ok()) << vocab.status();
+  auto full = LoadModel(path);
+  ASSERT_TRUE(full.ok()) << full.status();
+  ExpectSameTokenizer(*(*vocab)->tokenizer, *(*full)->tokenizer);
+  EXPECT_EQ((*vocab)->config.n_vocab, 512);
+  EXPECT_EQ((*vocab)->chat_template, (*full)->chat_template);
+  // What `mesa plan` needs: the trained length, so the same plan.
+  EXPECT_EQ((*vocab)->config.context_length, 512);
+  auto a = PlanMesa(3000, 64, (*vocab)->config.context_length, MesaOptions{});
+  auto b = PlanMesa(3000, 64, (*full)->config.context_length, MesaOptions{});
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(PlanToJson(*a), PlanToJson(*b));
+}
+
+TEST(ModelLoaderTest, TokenizerOnlyHfDirectoryNeedsNoSafetensors) {
+  REQUIRE_SHARED(hf_dir, "tinystories-656k-hf");
+  const std::string dir = Temp("hf_vocab");
+  std::filesystem::create_directories(dir);
+  for (const char* f : {"config.json", "tokenizer.json", "tokenizer_config.json"}) {
+    std::filesystem::copy_file(hf_dir + "/" + f, dir + "/" + f, std::filesystem::copy_options::overwrite_existing);
+  }
+  EXPECT_FALSE(LoadModel(dir, LoadOptions{}).ok());  // weights are needed normally
+  auto vocab = LoadModel(dir, kTokenizerOnly);
+  ASSERT_TRUE(vocab.ok()) << vocab.status();
+  auto full = LoadModel(hf_dir);
+  ASSERT_TRUE(full.ok()) << full.status();
+  ExpectSameTokenizer(*(*vocab)->tokenizer, *(*full)->tokenizer);
+  EXPECT_EQ((*vocab)->config.context_length, (*full)->config.context_length);
+  EXPECT_EQ((*vocab)->config.n_vocab, (*full)->config.n_vocab);
+  EXPECT_EQ((*vocab)->chat_template, (*full)->chat_template);
+  EXPECT_EQ((*vocab)->format, "hf");
+  EXPECT_TRUE((*vocab)->weights.layers.empty());
 }
 
 }  // namespace

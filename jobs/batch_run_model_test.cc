@@ -1,6 +1,7 @@
 // End to end: RunBatch with the engine's LongContextGenerator on the shared stories260K
 // model (T = 512): a short document that fits (plain attention, equal to the base
-// model's greedy output), a long one that Mesa chunks, and a bad line. Skips visibly
+// model's greedy output), a long one that Mesa chunks, and a bad line; then Mesa's and
+// OpenAI batch lines mixed in one file, exported as OpenAI output lines. Skips visibly
 // without ../shared.
 #include <unistd.h>
 
@@ -97,6 +98,62 @@ TEST(BatchRunModelTest, ThreeLinesOnStories260K) {
   while (!ids.empty() && tok.IsEndOfGeneration(ids.back())) ids.pop_back();
   EXPECT_EQ(r[0]["text"], DecodeContinuation(tok, *prompt, ids));
   EXPECT_EQ(r[0]["generated_tokens"], base->tokens.size());
+  std::filesystem::remove_all(dir);
+}
+
+TEST(BatchRunModelTest, MixedNativeAndOpenAiLines) {
+  const std::string model_path = SharedPath("models/stories260K-f32.gguf");
+  if (model_path.empty()) GTEST_SKIP() << "shared model not found (set MESA_SHARED_DIR=../shared)";
+  auto model = LoadModel(model_path);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const Tokenizer& tok = *(*model)->tokenizer;
+  const std::string dir =
+      (std::filesystem::temp_directory_path() / absl::StrCat("mesa_e2e_mixed_", ::getpid())).string();
+  std::filesystem::create_directories(dir);
+  const std::string in = dir + "/in.jsonl", out = dir + "/out.jsonl";
+  const json messages = json::array({{{"role", "system"}, {"content", "You tell short stories."}},
+                                     {{"role", "user"}, {"content", "Tom had a red ball."}}});
+  {
+    std::ofstream f(in, std::ios::binary);
+    f << json{{"custom_id", "native"}, {"document", "Lily saw a cat."}}.dump() << "\n"
+      << json{{"custom_id", "chat"}, {"method", "POST"}, {"url", "/v1/chat/completions"},
+              {"body", {{"messages", messages}, {"max_tokens", 5}}}}.dump() << "\n"
+      << json{{"custom_id", "bad"}, {"method", "POST"}, {"url", "/v1/completions"},
+              {"body", {{"prompt", "x"}}}}.dump() << "\n";
+  }
+  ThreadPool pool(2);
+  LongContextGenerator gen(**model, pool, LongContextOptions{});
+  BatchOptions options;
+  options.chat_template = ChatTemplate::kChatMl;
+  options.max_tokens = 8;
+  auto summary = RunBatch(in, out, tok, gen, options);
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  EXPECT_EQ(summary->ok, 2);
+  EXPECT_EQ(summary->errors, 1);
+  std::ifstream f(out);
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(f, line);) lines.push_back(line);
+  ASSERT_EQ(lines.size(), 3u);
+  std::vector<json> r;
+  for (const std::string& l : lines) r.push_back(json::parse(l));
+  ASSERT_EQ(r[0]["status"], "ok") << r[0].dump();
+  ASSERT_EQ(r[1]["status"], "ok") << r[1].dump();
+  EXPECT_EQ(r[0]["generated_tokens"], 8);
+  EXPECT_LE(r[1]["generated_tokens"].get<int64_t>(), 5);  // the line's body.max_tokens
+  EXPECT_NE(r[2]["error"].get<std::string>().find("only \"/v1/chat/completions\""), std::string::npos) << r[2];
+  // The chat line's prompt is its messages in the template, with no task instruction.
+  JobInput chat;
+  chat.messages = {{ChatRole::kSystem, "You tell short stories."}, {ChatRole::kUser, "Tom had a red ball."}};
+  auto prompt = TokenizePrompt(tok, BuildPrompt(ChatTemplate::kChatMl, TaskKind::kChat, chat));
+  ASSERT_TRUE(prompt.ok());
+  EXPECT_EQ(r[1]["prompt_tokens"], prompt->size());
+  // Exported as OpenAI batch output lines.
+  const json o = json::parse(MesaLineToOpenAiLine(lines[1], "stories260K", "batch_e2e"));
+  EXPECT_EQ(o["custom_id"], "chat");
+  EXPECT_EQ(o["response"]["body"]["choices"][0]["message"]["content"], r[1]["text"]);
+  EXPECT_EQ(o["response"]["body"]["usage"]["prompt_tokens"], prompt->size());
+  const json e = json::parse(MesaLineToOpenAiLine(lines[2], "stories260K", "batch_e2e"));
+  EXPECT_EQ(e["error"]["code"], "invalid_argument");
   std::filesystem::remove_all(dir);
 }
 

@@ -4,21 +4,13 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <ctime>
 #include <memory>
 
 #include "absl/strings/str_cat.h"
 
 namespace mesa::jobs {
 namespace {
-
-// Whether a line of the input is already settled by the existing output.
-bool AlreadyDone(const ParsedLine& line, const ExistingOutput& existing, bool retry_errors) {
-  if (line.ok()) {
-    if (existing.done_ids.contains(line.custom_id)) return true;
-    return !retry_errors && existing.error_ids.contains(line.custom_id);
-  }
-  return !retry_errors && existing.error_lines.contains(line.line);
-}
 
 struct FileCloser {
   void operator()(std::FILE* f) const {
@@ -38,6 +30,39 @@ std::string DecodeContinuation(const Tokenizer& tokenizer, absl::Span<const int3
   const std::string full = tokenizer.Decode(all);
   if (full.compare(0, head.size(), head) == 0) return full.substr(head.size());
   return tokenizer.Decode(generated);
+}
+
+bool AlreadyDone(const ParsedLine& line, const ExistingOutput& existing, bool retry_errors) {
+  if (line.ok()) {
+    if (existing.done_ids.contains(line.custom_id)) return true;
+    return !retry_errors && existing.error_ids.contains(line.custom_id);
+  }
+  return !retry_errors && existing.error_lines.contains(line.line);
+}
+
+absl::StatusOr<std::vector<int32_t>> LinePrompt(const Tokenizer& tokenizer, ChatTemplate chat_template,
+                                                const JobInput& input) {
+  const std::vector<PromptPiece> pieces = BuildPrompt(chat_template, input.task, input);
+  return TokenizePrompt(tokenizer, pieces);
+}
+
+JobResult MakeResult(const Tokenizer& tokenizer, const ParsedLine& line, absl::Span<const int32_t> prompt,
+                     GenerationOutput gen) {
+  JobResult result;
+  result.custom_id = line.custom_id;
+  result.line = line.line;
+  std::vector<int32_t> text_ids = gen.tokens;
+  while (!text_ids.empty() && tokenizer.IsEndOfGeneration(text_ids.back())) text_ids.pop_back();
+  result.text = DecodeContinuation(tokenizer, prompt, text_ids);
+  result.prompt_tokens = static_cast<int64_t>(prompt.size());
+  result.generated_tokens = static_cast<int64_t>(gen.tokens.size());
+  result.stop_reason = std::move(gen.stop_reason);
+  result.attention = std::move(gen.attention);
+  result.plan = std::move(gen.plan);
+  result.prefill_s = gen.prefill_s;
+  result.decode_s = gen.decode_s;
+  result.created = static_cast<int64_t>(std::time(nullptr));
+  return result;
 }
 
 absl::StatusOr<BatchSummary> RunBatch(const std::string& input_path, const std::string& output_path,
@@ -78,8 +103,7 @@ absl::StatusOr<BatchSummary> RunBatch(const std::string& input_path, const std::
     result.status = line->error;
     if (line->ok()) {
       const JobInput& in = line->input;
-      const std::vector<PromptPiece> pieces = BuildPrompt(options.chat_template, in.task, in);
-      auto prompt = TokenizePrompt(tokenizer, pieces);
+      auto prompt = LinePrompt(tokenizer, options.chat_template, in);
       if (!prompt.ok()) {
         result.status = absl::Status(prompt.status().code(),
                                      absl::StrCat("line ", in.line, ": ", prompt.status().message()));
@@ -90,17 +114,7 @@ absl::StatusOr<BatchSummary> RunBatch(const std::string& input_path, const std::
           result.status = absl::Status(gen.status().code(),
                                        absl::StrCat("line ", in.line, ": ", gen.status().message()));
         } else {
-          // EOS ends the text but is not part of it.
-          std::vector<int32_t> text_ids = gen->tokens;
-          while (!text_ids.empty() && tokenizer.IsEndOfGeneration(text_ids.back())) text_ids.pop_back();
-          result.text = DecodeContinuation(tokenizer, *prompt, text_ids);
-          result.prompt_tokens = static_cast<int64_t>(prompt->size());
-          result.generated_tokens = static_cast<int64_t>(gen->tokens.size());
-          result.stop_reason = gen->stop_reason;
-          result.attention = gen->attention;
-          result.plan = std::move(gen->plan);
-          result.prefill_s = gen->prefill_s;
-          result.decode_s = gen->decode_s;
+          result = MakeResult(tokenizer, *line, *prompt, *std::move(gen));
         }
       }
     }

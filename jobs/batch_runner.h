@@ -69,6 +69,18 @@ absl::StatusOr<BatchSummary> RunBatch(const std::string& input_path, const std::
                                       const Tokenizer& tokenizer, DocumentGenerator& generator,
                                       const BatchOptions& options, BatchObserver* observer = nullptr);
 
+// Whether a line of the input is already settled by an existing output (resume).
+bool AlreadyDone(const ParsedLine& line, const ExistingOutput& existing, bool retry_errors);
+
+// The token ids of one valid line's prompt: its task instruction and document inside
+// the chat template (the same prompt for `mesa run` and the coordinator).
+absl::StatusOr<std::vector<int32_t>> LinePrompt(const Tokenizer& tokenizer, ChatTemplate chat_template,
+                                                const JobInput& input);
+// The record of a finished generation for `line` (EOS ends the text but is not part of
+// it), exactly as `mesa run` writes it.
+JobResult MakeResult(const Tokenizer& tokenizer, const ParsedLine& line, absl::Span<const int32_t> prompt,
+                     GenerationOutput gen);
+
 // The text of `generated` as it continues `prompt` (decoding them together keeps
 // word-initial spaces and characters split across byte tokens intact).
 std::string DecodeContinuation(const Tokenizer& tokenizer, absl::Span<const int32_t> prompt,

@@ -1,4 +1,5 @@
-// JSONL input/output formats of batch jobs: line validation, result records, resume.
+// JSONL input/output formats of batch jobs: line validation (Mesa's lines and OpenAI
+// batch lines), result records, their OpenAI batch export, resume.
 #include "jobs/job_format.h"
 
 #include <cstdio>
@@ -7,6 +8,8 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "engine/unicode.h"
 
 namespace mesa::jobs {
@@ -43,6 +46,162 @@ absl::Status GetString(const json& j, const char* key, const std::string& what, 
   return absl::OkStatus();
 }
 
+// An optional non-negative integer field; `name` is its path in messages.
+absl::Status GetMaxTokens(const json& j, const char* key, const std::string& name, std::optional<int64_t>* out) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return absl::OkStatus();
+  if (!it->is_number_integer() || it->get<int64_t>() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("field '", name, "' must be a non-negative integer, not ", it->dump()));
+  }
+  *out = it->get<int64_t>();
+  return absl::OkStatus();
+}
+
+// Whether a line is an OpenAI batch line rather than one of Mesa's own.
+bool IsOpenAiLine(const json& j) { return j.contains("method") || j.contains("url") || j.contains("body"); }
+
+// One message's content: a string, or an array of {"type": "text", "text": ...} parts
+// joined with "\n". `name` is the content's path in messages.
+absl::Status GetContent(const json& c, const std::string& name, std::string* out) {
+  if (c.is_string()) {
+    *out = c.get<std::string>();
+    return absl::OkStatus();
+  }
+  if (!c.is_array()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("field '", name, "' must be a string or an array of text parts, not ", c.type_name()));
+  }
+  std::vector<std::string> texts;
+  for (size_t i = 0; i < c.size(); ++i) {
+    const json& part = c[i];
+    const std::string at = absl::StrCat(name, "[", i, "]");
+    if (!part.is_object()) {
+      return absl::InvalidArgumentError(absl::StrCat("'", at, "' must be an object, not ", part.type_name()));
+    }
+    auto type = part.find("type");
+    if (type == part.end() || !type->is_string()) {
+      return absl::InvalidArgumentError(absl::StrCat("'", at, "' needs \"type\": \"text\""));
+    }
+    if (*type != "text") {
+      return absl::InvalidArgumentError(absl::StrCat("'", at, "' has type '", type->get<std::string>(),
+                                                     "': only text parts are supported"));
+    }
+    auto text = part.find("text");
+    if (text == part.end() || !text->is_string()) {
+      return absl::InvalidArgumentError(absl::StrCat("field '", at, ".text' must be a string"));
+    }
+    texts.push_back(text->get<std::string>());
+  }
+  *out = absl::StrJoin(texts, "\n");
+  return absl::OkStatus();
+}
+
+// The fields of an OpenAI batch line after custom_id, into `in` (task kChat).
+absl::Status ParseOpenAiLine(const json& j, const InputLimits& limits, JobInput* in) {
+  for (const char* key : {"document", "text", "question", "prompt", "task", "max_tokens"}) {
+    if (j.contains(key)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("field '", key, "' is not part of an OpenAI batch line (one with method, url, body): ",
+                       "the prompt is body.messages, the limit body.max_tokens"));
+    }
+  }
+  auto missing = [](const char* key) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("missing field '", key, "' (an OpenAI batch line has method, url and body)"));
+  };
+  auto method = j.find("method");
+  if (method == j.end() || method->is_null()) return missing("method");
+  if (*method != "POST") {
+    return absl::InvalidArgumentError(absl::StrCat("field 'method' must be \"POST\", not ", method->dump()));
+  }
+  auto url = j.find("url");
+  if (url == j.end() || url->is_null()) return missing("url");
+  if (*url != "/v1/chat/completions") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("field 'url' is ", url->dump(), ": only \"/v1/chat/completions\" is supported"));
+  }
+  auto body = j.find("body");
+  if (body == j.end() || body->is_null()) return missing("body");
+  if (!body->is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat("field 'body' must be an object, not ", body->type_name()));
+  }
+  auto messages = body->find("messages");
+  if (messages == body->end() || messages->is_null()) {
+    return absl::InvalidArgumentError("missing field 'body.messages'");
+  }
+  if (!messages->is_array()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("field 'body.messages' must be an array, not ", messages->type_name()));
+  }
+  if (messages->empty()) return absl::InvalidArgumentError("field 'body.messages' is empty");
+  in->task = TaskKind::kChat;
+  int64_t bytes = 0;
+  bool any_content = false;
+  for (size_t i = 0; i < messages->size(); ++i) {
+    const json& m = (*messages)[i];
+    const std::string at = absl::StrCat("body.messages[", i, "]");
+    if (!m.is_object()) {
+      return absl::InvalidArgumentError(absl::StrCat("'", at, "' must be an object, not ", m.type_name()));
+    }
+    ChatMessage message;
+    auto role = m.find("role");
+    if (role == m.end() || role->is_null()) {
+      return absl::InvalidArgumentError(absl::StrCat("missing field '", at, ".role'"));
+    }
+    if (*role == "system") {
+      message.role = ChatRole::kSystem;
+    } else if (*role == "user") {
+      message.role = ChatRole::kUser;
+    } else if (*role == "assistant") {
+      message.role = ChatRole::kAssistant;
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("field '", at, ".role' is ", role->dump(), " (choose system, user or assistant)"));
+    }
+    auto content = m.find("content");
+    if (content == m.end() || content->is_null()) {
+      return absl::InvalidArgumentError(absl::StrCat("missing field '", at, ".content'"));
+    }
+    if (absl::Status s = GetContent(*content, at + ".content", &message.content); !s.ok()) return s;
+    bytes += static_cast<int64_t>(message.content.size());
+    any_content |= !absl::StripAsciiWhitespace(message.content).empty();
+    in->messages.push_back(std::move(message));
+  }
+  if (!any_content) return absl::InvalidArgumentError("every message of 'body.messages' is empty");
+  if (limits.max_doc_bytes > 0 && bytes > limits.max_doc_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("messages are ", bytes, " bytes, over the limit of ",
+                                                   limits.max_doc_bytes, " (--max-doc-bytes)"));
+  }
+  if (body->contains("max_tokens") && body->contains("max_completion_tokens")) {
+    return absl::InvalidArgumentError("give 'body.max_tokens' or 'body.max_completion_tokens', not both");
+  }
+  if (absl::Status s = GetMaxTokens(*body, "max_tokens", "body.max_tokens", &in->max_tokens); !s.ok()) return s;
+  return GetMaxTokens(*body, "max_completion_tokens", "body.max_completion_tokens", &in->max_tokens);
+}
+
+// "invalid_argument" for INVALID_ARGUMENT, and back.
+std::string StatusCodeName(absl::StatusCode code) {
+  return absl::AsciiStrToLower(absl::StatusCodeToString(code));
+}
+absl::StatusCode StatusCodeFromName(const std::string& name) {
+  for (int c = 0; c <= static_cast<int>(absl::StatusCode::kUnauthenticated); ++c) {
+    if (StatusCodeName(static_cast<absl::StatusCode>(c)) == name) return static_cast<absl::StatusCode>(c);
+  }
+  return absl::StatusCode::kUnknown;
+}
+
+// 64-bit FNV-1a of the parts (with separators), as 16 hex digits: stable across runs
+// and builds, unlike absl::Hash.
+std::string StableId(std::initializer_list<std::string_view> parts) {
+  uint64_t h = 14695981039346656037ull;
+  for (std::string_view p : parts) {
+    for (unsigned char c : p) h = (h ^ c) * 1099511628211ull;
+    h = (h ^ 0xff) * 1099511628211ull;  // a byte that UTF-8 text never holds
+  }
+  return absl::StrFormat("%016x", h);
+}
+
 }  // namespace
 
 const char* TaskKindName(TaskKind task) {
@@ -50,6 +209,7 @@ const char* TaskKindName(TaskKind task) {
     case TaskKind::kSummarize: return "summarize";
     case TaskKind::kQa: return "qa";
     case TaskKind::kPrompt: return "prompt";
+    case TaskKind::kChat: return "chat";
   }
   return "?";
 }
@@ -58,7 +218,20 @@ absl::StatusOr<TaskKind> ParseTaskKind(std::string_view name) {
   for (TaskKind t : {TaskKind::kSummarize, TaskKind::kQa, TaskKind::kPrompt}) {
     if (name == TaskKindName(t)) return t;
   }
+  if (name == TaskKindName(TaskKind::kChat)) {
+    return absl::InvalidArgumentError(
+        "task 'chat' cannot be named: it is that of OpenAI batch lines (method, url, body with messages)");
+  }
   return absl::InvalidArgumentError(absl::StrCat("unknown task '", Av(name), "' (choose summarize, qa or prompt)"));
+}
+
+const char* ChatRoleName(ChatRole role) {
+  switch (role) {
+    case ChatRole::kSystem: return "system";
+    case ChatRole::kUser: return "user";
+    case ChatRole::kAssistant: return "assistant";
+  }
+  return "?";
 }
 
 ParsedLine ParseJobLine(std::string_view text, int64_t line, TaskKind task, const InputLimits& limits) {
@@ -107,6 +280,11 @@ ParsedLine ParseJobLine(std::string_view text, int64_t line, TaskKind task, cons
   in.custom_id = r.custom_id;
   in.line = line;
   in.task = task;
+  if (IsOpenAiLine(j)) {
+    if (absl::Status s = ParseOpenAiLine(j, limits, &in); !s.ok()) return fail(s.message());
+    return r;
+  }
+  if (task == TaskKind::kChat) return fail("task 'chat' needs OpenAI batch lines (method, url, body)");
   if (auto t = j.find("task"); t != j.end() && !t->is_null()) {
     if (!t->is_string()) return fail(absl::StrCat("field 'task' must be a string, not ", t->type_name()));
     auto parsed = ParseTaskKind(t->get<std::string>());
@@ -134,12 +312,7 @@ ParsedLine ParseJobLine(std::string_view text, int64_t line, TaskKind task, cons
       return fail(s.message());
     }
   }
-  if (auto mt = j.find("max_tokens"); mt != j.end() && !mt->is_null()) {
-    if (!mt->is_number_integer() || mt->get<int64_t>() < 0) {
-      return fail(absl::StrCat("field 'max_tokens' must be a non-negative integer, not ", mt->dump()));
-    }
-    in.max_tokens = mt->get<int64_t>();
-  }
+  if (absl::Status s = GetMaxTokens(j, "max_tokens", "max_tokens", &in.max_tokens); !s.ok()) return fail(s.message());
   return r;
 }
 
@@ -183,6 +356,7 @@ json ResultToJson(const JobResult& r) {
   if (!r.status.ok()) {
     j["status"] = "error";
     j["error"] = std::string(r.status.message());
+    j["error_code"] = StatusCodeName(r.status.code());
     return j;
   }
   j["status"] = "ok";
@@ -197,11 +371,113 @@ json ResultToJson(const JobResult& r) {
                   {"decode_s", r.decode_s},
                   {"prefill_tokens_per_s", rate(r.prompt_tokens, r.prefill_s)},
                   {"decode_tokens_per_s", rate(r.generated_tokens, r.decode_s)}};
+  if (r.created != 0) j["created"] = r.created;
   return j;
 }
 
 std::string ResultToLine(const JobResult& r) {
   return ResultToJson(r).dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+}
+
+absl::StatusOr<JobResult> ResultFromJson(const json& j) {
+  auto bad = [](absl::string_view what) {
+    return absl::InvalidArgumentError(absl::StrCat("not a result record: ", what));
+  };
+  if (!j.is_object()) return bad(absl::StrCat("expected a JSON object, not ", j.type_name()));
+  // Field readers: absent (or null) leaves the default unless required.
+  auto str = [&](const char* key, bool required, std::string* out) -> absl::Status {
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null()) return required ? bad(absl::StrCat("missing '", key, "'")) : absl::OkStatus();
+    if (!it->is_string()) return bad(absl::StrCat("'", key, "' is not a string"));
+    *out = it->get<std::string>();
+    return absl::OkStatus();
+  };
+  auto integer = [&](const json& obj, const char* key, bool required, int64_t* out) -> absl::Status {
+    auto it = obj.find(key);
+    if (it == obj.end() || it->is_null()) return required ? bad(absl::StrCat("missing '", key, "'")) : absl::OkStatus();
+    if (!it->is_number_integer()) return bad(absl::StrCat("'", key, "' is not an integer"));
+    *out = it->get<int64_t>();
+    return absl::OkStatus();
+  };
+  auto number = [&](const json& obj, const char* key, double* out) -> absl::Status {
+    auto it = obj.find(key);
+    if (it == obj.end() || it->is_null()) return absl::OkStatus();
+    if (!it->is_number()) return bad(absl::StrCat("'", key, "' is not a number"));
+    *out = it->get<double>();
+    return absl::OkStatus();
+  };
+  JobResult r;
+  std::string status;
+  for (absl::Status s : {str("custom_id", false, &r.custom_id), integer(j, "line", true, &r.line),
+                         str("status", true, &status)}) {
+    if (!s.ok()) return s;
+  }
+  if (status == "error") {
+    std::string message, code;
+    for (absl::Status s : {str("error", true, &message), str("error_code", false, &code)}) {
+      if (!s.ok()) return s;
+    }
+    const absl::StatusCode c = code.empty() ? absl::StatusCode::kUnknown : StatusCodeFromName(code);
+    // An OK code would make this an ok record.
+    r.status = absl::Status(c == absl::StatusCode::kOk ? absl::StatusCode::kUnknown : c, message);
+    return r;
+  }
+  if (status != "ok") return bad(absl::StrCat("'status' is '", status, "' (expected ok or error)"));
+  for (absl::Status s : {str("text", true, &r.text), integer(j, "prompt_tokens", true, &r.prompt_tokens),
+                         integer(j, "generated_tokens", true, &r.generated_tokens),
+                         str("stop_reason", false, &r.stop_reason), str("attention", false, &r.attention),
+                         integer(j, "created", false, &r.created)}) {
+    if (!s.ok()) return s;
+  }
+  if (auto plan = j.find("plan"); plan != j.end() && !plan->is_null()) r.plan = *plan;
+  if (auto t = j.find("timings"); t != j.end() && !t->is_null()) {
+    if (!t->is_object()) return bad("'timings' is not an object");
+    for (absl::Status s : {number(*t, "prefill_s", &r.prefill_s), number(*t, "decode_s", &r.decode_s)}) {
+      if (!s.ok()) return s;
+    }
+  }
+  return r;
+}
+
+std::string ResultToOpenAiLine(const JobResult& r, const std::string& model, const std::string& batch_id) {
+  const std::string line = absl::StrCat(r.line);
+  json j;
+  j["id"] = absl::StrCat("batch_req_", StableId({batch_id, line, "batch_req"}));
+  j["custom_id"] = r.custom_id.empty() ? json(nullptr) : json(r.custom_id);
+  if (!r.status.ok()) {
+    j["response"] = nullptr;
+    j["error"] = {{"code", StatusCodeName(r.status.code())}, {"message", std::string(r.status.message())}};
+  } else {
+    json body;
+    body["id"] = absl::StrCat("chatcmpl-", StableId({batch_id, line, "chatcmpl"}));
+    body["object"] = "chat.completion";
+    body["created"] = r.created;
+    body["model"] = model;
+    body["choices"] = json::array({{{"index", 0},
+                                    {"message", {{"role", "assistant"}, {"content", r.text}}},
+                                    {"finish_reason", r.stop_reason == "length" ? "length" : "stop"}}});
+    body["usage"] = {{"prompt_tokens", r.prompt_tokens},
+                     {"completion_tokens", r.generated_tokens},
+                     {"total_tokens", r.prompt_tokens + r.generated_tokens}};
+    j["response"] = {{"status_code", 200},
+                     {"request_id", absl::StrCat("req_", StableId({batch_id, line, "req"}))},
+                     {"body", std::move(body)}};
+    j["error"] = nullptr;
+  }
+  return j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+}
+
+std::string MesaLineToOpenAiLine(std::string_view mesa_record_line, const std::string& model,
+                                 const std::string& batch_id) {
+  const json j = json::parse(mesa_record_line, nullptr, /*allow_exceptions=*/false);
+  absl::StatusOr<JobResult> r =
+      j.is_discarded() ? absl::InvalidArgumentError("not a result record: invalid JSON") : ResultFromJson(j);
+  if (r.ok()) return ResultToOpenAiLine(*r, model, batch_id);
+  JobResult corrupt;
+  corrupt.custom_id = FindCustomId(j);
+  if (j.is_object() && j.contains("line") && j["line"].is_number_integer()) corrupt.line = j["line"].get<int64_t>();
+  corrupt.status = absl::DataLossError(absl::StrCat("cannot export the stored record: ", r.status().message()));
+  return ResultToOpenAiLine(corrupt, model, batch_id);
 }
 
 // ---------------------------------------------------------------- resume

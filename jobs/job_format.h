@@ -1,8 +1,11 @@
 // The JSONL formats of a batch job (`mesa run`, later the coordinator), after the
 // OpenAI batch line shape: one document per input line keyed by a user-chosen
-// `custom_id`, one result record per input line. Parsing validates each line on its own
-// so that a bad line fails only itself; InputReader adds the cross-line check
-// (duplicate custom_id). Reading an existing output file supports resuming a run.
+// `custom_id`, one result record per input line. Input lines are Mesa's own (a
+// document and a task) or OpenAI batch lines (chat messages); both may be mixed in one
+// file. Parsing validates each line on its own so that a bad line fails only itself;
+// InputReader adds the cross-line check (duplicate custom_id). Reading an existing
+// output file supports resuming a run. Result records convert to OpenAI batch output
+// lines for export.
 #pragma once
 
 #include <cstdint>
@@ -20,28 +23,49 @@
 
 namespace mesa::jobs {
 
-// What to do with each document.
-enum class TaskKind { kSummarize, kQa, kPrompt };
-const char* TaskKindName(TaskKind task);
+// What to do with each line. kChat is the task of every OpenAI batch line (its
+// messages go through the chat template as they are, with no task instruction); it is
+// given by the line's shape, never by name (ParseTaskKind refuses "chat").
+enum class TaskKind { kSummarize, kQa, kPrompt, kChat };
+const char* TaskKindName(TaskKind task);  // "summarize", "qa", "prompt", "chat"
+// summarize, qa or prompt (a run's --task or a line's "task").
 absl::StatusOr<TaskKind> ParseTaskKind(std::string_view name);
 
-// One valid input line:
+enum class ChatRole { kSystem, kUser, kAssistant };
+const char* ChatRoleName(ChatRole role);  // "system", "user", "assistant"
+
+struct ChatMessage {
+  ChatRole role = ChatRole::kUser;
+  std::string content;  // text parts already joined
+  bool operator==(const ChatMessage&) const = default;
+};
+
+// One valid input line, in one of two shapes.
+// Mesa's own:
 //   {"custom_id": "doc-1", "document": "...", "question": "..." (qa),
 //    "prompt": "..." (task prompt), "max_tokens": 128 (optional),
 //    "task": "qa" (optional: this line's task instead of the run's)}
-// "text" is accepted as an alias of "document". Other fields are ignored.
+//   "text" is accepted as an alias of "document". Other fields are ignored.
+// OpenAI batch (a line with any of method, url, body; task kChat):
+//   {"custom_id": "req-1", "method": "POST", "url": "/v1/chat/completions",
+//    "body": {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...],
+//             "max_tokens": 128 (or "max_completion_tokens"; optional)}}
+//   content is a string or an array of {"type": "text", "text": "..."} parts (joined
+//   with "\n"). Other body fields (model, temperature, ...) are ignored: the run's
+//   model and sampling apply.
 struct JobInput {
   std::string custom_id;
   TaskKind task = TaskKind::kSummarize;  // the run's task unless the line names one
   std::string document;
   std::string question;               // qa
   std::string prompt;                 // the custom instruction (prompt task)
+  std::vector<ChatMessage> messages;  // chat (OpenAI batch lines)
   std::optional<int64_t> max_tokens;  // overrides --max-tokens for this line
   int64_t line = 0;                   // 1-based line number in the input file
 };
 
 struct InputLimits {
-  int64_t max_doc_bytes = 0;  // 0: no limit
+  int64_t max_doc_bytes = 0;  // 0: no limit (for chat lines: all contents together)
 };
 
 // A parsed line: either `input` (ok) or `error` with whatever custom_id could be found
@@ -55,12 +79,17 @@ struct ParsedLine {
 };
 
 // Validates one line (without its newline); `task` is the run's task, which a line's
-// "task" field overrides. Never fails the caller: errors are in the result.
-// Checks: valid UTF-8, valid JSON, an object, a non-empty string custom_id, a known
-// task, a
-// non-empty string document (or text, not both), within limits, the task's field
-// (question for qa, prompt for prompt) as a non-empty string, max_tokens a non-negative
-// integer.
+// "task" field overrides (an OpenAI batch line is always kChat). Never fails the
+// caller: errors are in the result.
+// Checks: valid UTF-8, valid JSON, an object, a non-empty string custom_id; then for
+// Mesa's lines a known task, a non-empty string document (or text, not both), within
+// limits, the task's field (question for qa, prompt for prompt) as a non-empty string,
+// max_tokens a non-negative integer; for OpenAI batch lines method "POST", url
+// "/v1/chat/completions", body an object, body.messages a non-empty array of
+// {role: system|user|assistant, content: string or text parts} with some non-blank
+// content, within limits, at most one of body.max_tokens and
+// body.max_completion_tokens, a non-negative integer, and none of Mesa's line fields
+// (document, text, question, prompt, task, max_tokens).
 ParsedLine ParseJobLine(std::string_view text, int64_t line, TaskKind task, const InputLimits& limits);
 
 // Reads an input JSONL file line by line, skipping blank lines, and marks repeated
@@ -88,8 +117,9 @@ class InputReader {
 //   ok:    {"custom_id", "line", "status": "ok", "text", "prompt_tokens",
 //           "generated_tokens", "stop_reason", "attention", "plan": {...},
 //           "timings": {"prefill_s", "decode_s", "prefill_tokens_per_s",
-//                       "decode_tokens_per_s"}}
-//   error: {"custom_id" (null when unknown), "line", "status": "error", "error"}
+//                       "decode_tokens_per_s"}, "created" (when known)}
+//   error: {"custom_id" (null when unknown), "line", "status": "error", "error",
+//           "error_code" (the status code in lower case, e.g. "invalid_argument")}
 struct JobResult {
   std::string custom_id;  // empty: unknown (serialized as null)
   int64_t line = 0;
@@ -101,10 +131,36 @@ struct JobResult {
   std::string attention;
   nlohmann::json plan = nlohmann::json::object();
   double prefill_s = 0, decode_s = 0;
+  int64_t created = 0;    // unix seconds when generated (0: unknown, not serialized)
 };
 nlohmann::json ResultToJson(const JobResult& result);
 // One line, newline included; invalid UTF-8 in generated text is replaced by U+FFFD.
 std::string ResultToLine(const JobResult& result);
+// The inverse of ResultToJson (rates are not read back: they follow from the rest). An
+// error record without "error_code" (older records) gets code UNKNOWN.
+// InvalidArgument when `j` is not a record.
+absl::StatusOr<JobResult> ResultFromJson(const nlohmann::json& j);
+
+// The OpenAI batch output line of a record, newline included:
+//   ok:    {"id": "batch_req_<hex>", "custom_id", "response": {"status_code": 200,
+//           "request_id": "req_<hex>", "body": {"id": "chatcmpl-<hex>",
+//           "object": "chat.completion", "created", "model", "choices": [{"index": 0,
+//           "message": {"role": "assistant", "content": text},
+//           "finish_reason": "length" (stop_reason "length") or "stop"}],
+//           "usage": {"prompt_tokens", "completion_tokens", "total_tokens"}}},
+//           "error": null}
+//   error: {"id", "custom_id", "response": null,
+//           "error": {"code": error_code as in the record, "message"}}
+// custom_id is null when unknown. The ids are hashes of `batch_id` and the record's
+// line (no randomness), and "created" is result.created, so exporting the same records
+// again gives the same bytes.
+std::string ResultToOpenAiLine(const JobResult& result, const std::string& model, const std::string& batch_id);
+// ResultToOpenAiLine of a stored record line (ResultToLine's output, with or without
+// its newline). A line that is not a record (corrupt storage) becomes an OpenAI error
+// line with code "data_loss" (and whatever custom_id and line it shows), so that an
+// export never stops halfway.
+std::string MesaLineToOpenAiLine(std::string_view mesa_record_line, const std::string& model,
+                                 const std::string& batch_id);
 
 // What an existing output file already holds, for resuming.
 struct ExistingOutput {

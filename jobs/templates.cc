@@ -8,6 +8,97 @@ namespace mesa::jobs {
 namespace {
 // Debian's abseil has its own string_view type.
 absl::string_view Av(std::string_view s) { return absl::string_view(s.data(), s.size()); }
+
+PromptPiece Markup(std::string s) { return PromptPiece{std::move(s), true}; }
+PromptPiece Content(std::string s) { return PromptPiece{std::move(s), false}; }
+
+// llama2 and mistral: [INST] turns. What differs: how a system message is wrapped, how
+// an assistant message ends, and what opens a turn after the first.
+struct InstStyle {
+  std::string system_open, system_close;
+  std::string assistant_end;  // before the EOS marker
+  bool bos_per_turn;          // "<s>" before every turn but the first
+};
+
+std::vector<PromptPiece> InstChat(const InstStyle& style, absl::Span<const ChatMessage> messages) {
+  std::vector<PromptPiece> out;
+  bool open = false, first = true;
+  auto add_markup = [&](const std::string& s) {
+    if (!s.empty()) out.push_back(Markup(s));
+  };
+  auto open_turn = [&] {
+    if (open) return;
+    if (!first && style.bos_per_turn) out.push_back(Markup("<s>"));
+    out.insert(out.end(), {Markup("[INST]"), Markup(" ")});
+    open = true;
+    first = false;
+  };
+  auto close_turn = [&] {
+    out.insert(out.end(), {Markup(" "), Markup("[/INST]")});
+    open = false;
+  };
+  for (const ChatMessage& m : messages) {
+    switch (m.role) {
+      case ChatRole::kSystem:
+        open_turn();
+        add_markup(style.system_open);
+        out.push_back(Content(m.content));
+        add_markup(style.system_close);
+        break;
+      case ChatRole::kUser:
+        open_turn();
+        out.push_back(Content(m.content));
+        close_turn();
+        break;
+      case ChatRole::kAssistant:
+        if (open) close_turn();
+        out.insert(out.end(), {Markup(" "), Content(m.content)});
+        add_markup(style.assistant_end);
+        out.push_back(Markup("</s>"));
+        break;
+    }
+  }
+  if (open) close_turn();
+  return out;
+}
+
+std::vector<PromptPiece> BuildChatPrompt(ChatTemplate tmpl, absl::Span<const ChatMessage> messages) {
+  std::vector<PromptPiece> out;
+  switch (tmpl) {
+    case ChatTemplate::kAuto:  // callers resolve first; treat as raw
+    case ChatTemplate::kRaw:
+      for (const ChatMessage& m : messages) {
+        if (!out.empty()) out.push_back(Markup("\n\n"));
+        out.push_back(Content(m.content));
+      }
+      return out;
+    case ChatTemplate::kLlama2:
+      return InstChat({.system_open = "<<SYS>>\n", .system_close = "\n<</SYS>>\n\n", .assistant_end = " ",
+                       .bos_per_turn = true},
+                      messages);
+    case ChatTemplate::kMistral:
+      return InstChat({.system_open = "", .system_close = "\n\n", .assistant_end = "", .bos_per_turn = false},
+                      messages);
+    case ChatTemplate::kLlama3:
+      for (const ChatMessage& m : messages) {
+        out.insert(out.end(), {Markup("<|start_header_id|>"), Markup(ChatRoleName(m.role)),
+                               Markup("<|end_header_id|>"), Markup("\n\n"), Content(m.content),
+                               Markup("<|eot_id|>")});
+      }
+      out.insert(out.end(), {Markup("<|start_header_id|>"), Markup("assistant"), Markup("<|end_header_id|>"),
+                             Markup("\n\n")});
+      return out;
+    case ChatTemplate::kChatMl:
+      for (const ChatMessage& m : messages) {
+        out.insert(out.end(), {Markup("<|im_start|>"), Markup(absl::StrCat(ChatRoleName(m.role), "\n")),
+                               Content(m.content), Markup("<|im_end|>"), Markup("\n")});
+      }
+      out.insert(out.end(), {Markup("<|im_start|>"), Markup("assistant\n")});
+      return out;
+  }
+  return out;
+}
+
 }  // namespace
 
 const char* ChatTemplateName(ChatTemplate t) {
@@ -53,14 +144,17 @@ TaskText MakeTaskText(TaskKind task, const JobInput& input) {
               absl::StrCat("Question: ", input.question, "\nAnswer:")};
     case TaskKind::kPrompt:
       return {input.prompt, input.prompt};
+    case TaskKind::kChat:
+      return {};
   }
   return {};
 }
 
 std::vector<PromptPiece> BuildPrompt(ChatTemplate tmpl, TaskKind task, const JobInput& input) {
+  if (task == TaskKind::kChat) return BuildChatPrompt(tmpl, input.messages);
   const TaskText t = MakeTaskText(task, input);
-  auto m = [](std::string s) { return PromptPiece{std::move(s), true}; };
-  auto c = [](std::string s) { return PromptPiece{std::move(s), false}; };
+  auto m = Markup;
+  auto c = Content;
   // The user turn: instruction, document, instruction again.
   std::vector<PromptPiece> user = {c(t.before), m("\n\n"), c(input.document), m("\n\n"), c(t.after)};
   std::vector<PromptPiece> out;

@@ -1,6 +1,8 @@
 // Task prompts inside the model's chat template. The task's instruction (or question)
 // goes both before the document, so that it lies in Mesa's anchor (the first chunk),
 // and after it, so that it lies in the last chunk next to where the answer starts.
+// Chat lines (OpenAI batch lines, TaskKind::kChat) bring their own messages, which go
+// through the template as they are, followed by the opening of the assistant's turn.
 //
 // A prompt is built as pieces: template markup and content (instruction, document,
 // question). Tokenization turns markup such as "<|im_start|>" into control tokens, but
@@ -30,7 +32,8 @@ ChatTemplate DetectChatTemplate(std::string_view jinja);
 // `requested` unless it is kAuto, else DetectChatTemplate(jinja).
 ChatTemplate ResolveChatTemplate(ChatTemplate requested, std::string_view jinja);
 
-// The task's instruction before and after the document.
+// The task's instruction before and after the document (both empty for kChat: chat
+// lines carry no instruction).
 struct TaskText {
   std::string before;  // e.g. "Summarize the following document."
   std::string after;   // e.g. "Summarize the document above."
@@ -45,6 +48,15 @@ struct PromptPiece {
 
 // The whole prompt for one input line. `tmpl` must not be kAuto. BOS is not part of
 // the pieces: TokenizePrompt adds it when the tokenizer wants one.
+// For kChat, input.messages in order (any sequence of roles), then the assistant's turn:
+//   chatml:  <|im_start|>{role}\n{content}<|im_end|>\n ... <|im_start|>assistant\n
+//   llama3:  <|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|> ...
+//            <|start_header_id|>assistant<|end_header_id|>\n\n
+//   llama2:  [INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {assistant} </s><s>[INST] {user} [/INST]
+//   mistral: [INST] {system}\n\n{user} [/INST] {assistant}</s>[INST] {user} [/INST]
+//            (llama2 and mistral: a turn is closed with " [/INST]" before an assistant
+//            message or the end even without a user message)
+//   raw:     the contents joined by "\n\n" (no roles: a base model continues the text)
 std::vector<PromptPiece> BuildPrompt(ChatTemplate tmpl, TaskKind task, const JobInput& input);
 // The pieces' text joined (for display and tests).
 std::string PromptText(absl::Span<const PromptPiece> pieces);

@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "client/cli/attention_flags.h"
 #include "client/cli/cli_util.h"
 #include "client/cli/commands.h"
@@ -26,8 +27,12 @@ int RunPlan(const PlanArgs& a) {
   if (!options.ok()) return Fail(options.status());
   int64_t model_t = 0;
   if (!a.model.empty()) {
-    auto model = LoadModelForCli(a.model, /*compute=*/false);
-    if (!model.ok()) return Fail(model.status());
+    // Its config only: a vocab-only GGUF will do.
+    auto model = LoadModel(a.model, LoadOptions{.tokenizer_only = true});
+    if (!model.ok()) {
+      return Fail(absl::Status(model.status().code(),
+                               absl::StrCat("cannot load model '", a.model, "': ", model.status().message())));
+    }
     model_t = (*model)->config.context_length;
   } else if (a.lc.train_length == 0) {
     return Fail(absl::InvalidArgumentError("give --model or --train-length"));

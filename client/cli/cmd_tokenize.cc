@@ -1,6 +1,8 @@
-// `mesa tokenize --model MODEL (--text TEXT | --file F) [--no-bos] [--parse-special] [--json]`
+// `mesa tokenize --model MODEL (--text TEXT | --file F) [--no-bos] [--parse-special] [--json]`:
+// token ids from the model's tokenizer alone (a vocab-only GGUF will do).
 #include <iostream>
 
+#include "absl/strings/str_cat.h"
 #include "client/cli/cli_util.h"
 #include "client/cli/commands.h"
 #include "nlohmann/json.hpp"
@@ -20,10 +22,13 @@ int Run(const TokenizeArgs& a) {
     if (!t.ok()) return Fail(t.status());
     text = *std::move(t);
   }
-  auto model_or = LoadModelForCli(a.model, /*compute=*/false);
-  if (!model_or.ok()) return Fail(model_or.status());
+  // The tokenizer alone: a vocab-only GGUF will do.
+  auto model_or = LoadModel(a.model, LoadOptions{.tokenizer_only = true});
+  if (!model_or.ok()) {
+    return Fail(absl::Status(model_or.status().code(),
+                             absl::StrCat("cannot load model '", a.model, "': ", model_or.status().message())));
+  }
   const Tokenizer* tok = (*model_or)->tokenizer.get();
-  if (!tok) return Fail(absl::FailedPreconditionError("the model has no tokenizer"));
   EncodeOptions opts;
   if (a.no_bos) opts.add_bos = false;
   opts.parse_special = a.parse_special;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end checks of the `mesa` command shapes (a contract: scripts and benchmarks
-# call them): plan, logits, tokenize, generate, run, eval, and clear failures on bad
-# input. Real binary, real model; skips (exit 77) without the shared data.
+# call them): plan, logits, tokenize (also plan and tokenize on a vocab-only GGUF),
+# generate, run (also OpenAI batch lines), eval, and clear failures on bad input. Real
+# binary, real model; skips (exit 77) without the shared data.
 #   cli_test.sh MESA_BINARY SHARED_DIR
 set -uo pipefail
 MESA="$1"
@@ -41,6 +42,33 @@ check "tokenize no injection" json "assert 1 not in d['tokens'], d"
 check "tokenize special" "$MESA" tokenize --model "$MODEL" --text "<s>" --no-bos --parse-special --json
 check "tokenize special id" json "assert d['tokens'] == [1], d"
 
+# tokenize and plan need only the tokenizer and config: a vocab-only GGUF (the model's
+# metadata, no tensors) will do; commands that run the model still need the tensors.
+cat > "$TMP/vocab_only.py" <<'EOF'
+import struct, sys
+d = open(sys.argv[1], 'rb').read()
+assert d[:4] == b'GGUF' and struct.unpack_from('<I', d, 4)[0] == 3
+n_kv, p = struct.unpack_from('<Q', d, 16)[0], 24
+fixed = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+def skip(t, p):  # past one value of GGUF type t
+    if t in fixed: return p + fixed[t]
+    if t == 8: return p + 8 + struct.unpack_from('<Q', d, p)[0]
+    et, n = struct.unpack_from('<IQ', d, p); p += 12
+    for _ in range(n): p = skip(et, p)
+    return p
+for _ in range(n_kv):
+    p += 8 + struct.unpack_from('<Q', d, p)[0]
+    p = skip(struct.unpack_from('<I', d, p)[0], p + 4)
+open(sys.argv[2], 'wb').write(d[:8] + struct.pack('<QQ', 0, n_kv) + d[24:p])
+EOF
+check "write vocab-only gguf" python3 "$TMP/vocab_only.py" "$MODEL" "$TMP/vocab.gguf"
+check "tokenize vocab-only" "$MESA" tokenize --model "$TMP/vocab.gguf" --text "Once upon a time <s>" --json
+cp "$TMP/out" "$TMP/vocab_tokens.json"
+check "tokenize full model" "$MESA" tokenize --model "$MODEL" --text "Once upon a time <s>" --json
+check "same tokens from the vocab-only file" cmp "$TMP/last" "$TMP/vocab_tokens.json"
+check "plan vocab-only" "$MESA" plan --model "$TMP/vocab.gguf" --length 3000 --json
+check "plan vocab-only trained length" json "assert d['train_length'] == 512 and d['chunked'], d"
+
 # generate: greedy story of TESTDATA.md, with the plan in the JSON.
 check "generate" "$MESA" generate --model "$MODEL" --prompt "Once upon a time" -n 20 --json
 check "generate text" json "assert d['text'].startswith(', there was a little girl named Lily'), d['text']; assert len(d['tokens']) == 20; assert d['attention']['attention'] == 'mesa'"
@@ -57,6 +85,16 @@ cp "$TMP/res.jsonl" "$TMP/res1.jsonl"
 check "run resume" "$MESA" run --model "$MODEL" --input "$TMP/in.jsonl" --output "$TMP/res.jsonl" --max-tokens 8 --no-retry-errors
 check "run resume kept the finished line" python3 -c "
 a=open('$TMP/res1.jsonl').readline(); b=open('$TMP/res.jsonl').readline(); assert a == b"
+
+# run: Mesa's lines and OpenAI batch lines mixed (a line's body.max_tokens applies).
+printf '%s\n' '{"custom_id":"n","document":"Tom had a red ball."}' \
+  '{"custom_id":"o","method":"POST","url":"/v1/chat/completions","body":{"messages":[{"role":"system","content":"Tell a story."},{"role":"user","content":"Tom had a red ball."}],"max_tokens":4}}' \
+  > "$TMP/mixed.jsonl"
+check "run mixed lines" "$MESA" run --model "$MODEL" --input "$TMP/mixed.jsonl" --output "$TMP/mixed_out.jsonl" --max-tokens 6
+check "run mixed records" python3 -c "
+import json; r=[json.loads(l) for l in open('$TMP/mixed_out.jsonl')]
+assert [x['status'] for x in r] == ['ok','ok'], r
+assert r[0]['generated_tokens'] == 6 and 0 < r[1]['generated_tokens'] <= 4, r"
 
 # eval ppl: mesa equals full when the input fits.
 head -c 20000 "$SHARED/text/tinystories_valid_part1.txt" > "$TMP/text.txt"
@@ -79,6 +117,7 @@ bad() {  # bad NAME PATTERN COMMAND...
   else fail=$((fail + 1)); echo "FAIL: $name: message lacks '$pattern'"; cat "$TMP/err"; fi
 }
 bad "missing model" "cannot load model" "$MESA" generate --model "$TMP/none.gguf" --prompt hi
+bad "generate needs the tensors" "token_embd" "$MESA" generate --model "$TMP/vocab.gguf" --prompt hi
 bad "bad token id" "not a token id" "$MESA" logits --model "$MODEL" --tokens 1,x --out "$TMP/x.bin"
 bad "token outside vocab" "outside the vocabulary" "$MESA" logits --model "$MODEL" --tokens 1,99999 --out "$TMP/x.bin"
 bad "unknown attention" "not in" "$MESA" generate --model "$MODEL" --prompt hi --attention nope
