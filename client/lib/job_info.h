@@ -1,0 +1,66 @@
+// Plain C++ types of the Mesa job API (no protobuf): the options of a new job and the
+// job object (OpenAI batch shape: status names, request counts, unix-second timestamps),
+// and its JSON form as `mesa status --json` and `mesa list --json` print it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace mesa::client {
+
+// Options of a new job. Empty strings and zeros leave the choice to the coordinator.
+struct JobOptions {
+  std::string task;           // summarize | qa | prompt (lines may name their own); "" = summarize
+  int64_t max_tokens = 0;     // per line unless the line says; 0 = the coordinator's default
+  std::string chat_template;  // auto | llama2 | llama3 | chatml | mistral | raw; "" = auto
+  // Optional (a UUID): a repeat with the same id returns the first job. Setting it also
+  // lets the Client retry a submission that failed in transit.
+  std::string request_id;
+  int64_t max_doc_bytes = 0;  // 0 = the coordinator's default
+  std::string placement;      // auto | whole | spread; "" = the coordinator's choice
+};
+
+struct RequestCounts {
+  int64_t total = 0;
+  int64_t completed = 0;
+  int64_t failed = 0;
+};
+
+// A job as the coordinator reports it. Timestamps are unix seconds; 0 = not (yet).
+struct JobInfo {
+  std::string id;
+  // validating | in_progress | finalizing | completed | failed | cancelling | cancelled
+  std::string status;
+  RequestCounts request_counts;
+  int64_t created_at = 0;
+  int64_t in_progress_at = 0;
+  int64_t finalizing_at = 0;
+  int64_t completed_at = 0;
+  int64_t failed_at = 0;
+  int64_t cancelling_at = 0;
+  int64_t cancelled_at = 0;
+  std::string model;
+  std::string task;
+  int64_t prompt_tokens = 0;  // of the finished items
+  int64_t generated_tokens = 0;
+  double throughput_tokens_per_s = 0;
+  std::string error;  // why the job failed, when it did
+  std::string request_id;
+  std::string placement;
+};
+
+// completed, failed, cancelled (and expired): the job will not change any more.
+bool IsTerminalStatus(std::string_view status);
+
+// The job object, one line of JSON: {"id", "object": "batch", "status", "request_counts":
+// {"total", "completed", "failed"}, "created_at", "in_progress_at", "finalizing_at",
+// "completed_at", "failed_at", "cancelling_at", "cancelled_at", "model", "task",
+// "prompt_tokens", "generated_tokens", "throughput_tokens_per_s", "error", "request_id",
+// "placement"}. Timestamps of 0 and empty error, request_id and placement are null.
+std::string JobInfoToJson(const JobInfo& job);
+// A JSON array of job objects, one line.
+std::string JobListToJson(const std::vector<JobInfo>& jobs);
+
+}  // namespace mesa::client
