@@ -1,1 +1,646 @@
-// coordinator_core: placeholder until written.
+// CoordinatorCore: jobs -> items (validated, tokenized, planned) -> the scheduler ->
+// tasks on workers -> results committed once per item. See coordinator_core.h.
+#include "coordinator/coordinator_core.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <random>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "engine/mesa_plan.h"
+#include "jobs/batch_runner.h"
+
+namespace mesa::coord {
+namespace {
+
+int64_t SteadyMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string NewJobId() {
+  static std::mt19937_64 rng{std::random_device{}()};
+  static std::mutex mu;
+  std::lock_guard<std::mutex> lock(mu);
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "job_%016llx", static_cast<unsigned long long>(rng()));
+  return buf;
+}
+
+std::string StripNewline(std::string line) {
+  while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
+  return line;
+}
+
+int64_t ChunkKvBytes(const ModelConfig& c, int64_t tokens) {
+  return 2 * c.n_layer * c.n_head_kv * tokens * c.head_dim * static_cast<int64_t>(sizeof(float));
+}
+
+}  // namespace
+
+struct CoordinatorCore::ItemRuntime {
+  jobs::ParsedLine line;
+  std::vector<int32_t> prompt;
+  int64_t max_new = 0;
+  int32_t failures = 0;
+};
+
+struct CoordinatorCore::JobRuntime {
+  JobRecord record;
+  std::map<int64_t, std::shared_ptr<ItemRuntime>> pending;  // by item index
+  bool cancelled = false;
+};
+
+struct CoordinatorCore::WorkerEntry {
+  std::string id;
+  std::string name;
+  std::shared_ptr<WorkerClient> client;
+};
+
+absl::StatusOr<std::unique_ptr<CoordinatorCore>> CoordinatorCore::Create(const Model& model,
+                                                                          CoordinatorOptions options) {
+  if (!model.tokenizer) return absl::FailedPreconditionError("the coordinator's model has no tokenizer");
+  if (options.store_dir.empty()) return absl::InvalidArgumentError("no store directory given");
+  MESA_ASSIGN_OR_RETURN(std::unique_ptr<JobStore> store, JobStore::Open(options.store_dir));
+  std::unique_ptr<CoordinatorCore> core(new CoordinatorCore(model, std::move(options), std::move(store)));
+  MESA_RETURN_IF_ERROR(core->ResumeJobs());
+  core->driver_ = std::thread([c = core.get()] { c->DriverLoop(); });
+  return core;
+}
+
+CoordinatorCore::CoordinatorCore(const Model& model, CoordinatorOptions options, std::unique_ptr<JobStore> store)
+    : model_(model), options_(std::move(options)), store_(std::move(store)), fingerprint_(FingerprintModel(model)) {
+  if (!options_.clock) options_.clock = SteadyMs;
+  auto requested = jobs::ParseChatTemplate(options_.chat_template);
+  default_template_ = jobs::ResolveChatTemplate(requested.ok() ? *requested : jobs::ChatTemplate::kAuto,
+                                                model_.chat_template);
+  scheduler_ = std::make_unique<Scheduler>(options_.scheduler, Now());
+}
+
+CoordinatorCore::~CoordinatorCore() {
+  std::map<uint64_t, std::thread> threads;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    stopping_ = true;
+    for (auto& [id, w] : workers_) {
+      for (auto& [task, t] : task_threads_) w->client->Cancel(task);
+    }
+    wake_.notify_all();
+    changed_.notify_all();
+  }
+  if (driver_.joinable()) driver_.join();
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    threads.swap(task_threads_);
+  }
+  for (auto& [id, t] : threads) {
+    if (t.joinable()) t.join();
+  }
+}
+
+int64_t CoordinatorCore::Now() const { return options_.clock(); }
+
+std::string CoordinatorCore::model_name() const {
+  return model_.config.name.empty() ? model_.source_path : model_.config.name;
+}
+
+int64_t CoordinatorCore::heartbeat_interval_ms() const {
+  return std::max<int64_t>(100, options_.scheduler.heartbeat_timeout_ms / 5);
+}
+
+void CoordinatorCore::BumpLocked() {
+  ++version_;
+  changed_.notify_all();
+}
+
+int64_t CoordinatorCore::version() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return version_;
+}
+
+int64_t CoordinatorCore::WaitForChange(int64_t version, int64_t timeout_ms) {
+  std::unique_lock<std::mutex> lock(mu_);
+  changed_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
+                    [&] { return version_ != version || stopping_; });
+  return version_;
+}
+
+// ---------------------------------------------------------------- jobs
+
+absl::StatusOr<std::vector<ItemSpec>> CoordinatorCore::PrepareItems(const JobRecord& job,
+                                                                    std::vector<ItemRecord>& items,
+                                                                    bool fresh) {
+  // Options the job was created with.
+  nlohmann::json o = nlohmann::json::parse(job.options_json, nullptr, false);
+  if (o.is_discarded() || !o.is_object()) o = nlohmann::json::object();
+  auto task = jobs::ParseTaskKind(o.value("task", std::string("summarize")));
+  if (!task.ok()) return task.status();
+  jobs::ChatTemplate tmpl = default_template_;
+  if (auto t = o.value("template", std::string()); !t.empty()) {
+    MESA_ASSIGN_OR_RETURN(jobs::ChatTemplate requested, jobs::ParseChatTemplate(t));
+    tmpl = jobs::ResolveChatTemplate(requested, model_.chat_template);
+  }
+  const int64_t max_tokens = o.value("max_tokens", options_.default_max_tokens);
+  jobs::InputLimits limits;
+  limits.max_doc_bytes = o.value("max_doc_bytes", options_.max_doc_bytes);
+
+  auto runtime = std::make_shared<JobRuntime>();
+  runtime->record = job;
+  std::vector<ItemSpec> specs;
+  absl::flat_hash_map<std::string, int64_t> seen;  // custom_id -> first line (as InputReader)
+  const int64_t t_len = options_.attention.mesa.train_length > 0 ? options_.attention.mesa.train_length
+                                                                  : model_.config.context_length;
+  const bool mesa = options_.attention.method == AttentionMethod::kAuto ||
+                    options_.attention.method == AttentionMethod::kMesa;
+  for (ItemRecord& item : items) {
+    auto rt = std::make_shared<ItemRuntime>();
+    rt->line = jobs::ParseJobLine(item.input, item.line, *task, limits);
+    if (!rt->line.custom_id.empty()) {
+      auto [it, inserted] = seen.try_emplace(rt->line.custom_id, item.line);
+      if (!inserted && rt->line.ok()) {
+        rt->line.error = absl::InvalidArgumentError(absl::StrCat(
+            "line ", item.line, ": duplicate custom_id '", rt->line.custom_id, "' (first on line ", it->second, ")"));
+      }
+    }
+    if (fresh) item.custom_id = rt->line.custom_id;
+    if (item.state != ItemState::kPending) continue;
+    absl::Status error = rt->line.error;
+    if (error.ok()) {
+      const jobs::JobInput& in = rt->line.input;
+      auto prompt = jobs::LinePrompt(*model_.tokenizer, tmpl, in);
+      if (!prompt.ok()) {
+        error = absl::Status(prompt.status().code(), absl::StrCat("line ", in.line, ": ", prompt.status().message()));
+      } else {
+        rt->prompt = *std::move(prompt);
+        rt->max_new = in.max_tokens.value_or(max_tokens);
+      }
+    }
+    ItemSpec spec;
+    spec.job_id = job.id;
+    spec.item = item.idx;
+    spec.prompt_tokens = static_cast<int64_t>(rt->prompt.size());
+    spec.max_new_tokens = rt->max_new;
+    spec.failures = item.failures;
+    if (error.ok() && mesa && t_len > 1) {
+      MesaOptions mo = options_.attention.mesa;
+      mo.train_length = t_len;
+      auto plan = PlanMesa(static_cast<int64_t>(rt->prompt.size()), rt->max_new, t_len, mo);
+      if (!plan.ok()) {
+        error = absl::Status(plan.status().code(),
+                             absl::StrCat("line ", item.line, ": ", plan.status().message()));
+      } else if (plan->chunked) {
+        spec.n_middle = static_cast<int32_t>(plan->middle.size());
+        for (const TokenRange& r : plan->middle) {
+          spec.chunk_kv_bytes.push_back(ChunkKvBytes(model_.config, r.size()));
+          spec.chunk_tokens.push_back(plan->anchor.size() + r.size());
+        }
+        if (fresh) item.plan_json = PlanToJson(*plan).dump();
+      }
+    }
+    if (!error.ok()) {
+      // A bad line fails alone, with the record `mesa run` writes for it.
+      jobs::JobResult r;
+      r.custom_id = rt->line.custom_id;
+      r.line = item.line;
+      r.status = error;
+      item.state = ItemState::kFailed;
+      item.result = StripNewline(jobs::ResultToLine(r));
+      continue;
+    }
+    rt->failures = item.failures;
+    runtime->pending[item.idx] = rt;
+    specs.push_back(std::move(spec));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  jobs_[job.id] = runtime;
+  return specs;
+}
+
+absl::StatusOr<JobRecord> CoordinatorCore::CreateJob(const JobRequest& request,
+                                                     const std::vector<std::string>& lines) {
+  const std::string task = request.task.empty() ? "summarize" : request.task;
+  MESA_RETURN_IF_ERROR(jobs::ParseTaskKind(task).status());
+  if (!request.chat_template.empty()) MESA_RETURN_IF_ERROR(jobs::ParseChatTemplate(request.chat_template).status());
+  if (request.max_tokens < 0) return absl::InvalidArgumentError("max_tokens must be >= 0");
+  if (request.max_doc_bytes < 0) return absl::InvalidArgumentError("max_doc_bytes must be >= 0");
+  if (!request.placement.empty() && request.placement != PlacementName(options_.scheduler.placement)) {
+    Placement p;
+    if (!ParsePlacement(request.placement, &p)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown placement '", request.placement, "' (choose auto, whole or spread)"));
+    }
+    return absl::InvalidArgumentError(absl::StrCat(
+        "per-job placement is not supported yet: this coordinator runs --placement ",
+        PlacementName(options_.scheduler.placement)));
+  }
+  if (request.request_id.size() > 256) return absl::InvalidArgumentError("request_id longer than 256 bytes");
+
+  JobRecord job;
+  job.id = NewJobId();
+  job.request_id = request.request_id;
+  job.model = model_name();
+  job.task = task;
+  nlohmann::json o = {{"task", task}};
+  if (request.max_tokens > 0) o["max_tokens"] = request.max_tokens;
+  if (!request.chat_template.empty()) o["template"] = request.chat_template;
+  if (request.max_doc_bytes > 0) o["max_doc_bytes"] = request.max_doc_bytes;
+  job.options_json = o.dump();
+  job.created_at = static_cast<int64_t>(std::time(nullptr));
+
+  std::vector<ItemRecord> items;
+  int64_t line_no = 0;
+  for (const std::string& raw : lines) {
+    ++line_no;
+    std::string text = raw;
+    if (!text.empty() && text.back() == '\r') text.pop_back();
+    if (absl::StripAsciiWhitespace(text).empty()) continue;  // as `mesa run`: blank lines are no items
+    ItemRecord item;
+    item.job_id = job.id;
+    item.idx = static_cast<int64_t>(items.size());
+    item.line = line_no;
+    item.input = std::move(text);
+    items.push_back(std::move(item));
+  }
+  if (items.empty()) return absl::InvalidArgumentError("the job has no input lines");
+  if (static_cast<int64_t>(items.size()) > options_.max_job_lines) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the job has ", items.size(), " lines; at most ", options_.max_job_lines, " are accepted"));
+  }
+
+  MESA_ASSIGN_OR_RETURN(std::vector<ItemSpec> specs, PrepareItems(job, items, /*fresh=*/true));
+  // Items whose line failed validation are stored pending and settled right after.
+  std::vector<ItemRecord> stored = items;
+  for (ItemRecord& it : stored) {
+    it.state = ItemState::kPending;
+    it.result.clear();
+  }
+  auto created = store_->CreateJob(job, stored);
+  if (!created.ok() || !created->created) {
+    std::lock_guard<std::mutex> lock(mu_);
+    jobs_.erase(job.id);
+    if (!created.ok()) return created.status();
+    return created->job;  // the same request_id was seen before: that job
+  }
+  for (const ItemRecord& it : items) {
+    if (it.state == ItemState::kFailed) {
+      MESA_RETURN_IF_ERROR(store_->CommitResult(job.id, it.idx, ItemState::kFailed, it.result, 0, 0).status());
+    }
+  }
+  MESA_RETURN_IF_ERROR(store_->SetJobStatus(job.id, kJobInProgress));
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    scheduler_->AddJob(job.id, specs, Now());
+    FinishJobIfDoneLocked(job.id);
+    ExecuteActionsLocked(lock);
+    BumpLocked();
+    wake_.notify_all();
+  }
+  return store_->GetJob(job.id);
+}
+
+absl::Status CoordinatorCore::ResumeJobs() {
+  MESA_ASSIGN_OR_RETURN(std::vector<std::string> ids, store_->UnfinishedJobIds());
+  for (const std::string& id : ids) {
+    MESA_ASSIGN_OR_RETURN(JobRecord job, store_->GetJob(id));
+    if (job.status == kJobCancelling) {
+      MESA_RETURN_IF_ERROR(store_->SetJobStatus(id, kJobCancelled));
+      continue;
+    }
+    MESA_ASSIGN_OR_RETURN(std::vector<ItemRecord> items, store_->Items(id));
+    MESA_ASSIGN_OR_RETURN(std::vector<ItemSpec> specs, PrepareItems(job, items, /*fresh=*/false));
+    for (const ItemRecord& it : items) {
+      if (it.state == ItemState::kFailed && !it.result.empty()) {
+        MESA_RETURN_IF_ERROR(store_->CommitResult(id, it.idx, ItemState::kFailed, it.result, 0, 0).status());
+      }
+    }
+    if (job.status == kJobValidating) MESA_RETURN_IF_ERROR(store_->SetJobStatus(id, kJobInProgress));
+    std::unique_lock<std::mutex> lock(mu_);
+    scheduler_->AddJob(id, specs, Now());
+    FinishJobIfDoneLocked(id);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<JobRecord> CoordinatorCore::GetJob(const std::string& id) {
+  auto job = store_->GetJob(id);
+  if (absl::IsNotFound(job.status())) {
+    return absl::NotFoundError(absl::StrCat("job '", id, "' not found (`mesa list` shows the jobs)"));
+  }
+  return job;
+}
+
+absl::StatusOr<std::vector<ItemRecord>> CoordinatorCore::Items(const std::string& id) {
+  MESA_RETURN_IF_ERROR(GetJob(id).status());
+  return store_->Items(id);
+}
+
+absl::StatusOr<std::vector<JobRecord>> CoordinatorCore::ListJobs(int limit) { return store_->ListJobs(limit); }
+
+absl::StatusOr<JobRecord> CoordinatorCore::CancelJob(const std::string& id) {
+  MESA_ASSIGN_OR_RETURN(JobRecord job, GetJob(id));
+  if (IsTerminalJobStatus(job.status)) return job;  // best effort (AIP-151): nothing left to stop
+  MESA_RETURN_IF_ERROR(store_->SetJobStatus(id, kJobCancelling));
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    auto it = jobs_.find(id);
+    if (it != jobs_.end()) it->second->cancelled = true;
+    scheduler_->CancelJob(id, Now());
+    ExecuteActionsLocked(lock);
+    BumpLocked();
+  }
+  MESA_RETURN_IF_ERROR(store_->SetJobStatus(id, kJobCancelled));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    BumpLocked();
+  }
+  return store_->GetJob(id);
+}
+
+absl::StatusOr<std::vector<std::string>> CoordinatorCore::Results(const std::string& id, const std::string& format) {
+  if (!format.empty() && format != "mesa" && format != "openai") {
+    return absl::InvalidArgumentError(absl::StrCat("unknown results format '", format, "' (choose mesa or openai)"));
+  }
+  MESA_ASSIGN_OR_RETURN(JobRecord job, GetJob(id));
+  MESA_ASSIGN_OR_RETURN(std::vector<ItemRecord> items, store_->Items(id));
+  std::vector<std::string> out;
+  for (const ItemRecord& it : items) {
+    if (it.state == ItemState::kPending || it.result.empty()) continue;
+    if (format == "openai") {
+      out.push_back(StripNewline(jobs::MesaLineToOpenAiLine(it.result, job.model, job.id)));
+    } else {
+      out.push_back(it.result);
+    }
+  }
+  return out;
+}
+
+void CoordinatorCore::FinishJobIfDoneLocked(const std::string& job_id) {
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end() || it->second->cancelled || !it->second->pending.empty()) return;
+  if (!scheduler_->JobFinished(job_id)) return;
+  // Every item is settled: write the result file beside the store, then complete.
+  jobs_.erase(it);
+  (void)store_->SetJobStatus(job_id, kJobFinalizing);
+  auto items = store_->Items(job_id);
+  if (items.ok()) {
+    const std::string dir = options_.store_dir + "/results";
+    ::mkdir(dir.c_str(), 0700);
+    std::vector<std::string> lines;
+    for (const ItemRecord& r : *items) {
+      if (!r.result.empty()) lines.push_back(r.result + "\n");
+    }
+    absl::Status s = jobs::RewriteFile(dir + "/" + job_id + ".jsonl", lines);
+    if (!s.ok()) std::fprintf(stderr, "mesa coordinator: %s\n", std::string(s.message()).c_str());
+  }
+  (void)store_->SetJobStatus(job_id, kJobCompleted);
+  BumpLocked();
+}
+
+// ---------------------------------------------------------------- workers
+
+absl::StatusOr<std::string> CoordinatorCore::RegisterWorker(const std::string& name, const std::string& fingerprint,
+                                                            const std::string& model_description,
+                                                            int64_t kv_budget_bytes,
+                                                            std::unique_ptr<WorkerClient> client) {
+  const ModelFingerprint theirs = ModelFingerprint::FromString(fingerprint);
+  if (!FingerprintsMatch(fingerprint_, theirs)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "worker '", name, "' holds a different model: ", model_description, " (fingerprint ", fingerprint,
+        "); this coordinator serves ", DescribeModel(model_), " (fingerprint ", fingerprint_.ToString(), ")"));
+  }
+  if (kv_budget_bytes < 0) return absl::InvalidArgumentError("kv_memory_bytes must be >= 0");
+  std::unique_lock<std::mutex> lock(mu_);
+  if (stopping_) return absl::UnavailableError("the coordinator is shutting down");
+  auto entry = std::make_shared<WorkerEntry>();
+  entry->id = absl::StrCat("w", next_worker_++, "-", name.empty() ? "worker" : name);
+  entry->name = name;
+  entry->client = std::move(client);
+  workers_[entry->id] = entry;
+  WorkerCaps caps;
+  caps.kv_budget_bytes = kv_budget_bytes;
+  scheduler_->WorkerJoined(entry->id, caps, Now());
+  ExecuteActionsLocked(lock);
+  wake_.notify_all();
+  return entry->id;
+}
+
+bool CoordinatorCore::Heartbeat(const std::string& worker_id, bool draining) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (!workers_.contains(worker_id)) return false;
+  if (!scheduler_->HasWorker(worker_id)) {
+    // Declared dead (silent too long): it must register again, as a new worker.
+    workers_.erase(worker_id);
+    return false;
+  }
+  scheduler_->WorkerHeartbeat(worker_id, Now());
+  if (draining) scheduler_->WorkerDraining(worker_id, Now());
+  ExecuteActionsLocked(lock);
+  return true;
+}
+
+void CoordinatorCore::DeregisterWorker(const std::string& worker_id) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (!workers_.contains(worker_id)) return;
+  scheduler_->WorkerLeft(worker_id, Now());
+  workers_.erase(worker_id);
+  ExecuteActionsLocked(lock);
+  wake_.notify_all();
+}
+
+Scheduler::Stats CoordinatorCore::stats() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return scheduler_->stats();
+}
+
+// ---------------------------------------------------------------- driving
+
+void CoordinatorCore::DriverLoop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stopping_) {
+    const int64_t now = Now();
+    const int64_t next = std::min<int64_t>(scheduler_->next_deadline_ms(), now + heartbeat_interval_ms());
+    wake_.wait_for(lock, std::chrono::milliseconds(std::max<int64_t>(1, next - now)));
+    if (stopping_) break;
+    scheduler_->Tick(Now());
+    // Workers the scheduler declared dead are gone for us too.
+    ExecuteActionsLocked(lock);
+    std::vector<std::thread> done;
+    for (uint64_t id : finished_threads_) {
+      auto it = task_threads_.find(id);
+      if (it != task_threads_.end()) {
+        done.push_back(std::move(it->second));
+        task_threads_.erase(it);
+      }
+    }
+    finished_threads_.clear();
+    lock.unlock();
+    for (std::thread& t : done) t.join();
+    lock.lock();
+  }
+}
+
+void CoordinatorCore::ExecuteActionsLocked(std::unique_lock<std::mutex>& lock) {
+  for (Action& a : scheduler_->TakeActions()) {
+    if (auto* d = std::get_if<Dispatch>(&a)) {
+      if (stopping_) continue;
+      const uint64_t id = d->task;
+      task_threads_[id] = std::thread([this, d = std::move(*d)]() mutable { RunTask(std::move(d)); });
+    } else if (auto* c = std::get_if<CancelTask>(&a)) {
+      auto w = workers_.find(c->worker);
+      if (w != workers_.end()) w->second->client->Cancel(c->task);
+    } else if (auto* r = std::get_if<ReleaseKv>(&a)) {
+      auto w = workers_.find(r->worker);
+      if (w == workers_.end()) continue;
+      // Off the lock: a dead worker's call waits for its deadline.
+      std::thread([client = w->second->client, r = *r] {
+        (void)client->ReleaseKv(r.job_id, r.item, r.attempt);
+      }).detach();
+    } else if (auto* f = std::get_if<ItemFailed>(&a)) {
+      auto j = jobs_.find(f->job_id);
+      if (j == jobs_.end()) continue;
+      auto item = j->second->pending.find(f->item);
+      if (item == j->second->pending.end()) continue;
+      jobs::JobResult r;
+      r.custom_id = item->second->line.custom_id;
+      r.line = item->second->line.line;
+      r.status = absl::UnavailableError(absl::StrCat("line ", r.line, ": ", f->error));
+      (void)store_->CommitResult(f->job_id, f->item, ItemState::kFailed, StripNewline(jobs::ResultToLine(r)), 0, 0);
+      j->second->pending.erase(item);
+      BumpLocked();
+      FinishJobIfDoneLocked(f->job_id);
+    }
+  }
+  (void)lock;
+}
+
+void CoordinatorCore::RunTask(Dispatch d) {
+  std::shared_ptr<WorkerClient> client;
+  std::shared_ptr<ItemRuntime> item;
+  worker::FinalTask final_task;
+  worker::ChunkTask chunk_task;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto w = workers_.find(d.worker);
+    auto j = jobs_.find(d.job_id);
+    if (w != workers_.end()) client = w->second->client;
+    if (j != jobs_.end()) {
+      auto it = j->second->pending.find(d.item);
+      if (it != j->second->pending.end()) item = it->second;
+    }
+    if (client && item) {
+      worker::KvKey key{d.job_id, d.item, d.chunk, d.attempt};
+      if (d.kind == TaskKind::kChunk) {
+        chunk_task.key = key;
+        chunk_task.prompt = item->prompt;
+        chunk_task.max_new_tokens = item->max_new;
+        chunk_task.options = options_.attention;
+        chunk_task.lease_ms = options_.kv_lease_ms;
+      } else {
+        final_task.key = key;
+        final_task.key.chunk = -1;
+        final_task.prompt = item->prompt;
+        final_task.max_new_tokens = item->max_new;
+        final_task.options = options_.attention;
+        final_task.fetch_timeout_ms = options_.fetch_timeout_ms;
+        for (const SourceRef& s : d.sources) {
+          worker::KvSourceRef ref;
+          ref.chunk = s.chunk;
+          ref.key = worker::KvKey{d.job_id, d.item, s.chunk, s.attempt};
+          if (s.worker != d.worker) {
+            auto holder = workers_.find(s.worker);
+            ref.address = holder != workers_.end() ? holder->second->client->kv_address() : "unreachable:" + s.worker;
+          }
+          final_task.sources.push_back(std::move(ref));
+        }
+      }
+    }
+  }
+  const int64_t timeout = std::max<int64_t>(1000, d.deadline_ms - Now() + 5000);
+  absl::Status status;
+  std::string record;
+  int64_t prompt_tokens = 0, generated = 0;
+  if (!client) {
+    status = absl::UnavailableError("the worker left");
+  } else if (!item) {
+    status = absl::CancelledError("the item is no longer pending");
+  } else if (d.kind == TaskKind::kChunk) {
+    status = client->RunChunk(d.task, chunk_task, timeout).status();
+  } else {
+    auto r = client->RunFinal(d.task, final_task, timeout);
+    status = r.status();
+    if (r.ok()) {
+      jobs::GenerationOutput gen;
+      gen.tokens = std::move(r->tokens);
+      gen.stop_reason = std::move(r->stop_reason);
+      gen.attention = std::move(r->attention);
+      gen.plan = std::move(r->plan);
+      gen.prefill_s = r->prefill_s;
+      gen.decode_s = r->decode_s;
+      jobs::JobResult result = jobs::MakeResult(*model_.tokenizer, item->line, item->prompt, std::move(gen));
+      prompt_tokens = result.prompt_tokens;
+      generated = result.generated_tokens;
+      record = StripNewline(jobs::ResultToLine(result));
+      // Committed before the scheduler hears of it: a crash after this never loses it.
+      auto committed = store_->CommitResult(d.job_id, d.item, ItemState::kDone, record, prompt_tokens, generated);
+      if (!committed.ok()) status = committed.status();
+    }
+  }
+  // A failure that may mean a dead process: ask the workers concerned (off the lock),
+  // so that a dead worker is known at once rather than after its heartbeats stop, and
+  // the retry does not go back to it.
+  std::vector<std::string> dead;
+  if (client && (absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status)) && !client->Reachable(1000)) {
+    dead.push_back(d.worker);
+  }
+  if (absl::IsAborted(status)) {
+    std::map<std::string, std::shared_ptr<WorkerClient>> holders;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (const SourceRef& s : d.sources) {
+        auto w = workers_.find(s.worker);
+        if (s.worker != d.worker && w != workers_.end()) holders[s.worker] = w->second->client;
+      }
+    }
+    for (auto& [id, c] : holders) {
+      if (!c->Reachable(1000)) dead.push_back(id);
+    }
+  }
+  std::unique_lock<std::mutex> lock(mu_);
+  for (const std::string& w : dead) {
+    if (!workers_.contains(w)) continue;
+    std::fprintf(stderr, "mesa coordinator: worker %s does not answer: taken as dead\n", w.c_str());
+    scheduler_->WorkerLeft(w, Now());
+    workers_.erase(w);
+  }
+  if (status.ok()) {
+    scheduler_->TaskSucceeded(d.task, Now());
+    if (d.kind == TaskKind::kFinal) {
+      auto j = jobs_.find(d.job_id);
+      if (j != jobs_.end()) j->second->pending.erase(d.item);
+      BumpLocked();
+      FinishJobIfDoneLocked(d.job_id);
+    }
+  } else {
+    scheduler_->TaskFailed(d.task, status, Now());
+    // Failures survive a coordinator restart (the scheduler counts them: deadlines and
+    // dead workers included).
+    const int32_t failures = scheduler_->ItemFailures(d.job_id, d.item);
+    if (item && failures > item->failures) {
+      item->failures = failures;
+      (void)store_->SetFailures(d.job_id, d.item, failures);
+    }
+  }
+  ExecuteActionsLocked(lock);
+  finished_threads_.push_back(d.task);
+  wake_.notify_all();
+}
+
+}  // namespace mesa::coord

@@ -1,1 +1,3 @@
-target_sources(mesa_coordinator_rpc PRIVATE ${CMAKE_CURRENT_LIST_DIR}/coordinator_rpc.cc)
+target_sources(mesa_coordinator_rpc PRIVATE
+  ${CMAKE_CURRENT_LIST_DIR}/coordinator_service.cc
+  ${CMAKE_CURRENT_LIST_DIR}/grpc_worker_client.cc)

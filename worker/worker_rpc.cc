@@ -1,1 +1,333 @@
-// worker_rpc: placeholder until written.
+// WorkerProcess: the WorkerService adapter over WorkerCore and the registration agent.
+#include "worker/worker_rpc.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "engine/model_fingerprint.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "mesa/v1/worker_service.grpc.pb.h"
+#include "worker/grpc_kv.h"
+#include "worker/grpc_status.h"
+#include "worker/task_proto.h"
+
+namespace mesa::worker {
+namespace {
+
+constexpr int kMaxMessageBytes = 64 << 20;  // prompts of a few MB at most; K/V moves in 1 MiB pieces
+
+void Log(bool verbose, const std::string& line) {
+  if (verbose) std::fprintf(stderr, "mesa worker: %s\n", line.c_str());
+}
+
+// Sets `flag` when the call's client cancels or its deadline passes, until stopped.
+class CancelWatcher {
+ public:
+  CancelWatcher(grpc::ServerContext* ctx, CancelFlag* flag)
+      : thread_([this, ctx, flag] {
+          std::unique_lock<std::mutex> lock(mu_);
+          while (!done_) {
+            if (ctx->IsCancelled()) {
+              flag->store(true);
+              return;
+            }
+            cv_.wait_for(lock, std::chrono::milliseconds(20));
+          }
+        }) {}
+  ~CancelWatcher() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread thread_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::string> LocalAddressFor(const std::string& host_port) {
+  const size_t colon = host_port.rfind(':');
+  if (colon == std::string::npos || colon == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("'", host_port, "' is not HOST:PORT"));
+  }
+  std::string host = host_port.substr(0, colon);
+  if (host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  addrinfo hints{};
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_DGRAM;
+  addrinfo* res = nullptr;
+  if (getaddrinfo(host.c_str(), host_port.substr(colon + 1).c_str(), &hints, &res) != 0 || !res) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot resolve '", host, "'"));
+  }
+  // A UDP "connect" sends nothing; it only asks the kernel which local address routes there.
+  int fd = socket(AF_INET, SOCK_DGRAM, 0);
+  std::string out;
+  if (fd >= 0 && connect(fd, res->ai_addr, res->ai_addrlen) == 0) {
+    sockaddr_in local{};
+    socklen_t len = sizeof local;
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0) {
+      char buf[INET_ADDRSTRLEN];
+      if (inet_ntop(AF_INET, &local.sin_addr, buf, sizeof buf)) out = buf;
+    }
+  }
+  if (fd >= 0) close(fd);
+  freeaddrinfo(res);
+  if (out.empty()) return absl::UnavailableError(absl::StrCat("no local address reaches '", host, "'"));
+  return out;
+}
+
+class WorkerProcess::Service final : public v1::WorkerService::Service {
+ public:
+  Service(WorkerProcess* p) : p_(p) {}
+
+  grpc::Status RunChunk(grpc::ServerContext* ctx, const v1::RunChunkRequest* req,
+                        v1::RunChunkResponse* resp) override {
+    auto task = FromProto(*req);
+    if (!task.ok()) return ToGrpcStatus(task.status());
+    auto busy = p_->BeginTask();
+    if (!busy) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the worker is draining");
+    CancelFlag cancel{false};
+    CancelWatcher watch(ctx, &cancel);
+    auto r = p_->core_->RunChunk(*task, &cancel);
+    if (!r.ok()) return ToGrpcStatus(r.status());
+    ToProto(*r, resp);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status RunFinal(grpc::ServerContext* ctx, const v1::RunFinalRequest* req,
+                        v1::RunFinalResponse* resp) override {
+    auto task = FromProto(*req);
+    if (!task.ok()) return ToGrpcStatus(task.status());
+    auto busy = p_->BeginTask();
+    if (!busy) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the worker is draining");
+    CancelFlag cancel{false};
+    CancelWatcher watch(ctx, &cancel);
+    auto r = p_->core_->RunFinal(*task, &cancel);
+    if (!r.ok()) return ToGrpcStatus(r.status());
+    ToProto(*r, resp);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status FetchKv(grpc::ServerContext* ctx, const v1::FetchKvRequest* req,
+                       grpc::ServerWriter<v1::KvMessage>* writer) override {
+    if (!req->has_key() || req->key().job_id().empty()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "FetchKv without a key");
+    }
+    auto kv = p_->core_->GetKv(FromProto(req->key()));
+    if (!kv.ok()) return ToGrpcStatus(kv.status());
+    return ServeKvStream(**kv, ctx, writer);
+  }
+
+  grpc::Status ReleaseKv(grpc::ServerContext*, const v1::ReleaseKvRequest* req,
+                         v1::ReleaseKvResponse* resp) override {
+    if (req->job_id().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "ReleaseKv without a job_id");
+    const WorkerCore::Released r = p_->core_->ReleaseKv(req->job_id(), req->item(), req->attempt());
+    resp->set_released_bytes(r.bytes);
+    resp->set_released_entries(r.entries);
+    return grpc::Status::OK;
+  }
+
+ private:
+  WorkerProcess* p_;
+};
+
+std::shared_ptr<void> WorkerProcess::BeginTask() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (draining_) return nullptr;
+  ++in_flight_;
+  return std::shared_ptr<void>(this, [](WorkerProcess* p) {
+    std::lock_guard<std::mutex> lock(p->mu_);
+    --p->in_flight_;
+    p->cv_.notify_all();
+  });
+}
+
+void WorkerProcess::WaitIdle() {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [&] { return in_flight_ == 0; });
+}
+
+absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(const Model& model, WorkerProcessOptions options) {
+  if (options.coordinator.empty()) return absl::InvalidArgumentError("no coordinator address given");
+  std::unique_ptr<WorkerProcess> p(new WorkerProcess());
+  p->model_ = &model;
+  if (options.name.empty()) {
+    char host[256] = {};
+    gethostname(host, sizeof host - 1);
+    options.name = host[0] ? host : "worker";
+  }
+  std::string listen = options.listen;
+  if (listen.empty()) {
+    auto local = LocalAddressFor(options.coordinator);
+    if (!local.ok()) return local.status();
+    listen = *local + ":0";
+  }
+  p->options_ = options;
+  p->fetcher_ = std::make_unique<GrpcKvFetcher>();
+  WorkerCoreOptions core_options;
+  core_options.kv_memory_bytes = options.kv_memory_bytes;
+  p->core_ = std::make_unique<WorkerCore>(model, options.threads, core_options, p->fetcher_.get());
+  p->service_ = std::make_unique<Service>(p.get());
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(p->service_.get());
+  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  builder.SetMaxSendMessageSize(kMaxMessageBytes);
+  p->server_ = builder.BuildAndStart();
+  if (!p->server_ || port == 0) return absl::UnavailableError(absl::StrCat("cannot listen on '", listen, "'"));
+  const size_t colon = listen.rfind(':');
+  p->address_ = absl::StrCat(listen.substr(0, colon), ":", port);
+  if (p->address_.rfind("0.0.0.0:", 0) == 0 || p->address_.rfind("[::]:", 0) == 0) {
+    // Listening on every address: advertise the one that reaches the coordinator.
+    auto local = LocalAddressFor(options.coordinator);
+    if (local.ok()) p->address_ = absl::StrCat(*local, ":", port);
+  }
+  p->server_->GetHealthCheckService()->SetServingStatus(true);
+  Log(options.verbose, absl::StrCat("serving on ", p->address_, " (", DescribeModel(model), ")"));
+  p->agent_ = std::thread([w = p.get()] { w->AgentLoop(); });
+  return p;
+}
+
+WorkerProcess::~WorkerProcess() {
+  Drain();
+  if (agent_.joinable()) agent_.join();
+  if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+}
+
+void WorkerProcess::Drain() {
+  std::lock_guard<std::mutex> lock(mu_);
+  draining_ = true;
+  cv_.notify_all();
+}
+
+absl::Status WorkerProcess::Wait() {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [&] { return stopped_; });
+  return exit_status_;
+}
+
+void WorkerProcess::AgentLoop() {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  auto channel = grpc::CreateCustomChannel(options_.coordinator, grpc::InsecureChannelCredentials(), args);
+  auto stub = v1::WorkerRegistry::NewStub(channel);
+  const ModelFingerprint fp = FingerprintModel(*model_);
+  const auto start = std::chrono::steady_clock::now();
+  std::string worker_id;
+  int64_t interval_ms = 1000;
+  int64_t backoff_ms = 100;
+  absl::Status fatal;
+  auto finish = [&](absl::Status s) {
+    std::lock_guard<std::mutex> lock(mu_);
+    exit_status_ = std::move(s);
+    stopped_ = true;
+    cv_.notify_all();
+  };
+  for (;;) {
+    bool draining;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      draining = draining_;
+    }
+    core_->ExpireLeases();
+    if (draining) {
+      if (!worker_id.empty()) {
+        // Tell the coordinator first (no new tasks), then finish the task at hand.
+        v1::HeartbeatRequest hb;
+        hb.set_worker_id(worker_id);
+        hb.set_draining(true);
+        v1::HeartbeatResponse hr;
+        grpc::ClientContext hctx;
+        hctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+        (void)stub->Heartbeat(&hctx, hb, &hr);
+        WaitIdle();
+        v1::DeregisterRequest dr;
+        dr.set_worker_id(worker_id);
+        v1::DeregisterResponse dresp;
+        grpc::ClientContext dctx;
+        dctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+        (void)stub->Deregister(&dctx, dr, &dresp);
+        Log(options_.verbose, "drained and deregistered");
+      }
+      finish(absl::OkStatus());
+      return;
+    }
+    if (worker_id.empty()) {
+      v1::RegisterRequest req;
+      req.set_name(options_.name);
+      req.set_address(address_);
+      req.set_model_fingerprint(fp.ToString());
+      req.set_model_description(DescribeModel(*model_));
+      req.set_kv_memory_bytes(options_.kv_memory_bytes);
+      req.set_threads(options_.threads);
+      v1::RegisterResponse resp;
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+      grpc::Status s = stub->Register(&ctx, req, &resp);
+      if (s.ok()) {
+        worker_id = resp.worker_id();
+        interval_ms = std::max<int64_t>(50, resp.heartbeat_interval_ms());
+        backoff_ms = 100;
+        core_->ReleaseAll();  // a new registration: the coordinator knows of no K/V here
+        Log(options_.verbose, absl::StrCat("registered with ", options_.coordinator, " as ", worker_id));
+      } else if (s.error_code() == grpc::StatusCode::FAILED_PRECONDITION ||
+                 s.error_code() == grpc::StatusCode::INVALID_ARGUMENT ||
+                 s.error_code() == grpc::StatusCode::PERMISSION_DENIED ||
+                 s.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
+        finish(absl::FailedPreconditionError(
+            absl::StrCat("the coordinator at ", options_.coordinator, " refused this worker: ", s.error_message())));
+        return;
+      } else {
+        const int64_t waited = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::steady_clock::now() - start)
+                                   .count();
+        if (options_.register_timeout_ms > 0 && waited > options_.register_timeout_ms) {
+          finish(absl::UnavailableError(absl::StrCat("cannot reach the coordinator at ", options_.coordinator,
+                                                     ": ", s.error_message())));
+          return;
+        }
+        backoff_ms = std::min<int64_t>(backoff_ms * 2, 5000);
+      }
+    } else {
+      v1::HeartbeatRequest hb;
+      hb.set_worker_id(worker_id);
+      hb.set_kv_bytes_in_use(core_->kv_bytes_in_use());
+      v1::HeartbeatResponse hr;
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(std::max<int64_t>(interval_ms, 2000)));
+      grpc::Status s = stub->Heartbeat(&ctx, hb, &hr);
+      if (s.ok() && !hr.known()) {
+        Log(options_.verbose, "the coordinator does not know this worker (it restarted?): registering again");
+        worker_id.clear();
+        continue;
+      }
+      backoff_ms = s.ok() ? 100 : std::min<int64_t>(backoff_ms * 2, 5000);
+    }
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, std::chrono::milliseconds(worker_id.empty() ? backoff_ms : interval_ms),
+                 [&] { return draining_; });
+  }
+}
+
+}  // namespace mesa::worker

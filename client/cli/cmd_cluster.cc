@@ -1,5 +1,252 @@
-// placeholder until written.
+// `mesa coordinator` and `mesa worker`: the two server processes of a cluster, as thin
+// commands over coordinator/coordinator_service.h and worker/worker_rpc.h.
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <fstream>
+#include <memory>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "client/cli/attention_flags.h"
+#include "client/cli/cli_util.h"
 #include "client/cli/commands.h"
+#include "coordinator/coordinator_service.h"
+#include "engine/model_fingerprint.h"
+#include "jobs/job_format.h"
+#include "worker/worker_rpc.h"
+
 namespace mesa::cli {
-void RegisterClusterCommands(CLI::App&) {}
+namespace {
+
+// The signals that stop a server: blocked in every thread (call this before any thread
+// starts, so none of gRPC's threads takes them) and taken by SignalWaiter's sigwait.
+sigset_t ShutdownSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGUSR2);  // internal: wakes the waiter when no signal came
+  return set;
+}
+void BlockShutdownSignals() {
+  sigset_t set = ShutdownSignals();
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+}
+
+// Runs `on_signal` on a thread of its own when SIGTERM or SIGINT arrives.
+class SignalWaiter {
+ public:
+  explicit SignalWaiter(std::function<void(int)> on_signal)
+      : thread_([on_signal = std::move(on_signal)] {
+          sigset_t set = ShutdownSignals();
+          int sig = 0;
+          if (sigwait(&set, &sig) == 0 && sig != SIGUSR2) on_signal(sig);
+        }) {}
+  ~SignalWaiter() {
+    pthread_kill(thread_.native_handle(), SIGUSR2);  // harmless if it already returned
+    thread_.join();
+  }
+
+ private:
+  std::thread thread_;
+};
+
+absl::StatusOr<int64_t> ParseBytes(const std::string& text) {
+  std::string t = text;
+  int64_t mult = 1;
+  if (!t.empty()) {
+    switch (t.back()) {
+      case 'K': case 'k': mult = 1LL << 10; t.pop_back(); break;
+      case 'M': case 'm': mult = 1LL << 20; t.pop_back(); break;
+      case 'G': case 'g': mult = 1LL << 30; t.pop_back(); break;
+      case 'T': case 't': mult = 1LL << 40; t.pop_back(); break;
+      default: break;
+    }
+  }
+  int64_t v = 0;
+  if (!absl::SimpleAtoi(t, &v) || v < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("'", text, "' is not a byte count (e.g. 8G, 512M, 1073741824)"));
+  }
+  return v * mult;
+}
+
+absl::Status WriteAddressFile(const std::string& path, const std::string& address) {
+  if (path.empty()) return absl::OkStatus();
+  return jobs::RewriteFile(path, {address + "\n"});
+}
+
+// ---------------------------------------------------------------- coordinator
+
+struct CoordinatorArgs {
+  std::string listen = "0.0.0.0:50051";
+  std::string store, model, placement = "auto", address_file;
+  int max_attempts = 3;
+  int64_t max_tokens = 256;
+  std::string chat_template = "auto";
+  double heartbeat_timeout_s = 15;
+  LongContextFlags lc;
+};
+
+int RunCoordinator(const CoordinatorArgs& a) {
+  BlockShutdownSignals();
+  auto lc = ToLongContextOptions(a.lc);
+  if (!lc.ok()) return Fail(lc.status());
+  coord::Placement placement;
+  if (!coord::ParsePlacement(a.placement, &placement)) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat("unknown placement '", a.placement, "'")));
+  }
+  // The coordinator tokenizes and plans; it never runs the model (matrices stay mapped).
+  auto model = LoadModelForCli(a.model, /*compute=*/false);
+  if (!model.ok()) return Fail(model.status());
+  coord::CoordinatorOptions options;
+  options.store_dir = a.store;
+  options.scheduler.placement = placement;
+  options.scheduler.max_attempts = a.max_attempts;
+  options.scheduler.heartbeat_timeout_ms = static_cast<int64_t>(a.heartbeat_timeout_s * 1000);
+  options.attention = *lc;
+  options.default_max_tokens = a.max_tokens;
+  options.chat_template = a.chat_template;
+  auto core = coord::CoordinatorCore::Create(**model, options);
+  if (!core.ok()) return Fail(core.status());
+  coord::CoordinatorServerOptions server_options;
+  server_options.listen = a.listen;
+  auto server = coord::CoordinatorServer::Start(**core, server_options);
+  if (!server.ok()) return Fail(server.status());
+  if (absl::Status s = WriteAddressFile(a.address_file, (*server)->address()); !s.ok()) return Fail(s);
+  std::fprintf(stderr, "mesa coordinator: listening on %s, store %s, model %s, placement %s\n",
+               (*server)->address().c_str(), a.store.c_str(), DescribeModel(**model).c_str(), a.placement.c_str());
+  coord::CoordinatorServer* srv = server->get();
+  {
+    SignalWaiter signals([srv](int sig) {
+      std::fprintf(stderr, "mesa coordinator: signal %d, shutting down (unfinished jobs resume on restart)\n", sig);
+      srv->Shutdown();
+    });
+    srv->Wait();
+  }
+  server->reset();
+  core->reset();
+  return 0;
+}
+
+// ---------------------------------------------------------------- worker
+
+struct WorkerArgs {
+  std::string coordinator, model, listen, name, kv_memory = "0", address_file;
+  int threads = 0;
+  double register_timeout_s = 0;
+};
+
+int RunWorker(const WorkerArgs& a) {
+  BlockShutdownSignals();
+  std::string coordinator = a.coordinator;
+  if (coordinator.empty()) {
+    const char* env = std::getenv("MESA_COORDINATOR");
+    if (env) coordinator = env;
+  }
+  if (coordinator.empty()) {
+    return Fail(absl::InvalidArgumentError("no coordinator: pass --coordinator HOST:PORT or set MESA_COORDINATOR"));
+  }
+  auto kv = ParseBytes(a.kv_memory);
+  if (!kv.ok()) return Fail(kv.status());
+  auto model = LoadModelForCli(a.model);
+  if (!model.ok()) return Fail(model.status());
+  worker::WorkerProcessOptions options;
+  options.coordinator = coordinator;
+  options.listen = a.listen;
+  options.name = a.name;
+  options.threads = a.threads;
+  options.kv_memory_bytes = *kv;
+  options.register_timeout_ms = static_cast<int64_t>(a.register_timeout_s * 1000);
+  auto process = worker::WorkerProcess::Start(**model, options);
+  if (!process.ok()) return Fail(process.status());
+  if (absl::Status s = WriteAddressFile(a.address_file, (*process)->address()); !s.ok()) return Fail(s);
+  worker::WorkerProcess* p = process->get();
+  absl::Status exit;
+  {
+    SignalWaiter signals([p](int sig) {
+      std::fprintf(stderr, "mesa worker: signal %d, draining (finishing the task at hand)\n", sig);
+      p->Drain();
+    });
+    exit = p->Wait();
+  }
+  process->reset();
+  if (!exit.ok()) return Fail(exit);
+  return 0;
+}
+
+}  // namespace
+
+void RegisterClusterCommands(CLI::App& app) {
+  {
+    auto a = std::make_shared<CoordinatorArgs>();
+    CLI::App* cmd = app.add_subcommand(
+        "coordinator", "Serve the job service: accept batch jobs, plan them, run them on registered workers");
+    cmd->footer(
+        "The coordinator tokenizes, templates and plans every document with the model's tokenizer and metadata\n"
+        "(it never loads the matrices), keeps jobs, items and results in DIR/mesa.db (SQLite, WAL) and writes\n"
+        "each finished job's results to DIR/results/JOB.jsonl. Restarting it on the same --store resumes every\n"
+        "unfinished job; finished items are never recomputed. Workers (`mesa worker`) register with it.\n"
+        "Placement: whole runs each document on one worker; spread computes a long document's middle chunks\n"
+        "on every worker and gathers their K/V on one; auto chooses whole while queued documents outnumber\n"
+        "idle workers, spread when workers would otherwise idle.\n"
+        "Example: mesa coordinator --listen 0.0.0.0:50051 --store /data/mesa --model model.gguf");
+    cmd->add_option("--listen", a->listen, "HOST:PORT to serve on (port 0: any free port)")->capture_default_str();
+    cmd->add_option("--store", a->store, "Directory for the job store and result files (created)")->required();
+    cmd->add_option("--model,-m", a->model, "GGUF file or Hugging Face directory (the workers' model)")->required();
+    cmd->add_option("--placement", a->placement, "auto, whole or spread")
+        ->check(CLI::IsMember({"auto", "whole", "spread"}))
+        ->capture_default_str();
+    cmd->add_option("--max-attempts", a->max_attempts, "Failed tries of one document before it fails for good")
+        ->check(CLI::Range(1, 100))
+        ->capture_default_str();
+    cmd->add_option("--max-tokens", a->max_tokens, "Default generation budget of jobs that set none")
+        ->check(CLI::NonNegativeNumber)
+        ->capture_default_str();
+    cmd->add_option("--template", a->chat_template, "Default chat template (auto, llama2, llama3, chatml, mistral, raw)")
+        ->check(CLI::IsMember({"auto", "llama2", "llama3", "chatml", "mistral", "raw"}))
+        ->capture_default_str();
+    cmd->add_option("--heartbeat-timeout", a->heartbeat_timeout_s, "Seconds of silence after which a worker is dead")
+        ->check(CLI::PositiveNumber)
+        ->capture_default_str();
+    cmd->add_option("--address-file", a->address_file, "Write the bound HOST:PORT to this file once serving");
+    AddLongContextFlags(cmd, &a->lc);
+    cmd->callback([a] { ExitCode() = RunCoordinator(*a); });
+  }
+  {
+    auto a = std::make_shared<WorkerArgs>();
+    CLI::App* cmd = app.add_subcommand(
+        "worker", "Serve chunk and final tasks for a coordinator (registers, beats, drains on SIGTERM)");
+    cmd->footer(
+        "The worker loads the model, registers with the coordinator (retrying with backoff until it answers;\n"
+        "a coordinator restart is noticed and the worker registers again), runs the tasks it is sent, keeps\n"
+        "chunk K/V in memory under --kv-memory until released (with a lease, so K/V orphaned by a crash is\n"
+        "freed) and streams it to final workers. SIGTERM/SIGINT drain: the task at hand finishes, no new one\n"
+        "is taken, the worker deregisters and exits 0. A worker killed outright is survived by the job: its\n"
+        "tasks run elsewhere. The model must be the coordinator's (checked by fingerprint at registration).\n"
+        "Example: mesa worker --coordinator 10.0.0.1:50051 --model model.gguf --threads 16 --kv-memory 32G");
+    cmd->add_option("--coordinator", a->coordinator, "HOST:PORT of the coordinator (default: $MESA_COORDINATOR)");
+    cmd->add_option("--model,-m", a->model, "GGUF file or Hugging Face directory (the coordinator's model)")
+        ->required();
+    cmd->add_option("--listen", a->listen,
+                    "HOST:PORT to serve on (default: an ephemeral port on the address that reaches the coordinator)");
+    cmd->add_option("--threads", a->threads, "CPU threads (default: all hardware threads)")
+        ->check(CLI::NonNegativeNumber);
+    cmd->add_option("--kv-memory", a->kv_memory,
+                    "Bytes of chunk K/V this worker may hold (suffix K/M/G/T; 0 = no limit); a task beyond it is "
+                    "refused and placed elsewhere")
+        ->capture_default_str();
+    cmd->add_option("--name", a->name, "Name shown in the coordinator's logs (default: the host name)");
+    cmd->add_option("--register-timeout", a->register_timeout_s,
+                    "Give up when the coordinator cannot be reached for this many seconds (0: keep trying)")
+        ->check(CLI::NonNegativeNumber);
+    cmd->add_option("--address-file", a->address_file, "Write the bound HOST:PORT to this file once serving");
+    cmd->callback([a] { ExitCode() = RunWorker(*a); });
+  }
+}
+
 }  // namespace mesa::cli

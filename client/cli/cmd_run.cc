@@ -10,9 +10,8 @@
 #include "client/cli/attention_flags.h"
 #include "client/cli/cli_util.h"
 #include "client/cli/commands.h"
-#include "common/thread_pool.h"
+#include "coordinator/local_run.h"
 #include "jobs/batch_runner.h"
-#include "jobs/long_generator.h"
 #include "jobs/progress.h"
 
 namespace mesa::cli {
@@ -26,6 +25,8 @@ struct RunArgs {
   int64_t max_doc_bytes = 16 << 20;
   bool no_retry_errors = false;
   int threads = 0;
+  int workers = 1;
+  std::string placement = "auto";
   LongContextFlags lc;
 };
 
@@ -54,10 +55,19 @@ int RunRun(const RunArgs& a) {
                jobs::TaskKindName(options.task), jobs::ChatTemplateName(options.chat_template), why.c_str(),
                a.lc.attention.c_str(), static_cast<long long>(a.max_tokens));
 
-  ThreadPool pool(a.threads);
-  jobs::LongContextGenerator generator(**model, pool, *lc);
   jobs::ProgressPrinter progress(stderr, isatty(fileno(stderr)) != 0);
-  auto summary = jobs::RunBatch(a.input, a.output, *(*model)->tokenizer, generator, options, &progress);
+  // The coordinator core with K in-process workers: the scheduling path of a cluster.
+  coord::LocalRunOptions local;
+  local.workers = a.workers;
+  local.threads = a.threads;
+  coord::ParsePlacement(a.placement, &local.placement);
+  local.task = options.task;
+  local.chat_template = a.chat_template;
+  local.max_tokens = options.max_tokens;
+  local.limits = options.limits;
+  local.retry_errors = options.retry_errors;
+  local.attention = *lc;
+  auto summary = coord::RunBatchLocal(a.input, a.output, **model, local, &progress);
   progress.Finish();
   if (!summary.ok()) return Fail(summary.status());
   std::fprintf(stderr, "mesa run: %lld ok, %lld error%s", static_cast<long long>(summary->ok),
@@ -107,6 +117,16 @@ void RegisterRun(CLI::App& app) {
                 "When resuming, keep earlier error records instead of retrying those lines");
   cmd->add_option("--threads", a->threads, "CPU threads (default: all hardware threads)")
       ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--workers", a->workers,
+                  "In-process workers sharing the model and the --threads (the same coordinator core and "
+                  "scheduler as a cluster): documents run in parallel, or one long document's chunks do")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+  cmd->add_option("--placement", a->placement,
+                  "How documents use the workers: whole (one worker each), spread (a long document's middle "
+                  "chunks on every worker), auto (whole while documents queue, spread when workers would idle)")
+      ->check(CLI::IsMember({"auto", "whole", "spread"}))
+      ->capture_default_str();
   AddLongContextFlags(cmd, &a->lc);
   cmd->callback([a] { ExitCode() = RunRun(*a); });
 }

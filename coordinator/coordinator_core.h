@@ -1,0 +1,129 @@
+// The coordinator, transport-free: jobs in (lines validated, prompts tokenized and
+// planned, everything persisted in the JobStore), the Scheduler deciding, workers
+// reached through WorkerClient, results committed once per item. The gRPC services
+// (coordinator/coordinator_service.h) and `mesa run --workers K` are thin adapters.
+//
+// Threads: public methods are thread-safe. One driver thread owns the scheduler's
+// timers and executes its actions; each dispatched task runs on a thread of its own
+// (at most one per worker) and reports back as an event.
+// Restart: Create() on a store with unfinished jobs re-queues their pending items
+// (failures counted so far are kept); finished items are never recomputed.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "coordinator/job_store.h"
+#include "coordinator/scheduler.h"
+#include "coordinator/worker_client.h"
+#include "engine/long_context.h"
+#include "engine/model.h"
+#include "engine/model_fingerprint.h"
+#include "jobs/job_format.h"
+#include "jobs/templates.h"
+
+namespace mesa::coord {
+
+struct CoordinatorOptions {
+  std::string store_dir;
+  SchedulerOptions scheduler;
+  LongContextOptions attention;        // for every task
+  int64_t default_max_tokens = 256;
+  int64_t max_doc_bytes = 16 << 20;
+  std::string chat_template = "auto";  // the default for jobs that don't name one
+  int64_t kv_lease_ms = 10 * 60 * 1000;
+  int64_t fetch_timeout_ms = 120000;   // a final worker's wait for one chunk's K/V
+  int64_t max_job_lines = 1000000;
+  // Injectable clock (milliseconds, monotonic) for the scheduler's timers.
+  std::function<int64_t()> clock;
+};
+
+// What CreateJob is asked (the proto's JobOptions, as plain fields).
+struct JobRequest {
+  std::string task;          // "" = summarize
+  int64_t max_tokens = 0;    // 0 = default
+  std::string chat_template; // "" = the coordinator's
+  std::string request_id;
+  int64_t max_doc_bytes = 0; // 0 = default
+  std::string placement;     // "" = the coordinator's
+};
+
+class CoordinatorCore {
+ public:
+  // `model` needs its tokenizer and config only (the matrices are never read).
+  static absl::StatusOr<std::unique_ptr<CoordinatorCore>> Create(const Model& model, CoordinatorOptions options);
+  ~CoordinatorCore();  // stops the driver, cancels in-flight tasks, joins threads
+
+  // Jobs. INVALID_ARGUMENT for bad options or no lines; NOT_FOUND for unknown jobs.
+  absl::StatusOr<JobRecord> CreateJob(const JobRequest& request, const std::vector<std::string>& lines);
+  absl::StatusOr<JobRecord> GetJob(const std::string& id);
+  absl::StatusOr<std::vector<JobRecord>> ListJobs(int limit);
+  absl::StatusOr<JobRecord> CancelJob(const std::string& id);
+  // Result records of the settled items in input order: "mesa" (as `mesa run`) or
+  // "openai" (OpenAI batch output lines).
+  absl::StatusOr<std::vector<std::string>> Results(const std::string& id, const std::string& format);
+  // The job's items in input order (state, result record, token counts).
+  absl::StatusOr<std::vector<ItemRecord>> Items(const std::string& id);
+  // Blocks until the job changed after `version` (or timeout); returns the new version.
+  int64_t WaitForChange(int64_t version, int64_t timeout_ms);
+  int64_t version() const;
+
+  // Workers. Register refuses (FAILED_PRECONDITION) a worker whose model differs.
+  absl::StatusOr<std::string> RegisterWorker(const std::string& name, const std::string& fingerprint,
+                                             const std::string& model_description, int64_t kv_budget_bytes,
+                                             std::unique_ptr<WorkerClient> client);
+  // false: unknown worker (it must register again).
+  bool Heartbeat(const std::string& worker_id, bool draining);
+  void DeregisterWorker(const std::string& worker_id);
+  int64_t heartbeat_interval_ms() const;
+
+  Scheduler::Stats stats();
+  const ModelFingerprint& fingerprint() const { return fingerprint_; }
+  std::string model_name() const;
+
+ private:
+  CoordinatorCore(const Model& model, CoordinatorOptions options, std::unique_ptr<JobStore> store);
+  struct ItemRuntime;
+  struct JobRuntime;
+  struct WorkerEntry;
+  absl::Status ResumeJobs();
+  absl::StatusOr<std::vector<ItemSpec>> PrepareItems(const JobRecord& job, std::vector<ItemRecord>& items,
+                                                     bool fresh);
+  void DriverLoop();
+  void ExecuteActionsLocked(std::unique_lock<std::mutex>& lock);
+  void RunTask(Dispatch d);
+  void OnItemSettledLocked(const std::string& job_id);
+  void FinishJobIfDoneLocked(const std::string& job_id);
+  void BumpLocked();
+  int64_t Now() const;
+
+  const Model& model_;
+  CoordinatorOptions options_;
+  std::unique_ptr<JobStore> store_;
+  ModelFingerprint fingerprint_;
+  jobs::ChatTemplate default_template_ = jobs::ChatTemplate::kRaw;
+
+  mutable std::mutex mu_;
+  std::condition_variable wake_;     // driver: new events or timers
+  std::condition_variable changed_; // watchers: job progress
+  int64_t version_ = 0;
+  bool stopping_ = false;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::map<std::string, std::shared_ptr<JobRuntime>> jobs_;
+  std::map<std::string, std::shared_ptr<WorkerEntry>> workers_;
+  int64_t next_worker_ = 1;
+  std::map<uint64_t, std::thread> task_threads_;
+  std::vector<uint64_t> finished_threads_;
+  std::thread driver_;
+};
+
+}  // namespace mesa::coord

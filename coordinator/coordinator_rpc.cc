@@ -1,1 +1,0 @@
-// coordinator_rpc: placeholder until written.

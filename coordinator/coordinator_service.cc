@@ -1,0 +1,237 @@
+// CoordinatorServer: JobService and WorkerRegistry over CoordinatorCore.
+#include "coordinator/coordinator_service.h"
+
+#include <chrono>
+#include <ctime>
+
+#include "absl/strings/str_cat.h"
+#include "coordinator/grpc_worker_client.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "mesa/v1/job_service.grpc.pb.h"
+#include "mesa/v1/worker_service.grpc.pb.h"
+#include "worker/grpc_status.h"
+
+namespace mesa::coord {
+namespace {
+
+constexpr int kMaxMessageBytes = 64 << 20;
+constexpr size_t kResultBatchBytes = 1 << 20;
+
+void ToProto(const JobRecord& j, v1::Job* p) {
+  p->set_id(j.id);
+  p->set_status(j.status);
+  p->mutable_request_counts()->set_total(j.total);
+  p->mutable_request_counts()->set_completed(j.completed);
+  p->mutable_request_counts()->set_failed(j.failed);
+  p->set_created_at(j.created_at);
+  p->set_in_progress_at(j.in_progress_at);
+  p->set_finalizing_at(j.finalizing_at);
+  p->set_completed_at(j.completed_at);
+  p->set_failed_at(j.failed_at);
+  p->set_cancelling_at(j.cancelling_at);
+  p->set_cancelled_at(j.cancelled_at);
+  p->set_model(j.model);
+  p->set_task(j.task);
+  p->set_prompt_tokens(j.prompt_tokens);
+  p->set_generated_tokens(j.generated_tokens);
+  if (j.in_progress_at > 0) {
+    int64_t end = j.completed_at > 0 ? j.completed_at : j.cancelled_at > 0 ? j.cancelled_at : std::time(nullptr);
+    const double secs = std::max<double>(1.0, static_cast<double>(end - j.in_progress_at));
+    p->set_throughput_tokens_per_s(static_cast<double>(j.prompt_tokens + j.generated_tokens) / secs);
+  }
+  p->set_error(j.error);
+  p->set_request_id(j.request_id);
+}
+
+grpc::Status Grpc(const absl::Status& s) { return worker::ToGrpcStatus(s); }
+
+}  // namespace
+
+class CoordinatorServer::JobServiceImpl final : public v1::JobService::Service {
+ public:
+  JobServiceImpl(CoordinatorCore& core, CoordinatorServerOptions options) : core_(core), options_(options) {}
+
+  grpc::Status CreateJob(grpc::ServerContext*, grpc::ServerReader<v1::CreateJobRequest>* reader,
+                         v1::Job* response) override {
+    v1::CreateJobRequest msg;
+    if (!reader->Read(&msg) || msg.part_case() != v1::CreateJobRequest::kOptions) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "CreateJob must start with a message holding the job's options");
+    }
+    const v1::JobOptions& o = msg.options();
+    JobRequest req;
+    req.task = o.task();
+    req.max_tokens = o.max_tokens();
+    req.chat_template = o.template_();
+    req.request_id = o.request_id();
+    req.max_doc_bytes = o.max_doc_bytes();
+    req.placement = o.placement();
+    std::vector<std::string> lines;
+    int64_t bytes = 0;
+    while (reader->Read(&msg)) {
+      if (msg.part_case() != v1::CreateJobRequest::kLines) {
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "CreateJob: options may come only once, first");
+      }
+      for (std::string& line : *msg.mutable_lines()->mutable_lines()) {
+        bytes += static_cast<int64_t>(line.size());
+        if (bytes > options_.max_job_bytes) {
+          return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                              absl::StrCat("the job's lines exceed ", options_.max_job_bytes, " bytes"));
+        }
+        lines.push_back(std::move(line));
+      }
+    }
+    auto job = core_.CreateJob(req, lines);
+    if (!job.ok()) return Grpc(job.status());
+    ToProto(*job, response);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status GetJob(grpc::ServerContext*, const v1::GetJobRequest* req, v1::Job* resp) override {
+    if (req->job_id().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "job_id is empty");
+    auto job = core_.GetJob(req->job_id());
+    if (!job.ok()) return Grpc(job.status());
+    ToProto(*job, resp);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status ListJobs(grpc::ServerContext*, const v1::ListJobsRequest* req, v1::ListJobsResponse* resp) override {
+    if (req->limit() < 0) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "limit < 0");
+    auto jobs = core_.ListJobs(req->limit());
+    if (!jobs.ok()) return Grpc(jobs.status());
+    for (const JobRecord& j : *jobs) ToProto(j, resp->add_jobs());
+    return grpc::Status::OK;
+  }
+
+  grpc::Status CancelJob(grpc::ServerContext*, const v1::CancelJobRequest* req, v1::Job* resp) override {
+    if (req->job_id().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "job_id is empty");
+    auto job = core_.CancelJob(req->job_id());
+    if (!job.ok()) return Grpc(job.status());
+    ToProto(*job, resp);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status WatchJob(grpc::ServerContext* ctx, const v1::WatchJobRequest* req,
+                        grpc::ServerWriter<v1::JobEvent>* writer) override {
+    if (req->job_id().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "job_id is empty");
+    std::string last;
+    int64_t version = core_.version();
+    while (!ctx->IsCancelled()) {
+      auto job = core_.GetJob(req->job_id());
+      if (!job.ok()) return Grpc(job.status());
+      v1::JobEvent event;
+      ToProto(*job, event.mutable_job());
+      event.mutable_job()->clear_throughput_tokens_per_s();  // changes every second; not an event
+      std::string key = event.SerializeAsString();
+      if (key != last) {
+        ToProto(*job, event.mutable_job());
+        if (!writer->Write(event)) return grpc::Status::OK;  // the client left
+        last = std::move(key);
+      }
+      if (IsTerminalJobStatus(job->status)) return grpc::Status::OK;
+      version = core_.WaitForChange(version, 1000);
+    }
+    return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the watch");
+  }
+
+  grpc::Status GetResults(grpc::ServerContext*, const v1::GetResultsRequest* req,
+                          grpc::ServerWriter<v1::ResultBatch>* writer) override {
+    if (req->job_id().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "job_id is empty");
+    auto lines = core_.Results(req->job_id(), req->format());
+    if (!lines.ok()) return Grpc(lines.status());
+    v1::ResultBatch batch;
+    size_t bytes = 0;
+    for (std::string& line : *lines) {
+      bytes += line.size();
+      batch.add_lines(std::move(line));
+      if (bytes >= kResultBatchBytes) {
+        if (!writer->Write(batch)) return grpc::Status(grpc::StatusCode::CANCELLED, "the client left");
+        batch.Clear();
+        bytes = 0;
+      }
+    }
+    if (batch.lines_size() > 0 && !writer->Write(batch)) {
+      return grpc::Status(grpc::StatusCode::CANCELLED, "the client left");
+    }
+    return grpc::Status::OK;
+  }
+
+ private:
+  CoordinatorCore& core_;
+  CoordinatorServerOptions options_;
+};
+
+class CoordinatorServer::RegistryImpl final : public v1::WorkerRegistry::Service {
+ public:
+  explicit RegistryImpl(CoordinatorCore& core) : core_(core) {}
+
+  grpc::Status Register(grpc::ServerContext*, const v1::RegisterRequest* req, v1::RegisterResponse* resp) override {
+    if (req->address().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "Register without an address");
+    if (req->model_fingerprint().empty()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "Register without a model fingerprint");
+    }
+    auto id = core_.RegisterWorker(req->name(), req->model_fingerprint(), req->model_description(),
+                                   req->kv_memory_bytes(), std::make_unique<GrpcWorkerClient>(req->address()));
+    if (!id.ok()) return Grpc(id.status());
+    resp->set_worker_id(*id);
+    resp->set_heartbeat_interval_ms(core_.heartbeat_interval_ms());
+    std::fprintf(stderr, "mesa coordinator: worker %s joined from %s\n", id->c_str(), req->address().c_str());
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest* req, v1::HeartbeatResponse* resp) override {
+    if (req->worker_id().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "worker_id is empty");
+    resp->set_known(core_.Heartbeat(req->worker_id(), req->draining()));
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Deregister(grpc::ServerContext*, const v1::DeregisterRequest* req, v1::DeregisterResponse*) override {
+    if (req->worker_id().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "worker_id is empty");
+    core_.DeregisterWorker(req->worker_id());
+    std::fprintf(stderr, "mesa coordinator: worker %s left\n", req->worker_id().c_str());
+    return grpc::Status::OK;
+  }
+
+ private:
+  CoordinatorCore& core_;
+};
+
+absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(CoordinatorCore& core,
+                                                                            CoordinatorServerOptions options) {
+  std::unique_ptr<CoordinatorServer> s(new CoordinatorServer());
+  s->jobs_ = std::make_unique<JobServiceImpl>(core, options);
+  s->registry_ = std::make_unique<RegistryImpl>(core);
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(s->jobs_.get());
+  builder.RegisterService(s->registry_.get());
+  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  builder.SetMaxSendMessageSize(kMaxMessageBytes);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  s->server_ = builder.BuildAndStart();
+  if (!s->server_ || port == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on '", options.listen, "' (in use, or not an address here?)"));
+  }
+  const size_t colon = options.listen.rfind(':');
+  s->address_ = absl::StrCat(options.listen.substr(0, colon), ":", port);
+  s->server_->GetHealthCheckService()->SetServingStatus(true);
+  return s;
+}
+
+CoordinatorServer::~CoordinatorServer() { Shutdown(); }
+
+void CoordinatorServer::Shutdown() {
+  if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+}
+
+void CoordinatorServer::Wait() {
+  if (server_) server_->Wait();
+}
+
+}  // namespace mesa::coord

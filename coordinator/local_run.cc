@@ -1,0 +1,194 @@
+// RunBatchLocal: `mesa run` over CoordinatorCore + in-process workers (see local_run.h).
+#include "coordinator/local_run.h"
+
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <set>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "coordinator/coordinator_core.h"
+#include "coordinator/in_process_worker.h"
+#include "worker/in_process_kv.h"
+
+namespace mesa::coord {
+namespace {
+
+struct FileCloser {
+  void operator()(std::FILE* f) const {
+    if (f) std::fclose(f);
+  }
+};
+
+// A temporary directory removed on destruction.
+struct TempDir {
+  std::string path;
+  TempDir() {
+    std::string t = (std::filesystem::temp_directory_path() / "mesa-run-XXXXXX").string();
+    if (mkdtemp(t.data())) path = t;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    if (!path.empty()) std::filesystem::remove_all(path, ec);
+  }
+};
+
+// Rewrites the output with its records in input-line order (stable; a record without a
+// line number keeps its place at the end).
+absl::Status SortRecordsByLine(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read '", path, "'"));
+  std::vector<std::pair<int64_t, std::string>> records;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    int64_t n = INT64_MAX;
+    if (j.is_object() && j.contains("line") && j["line"].is_number_integer()) n = j["line"].get<int64_t>();
+    records.emplace_back(n, line + "\n");
+  }
+  std::stable_sort(records.begin(), records.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::vector<std::string> lines;
+  for (auto& r : records) lines.push_back(std::move(r.second));
+  return jobs::RewriteFile(path, lines);
+}
+
+}  // namespace
+
+absl::StatusOr<jobs::BatchSummary> RunBatchLocal(const std::string& input_path, const std::string& output_path,
+                                                 const Model& model, const LocalRunOptions& options,
+                                                 jobs::BatchObserver* observer) {
+  if (options.workers < 1) return absl::InvalidArgumentError("--workers must be at least 1");
+  MESA_ASSIGN_OR_RETURN(jobs::ExistingOutput existing, jobs::ReadExistingOutput(output_path, options.retry_errors));
+
+  // The input's lines, with those already settled by the output blanked: blank lines are
+  // no items, so every item keeps its line number.
+  std::vector<std::string> lines;
+  jobs::BatchSummary summary;
+  int64_t todo = 0;
+  {
+    std::ifstream in(input_path, std::ios::binary);
+    if (!in) return absl::NotFoundError(absl::StrCat("cannot read input '", input_path, "'"));
+    MESA_ASSIGN_OR_RETURN(auto reader, jobs::InputReader::Open(input_path, options.task, options.limits));
+    std::string text;
+    int64_t line_no = 0;
+    std::set<int64_t> done_lines;
+    while (auto line = reader.Next()) {
+      if (jobs::AlreadyDone(*line, existing, options.retry_errors)) {
+        ++summary.skipped;
+        done_lines.insert(line->line);
+      } else {
+        ++todo;
+      }
+    }
+    MESA_RETURN_IF_ERROR(reader.status());
+    while (std::getline(in, text)) {
+      ++line_no;
+      lines.push_back(done_lines.contains(line_no) ? std::string() : std::move(text));
+    }
+  }
+  MESA_RETURN_IF_ERROR(jobs::RewriteFile(output_path, existing.kept_lines));
+  std::unique_ptr<std::FILE, FileCloser> out(std::fopen(output_path.c_str(), "ab"));
+  if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot append to '", output_path, "'"));
+  if (observer) observer->OnStart(todo, summary.skipped, existing);
+  if (todo == 0) return summary;
+
+  TempDir store;
+  if (store.path.empty()) return absl::InternalError("cannot create a temporary job store");
+  CoordinatorOptions co;
+  co.store_dir = store.path;
+  co.scheduler.placement = options.placement;
+  co.scheduler.max_attempts = options.max_attempts;
+  co.scheduler.heartbeat_timeout_ms = int64_t{1} << 40;  // in-process workers cannot go silent
+  co.attention = options.attention;
+  co.default_max_tokens = options.max_tokens;
+  co.max_doc_bytes = options.limits.max_doc_bytes;
+  co.chat_template = options.chat_template;
+  MESA_ASSIGN_OR_RETURN(std::unique_ptr<CoordinatorCore> core, CoordinatorCore::Create(model, co));
+
+  worker::InProcessKvFetcher fetcher;
+  std::vector<std::unique_ptr<worker::WorkerCore>> cores;
+  const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int total_threads = options.threads > 0 ? options.threads : hw;
+  for (int i = 0; i < options.workers; ++i) {
+    const int threads = std::max(1, total_threads / options.workers + (i < total_threads % options.workers ? 1 : 0));
+    cores.push_back(std::make_unique<worker::WorkerCore>(model, threads, worker::WorkerCoreOptions{}, &fetcher));
+  }
+  const std::string fp = core->fingerprint().ToString();
+  for (int i = 0; i < options.workers; ++i) {
+    const std::string name = absl::StrCat("local", i);
+    MESA_RETURN_IF_ERROR(core->RegisterWorker(name, fp, "in-process", 0,
+                                              std::make_unique<InProcessWorkerClient>(name, *cores[i], fetcher))
+                             .status());
+  }
+
+  JobRequest request;
+  request.task = jobs::TaskKindName(options.task);
+  request.max_tokens = options.max_tokens;
+  request.chat_template = options.chat_template;
+  request.max_doc_bytes = options.limits.max_doc_bytes;
+  MESA_ASSIGN_OR_RETURN(JobRecord job, core->CreateJob(request, lines));
+
+  // Append each record as its item settles, in the order they settle.
+  std::set<int64_t> written;
+  int64_t version = core->version();
+  for (;;) {
+    MESA_ASSIGN_OR_RETURN(std::vector<ItemRecord> items, core->Items(job.id));
+    for (const ItemRecord& item : items) {
+      if (item.state == ItemState::kPending || item.result.empty() || written.contains(item.idx)) continue;
+      const std::string record = item.result + "\n";
+      if (std::fwrite(record.data(), 1, record.size(), out.get()) != record.size() || std::fflush(out.get()) != 0) {
+        return absl::DataLossError(absl::StrCat("error writing '", output_path, "'"));
+      }
+      fsync(fileno(out.get()));  // a finished document survives a crash of the machine too
+      written.insert(item.idx);
+      ++summary.processed;
+      // What the progress line shows, from the record.
+      const nlohmann::json j = nlohmann::json::parse(item.result, nullptr, false);
+      jobs::JobResult r;
+      r.custom_id = item.custom_id;
+      r.line = item.line;
+      if (item.state == ItemState::kDone && j.is_object()) {
+        ++summary.ok;
+        summary.prompt_tokens += item.prompt_tokens;
+        summary.generated_tokens += item.generated_tokens;
+        r.prompt_tokens = item.prompt_tokens;
+        r.generated_tokens = item.generated_tokens;
+        r.attention = j.value("attention", std::string());
+        if (auto t = j.find("timings"); t != j.end() && t->is_object()) {
+          r.prefill_s = t->value("prefill_s", 0.0);
+          r.decode_s = t->value("decode_s", 0.0);
+        }
+      } else {
+        ++summary.errors;
+        r.status = absl::UnknownError(j.is_object() ? j.value("error", std::string("error")) : "error");
+      }
+      if (observer) observer->OnRecord(r, summary.processed, todo);
+    }
+    MESA_ASSIGN_OR_RETURN(JobRecord now, core->GetJob(job.id));
+    if (IsTerminalJobStatus(now.status)) {
+      if (now.status != kJobCompleted) {
+        return absl::InternalError(absl::StrCat("the run's job ended ", now.status, ": ", now.error));
+      }
+      if (static_cast<int64_t>(written.size()) < static_cast<int64_t>(items.size())) continue;  // last records
+      break;
+    }
+    version = core->WaitForChange(version, 1000);
+  }
+  if (std::fclose(out.release()) != 0) return absl::DataLossError(absl::StrCat("error closing '", output_path, "'"));
+  // Records were appended as items finished (a crash keeps every finished one); the
+  // finished file lists them in input order, as the single-loop runner did.
+  MESA_RETURN_IF_ERROR(SortRecordsByLine(output_path));
+  return summary;
+}
+
+}  // namespace mesa::coord

@@ -1,0 +1,37 @@
+// `mesa run --workers K`: a batch file through the coordinator core with K in-process
+// workers (one shared Model, K WorkerCores, K/V moved without a copy), so that one
+// machine and a cluster share one scheduling code path. Keeps `mesa run`'s contract:
+// resume from an existing output (finished lines are skipped, errors retried unless
+// told otherwise), one record per input line appended and fsynced as each finishes,
+// the same records as the single-loop runner. The job store lives in a temporary
+// directory removed at the end (the output file is what resumes).
+#pragma once
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "coordinator/scheduler.h"
+#include "engine/long_context.h"
+#include "engine/model.h"
+#include "jobs/batch_runner.h"
+
+namespace mesa::coord {
+
+struct LocalRunOptions {
+  int workers = 1;
+  int threads = 0;                 // all workers together (0: hardware threads)
+  Placement placement = Placement::kAuto;
+  jobs::TaskKind task = jobs::TaskKind::kSummarize;
+  std::string chat_template = "auto";
+  int64_t max_tokens = 256;
+  jobs::InputLimits limits;
+  bool retry_errors = true;
+  LongContextOptions attention;
+  int max_attempts = 3;
+};
+
+absl::StatusOr<jobs::BatchSummary> RunBatchLocal(const std::string& input_path, const std::string& output_path,
+                                                 const Model& model, const LocalRunOptions& options,
+                                                 jobs::BatchObserver* observer = nullptr);
+
+}  // namespace mesa::coord

@@ -1,0 +1,237 @@
+#!/usr/bin/env bash
+# End-to-end checks of the distributed runtime with real processes on loopback: a
+# `mesa coordinator`, `mesa worker` processes, the client commands (submit, status,
+# wait, results, cancel, list), and the invariant of every scenario: each input line
+# has exactly one result record, equal in text and token counts to `mesa run`'s.
+#   cluster_test.sh MESA_BINARY SHARED_DIR SCENARIO
+# Scenarios: equal (1/2/3 workers, each placement, both shared models), kill_worker,
+# restart_coordinator, hang_worker, cancel, idempotent, bad_input, fingerprint, drain,
+# local_workers. Skips (exit 77) without the shared data.
+set -uo pipefail
+MESA="$(realpath "$1")"
+SHARED="$2"
+SCENARIO="$3"
+MODEL="$SHARED/models/stories260K-f32.gguf"
+MODEL2="$SHARED/models/tinystories-656k-f32.gguf"
+if [ ! -f "$MODEL" ]; then echo "SKIP: $MODEL not found"; exit 77; fi
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
+  wait 2>/dev/null
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+fail=0
+die() { echo "FAIL: $*"; fail=1; }
+log_tail() { for f in "$TMP"/*.log; do echo "--- $f"; tail -15 "$f"; done; }
+
+# Documents of ~2k-8k tokens from the shared text, a short one, and a QA line; small
+# generation budgets keep the run short.
+python3 "$(dirname "$0")/../../scripts/make_sample_jobs.py" --shared "$SHARED" --out "$TMP/in.jsonl" >/dev/null || exit 1
+echo '{"custom_id": "short", "document": "Once upon a time there was a little dog."}' >>"$TMP/in.jsonl"
+FLAGS=(--max-tokens 12)
+
+start_coordinator() {  # start_coordinator STORE [extra flags]: sets COORD and COORD_PID
+  local store="$1"; shift
+  rm -f "$TMP/coord.addr"
+  "$MESA" coordinator --listen 127.0.0.1:0 --store "$store" --model "${COORD_MODEL:-$MODEL}" \
+    --address-file "$TMP/coord.addr" --heartbeat-timeout 2 "$@" >>"$TMP/coordinator.log" 2>&1 &
+  COORD_PID=$!
+  PIDS+=("$COORD_PID")
+  for _ in $(seq 100); do [ -s "$TMP/coord.addr" ] && break; sleep 0.1; done
+  COORD=$(cat "$TMP/coord.addr" 2>/dev/null)
+  [ -n "$COORD" ] || { die "coordinator did not start"; log_tail; exit 1; }
+}
+start_worker() {  # start_worker NAME [extra flags]: sets WORKER_PID
+  local name="$1"; shift
+  "$MESA" worker --coordinator "$COORD" --model "${WORKER_MODEL:-$MODEL}" --threads 1 --name "$name" "$@" \
+    >>"$TMP/worker-$name.log" 2>&1 &
+  WORKER_PID=$!
+  PIDS+=("$WORKER_PID")
+}
+reference() {  # reference MODEL OUT: `mesa run` in one process
+  "$MESA" run --model "$1" --input "$TMP/in.jsonl" --output "$2" "${FLAGS[@]}" --threads 2 \
+    >"$TMP/reference.log" 2>&1 || { die "mesa run failed"; cat "$TMP/reference.log"; }
+}
+# same_results A B: one record per custom_id in B, equal to A's in text and token counts.
+same_results() {
+  python3 - "$1" "$2" <<'PY' || die "results differ ($1 vs $2)"
+import json, sys
+def load(p):
+    recs = [json.loads(l) for l in open(p) if l.strip()]
+    ids = [r.get("custom_id") for r in recs]
+    assert len(ids) == len(set(ids)), f"{p}: duplicate custom_id records: {ids}"
+    return {r.get("custom_id"): r for r in recs}
+a, b = load(sys.argv[1]), load(sys.argv[2])
+assert set(a) == set(b), f"custom_ids differ: {sorted(map(str, a))} vs {sorted(map(str, b))}"
+for k in a:
+    for f in ("status", "text", "prompt_tokens", "generated_tokens", "error"):
+        assert a[k].get(f) == b[k].get(f), f"{k}.{f}: {a[k].get(f)!r} vs {b[k].get(f)!r}"
+print(f"{len(a)} records equal")
+PY
+}
+submit() {  # submit [flags]: prints the job id
+  "$MESA" submit --coordinator "$COORD" --input "$TMP/in.jsonl" "${FLAGS[@]}" --json "$@" \
+    | python3 -c "import json,sys; print(json.load(sys.stdin)['job_id'])"
+}
+status_field() {  # status_field JOB EXPR
+  "$MESA" status --coordinator "$COORD" "$1" --json | python3 -c "import json,sys; d=json.load(sys.stdin); print($2)"
+}
+wait_status() {  # wait_status JOB STATUS SECONDS
+  for _ in $(seq $(($3 * 10))); do
+    [ "$(status_field "$1" "d['status']")" = "$2" ] && return 0; sleep 0.1
+  done
+  return 1
+}
+wait_progress() {  # wait_progress JOB N: until N items are settled
+  for _ in $(seq 600); do
+    local n; n=$(status_field "$1" "d['request_counts']['completed'] + d['request_counts']['failed']")
+    [ "${n:-0}" -ge "$2" ] && return 0; sleep 0.1
+  done
+  return 1
+}
+
+case "$SCENARIO" in
+equal)
+  for m in "$MODEL" "$MODEL2"; do
+    [ -f "$m" ] || { echo "note: $m absent, skipped"; continue; }
+    tag=$(basename "$m" .gguf)
+    reference "$m" "$TMP/ref-$tag.jsonl"
+    for placement in whole spread auto; do
+      for n in 1 2 3; do
+        COORD_MODEL="$m" start_coordinator "$TMP/store-$tag-$placement-$n" --placement "$placement"
+        wpids=()
+        for i in $(seq "$n"); do WORKER_MODEL="$m" start_worker "w$i"; wpids+=("$WORKER_PID"); done
+        job=$(submit) || { die "submit failed"; log_tail; continue; }
+        "$MESA" wait --coordinator "$COORD" "$job" --timeout 300 >"$TMP/wait.out" 2>&1 || { die "wait: $(cat "$TMP/wait.out")"; log_tail; }
+        "$MESA" results --coordinator "$COORD" "$job" --output "$TMP/out.jsonl" || die "results"
+        echo -n "$tag placement=$placement workers=$n: "; same_results "$TMP/ref-$tag.jsonl" "$TMP/out.jsonl"
+        kill -TERM "${wpids[@]}" "$COORD_PID" 2>/dev/null; wait "${wpids[@]}" "$COORD_PID" 2>/dev/null
+      done
+    done
+  done
+  ;;
+local_workers)
+  reference "$MODEL" "$TMP/ref.jsonl"
+  for placement in whole spread; do
+    "$MESA" run --model "$MODEL" --input "$TMP/in.jsonl" --output "$TMP/local-$placement.jsonl" "${FLAGS[@]}" \
+      --workers 3 --placement "$placement" --threads 3 >"$TMP/local.log" 2>&1 || { die "mesa run --workers 3"; cat "$TMP/local.log"; }
+    echo -n "mesa run --workers 3 --placement $placement: "; same_results "$TMP/ref.jsonl" "$TMP/local-$placement.jsonl"
+  done
+  ;;
+kill_worker)
+  reference "$MODEL" "$TMP/ref.jsonl"
+  start_coordinator "$TMP/store" --placement spread
+  start_worker a; A=$WORKER_PID
+  start_worker b
+  job=$(submit) || { die "submit"; log_tail; exit 1; }
+  sleep 0.5
+  kill -9 "$A"; echo "killed worker a mid-job"
+  start_worker c
+  "$MESA" wait --coordinator "$COORD" "$job" --timeout 300 >"$TMP/wait.out" 2>&1 || { die "wait: $(cat "$TMP/wait.out")"; log_tail; }
+  "$MESA" results --coordinator "$COORD" "$job" --output "$TMP/out.jsonl" || die "results"
+  same_results "$TMP/ref.jsonl" "$TMP/out.jsonl"
+  ;;
+restart_coordinator)
+  reference "$MODEL" "$TMP/ref.jsonl"
+  start_coordinator "$TMP/store" --placement whole
+  start_worker a
+  job=$(submit) || { die "submit"; log_tail; exit 1; }
+  wait_progress "$job" 1 || die "no progress before the restart"
+  kill -9 "$COORD_PID"; wait "$COORD_PID" 2>/dev/null; echo "killed the coordinator mid-job"
+  port=${COORD##*:}
+  start_coordinator "$TMP/store" --placement whole
+  # Workers find a coordinator by address: restart it on the same one.
+  if [ "${COORD##*:}" != "$port" ]; then
+    kill -9 "$COORD_PID"; wait "$COORD_PID" 2>/dev/null
+    "$MESA" coordinator --listen "127.0.0.1:$port" --store "$TMP/store" --model "$MODEL" --heartbeat-timeout 2 \
+      --placement whole >>"$TMP/coordinator.log" 2>&1 &
+    COORD_PID=$!; PIDS+=("$COORD_PID"); COORD="127.0.0.1:$port"; sleep 1
+  fi
+  "$MESA" wait --coordinator "$COORD" "$job" --timeout 300 >"$TMP/wait.out" 2>&1 || { die "wait: $(cat "$TMP/wait.out")"; log_tail; }
+  "$MESA" results --coordinator "$COORD" "$job" --output "$TMP/out.jsonl" || die "results"
+  same_results "$TMP/ref.jsonl" "$TMP/out.jsonl"
+  ;;
+hang_worker)
+  reference "$MODEL" "$TMP/ref.jsonl"
+  start_coordinator "$TMP/store" --placement whole
+  start_worker a; A=$WORKER_PID
+  job=$(submit) || { die "submit"; log_tail; exit 1; }
+  sleep 0.3
+  kill -STOP "$A"; echo "stopped worker a (it hangs: no answers, no heartbeats)"
+  start_worker b
+  "$MESA" wait --coordinator "$COORD" "$job" --timeout 300 >"$TMP/wait.out" 2>&1 || { die "wait: $(cat "$TMP/wait.out")"; log_tail; }
+  "$MESA" results --coordinator "$COORD" "$job" --output "$TMP/out.jsonl" || die "results"
+  same_results "$TMP/ref.jsonl" "$TMP/out.jsonl"
+  kill -CONT "$A"
+  ;;
+cancel)
+  start_coordinator "$TMP/store"
+  start_worker a
+  job=$(submit) || { die "submit"; log_tail; exit 1; }
+  wait_progress "$job" 1 || die "no progress"
+  "$MESA" cancel --coordinator "$COORD" "$job" >/dev/null || die "cancel"
+  wait_status "$job" cancelled 30 || die "status after cancel: $(status_field "$job" "d['status']")"
+  "$MESA" wait --coordinator "$COORD" "$job" --timeout 10 >/dev/null 2>&1 && die "wait on a cancelled job exited 0"
+  "$MESA" results --coordinator "$COORD" "$job" --output "$TMP/out.jsonl" || die "results of a cancelled job"
+  python3 -c "
+import json; recs=[json.loads(l) for l in open('$TMP/out.jsonl')]
+assert len(recs) >= 1, recs; ids=[r['custom_id'] for r in recs]; assert len(ids)==len(set(ids)), ids" || die "cancelled results"
+  "$MESA" list --coordinator "$COORD" --json | python3 -c "import json,sys; d=json.load(sys.stdin); assert d[0]['status']=='cancelled', d" || die "list"
+  ;;
+idempotent)
+  start_coordinator "$TMP/store"
+  start_worker a
+  j1=$(submit --request-id 7f1c6a52-req) || die "submit 1"
+  j2=$(submit --request-id 7f1c6a52-req) || die "submit 2"
+  [ "$j1" = "$j2" ] || die "one request_id gave two jobs: $j1 $j2"
+  n=$("$MESA" list --coordinator "$COORD" --json | python3 -c "import json,sys; print(len(json.load(sys.stdin)))")
+  [ "$n" = 1 ] || die "$n jobs listed after two submits with one request_id"
+  ;;
+bad_input)
+  start_coordinator "$TMP/store"
+  start_worker a
+  printf '%s\n' '{"custom_id": "ok", "document": "A cat sat."}' 'not json' '{"custom_id": "nodoc"}' \
+    '{"custom_id": "ok", "document": "again"}' >"$TMP/bad.jsonl"
+  job=$("$MESA" submit --coordinator "$COORD" --input "$TMP/bad.jsonl" "${FLAGS[@]}" --json | python3 -c "import json,sys; print(json.load(sys.stdin)['job_id'])")
+  "$MESA" wait --coordinator "$COORD" "$job" --timeout 60 >/dev/null || die "wait"
+  "$MESA" results --coordinator "$COORD" "$job" --output "$TMP/out.jsonl" || die "results"
+  "$MESA" run --model "$MODEL" --input "$TMP/bad.jsonl" --output "$TMP/ref.jsonl" "${FLAGS[@]}" >/dev/null 2>&1
+  python3 - "$TMP/ref.jsonl" "$TMP/out.jsonl" <<'PY' || die "bad lines differ from mesa run"
+import json, sys
+a = [json.loads(l) for l in open(sys.argv[1])]; b = [json.loads(l) for l in open(sys.argv[2])]
+key = lambda r: r["line"]
+a.sort(key=key); b.sort(key=key)
+assert [(r["line"], r["status"], r.get("error"), r.get("text")) for r in a] == \
+       [(r["line"], r["status"], r.get("error"), r.get("text")) for r in b], (a, b)
+assert [r["status"] for r in b] == ["ok", "error", "error", "error"], b
+print("bad lines fail alone, as in mesa run")
+PY
+  "$MESA" status --coordinator "$COORD" nosuchjob >/dev/null 2>"$TMP/err" && die "status of an unknown job succeeded"
+  grep -qi "not found\|unknown" "$TMP/err" || die "unknown job message: $(cat "$TMP/err")"
+  ;;
+fingerprint)
+  [ -f "$MODEL2" ] || { echo "SKIP: $MODEL2 not found"; exit 77; }
+  start_coordinator "$TMP/store"
+  "$MESA" worker --coordinator "$COORD" --model "$MODEL2" --threads 1 --name other >"$TMP/other.log" 2>&1 &
+  p=$!; PIDS+=("$p")
+  for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  wait "$p"; rc=$?
+  [ "$rc" != 0 ] || die "a worker with another model was accepted"
+  grep -q "different model" "$TMP/other.log" || die "refusal message: $(cat "$TMP/other.log")"
+  ;;
+drain)
+  start_coordinator "$TMP/store"
+  start_worker a; A=$WORKER_PID
+  sleep 1
+  kill -TERM "$A"
+  for _ in $(seq 100); do kill -0 "$A" 2>/dev/null || break; sleep 0.1; done
+  wait "$A"; rc=$?
+  [ "$rc" = 0 ] || die "drained worker exited $rc"
+  grep -q "deregistered" "$TMP/worker-a.log" || die "worker did not deregister: $(cat "$TMP/worker-a.log")"
+  ;;
+*) echo "unknown scenario $SCENARIO"; exit 2 ;;
+esac
+if [ "$fail" = 0 ]; then echo "PASS: $SCENARIO"; else log_tail; fi
+exit "$fail"

@@ -1,0 +1,78 @@
+// The worker process around a WorkerCore: the gRPC WorkerService adapter (RunChunk,
+// RunFinal, FetchKv, ReleaseKv; grpc.health.v1 and reflection on the same server), and
+// the agent that registers with the coordinator, beats, re-registers after a
+// coordinator restart (dropping K/V the new coordinator cannot know of), expires K/V
+// leases, and drains on request (finishes the task at hand, takes no new one,
+// deregisters). `mesa worker` is a thin command over WorkerProcess.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "engine/model.h"
+#include "worker/worker_core.h"
+
+namespace grpc {
+class Server;
+}
+
+namespace mesa::worker {
+
+struct WorkerProcessOptions {
+  std::string coordinator;      // HOST:PORT
+  std::string listen;           // HOST:PORT; "" = an ephemeral port on the address that reaches the coordinator
+  std::string name;             // "" = the host name
+  int threads = 0;              // 0 = all hardware threads
+  int64_t kv_memory_bytes = 0;  // 0 = no limit
+  int64_t register_timeout_ms = 0;  // 0 = keep trying; else give up after this long
+  bool verbose = true;          // log registration and tasks to stderr
+};
+
+class WorkerProcess {
+ public:
+  // Starts the server (the port is bound before this returns) and the agent.
+  static absl::StatusOr<std::unique_ptr<WorkerProcess>> Start(const Model& model, WorkerProcessOptions options);
+  ~WorkerProcess();
+
+  // Finishes the task at hand, deregisters and stops the server. Idempotent.
+  void Drain();
+  // Blocks until the process should exit (after Drain, or a fatal registration error);
+  // returns that error, or OK after a drain.
+  absl::Status Wait();
+  const std::string& address() const { return address_; }
+  WorkerCore& core() { return *core_; }
+
+ private:
+  class Service;
+  WorkerProcess() = default;
+  void AgentLoop();
+  // A token held while a task runs (null when draining: no new task).
+  std::shared_ptr<void> BeginTask();
+  void WaitIdle();
+
+  WorkerProcessOptions options_;
+  const Model* model_ = nullptr;
+  std::string address_;
+  std::unique_ptr<KvFetcher> fetcher_;
+  std::unique_ptr<WorkerCore> core_;
+  std::unique_ptr<Service> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::thread agent_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool draining_ = false;
+  bool stopped_ = false;
+  int in_flight_ = 0;
+  absl::Status exit_status_;
+};
+
+// "HOST:PORT" -> the local IP address used to reach HOST (loopback for loopback).
+absl::StatusOr<std::string> LocalAddressFor(const std::string& host_port);
+
+}  // namespace mesa::worker
