@@ -51,8 +51,7 @@ absl::StatusOr<worker::ChunkResult> GrpcWorkerClient::RunChunk(uint64_t task, co
   v1::RunChunkRequest req;
   worker::ToProto(t, &req);
   v1::RunChunkResponse resp;
-  auto ctx = Begin(task, timeout_ms);
-  grpc::Status s = stub_->stub->RunChunk(ctx.get(), req, &resp);
+  grpc::Status s = stub_->stub->RunChunk(Begin(task, timeout_ms).get(), req, &resp);
   End(task);
   if (!s.ok()) return Named(s, address_, "RunChunk");
   return worker::FromProto(resp);
@@ -63,8 +62,7 @@ absl::StatusOr<worker::FinalResult> GrpcWorkerClient::RunFinal(uint64_t task, co
   v1::RunFinalRequest req;
   worker::ToProto(t, &req);
   v1::RunFinalResponse resp;
-  auto ctx = Begin(task, timeout_ms);
-  grpc::Status s = stub_->stub->RunFinal(ctx.get(), req, &resp);
+  grpc::Status s = stub_->stub->RunFinal(Begin(task, timeout_ms).get(), req, &resp);
   End(task);
   if (!s.ok()) return Named(s, address_, "RunFinal");
   return worker::FromProto(resp);

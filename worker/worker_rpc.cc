@@ -98,30 +98,12 @@ class WorkerProcess::Service final : public v1::WorkerService::Service {
 
   grpc::Status RunChunk(grpc::ServerContext* ctx, const v1::RunChunkRequest* req,
                         v1::RunChunkResponse* resp) override {
-    auto task = FromProto(*req);
-    if (!task.ok()) return ToGrpcStatus(task.status());
-    auto busy = p_->BeginTask();
-    if (!busy) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the worker is draining");
-    CancelFlag cancel{false};
-    CancelWatcher watch(ctx, &cancel);
-    auto r = p_->core_->RunChunk(*task, &cancel);
-    if (!r.ok()) return ToGrpcStatus(r.status());
-    ToProto(*r, resp);
-    return grpc::Status::OK;
+    return RunTask(ctx, *req, resp, &WorkerCore::RunChunk);
   }
 
   grpc::Status RunFinal(grpc::ServerContext* ctx, const v1::RunFinalRequest* req,
                         v1::RunFinalResponse* resp) override {
-    auto task = FromProto(*req);
-    if (!task.ok()) return ToGrpcStatus(task.status());
-    auto busy = p_->BeginTask();
-    if (!busy) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the worker is draining");
-    CancelFlag cancel{false};
-    CancelWatcher watch(ctx, &cancel);
-    auto r = p_->core_->RunFinal(*task, &cancel);
-    if (!r.ok()) return ToGrpcStatus(r.status());
-    ToProto(*r, resp);
-    return grpc::Status::OK;
+    return RunTask(ctx, *req, resp, &WorkerCore::RunFinal);
   }
 
   grpc::Status FetchKv(grpc::ServerContext* ctx, const v1::FetchKvRequest* req,
@@ -144,6 +126,22 @@ class WorkerProcess::Service final : public v1::WorkerService::Service {
   }
 
  private:
+  // Validate, refuse while draining, run on the core with the call's cancellation.
+  template <typename Request, typename Response, typename Task, typename Result>
+  grpc::Status RunTask(grpc::ServerContext* ctx, const Request& req, Response* resp,
+                       absl::StatusOr<Result> (WorkerCore::*run)(const Task&, const CancelFlag*)) {
+    auto task = FromProto(req);
+    if (!task.ok()) return ToGrpcStatus(task.status());
+    auto busy = p_->BeginTask();
+    if (!busy) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the worker is draining");
+    CancelFlag cancel{false};
+    CancelWatcher watch(ctx, &cancel);
+    auto r = (p_->core_.get()->*run)(*task, &cancel);
+    if (!r.ok()) return ToGrpcStatus(r.status());
+    ToProto(*r, resp);
+    return grpc::Status::OK;
+  }
+
   WorkerProcess* p_;
 };
 

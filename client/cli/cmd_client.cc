@@ -33,7 +33,7 @@ constexpr int kExitTimeout = 3;
 
 constexpr const char* kExitCodesHelp =
     "Exit codes: 0 ok; 1 the job failed or was cancelled, or an error (unreachable coordinator, unknown job);\n"
-    "2 bad usage (no coordinator given; CLI11 reports malformed options with its own codes, 100 and up);\n"
+    "2 bad usage (a missing or malformed option, no coordinator given);\n"
     "3 timed out (--timeout) before the job finished.";
 constexpr const char* kJobObjectHelp =
     "Job object (--json): {\"id\", \"object\": \"batch\", \"status\", \"request_counts\": {\"total\", \"completed\", "

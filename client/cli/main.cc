@@ -52,6 +52,11 @@ int main(int argc, char** argv) {
   mesa::cli::RegisterEval(app);
   mesa::cli::RegisterClientCommands(app);
   mesa::cli::RegisterClusterCommands(app);
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help and --version exit 0; every usage error exits 2 (as the commands document).
+    return app.exit(e) == 0 ? 0 : 2;
+  }
   return mesa::cli::ExitCode();
 }

@@ -17,8 +17,7 @@ if [ ! -f "$MODEL" ]; then echo "SKIP: $MODEL not found"; exit 77; fi
 TMP=$(mktemp -d)
 PIDS=()
 cleanup() {
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
-  wait 2>/dev/null
+  { for p in "${PIDS[@]}"; do kill -9 "$p"; done; wait; } 2>/dev/null
   rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -127,7 +126,8 @@ kill_worker)
   start_worker b
   job=$(submit) || { die "submit"; log_tail; exit 1; }
   sleep 0.5
-  kill -9 "$A"; echo "killed worker a mid-job"
+  [ "$(status_field "$job" "d['status']")" = in_progress ] || die "the job was not in progress at the kill"
+  { kill -9 "$A"; wait "$A"; } 2>/dev/null; echo "killed worker a mid-job"
   start_worker c
   "$MESA" wait --coordinator "$COORD" "$job" --timeout 300 >"$TMP/wait.out" 2>&1 || { die "wait: $(cat "$TMP/wait.out")"; log_tail; }
   "$MESA" results --coordinator "$COORD" "$job" --output "$TMP/out.jsonl" || die "results"
@@ -159,6 +159,7 @@ hang_worker)
   start_worker a; A=$WORKER_PID
   job=$(submit) || { die "submit"; log_tail; exit 1; }
   sleep 0.3
+  [ "$(status_field "$job" "d['status']")" = in_progress ] || die "the job was not in progress at the stop"
   kill -STOP "$A"; echo "stopped worker a (it hangs: no answers, no heartbeats)"
   start_worker b
   "$MESA" wait --coordinator "$COORD" "$job" --timeout 300 >"$TMP/wait.out" 2>&1 || { die "wait: $(cat "$TMP/wait.out")"; log_tail; }
