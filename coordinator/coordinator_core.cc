@@ -202,6 +202,7 @@ absl::StatusOr<std::vector<ItemSpec>> CoordinatorCore::PrepareItems(const JobRec
           spec.chunk_kv_bytes.push_back(ChunkKvBytes(model_.config, r.size()));
           spec.chunk_tokens.push_back(plan->anchor.size() + r.size());
         }
+        spec.final_tokens = plan->anchor.size() + plan->last.size();
         if (fresh) item.plan_json = PlanToJson(*plan).dump();
       }
     }
@@ -567,16 +568,21 @@ void CoordinatorCore::RunTask(Dispatch d) {
   absl::Status status;
   std::string record;
   int64_t prompt_tokens = 0, generated = 0;
+  TaskStats stats;  // measurements for the scheduler's cost model
   if (!client) {
     status = absl::UnavailableError("the worker left");
   } else if (!item) {
     status = absl::CancelledError("the item is no longer pending");
   } else if (d.kind == TaskKind::kChunk) {
-    status = client->RunChunk(d.task, chunk_task, timeout).status();
+    auto r = client->RunChunk(d.task, chunk_task, timeout);
+    status = r.status();
+    if (r.ok()) stats = TaskStats{r->tokens, r->compute_s, 0, 0, 0, 0};
   } else {
     auto r = client->RunFinal(d.task, final_task, timeout);
     status = r.status();
     if (r.ok()) {
+      stats = TaskStats{0, r->prefill_s, static_cast<int64_t>(r->tokens.size()), r->decode_s,
+                        r->kv_bytes_received, r->kv_transfer_s};
       jobs::GenerationOutput gen;
       gen.tokens = std::move(r->tokens);
       gen.stop_reason = std::move(r->stop_reason);
@@ -592,6 +598,14 @@ void CoordinatorCore::RunTask(Dispatch d) {
       auto committed = store_->CommitResult(d.job_id, d.item, ItemState::kDone, record, prompt_tokens, generated);
       if (!committed.ok()) status = committed.status();
     }
+  }
+  // A chunk call that ended cancelled or past its deadline may still have left its K/V
+  // on the worker (it checks for cancellation between steps; the scheduler releases only
+  // what it saw succeed): free that dispatch's attempt, off the lock and this thread.
+  if (false && client && item && d.kind == TaskKind::kChunk && (absl::IsCancelled(status) || absl::IsDeadlineExceeded(status))) {
+    std::thread([client, job = d.job_id, it = d.item, attempt = d.attempt] {
+      (void)client->ReleaseKv(job, it, attempt);
+    }).detach();
   }
   // A failure that may mean a dead process: ask the workers concerned (off the lock),
   // so that a dead worker is known at once rather than after its heartbeats stop, and
@@ -621,7 +635,7 @@ void CoordinatorCore::RunTask(Dispatch d) {
     workers_.erase(w);
   }
   if (status.ok()) {
-    scheduler_->TaskSucceeded(d.task, Now());
+    scheduler_->TaskSucceeded(d.task, Now(), stats);
     if (d.kind == TaskKind::kFinal) {
       auto j = jobs_.find(d.job_id);
       if (j != jobs_.end()) j->second->pending.erase(d.item);

@@ -12,9 +12,26 @@
 //   or a whole final being retried); (2) a chunk of a started item that fits this
 //   worker; (3) the next item of a job. Each level walks jobs round-robin from the job
 //   after the one served last, items in input order.
-// - Placement in kAuto: whole while queued items >= idle workers and the item's K/V fits
-//   some worker's budget; a worker whose budget the whole item exceeds leaves it to one
-//   where it fits. Otherwise spread.
+// - Placement in kAuto, decided when an item starts: spread when the item's K/V fits no
+//   usable worker's budget; else, while queued items >= available workers (idle, or
+//   running a chunk task: free again within a chunk, to take the next chunk), the one
+//   with less work in worker-seconds (whole, unless measured chunk rates make spread's
+//   work smaller: spread_work_s = all chunks at the chunk rate + an overhead each + the
+//   final as below; once a final is measured but no chunk ever was, one item is spread
+//   to measure the chunk rate); else the
+//   cheaper by the cost model (Estimate) with the item's share of the available workers,
+//   m = available / (queued items + spread items with chunks queued): whole = prompt
+//   tokens at the final rate + decoding + one task overhead; spread = the chunks over
+//   min(m, chunks) workers (max(largest chunk, all chunks / m) at the chunk rate + one
+//   overhead per wave) + the
+//   K/V not on the final worker (all but ~1/m of it) at the transfer rate + the final's
+//   own tokens at the final rate + decoding + one overhead. A worker whose budget the
+//   whole item exceeds leaves it to one where it fits.
+// - Cost model: exponentially weighted averages of seconds per chunk token, per final
+//   prompt token (prefill less its K/V fetches), per decoded token, per fetched K/V byte,
+//   and of per-task overhead (wall time from dispatch to success less the reported
+//   compute), from TaskStats; SchedulerOptions' priors until the first measurement (a
+//   prompt rate measured on either kind of task stands in for the other).
 // - K/V accounting: bytes of done chunks per holder. A worker that refused a chunk with
 //   RESOURCE_EXHAUSTED is not offered that chunk again until it releases K/V or
 //   succeeds in a task. When nothing is in flight and the queued work fits no worker,
@@ -98,6 +115,8 @@ struct Scheduler::State {
     std::string worker, job_id;
     size_t pos = 0;
     TaskKind kind = TaskKind::kFinal;
+    bool whole = false;        // kFinal: computes every chunk itself
+    int64_t dispatched_ms = 0;
     int32_t chunk = -1;
     int32_t attempt = 0;
     int64_t deadline_ms = 0;
@@ -105,7 +124,19 @@ struct Scheduler::State {
     bool source_lost = false;
   };
 
+  // An exponentially weighted average; the first sample replaces the prior.
+  struct Ewma {
+    double value = 0;
+    int64_t n = 0;
+    void Add(double x, double weight) {
+      value = n == 0 ? x : value + weight * (x - value);
+      ++n;
+    }
+  };
+
   SchedulerOptions opt;
+  Ewma chunk_spt, final_spt, decode_spt, transfer_spb, overhead_s;  // the cost model
+  mutable bool chunk_probe_sent = false;
   std::map<std::string, Job> jobs;
   std::set<std::string> active_jobs;  // jobs with queued or running items
   std::string last_served;            // round-robin cursor
@@ -189,6 +220,99 @@ struct Scheduler::State {
     }
   }
 
+  // --------------------------------------------------------------- cost model
+
+  static double Inverse(double rate) { return rate > 0 ? 1.0 / rate : 0.0; }
+
+  CostEstimates Costs() const {
+    CostEstimates c;
+    const double prior_prefill = Inverse(opt.prior_prefill_tokens_per_s);
+    c.chunk_s_per_token = chunk_spt.n ? chunk_spt.value : final_spt.n ? final_spt.value : prior_prefill;
+    c.final_s_per_token = final_spt.n ? final_spt.value : chunk_spt.n ? chunk_spt.value : prior_prefill;
+    c.decode_s_per_token = decode_spt.n ? decode_spt.value : Inverse(opt.prior_decode_tokens_per_s);
+    c.transfer_s_per_byte = transfer_spb.n ? transfer_spb.value : Inverse(opt.prior_transfer_bytes_per_s);
+    c.task_overhead_s = overhead_s.n ? overhead_s.value : std::max(0.0, opt.prior_task_overhead_s);
+    c.samples = chunk_spt.n + final_spt.n + decode_spt.n + transfer_spb.n + overhead_s.n;
+    return c;
+  }
+
+  static int64_t FinalTokens(const ItemSpec& spec) {
+    if (spec.final_tokens > 0) return spec.final_tokens;
+    return spec.prompt_tokens / (std::max<int64_t>(spec.n_middle, 0) + 1);
+  }
+
+  PlacementEstimate EstimateItem(const ItemSpec& spec, int64_t idle) const {
+    const CostEstimates c = Costs();
+    PlacementEstimate e;
+    const double decode = static_cast<double>(spec.max_new_tokens) * c.decode_s_per_token;
+    e.whole_s = static_cast<double>(spec.prompt_tokens) * c.final_s_per_token + decode + c.task_overhead_s;
+    const int64_t n = std::min<int64_t>(spec.n_middle, spec.chunk_tokens.size());
+    if (n <= 0) {
+      e.spread_s = e.spread_work_s = e.whole_s;
+      e.spread_workers = 1;
+      return e;
+    }
+    const int64_t m = std::clamp<int64_t>(idle, 1, n);
+    int64_t sum_tokens = 0, max_tokens = 0, kv = 0;
+    for (int64_t c = 0; c < n; ++c) {
+      sum_tokens += spec.chunk_tokens[c];
+      max_tokens = std::max(max_tokens, spec.chunk_tokens[c]);
+    }
+    for (int64_t b : spec.chunk_kv_bytes) kv += b;
+    const double chunks = std::max(static_cast<double>(max_tokens), static_cast<double>(sum_tokens) / m) *
+                              c.chunk_s_per_token +
+                          static_cast<double>((n + m - 1) / m) * c.task_overhead_s;
+    e.spread_workers = static_cast<int32_t>(m);
+    e.kv_moved_bytes = kv - kv / m;  // the final worker holds about 1/m of it
+    const double final = static_cast<double>(e.kv_moved_bytes) * c.transfer_s_per_byte +
+                         static_cast<double>(FinalTokens(spec)) * c.final_s_per_token + decode + c.task_overhead_s;
+    e.spread_s = chunks + final;
+    e.spread_work_s = static_cast<double>(sum_tokens) * c.chunk_s_per_token +
+                      static_cast<double>(n) * c.task_overhead_s + final;
+    return e;
+  }
+
+  // A successful task's measurements into the averages.
+  void Observe(const Task& t, const TaskStats& st, int64_t now_ms) {
+    const ItemSpec& spec = ItemOf(t).spec;
+    const double w = std::clamp(opt.cost_ewma_weight, 0.0, 1.0);
+    if (t.kind == TaskKind::kChunk) {
+      const int64_t tokens = st.tokens > 0 ? st.tokens : spec.chunk_tokens[t.chunk];
+      if (st.compute_s > 0 && tokens > 0) chunk_spt.Add(st.compute_s / static_cast<double>(tokens), w);
+    } else {
+      const int64_t tokens = st.tokens > 0 ? st.tokens : t.whole ? spec.prompt_tokens : FinalTokens(spec);
+      const double prefill = st.compute_s - std::max(0.0, st.kv_transfer_s);
+      if (prefill > 0 && tokens > 0) final_spt.Add(prefill / static_cast<double>(tokens), w);
+      if (st.generated > 0 && st.decode_s > 0) decode_spt.Add(st.decode_s / static_cast<double>(st.generated), w);
+      if (st.kv_bytes_received > 0 && st.kv_transfer_s > 0) {
+        transfer_spb.Add(st.kv_transfer_s / static_cast<double>(st.kv_bytes_received), w);
+      }
+    }
+    const double reported = std::max(0.0, st.compute_s) + std::max(0.0, st.decode_s);
+    if (reported > 0) {
+      const double wall = static_cast<double>(now_ms - t.dispatched_ms) / 1000.0;
+      overhead_s.Add(std::max(0.0, wall - reported), w);
+    }
+  }
+
+  // kAuto for an item that fits some worker. While the queue is at least as long as the
+  // available workers, either placement keeps everyone busy: the one with less work
+  // (worker-seconds: spread with every chunk on its own worker) wins, whole unless the
+  // measured rates make the chunks cheaper. Otherwise the sooner completion with the
+  // item's share of the available workers.
+  bool PreferWhole(const ItemSpec& spec, int64_t queued, int64_t available, int64_t sharing) const {
+    if (queued >= available) {
+      if (chunk_spt.n == 0 && final_spt.n > 0 && !chunk_probe_sent) {
+        chunk_probe_sent = true;  // one item spread to measure the chunk rate
+        return false;
+      }
+      const PlacementEstimate e = EstimateItem(spec, std::max<int64_t>(spec.n_middle, 1));
+      return e.whole_s <= e.spread_work_s;
+    }
+    const PlacementEstimate e = EstimateItem(spec, available / std::max<int64_t>(sharing, 1));
+    return e.whole_s <= e.spread_s;
+  }
+
   // ------------------------------------------------------------------ workers
 
   // The worker is gone: its task fails (counted unless already given up) and the
@@ -256,6 +380,8 @@ struct Scheduler::State {
     t.pos = pos;
     t.kind = kind;
     t.chunk = chunk;
+    t.whole = kind == TaskKind::kFinal && item.whole;
+    t.dispatched_ms = now_ms;
     t.attempt = ++item.last_attempt;
     t.deadline_ms = now_ms + opt.deadline_base_ms +
                     std::llround(opt.deadline_ms_per_token * static_cast<double>(Tokens(item, kind, chunk)));
@@ -350,9 +476,21 @@ struct Scheduler::State {
   }
 
   bool TryStart(const std::string& worker, int64_t now_ms) {
-    int64_t queued = 0, idle = 0;
-    for (const std::string& job_id : active_jobs) queued += jobs.at(job_id).queued.size();
-    for (const auto& [id, w] : workers) idle += (Usable(w) && w.task == 0) ? 1 : 0;
+    // kAuto's view: queued items, and workers idle or running a chunk task.
+    int64_t queued = 0, available = 0, sharing = 0;
+    for (const std::string& job_id : active_jobs) {
+      const Job& job = jobs.at(job_id);
+      queued += job.queued.size();
+      for (size_t pos : job.running) {
+        const Item& item = job.items[pos];
+        sharing += std::any_of(item.chunks.begin(), item.chunks.end(),
+                               [](const Chunk& c) { return c.phase == ChunkPhase::kQueued; });
+      }
+    }
+    sharing += queued;
+    for (const auto& [id, w] : workers) {
+      available += Usable(w) && (w.task == 0 || tasks.at(w.task).kind == TaskKind::kChunk);
+    }
     const Worker& self = workers.at(worker);
     for (const std::string& job_id : JobsInTurn()) {
       Job& job = jobs.at(job_id);
@@ -362,11 +500,11 @@ struct Scheduler::State {
       int64_t total = 0;
       for (int64_t b : item.spec.chunk_kv_bytes) total += b;
       bool whole = item.spec.n_middle == 0 || opt.placement == Placement::kWhole;
-      if (!whole && opt.placement == Placement::kAuto && queued >= idle) {
+      if (!whole && opt.placement == Placement::kAuto) {
         const bool fits_somewhere = std::any_of(workers.begin(), workers.end(), [&](const auto& w) {
           return Usable(w.second) && FitsBudget(w.second, total);
         });
-        if (fits_somewhere) {
+        if (fits_somewhere && PreferWhole(item.spec, queued, available, sharing)) {
           if (!FitsBudget(self, total)) continue;  // leave it to a worker where it fits
           whole = true;
         }
@@ -509,10 +647,11 @@ void Scheduler::WorkerLeft(const std::string& worker, int64_t now_ms) {
   s_->Schedule(now_ms);
 }
 
-bool Scheduler::TaskSucceeded(uint64_t task, int64_t now_ms) {
+bool Scheduler::TaskSucceeded(uint64_t task, int64_t now_ms, const TaskStats& stats) {
   auto it = s_->tasks.find(task);
   if (it == s_->tasks.end()) return false;
   const State::Task t = it->second;
+  s_->Observe(t, stats, now_ms);
   s_->tasks.erase(it);
   State::Worker& w = s_->workers.at(t.worker);
   w.task = 0;
@@ -623,6 +762,12 @@ int32_t Scheduler::ItemFailures(const std::string& job_id, int64_t item) const {
   if (j == s_->jobs.end()) return -1;
   auto p = j->second.pos.find(item);
   return p == j->second.pos.end() ? -1 : j->second.items[p->second].failures;
+}
+
+CostEstimates Scheduler::costs() const { return s_->Costs(); }
+
+PlacementEstimate Scheduler::Estimate(const ItemSpec& item, int64_t workers) const {
+  return s_->EstimateItem(item, workers);
 }
 
 bool Scheduler::HasWorker(const std::string& worker) const { return s_->workers.contains(worker); }

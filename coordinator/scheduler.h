@@ -14,6 +14,14 @@
 // in a Scheduler is max(failures * 1000, last_attempt) + 1 (ItemSpec), then +1 for each
 // dispatch; a store that keeps the highest attempt it saw makes them unique across
 // coordinator restarts too.
+// Placement kAuto chooses per item when it starts, by a cost model fed with measured
+// rates (TaskSucceeded's TaskStats): while queued items >= available workers (idle, or
+// running a chunk task) both keep everyone busy, and the one with less work in
+// worker-seconds wins (whole, with no transfer and no anchor recomputed per chunk,
+// unless measured rates make chunks cheaper); otherwise the smaller estimated completion time of whole (all on one worker) vs
+// spread (chunks over the item's share of the available workers, the K/V not on the
+// final worker moved, then the final); spread regardless when the item's K/V fits no
+// worker's budget. Deterministic: the estimates are a function of the events.
 // Failures: a failed task (error, deadline, its worker died) counts one failure for its
 // item; at max_attempts failures the item fails for good (ItemFailed). A chunk task
 // refused with RESOURCE_EXHAUSTED is placed elsewhere without counting. Chunks held by
@@ -45,6 +53,13 @@ struct SchedulerOptions {
   // Task deadline: base + per_token * tokens the task computes (prompt and generation).
   int64_t deadline_base_ms = 120000;
   double deadline_ms_per_token = 20.0;
+  // The cost model's priors (used until the first measurement of each kind) and the
+  // weight of a new measurement in its exponentially weighted average.
+  double prior_prefill_tokens_per_s = 1000;  // one worker computing prompt tokens
+  double prior_decode_tokens_per_s = 20;
+  double prior_transfer_bytes_per_s = 5e8;   // K/V fetched by a final (gRPC ~0.6 GB/s)
+  double prior_task_overhead_s = 0.01;       // per task: dispatch, RPC, setup
+  double cost_ewma_weight = 0.25;
 };
 
 struct ItemSpec {
@@ -55,6 +70,8 @@ struct ItemSpec {
   int64_t max_new_tokens = 0;
   std::vector<int64_t> chunk_kv_bytes;  // size n_middle: K/V bytes each chunk task keeps
   std::vector<int64_t> chunk_tokens;    // size n_middle: tokens each chunk task computes
+  int64_t final_tokens = 0;             // tokens a spread final computes (anchor + last
+                                        // chunk); 0: estimated, prompt_tokens / (n_middle + 1)
   int32_t failures = 0;                 // failures counted before (from the store)
   int32_t last_attempt = 0;             // highest attempt dispatched before (from the store)
 };
@@ -100,6 +117,39 @@ struct WorkerCaps {
   int64_t kv_budget_bytes = 0;  // 0 = no limit
 };
 
+// What a successful task measured, as its worker reports it; zeros where unknown (no
+// measurement is taken from them). Feeds the kAuto cost model.
+struct TaskStats {
+  int64_t tokens = 0;             // prompt tokens computed; 0: the scheduler's own count
+                                  // (chunk: chunk_tokens; whole final: prompt_tokens;
+                                  // spread final: final_tokens)
+  double compute_s = 0;           // chunk: compute; final: prefill, K/V fetches included
+  int64_t generated = 0;          // final: tokens decoded
+  double decode_s = 0;
+  int64_t kv_bytes_received = 0;  // final: K/V fetched from other workers
+  double kv_transfer_s = 0;       // time of those fetches (inside compute_s)
+};
+
+// The cost model's current estimates (per worker, one task at a time).
+struct CostEstimates {
+  double chunk_s_per_token = 0;    // chunk tasks' prompt compute
+  double final_s_per_token = 0;    // finals' prompt compute (whole finals: every token)
+  double decode_s_per_token = 0;
+  double transfer_s_per_byte = 0;
+  double task_overhead_s = 0;      // wall time beyond the reported compute, per task
+  int64_t samples = 0;             // measurements taken so far
+};
+
+// kAuto's view of one item: estimated completion time whole and spread, when its chunks
+// may use `workers` workers.
+struct PlacementEstimate {
+  double whole_s = 0;
+  double spread_s = 0;
+  int32_t spread_workers = 0;  // workers the chunks are estimated to run on
+  int64_t kv_moved_bytes = 0;  // estimated K/V fetched by the spread final
+  double spread_work_s = 0;    // spread's worker-seconds: every chunk, transfer, final
+};
+
 class Scheduler {
  public:
   Scheduler(SchedulerOptions options, int64_t now_ms);
@@ -114,7 +164,9 @@ class Scheduler {
   // Outcomes of dispatched tasks; unknown or stale task ids are ignored except that
   // they free their worker. Returns true when a final success completes its item (the
   // caller has committed the result; a second success for the same item returns false).
-  bool TaskSucceeded(uint64_t task, int64_t now_ms);
+  // `stats` (optional) feeds the kAuto cost model; the task's wall time (dispatch to
+  // now_ms) beyond its reported compute counts as per-task overhead.
+  bool TaskSucceeded(uint64_t task, int64_t now_ms, const TaskStats& stats = {});
   void TaskFailed(uint64_t task, const absl::Status& status, int64_t now_ms);
   void Tick(int64_t now_ms);  // heartbeat timeouts and task deadlines
 
@@ -137,6 +189,9 @@ class Scheduler {
   // Whether the worker is known (joined and not left or declared dead).
   bool HasWorker(const std::string& worker) const;
   bool WorkerDrained(const std::string& worker) const;
+  // The cost model (kAuto): current estimates, and the estimate for an item.
+  CostEstimates costs() const;
+  PlacementEstimate Estimate(const ItemSpec& item, int64_t workers) const;
 
  private:
   // Implementation state lives in scheduler.cc (private structs declared there).

@@ -23,6 +23,8 @@
 //    workers, tasks in flight, and K/V bytes (the scheduler's accounting equals what the
 //    registered workers really hold, every stray chunk released at once);
 //  - at the end: every job finished, nothing in flight, no K/V held anywhere.
+// Successes report TaskStats (compute from the worker's speed, a share of a spread
+// final's time as K/V transfer), so kAuto's cost model learns as the seed runs.
 // Seeds where faults are off must complete every item that fits the workers' budgets.
 // Replay one seed: MESA_SCHED_SIM_SEED=<seed> scheduler_sim_test.
 #include <gtest/gtest.h>
@@ -67,6 +69,7 @@ struct SimWorker {
   uint64_t task = 0;  // running; 0 = idle
   uint64_t run = 0;   // bumped whenever the running task changes: older timers are void
   Dispatch current;
+  int64_t current_ms = 0;  // the current task's simulated duration
 
   int64_t Held() const {
     int64_t sum = 0;
@@ -395,6 +398,7 @@ class Sim {
     const uint64_t run = ++w.run;
     if (w.silent || w.hung) return;
     const int64_t duration = 1 + static_cast<int64_t>(static_cast<double>(tokens) * w.ms_per_token * Real(0.8, 1.2));
+    w.current_ms = duration;
     At(now_ + duration, [this, id = d.worker, run, life = life_] { Complete(id, run, life); });
   }
 
@@ -441,7 +445,21 @@ class Sim {
       return;
     }
     if (w.cancelled) cov_->Add(d.kind == TaskKind::kChunk ? "late chunk success" : "late final success");
-    const bool completed = sched_->TaskSucceeded(d.task, now_);
+    TaskStats stats;
+    stats.compute_s = static_cast<double>(w.current_ms) / 1000.0;
+    if (d.kind == TaskKind::kFinal && !d.whole) {
+      stats.kv_bytes_received = 0;
+      for (const SourceRef& s : d.sources) {
+        if (s.worker != d.worker) stats.kv_bytes_received += item.spec.chunk_kv_bytes[s.chunk];
+      }
+      if (stats.kv_bytes_received > 0) stats.kv_transfer_s = stats.compute_s / 4;
+    }
+    if (d.kind == TaskKind::kFinal) {
+      stats.generated = item.spec.max_new_tokens;
+      stats.decode_s = stats.compute_s / 5;
+      stats.compute_s -= stats.decode_s;
+    }
+    const bool completed = sched_->TaskSucceeded(d.task, now_, stats);
     const bool open = item.end == End::kOpen && !jobs_.at(d.job_id).cancelled;
     if (d.kind == TaskKind::kChunk && completed) Fail("a chunk success completed an item");
     if (d.kind == TaskKind::kFinal && completed != open) {

@@ -195,6 +195,150 @@ TEST_F(SchedulerTest, AutoLeavesAWholeItemToAWorkerWhereItFits) {
   EXPECT_TRUE(d.whole);
 }
 
+// ---------------------------------------------------------------- kAuto cost model
+
+// A long document: `chunks` middle chunks of 1000 tokens (anchor included) and 1 MB of
+// K/V each; the final computes 600 tokens itself and decodes 10.
+ItemSpec LongDoc(const std::string& job, int64_t index, int chunks) {
+  ItemSpec spec;
+  spec.job_id = job;
+  spec.item = index;
+  spec.n_middle = chunks;
+  spec.chunk_kv_bytes.assign(chunks, 1'000'000);
+  spec.chunk_tokens.assign(chunks, 1000);
+  spec.final_tokens = 600;
+  spec.prompt_tokens = 900 * chunks + 600;
+  spec.max_new_tokens = 10;
+  return spec;
+}
+
+// kAuto with priors: 1000 prompt tokens/s, 100 decoded tokens/s, no task overhead, and
+// K/V moved at `transfer_bytes_per_s`.
+SchedulerOptions CostOptions(double transfer_bytes_per_s) {
+  SchedulerOptions o = Options(Placement::kAuto);
+  o.deadline_base_ms = 1'000'000;
+  o.prior_prefill_tokens_per_s = 1000;
+  o.prior_decode_tokens_per_s = 100;
+  o.prior_task_overhead_s = 0;
+  o.prior_transfer_bytes_per_s = transfer_bytes_per_s;
+  return o;
+}
+
+TEST_F(SchedulerTest, EstimateFollowsTheCostModel) {
+  Start(CostOptions(1e8), {"w1"});
+  const PlacementEstimate e = s_->Estimate(LongDoc("j", 0, 8), /*workers=*/4);
+  EXPECT_DOUBLE_EQ(e.whole_s, 7.8 + 0.1);  // 7800 tokens at 1000/s, 10 decoded at 100/s
+  EXPECT_EQ(e.spread_workers, 4);
+  EXPECT_EQ(e.kv_moved_bytes, 6'000'000);  // 8 MB, the final's worker holds 2 MB
+  // 2 waves of 1000-token chunks, 6 MB at 100 MB/s, the final's 600 tokens, decoding.
+  EXPECT_DOUBLE_EQ(e.spread_s, 2.0 + 0.06 + 0.6 + 0.1);
+  EXPECT_DOUBLE_EQ(e.spread_work_s, 8.0 + 0.06 + 0.6 + 0.1);  // every chunk, once
+  EXPECT_EQ(s_->Estimate(LongDoc("j", 0, 8), 100).spread_workers, 8);  // one chunk each at most
+  EXPECT_EQ(s_->costs().samples, 0);
+}
+
+TEST_F(SchedulerTest, AutoSpreadsALongDocOnIdleWorkersWhenTransferIsFast) {
+  Start(CostOptions(1e9), {"w1", "w2", "w3", "w4"});
+  s_->AddJob("j", {LongDoc("j", 0, 8)}, now_);
+  std::vector<Dispatch> d = Dispatches();
+  ASSERT_EQ(d.size(), 4u);
+  for (const Dispatch& x : d) EXPECT_EQ(x.kind, TaskKind::kChunk);
+}
+
+TEST_F(SchedulerTest, AutoRunsALongDocWholeWhenTransferIsSlow) {
+  Start(CostOptions(1e5), {"w1", "w2", "w3", "w4"});  // 6 MB would take 60 s
+  s_->AddJob("j", {LongDoc("j", 0, 8)}, now_);
+  Dispatch d = One();
+  EXPECT_EQ(d.kind, TaskKind::kFinal);
+  EXPECT_TRUE(d.whole);
+}
+
+TEST_F(SchedulerTest, AutoRunsWholeWhileQueuedDocsOutnumberIdleWorkers) {
+  Start(CostOptions(1e12), {"w1", "w2", "w3"});
+  s_->AddJob("j", {LongDoc("j", 0, 8), LongDoc("j", 1, 8), LongDoc("j", 2, 8), LongDoc("j", 3, 8)}, now_);
+  std::vector<Dispatch> d = Dispatches();
+  ASSERT_EQ(d.size(), 3u);
+  for (const Dispatch& x : d) {
+    EXPECT_EQ(x.kind, TaskKind::kFinal);
+    EXPECT_TRUE(x.whole);
+  }
+}
+
+TEST_F(SchedulerTest, AutoSpreadsUnderLoadWhenMeasuredChunksAreMuchCheaper) {
+  Start(CostOptions(1e12), {"w1", "w2"});
+  s_->AddJob("c", {LongDoc("c", 0, 2)}, now_);
+  std::vector<Dispatch> c = Dispatches();
+  ASSERT_EQ(c.size(), 2u);  // alone on 2 workers: spread
+  s_->TaskSucceeded(c[0].task, now_, TaskStats{1000, 0.1, 0, 0, 0, 0});  // 10000 tokens/s
+  s_->TaskSucceeded(c[1].task, now_, TaskStats{1000, 0.1, 0, 0, 0, 0});
+  Dispatch f = One();
+  s_->TaskSucceeded(f.task, now_, TaskStats{0, 6.0, 0, 0, 0, 0});  // final: 600 tokens at 100/s
+  // 3 queued >= 2 workers, yet 8000 chunk tokens cost 0.8 s against 78 s whole: spread.
+  s_->AddJob("d", {LongDoc("d", 0, 8), LongDoc("d", 1, 8), LongDoc("d", 2, 8)}, now_);
+  std::vector<Dispatch> d = Dispatches();
+  ASSERT_EQ(d.size(), 2u);
+  for (const Dispatch& x : d) {
+    EXPECT_EQ(x.kind, TaskKind::kChunk);
+    EXPECT_EQ(x.item, 0);
+  }
+}
+
+TEST_F(SchedulerTest, AutoSpreadsOneItemToMeasureTheChunkRateThenFollowsTheRates) {
+  Start(CostOptions(1e12), {"w1"});
+  s_->AddJob("a", {LongDoc("a", 0, 2), LongDoc("a", 1, 2), LongDoc("a", 2, 2), LongDoc("a", 3, 2)}, now_);
+  Dispatch d0 = One();
+  ASSERT_TRUE(d0.whole);  // nothing measured: whole under load
+  s_->TaskSucceeded(d0.task, now_, TaskStats{0, 2.4, 0, 0, 0, 0});  // 1000 tokens/s
+  Dispatch probe = One();
+  EXPECT_EQ(probe.kind, TaskKind::kChunk);  // the chunk rate was never measured: spread once
+  EXPECT_EQ(probe.item, 1);
+  s_->TaskSucceeded(probe.task, now_, TaskStats{1000, 1.0, 0, 0, 0, 0});  // 1000 tokens/s too
+  Dispatch c1 = One();
+  s_->TaskSucceeded(c1.task, now_, TaskStats{1000, 1.0, 0, 0, 0, 0});
+  Dispatch f1 = One();
+  EXPECT_FALSE(f1.whole);
+  s_->TaskSucceeded(f1.task, now_, TaskStats{0, 0.6, 0, 0, 0, 0});
+  Dispatch d2 = One();  // equal rates: whole has less work
+  EXPECT_TRUE(d2.whole);
+  EXPECT_EQ(d2.item, 2);
+}
+
+TEST_F(SchedulerTest, AutoSpreadsADocWhoseKvExceedsEveryBudgetEvenWhenTransferIsSlow) {
+  Start(CostOptions(1), {"w1", "w2"}, /*budget=*/5'000'000);  // 8 MB fits nowhere
+  s_->AddJob("j", {LongDoc("j", 0, 8), LongDoc("j", 1, 8)}, now_);
+  std::vector<Dispatch> d = Dispatches();
+  ASSERT_EQ(d.size(), 2u);
+  for (const Dispatch& x : d) EXPECT_EQ(x.kind, TaskKind::kChunk);
+}
+
+TEST_F(SchedulerTest, MeasuredTransferRateChangesTheDecision) {
+  Start(CostOptions(1e9), {"w1", "w2"});
+  s_->AddJob("a", {LongDoc("a", 0, 2)}, now_);
+  std::vector<Dispatch> d = Dispatches();
+  ASSERT_EQ(d.size(), 2u);  // fast by the prior: spread
+  now_ += 1000;
+  s_->TaskSucceeded(d[0].task, now_, TaskStats{1000, 0.5, 0, 0, 0, 0});
+  s_->TaskSucceeded(d[1].task, now_, TaskStats{1000, 0.5, 0, 0, 0, 0});
+  CostEstimates c = s_->costs();
+  EXPECT_DOUBLE_EQ(c.chunk_s_per_token, 0.5 / 1000);
+  EXPECT_DOUBLE_EQ(c.final_s_per_token, 0.5 / 1000);  // stands in until a final is measured
+  EXPECT_DOUBLE_EQ(c.task_overhead_s, 0.5);           // 1 s of wall time, 0.5 s reported
+  Dispatch f = One();
+  EXPECT_FALSE(f.whole);
+  now_ += 2000;
+  // The final fetched 1 MB in 10 s (100 KB/s) within 10.3 s of prefill, decoded 10 in 0.1 s.
+  EXPECT_TRUE(s_->TaskSucceeded(f.task, now_, TaskStats{0, 10.3, 10, 0.1, 1'000'000, 10.0}));
+  c = s_->costs();
+  EXPECT_DOUBLE_EQ(c.transfer_s_per_byte, 1e-5);
+  EXPECT_NEAR(c.final_s_per_token, 0.3 / 600, 1e-12);  // prefill less the fetch, 600 tokens
+  EXPECT_DOUBLE_EQ(c.decode_s_per_token, 0.01);
+  EXPECT_EQ(c.samples, 2 + 2 + 3 + 1);  // 2 chunk rates + overheads, final: 3 rates + overhead
+  s_->AddJob("b", {LongDoc("b", 0, 2)}, now_);
+  Dispatch w = One();  // 1 MB to move now costs 10 s: whole
+  EXPECT_EQ(w.kind, TaskKind::kFinal);
+  EXPECT_TRUE(w.whole);
+}
+
 TEST_F(SchedulerTest, JobsShareWorkersRoundRobin) {
   Start(Options(Placement::kWhole), {"w1"});
   s_->AddJob("a", {Item("a", 0), Item("a", 1), Item("a", 2)}, now_);

@@ -25,10 +25,16 @@ fail=0
 die() { echo "FAIL: $*"; fail=1; }
 log_tail() { for f in "$TMP"/*.log; do echo "--- $f"; tail -15 "$f"; done; }
 
-# Documents of ~2k-8k tokens from the shared text, a short one, and a QA line; small
+# Documents of ~2k-16k tokens from the shared text, a short one, and a QA line; small
 # generation budgets keep the run short.
 python3 "$(dirname "$0")/../../scripts/make_sample_jobs.py" --shared "$SHARED" --out "$TMP/in.jsonl" >/dev/null || exit 1
 echo '{"custom_id": "short", "document": "Once upon a time there was a little dog."}' >>"$TMP/in.jsonl"
+python3 - "$SHARED/text/frankenstein.txt" >>"$TMP/in.jsonl" <<'PY'
+import json, sys
+text = open(sys.argv[1], encoding="utf-8").read()
+start = text.find("\n\n", 20000) + 2
+print(json.dumps({"custom_id": "frankenstein-16k", "document": text[start:start + 34000]}))
+PY
 FLAGS=(--max-tokens 12)
 
 start_coordinator() {  # start_coordinator STORE [extra flags]: sets COORD and COORD_PID
