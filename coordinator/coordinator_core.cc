@@ -602,7 +602,7 @@ void CoordinatorCore::RunTask(Dispatch d) {
   // A chunk call that ended cancelled or past its deadline may still have left its K/V
   // on the worker (it checks for cancellation between steps; the scheduler releases only
   // what it saw succeed): free that dispatch's attempt, off the lock and this thread.
-  if (false && client && item && d.kind == TaskKind::kChunk && (absl::IsCancelled(status) || absl::IsDeadlineExceeded(status))) {
+  if (client && item && d.kind == TaskKind::kChunk && (absl::IsCancelled(status) || absl::IsDeadlineExceeded(status))) {
     std::thread([client, job = d.job_id, it = d.item, attempt = d.attempt] {
       (void)client->ReleaseKv(job, it, attempt);
     }).detach();
