@@ -5,7 +5,9 @@
 # writes bench/results/kv_transfer.md (machine, date, commit, load, table, check).
 #
 # Check reported (measured, not assumed): gRPC / TCP >= 0.7 at every size. Then the
-# tuning tried, at 64 MiB: piece sizes and HTTP/2 channel arguments (--no-tuning skips).
+# variants, at 64 MiB: piece sizes, HTTP/2 channel arguments, each change undone on its
+# own, TCP into fresh memory (--no-tuning skips). The numbers before the zero-copy work
+# are kept in the report for comparison.
 #
 # Usage: bench/kv_transfer.sh [--sizes-mib 16,64,256] [--rounds 7] [--piece-kib 1024]
 #                             [--build-dir DIR] [--no-tuning]
@@ -17,13 +19,17 @@ BUILD_DIR="${MESA_BUILD_DIR:-$ROOT/build/release}"
 OUT_MD="$ROOT/bench/results/kv_transfer.md"
 BENCH_ARGS=()
 TUNING=1
-# Variants measured at 64 MiB (bench arguments; one per line).
+# Variants measured at 64 MiB (bench arguments; one per line): transport settings, then
+# each of the changes undone on its own (--proto-sender, --crc-per-fetch,
+# --default-malloc), then the TCP copy into fresh memory (a diagnostic).
 VARIANTS="--piece-kib 256
---piece-kib 1024
 --piece-kib 4096
+--arg grpc.http2.max_frame_size=1048576
 --arg grpc.http2.bdp_probe=0 --arg grpc.http2.lookahead_bytes=16777216
---arg grpc.http2.write_buffer_size=8388608
---arg grpc.experimental.tcp_min_read_chunk_size=1048576 --arg grpc.experimental.tcp_max_read_chunk_size=8388608"
+--proto-sender
+--crc-per-fetch
+--default-malloc
+--tcp-fresh-sink"
 
 say() { echo "kv_transfer: $*" >&2; }
 die() { echo "kv_transfer: ERROR: $*" >&2; exit 1; }
@@ -33,7 +39,7 @@ while [ $# -gt 0 ]; do
     --sizes-mib|--rounds|--piece-kib) BENCH_ARGS+=("$1" "$2"); shift 2 ;;
     --build-dir) BUILD_DIR="$2"; shift 2 ;;
     --no-tuning) TUNING=0; shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
@@ -77,26 +83,43 @@ CHECK="$(awk -F'|' '/MiB \|/ { r = $5 + 0; if (min == "" || r < min) min = r }
   cat "$TMP/report.md"
   echo
   echo "GB/s = 10^9 bytes (k and v together) / median seconds. gRPC: one FetchKv call"
-  echo "end to end (the server computes the manifest's CRC32C and copies each piece into"
-  echo "a message; the client allocates the ChunkKv, copies each piece in and checks the"
-  echo "CRC32C); the channel is already connected. TCP: send() of k then v, recv() by a"
-  echo "second thread into a buffer allocated and touched once beforehand."
+  echo "end to end; the channel is already connected. The server is the worker's"
+  echo "(KvStreamingWorkerService): the manifest carries the CRC32C stored with the chunk,"
+  echo "and each piece goes out as a KvMessage whose bytes are a slice of the chunk's own"
+  echo "memory (no copy before the kernel's). The client reads the messages raw, finds each"
+  echo "piece's bytes in place in the received slices, takes their CRC32C while in cache and"
+  echo "appends them to a ChunkKv reserved from the manifest (huge pages, no zero-fill);"
+  echo "anything not laid out as protobuf writes a piece is parsed by protobuf. TCP: send()"
+  echo "of k then v, recv() by a second thread into a buffer allocated and touched once"
+  echo "beforehand. The process sets the allocator options \`mesa\` sets (client/cli/main.cc)."
   echo
-  echo "Where gRPC's extra CPU goes (the CPU s/GB columns; perf on this path): per byte the"
-  echo "sender reads it for the CRC32C, copies it into the KvData message and again when"
-  echo "gRPC serializes the message, then the kernel copies it; the receiver's kernel copies"
-  echo "it into fresh gRPC slices (page faults), protobuf copies it into the message, the"
-  echo "assembler copies it into a freshly allocated ChunkKv (page faults again) and reads it"
-  echo "for the CRC32C. The TCP copy is one kernel copy per side. With both ends sharing the"
-  echo "same few cores, throughput follows CPU per byte, so piece size and HTTP/2 window"
-  echo "arguments move little (below)."
+  echo "Where the rest goes (perf, 64 MiB): both sides' kernel copies are what TCP pays"
+  echo "too; on top, the receiver writes every byte into a new cache: fresh memory, which"
+  echo "the kernel zeroes page by page on first touch (2 MiB pages; blocks of 32 MiB and"
+  echo "more are mapped and unmapped on their own under \`mesa\`'s allocator options), then"
+  echo "the copy and the CRC32C. The TCP baseline receives into memory touched beforehand;"
+  echo "the \`--tcp-fresh-sink\` row below has it receive into fresh memory instead, which"
+  echo "shows that cost on its own. With both ends and other work sharing 2 cores, the"
+  echo "ratio follows CPU per byte (the CPU columns) and the load."
+  echo
+  echo "## Before (fcb8e2d, 2026-11-30 07:35, same benchmark; load 3.99 / 3.68)"
+  echo
+  echo "Generated handler copying each piece into a KvMessage, CRC32C computed per fetch,"
+  echo "the client parsing KvMessage protos and copying into a zero-filled ChunkKv, glibc's"
+  echo "default allocator options in the benchmark."
+  echo
+  echo "| chunk | TCP copy GB/s | gRPC FetchKv GB/s | gRPC / TCP | TCP CPU s/GB | gRPC CPU s/GB | CRC32C GB/s |"
+  echo "|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| 16 MiB | 2.70 | 0.60 | 0.22 | 0.44 | 1.98 | 7.3 |"
+  echo "| 64 MiB | 2.81 | 0.58 | 0.21 | 0.35 | 1.73 | 8.0 |"
+  echo "| 256 MiB | 2.56 | 0.73 | 0.29 | 0.49 | 1.81 | 8.0 |"
   echo
   echo "## Check"
   echo
   echo "- Smallest gRPC / TCP ratio: $CHECK"
   if [ -f "$TMP/tuning.md" ]; then
     echo
-    echo "## Tuning tried (64 MiB, 3 rounds each, same columns)"
+    echo "## Variants (64 MiB, 3 rounds each, same columns; each undoes or changes one thing)"
     echo
     echo "| variant | TCP copy GB/s | gRPC FetchKv GB/s | gRPC / TCP | TCP CPU s/GB | gRPC CPU s/GB | CRC32C GB/s |"
     echo "|---|---:|---:|---:|---:|---:|---:|"

@@ -1,16 +1,27 @@
 // kv_transfer_bench: how fast one chunk's K/V moves over a FetchKv gRPC stream on
-// loopback (ServeKvStream -> GrpcKvFetcher: manifest with CRC32C, ~1 MiB pieces,
-// reassembly and CRC check into a fresh ChunkKv), against a plain TCP socket copy of
-// the same bytes on loopback (a writer and a reader thread, into a buffer allocated
-// once and touched beforehand: the bar gRPC is held to) in the same run. Rounds
-// alternate between the two; each cell is the median. Prints a markdown report (CPU
-// model, ISA, table) on stdout. Run through bench/kv_transfer.sh.
+// loopback (KvStreamingWorkerService/ServeKvStream -> GrpcKvFetcher: manifest with CRC32C,
+// ~1 MiB pieces, reassembly and CRC check into a fresh ChunkKv), against a plain TCP
+// socket copy of the same bytes on loopback (a writer and a reader thread, into a buffer
+// allocated once and touched beforehand: the bar gRPC is held to) in the same run.
+// Rounds alternate between the two; each cell is the median. Prints a markdown report
+// (CPU model, ISA, table) on stdout. Run through bench/kv_transfer.sh.
+//
+// The server side is the product's: KvStreamingWorkerService (what `mesa worker` serves) over
+// a chunk whose CRC32C was computed when it was stored (as WorkerCore does), and the
+// process sets the allocator options `mesa` sets in main (client/cli/main.cc). The
+// --proto-sender / --crc-per-fetch / --default-malloc switches undo one each, to measure
+// what each is worth; --tcp-fresh-sink has the TCP copy receive into fresh memory (as
+// every fetch must: the cache it returns is new), to measure that cost on its own.
 //
 // Usage: kv_transfer_bench [--sizes-mib 16,64,256] [--rounds 7] [--piece-kib 1024]
 //                          [--arg grpc.channel.arg=INT]...  (to server and client)
+//                          [--proto-sender] [--crc-per-fetch] [--default-malloc]
+//                          [--tcp-fresh-sink]
 #include <arpa/inet.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -21,6 +32,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -112,12 +125,23 @@ void SendAll(int fd, const void* data, size_t size) {
 }
 
 // Seconds to move k then v from one end of `pair` to `sink` (k.size + v.size bytes).
-double TcpCopy(TcpPair& pair, const ChunkKv& kv, std::vector<uint8_t>& sink) {
+// `fresh_sink` (a diagnostic, not the baseline): into memory allocated in the timed
+// region instead, in huge pages as KvAssembler allocates a received cache, to show what
+// a fresh buffer costs by itself; copied to `sink` afterwards for the check.
+double TcpCopy(TcpPair& pair, const ChunkKv& kv, std::vector<uint8_t>& sink, bool fresh_sink) {
   const auto start = Clock::now();
+  std::unique_ptr<uint8_t[]> fresh;
   std::thread reader([&] {
+    uint8_t* into = sink.data();
+    if (fresh_sink) {
+      fresh.reset(new uint8_t[sink.size()]);  // not touched: pages come as recv fills them
+      const auto page = reinterpret_cast<uintptr_t>(fresh.get() + 4095) & ~uintptr_t{4095};
+      madvise(reinterpret_cast<void*>(page), (sink.size() - 4096) & ~size_t{4095}, MADV_HUGEPAGE);
+      into = fresh.get();
+    }
     size_t got = 0;
     while (got < sink.size()) {
-      const ssize_t n = recv(pair.reader, sink.data() + got, sink.size() - got, 0);
+      const ssize_t n = recv(pair.reader, into + got, sink.size() - got, 0);
       if (n <= 0) Die("recv");
       got += static_cast<size_t>(n);
     }
@@ -125,21 +149,30 @@ double TcpCopy(TcpPair& pair, const ChunkKv& kv, std::vector<uint8_t>& sink) {
   SendAll(pair.writer, kv.k.data(), kv.k.size() * sizeof(float));
   SendAll(pair.writer, kv.v.data(), kv.v.size() * sizeof(float));
   reader.join();
-  return Seconds(start);
+  const double s = Seconds(start);
+  if (fresh_sink) std::memcpy(sink.data(), fresh.get(), sink.size());
+  return s;
 }
 
-class BenchWorker final : public mesa::v1::WorkerService::Service {
+// The chunk being served, as a WorkerCore holds it: with its CRC32C unless the bench
+// measures computing it per fetch.
+struct BenchChunk {
+  std::shared_ptr<const ChunkKv> kv;
+  std::optional<uint32_t> crc32c;
+};
+
+// --proto-sender: a generated-API handler (each piece copied into a KvMessage).
+class ProtoWorker final : public mesa::v1::WorkerService::Service {
  public:
-  explicit BenchWorker(int64_t piece_bytes) : piece_bytes_(piece_bytes) {}
-  void set_kv(const ChunkKv* kv) { kv_ = kv; }
+  ProtoWorker(const BenchChunk* chunk, int64_t piece_bytes) : chunk_(chunk), piece_bytes_(piece_bytes) {}
   grpc::Status FetchKv(grpc::ServerContext* ctx, const mesa::v1::FetchKvRequest*,
                        grpc::ServerWriter<mesa::v1::KvMessage>* writer) override {
-    return ServeKvStream(*kv_, ctx, writer, piece_bytes_);
+    return ServeKvStream(*chunk_->kv, ctx, writer, piece_bytes_, chunk_->crc32c);
   }
 
  private:
+  const BenchChunk* chunk_;
   const int64_t piece_bytes_;
-  const ChunkKv* kv_ = nullptr;
 };
 
 struct Args {
@@ -147,13 +180,24 @@ struct Args {
   int rounds = 7;
   int64_t piece_kib = 1024;
   std::vector<std::pair<std::string, int>> channel_args;
+  bool proto_sender = false, crc_per_fetch = false, default_malloc = false, tcp_fresh_sink = false;
 };
 
 Args Parse(int argc, char** argv) {
   Args args;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string flag = argv[i], value = argv[i + 1];
-    if (flag == "--sizes-mib") {
+  for (int i = 1; i < argc; i += 2) {
+    const std::string flag = argv[i], value = i + 1 < argc ? argv[i + 1] : "";
+    if (flag == "--proto-sender" || flag == "--crc-per-fetch" || flag == "--default-malloc" ||
+        flag == "--tcp-fresh-sink") {
+      (flag == "--proto-sender"    ? args.proto_sender
+       : flag == "--crc-per-fetch" ? args.crc_per_fetch
+       : flag == "--default-malloc" ? args.default_malloc
+                                    : args.tcp_fresh_sink) = true;
+      --i;  // no value
+    } else if (i + 1 >= argc) {
+      args.sizes_mib.clear();  // a flag without its value: usage below
+      break;
+    } else if (flag == "--sizes-mib") {
       args.sizes_mib.clear();
       for (auto s : absl::StrSplit(value, ',')) args.sizes_mib.push_back(std::stoll(std::string(s)));
     } else if (flag == "--rounds") {
@@ -164,21 +208,40 @@ Args Parse(int argc, char** argv) {
       const size_t eq = value.find('=');
       args.channel_args.emplace_back(value.substr(0, eq), std::stoi(value.substr(eq + 1)));
     } else {
-      std::fprintf(stderr, "usage: kv_transfer_bench [--sizes-mib 16,64,256] [--rounds 7] "
-                           "[--piece-kib 1024] [--arg grpc.channel.arg=INT]...\n");
-      std::exit(2);
+      args.sizes_mib.clear();
+      break;
     }
+  }
+  if (args.sizes_mib.empty()) {
+    std::fprintf(stderr, "usage: kv_transfer_bench [--sizes-mib 16,64,256] [--rounds 7] "
+                         "[--piece-kib 1024] [--arg grpc.channel.arg=INT]... [--proto-sender] "
+                         "[--crc-per-fetch] [--default-malloc] [--tcp-fresh-sink]\n");
+    std::exit(2);
   }
   return args;
 }
 
 int Main(int argc, char** argv) {
   const Args args = Parse(argc, argv);
-  BenchWorker service(args.piece_kib << 10);
+#if defined(__GLIBC__)
+  if (!args.default_malloc) {  // as `mesa` does (client/cli/main.cc)
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  }
+#endif
+  BenchChunk chunk;
+  ProtoWorker proto_service(&chunk, args.piece_kib << 10);
+  KvStreamingWorkerService raw_service(
+      [&chunk](const KvKey&) { return KvStreamingWorkerService::Held{chunk.kv, chunk.crc32c}; },
+      args.piece_kib << 10);
   int port = 0;
   grpc::ServerBuilder builder;
   builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&service);
+  if (args.proto_sender) {
+    builder.RegisterService(&proto_service);
+  } else {
+    builder.RegisterService(&raw_service);
+  }
   GrpcKvFetcherOptions options;
   std::string arg_list;
   for (const auto& [name, value] : args.channel_args) {
@@ -201,6 +264,20 @@ int Main(int argc, char** argv) {
               grpc::Version().c_str(), options.max_receive_message_bytes >> 20,
               arg_list.empty() ? ", the rest default" : ", on both sides:", arg_list.c_str(),
               static_cast<long long>(args.piece_kib), args.rounds);
+  std::printf("- Sender: %s; CRC32C %s; allocator: %s\n",
+              args.proto_sender ? "a generated FetchKv handler writing KvMessage protos "
+                                  "(--proto-sender)"
+                                : "KvStreamingWorkerService (raw messages, pieces sent from the "
+                                  "chunk's memory), as `mesa worker` serves",
+              args.crc_per_fetch ? "computed on every fetch (--crc-per-fetch)"
+                                 : "computed once when the chunk is stored, as WorkerCore does",
+              args.default_malloc ? "glibc defaults (--default-malloc)"
+                                  : "mallopt(M_MMAP_THRESHOLD, 32 MiB) and "
+                                    "mallopt(M_TRIM_THRESHOLD, 1 GiB), as `mesa` sets");
+  if (args.tcp_fresh_sink) {
+    std::printf("- TCP copy into fresh memory allocated in the timed region "
+                "(--tcp-fresh-sink, a diagnostic: not the baseline)\n");
+  }
 
   std::string table =
       "| chunk | TCP copy GB/s | gRPC FetchKv GB/s | gRPC / TCP | TCP CPU s/GB | gRPC CPU s/GB "
@@ -209,9 +286,11 @@ int Main(int argc, char** argv) {
   for (int64_t mib : args.sizes_mib) {
     // 32 layers x 8 kv heads x 128 dims: 256 KiB per token for k and v together.
     const int64_t tokens = (mib << 20) / (2 * 32 * 8 * 128 * 4);
-    const ChunkKv kv = RandomChunkKv(32, 8, tokens, 128, 0, 1);
+    chunk.kv = std::make_shared<const ChunkKv>(RandomChunkKv(32, 8, tokens, 128, 0, 1));
+    const ChunkKv& kv = *chunk.kv;
     const size_t bytes = kv.bytes();
-    service.set_kv(&kv);
+    chunk.crc32c.reset();
+    if (!args.crc_per_fetch) chunk.crc32c = KvCrc32c(kv);
     std::vector<uint8_t> sink(bytes, 1);
 
     const auto crc_start = Clock::now();
@@ -224,7 +303,7 @@ int Main(int argc, char** argv) {
         const bool grpc_leg = (leg + round) % 2 != 0;
         const double cpu_start = CpuSeconds();
         if (!grpc_leg) {
-          const double s = TcpCopy(tcp, kv, sink);
+          const double s = TcpCopy(tcp, kv, sink, args.tcp_fresh_sink);
           if (round >= 0) tcp_s.push_back(s), tcp_cpu.push_back(CpuSeconds() - cpu_start);
           continue;
         }

@@ -31,6 +31,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <map>
 #include <sstream>
 #include <string>
@@ -172,9 +173,11 @@ Result Simulate(const Profile& p, const std::vector<ItemSpec>& items, Placement 
   double now = 0;
   Result r;
   std::vector<int64_t> started_spread(items.size(), 0);
-  auto apply = [&] {
+  std::function<void()> apply = [&] {
+    std::vector<mesa::coord::MoveKv> moves;
     for (const Action& a : s.TakeActions()) {
       if (const auto* f = std::get_if<ItemFailed>(&a)) Die("item failed: " + f->error);
+      if (const auto* m = std::get_if<mesa::coord::MoveKv>(&a)) moves.push_back(*m);
       const auto* d = std::get_if<Dispatch>(&a);
       if (d == nullptr) continue;  // releases and cancels: nothing to simulate
       const ItemSpec& spec = *by_index.at(d->item);
@@ -204,6 +207,11 @@ Result Simulate(const Profile& p, const std::vector<ItemSpec>& items, Placement 
       }
       events.emplace(std::make_pair(now + seconds, seq++), Running{d->task, st});
     }
+    // K/V prefetch (MoveKv) is not modelled here: each move fails at once, so finals
+    // fetch every chunk not on their worker, as the transfer model above assumes.
+    for (const auto& m : moves) s.KvMoveFailed(m.job_id, m.item, m.chunk, m.attempt, absl::UnavailableError("not modelled"),
+                                           static_cast<int64_t>(std::llround(now * 1000)));
+    if (!moves.empty()) apply();
   };
   auto ms = [](double t) { return static_cast<int64_t>(std::llround(t * 1000)); };
   char id[16];

@@ -57,6 +57,9 @@ struct CoordinatorCore::JobRuntime {
   JobRecord record;
   std::map<int64_t, std::shared_ptr<ItemRuntime>> pending;  // by item index
   bool cancelled = false;
+  // K/V moved to final workers while chunks computed (MoveKv), for the log.
+  int64_t moves = 0, moves_failed = 0, moved_bytes = 0;
+  double move_s = 0;
 };
 
 struct CoordinatorCore::WorkerEntry {
@@ -100,6 +103,15 @@ CoordinatorCore::~CoordinatorCore() {
   {
     std::unique_lock<std::mutex> lock(mu_);
     threads.swap(task_threads_);
+  }
+  for (auto& [id, t] : threads) {
+    if (t.joinable()) t.join();
+  }
+  {
+    // No move starts once stopping_ is set; those in flight end within their timeout.
+    std::unique_lock<std::mutex> lock(mu_);
+    threads.clear();
+    threads.swap(move_threads_);
   }
   for (auto& [id, t] : threads) {
     if (t.joinable()) t.join();
@@ -388,6 +400,13 @@ void CoordinatorCore::FinishJobIfDoneLocked(const std::string& job_id) {
   if (it == jobs_.end() || it->second->cancelled || !it->second->pending.empty()) return;
   if (!scheduler_->JobFinished(job_id)) return;
   // Every item is settled: write the result file beside the store, then complete.
+  if (const JobRuntime& rt = *it->second; rt.moves > 0 || rt.moves_failed > 0) {
+    std::fprintf(stderr,
+                 "mesa coordinator: job %s: %lld chunks' K/V (%lld bytes, %.3f s) moved ahead to final workers "
+                 "while chunks computed, %lld moves failed\n",
+                 job_id.c_str(), static_cast<long long>(rt.moves), static_cast<long long>(rt.moved_bytes), rt.move_s,
+                 static_cast<long long>(rt.moves_failed));
+  }
   jobs_.erase(it);
   (void)store_->SetJobStatus(job_id, kJobFinalizing);
   auto items = store_->Items(job_id);
@@ -447,13 +466,14 @@ bool CoordinatorCore::Heartbeat(const std::string& worker_id, bool draining) {
   return true;
 }
 
-void CoordinatorCore::DeregisterWorker(const std::string& worker_id) {
+bool CoordinatorCore::DeregisterWorker(const std::string& worker_id) {
   std::unique_lock<std::mutex> lock(mu_);
-  if (!workers_.contains(worker_id)) return;
+  if (!workers_.contains(worker_id)) return false;
   scheduler_->WorkerLeft(worker_id, Now());
   workers_.erase(worker_id);
   ExecuteActionsLocked(lock);
   wake_.notify_all();
+  return true;
 }
 
 Scheduler::Stats CoordinatorCore::stats() {
@@ -482,6 +502,14 @@ void CoordinatorCore::DriverLoop() {
       }
     }
     finished_threads_.clear();
+    for (uint64_t id : finished_moves_) {
+      auto it = move_threads_.find(id);
+      if (it != move_threads_.end()) {
+        done.push_back(std::move(it->second));
+        move_threads_.erase(it);
+      }
+    }
+    finished_moves_.clear();
     lock.unlock();
     for (std::thread& t : done) t.join();
     lock.lock();
@@ -504,6 +532,12 @@ void CoordinatorCore::ExecuteActionsLocked(std::unique_lock<std::mutex>& lock) {
       std::thread([client = w->second->client, r = *r] {
         (void)client->ReleaseKv(r.job_id, r.item, r.attempt);
       }).detach();
+    } else if (auto* m = std::get_if<MoveKv>(&a)) {
+      if (stopping_) continue;
+      // A thread of its own, like a task's, but no task slot: the destination keeps
+      // computing while it fetches. The outcome comes back as an event.
+      const uint64_t id = next_move_++;
+      move_threads_[id] = std::thread([this, m = *m, id]() mutable { RunMove(std::move(m), id); });
     } else if (auto* f = std::get_if<ItemFailed>(&a)) {
       auto j = jobs_.find(f->job_id);
       if (j == jobs_.end()) continue;
@@ -520,6 +554,46 @@ void CoordinatorCore::ExecuteActionsLocked(std::unique_lock<std::mutex>& lock) {
     }
   }
   (void)lock;
+}
+
+void CoordinatorCore::RunMove(MoveKv m, uint64_t id) {
+  std::shared_ptr<WorkerClient> dest;
+  std::string source;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto d = workers_.find(m.worker);
+    auto s = workers_.find(m.from);
+    if (d != workers_.end() && s != workers_.end()) {
+      dest = d->second->client;
+      source = s->second->client->kv_address();
+    }
+  }
+  absl::StatusOr<int64_t> moved = absl::UnavailableError("a worker of the move left");
+  const auto t0 = std::chrono::steady_clock::now();
+  if (dest) {
+    worker::KvSourceRef ref;
+    ref.chunk = m.chunk;
+    ref.address = source;
+    ref.key = worker::KvKey{m.job_id, m.item, m.chunk, m.attempt};
+    moved = dest->LoadKv(ref, options_.kv_lease_ms, options_.fetch_timeout_ms);
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::unique_lock<std::mutex> lock(mu_);
+  auto j = jobs_.find(m.job_id);
+  if (moved.ok()) {
+    if (j != jobs_.end()) {
+      ++j->second->moves;
+      j->second->moved_bytes += *moved;
+      j->second->move_s += seconds;
+    }
+    scheduler_->KvMoved(m.job_id, m.item, m.chunk, m.attempt, Now());
+  } else {
+    if (j != jobs_.end()) ++j->second->moves_failed;
+    scheduler_->KvMoveFailed(m.job_id, m.item, m.chunk, m.attempt, moved.status(), Now());
+  }
+  ExecuteActionsLocked(lock);
+  finished_moves_.push_back(id);
+  wake_.notify_all();
 }
 
 void CoordinatorCore::RunTask(Dispatch d) {

@@ -5,7 +5,9 @@
 //
 // Threads: public methods are thread-safe. One driver thread owns the scheduler's
 // timers and executes its actions; each dispatched task runs on a thread of its own
-// (at most one per worker) and reports back as an event.
+// (at most one per worker) and reports back as an event; so does each K/V move (MoveKv:
+// a chunk copied to its item's final worker while other chunks compute), which is no
+// task and occupies no worker.
 // Restart: Create() on a store with unfinished jobs re-queues their pending items
 // (failures counted so far are kept); finished items are never recomputed.
 #pragma once
@@ -83,7 +85,8 @@ class CoordinatorCore {
                                              std::unique_ptr<WorkerClient> client);
   // false: unknown worker (it must register again).
   bool Heartbeat(const std::string& worker_id, bool draining);
-  void DeregisterWorker(const std::string& worker_id);
+  // false: unknown worker (already gone).
+  bool DeregisterWorker(const std::string& worker_id);
   int64_t heartbeat_interval_ms() const;
 
   Scheduler::Stats stats();
@@ -101,6 +104,7 @@ class CoordinatorCore {
   void DriverLoop();
   void ExecuteActionsLocked(std::unique_lock<std::mutex>& lock);
   void RunTask(Dispatch d);
+  void RunMove(MoveKv m, uint64_t id);
   void OnItemSettledLocked(const std::string& job_id);
   void FinishJobIfDoneLocked(const std::string& job_id);
   void BumpLocked();
@@ -123,6 +127,9 @@ class CoordinatorCore {
   int64_t next_worker_ = 1;
   std::map<uint64_t, std::thread> task_threads_;
   std::vector<uint64_t> finished_threads_;
+  std::map<uint64_t, std::thread> move_threads_;  // K/V moves in flight, by a local id
+  std::vector<uint64_t> finished_moves_;
+  uint64_t next_move_ = 1;
   std::thread driver_;
 };
 

@@ -189,8 +189,9 @@ class CoordinatorServer::RegistryImpl final : public v1::WorkerRegistry::Service
 
   grpc::Status Deregister(grpc::ServerContext*, const v1::DeregisterRequest* req, v1::DeregisterResponse*) override {
     if (req->worker_id().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "worker_id is empty");
-    core_.DeregisterWorker(req->worker_id());
-    std::fprintf(stderr, "mesa coordinator: worker %s left\n", req->worker_id().c_str());
+    if (core_.DeregisterWorker(req->worker_id())) {
+      std::fprintf(stderr, "mesa coordinator: worker %s left\n", req->worker_id().c_str());
+    }
     return grpc::Status::OK;
   }
 

@@ -1,6 +1,7 @@
 // GrpcWorkerClient: RunChunk / RunFinal / ReleaseKv on a worker over gRPC.
 #include "coordinator/grpc_worker_client.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
@@ -98,6 +99,18 @@ absl::Status GrpcWorkerClient::ReleaseKv(const std::string& job_id, int64_t item
   grpc::Status s = stub_->stub->ReleaseKv(&ctx, req, &resp);
   if (!s.ok()) return Named(s, address_, "ReleaseKv");
   return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> GrpcWorkerClient::LoadKv(const worker::KvSourceRef& source, int64_t lease_ms,
+                                                 int64_t timeout_ms) {
+  v1::LoadKvRequest req;
+  worker::ToProto(source, lease_ms, &req);
+  v1::LoadKvResponse resp;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(std::max<int64_t>(1, timeout_ms)));
+  grpc::Status s = stub_->stub->LoadKv(&ctx, req, &resp);
+  if (!s.ok()) return Named(s, address_, "LoadKv");
+  return resp.kv_bytes();
 }
 
 }  // namespace mesa::coord

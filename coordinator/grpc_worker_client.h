@@ -26,6 +26,7 @@ class GrpcWorkerClient : public WorkerClient {
                                                int64_t timeout_ms) override;
   void Cancel(uint64_t task) override;
   absl::Status ReleaseKv(const std::string& job_id, int64_t item, int32_t attempt) override;
+  absl::StatusOr<int64_t> LoadKv(const worker::KvSourceRef& source, int64_t lease_ms, int64_t timeout_ms) override;
   bool Reachable(int64_t timeout_ms) override;
   std::string kv_address() const override { return address_; }
 

@@ -50,4 +50,11 @@ absl::Status InProcessWorkerClient::ReleaseKv(const std::string& job_id, int64_t
   return absl::OkStatus();
 }
 
+absl::StatusOr<int64_t> InProcessWorkerClient::LoadKv(const worker::KvSourceRef& source, int64_t lease_ms,
+                                                      int64_t timeout_ms) {
+  auto r = core_.LoadKv(source, lease_ms, nullptr, timeout_ms);  // shares the source's K/V: no copy
+  if (!r.ok()) return r.status();
+  return r->kv_bytes;
+}
+
 }  // namespace mesa::coord

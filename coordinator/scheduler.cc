@@ -40,6 +40,21 @@
 //   chunk is the cause, and lost chunks are recomputed without counting). Any other
 //   failed final, RESOURCE_EXHAUSTED included, counts.
 // - A worker id that joins again is a restarted worker: first handled as if it left.
+// - K/V prefetch (MoveKv): a spread item's final worker F is the worker that started it.
+//   A chunk that succeeds on W != F while some other chunk of the item is not done yet,
+//   with F known, not draining and its budget leaving room, is moved: its bytes are
+//   reserved on F at once (W keeps counting them until KvMoved). KvMoved is used only
+//   when nothing changed meanwhile: the item still runs, no final of it was dispatched
+//   since the move began (a dispatched final reads the chunk from W), the chunk is still
+//   done by that attempt on W, and F is the same worker (epoch) and not draining; then
+//   F holds it and W's copy is released. Otherwise, and on KvMoveFailed, F's copy of
+//   that attempt is released and its reservation dropped. At most one move per chunk
+//   attempt (moves start only at a chunk's success). The last chunk to finish is not
+//   moved: the final fetches it itself at once. Moves to a worker that is lost are
+//   forgotten with it; their outcomes are then unknown and ignored.
+// - A spread final consumes the chunks held by its own worker. When it fails or is given
+//   up (Requeue), those chunks (the attempts it was given) are dropped: accounting,
+//   a ReleaseKv for each, and recomputed without counting.
 #include "coordinator/scheduler.h"
 
 #include <algorithm>
@@ -94,6 +109,8 @@ struct Scheduler::State {
     int32_t last_attempt = 0;
     uint64_t start_seq = 0;
     uint64_t final_task = 0;    // the live final task; 0 when none
+    std::string final_worker;   // spread: the worker chosen when it started (MoveKv target)
+    uint64_t finals_dispatched = 0;
     std::vector<Chunk> chunks;  // spread items only
     std::string last_error;
   };
@@ -108,7 +125,8 @@ struct Scheduler::State {
     int64_t last_beat_ms = 0;
     bool draining = false;
     uint64_t task = 0;  // in flight (live or given up); 0 when idle
-    int64_t kv_bytes = 0;
+    int64_t kv_bytes = 0;  // held chunks, and moves in flight to it
+    uint64_t epoch = 0;    // which join of this id (a rejoin is another worker)
     std::set<ChunkKey> refused;
   };
   struct Task {
@@ -122,6 +140,15 @@ struct Scheduler::State {
     int64_t deadline_ms = 0;
     bool live = true;
     bool source_lost = false;
+    std::vector<std::pair<int32_t, int32_t>> local;  // spread final: (chunk, attempt) its worker held
+  };
+  using MoveKey = std::tuple<std::string, int64_t, int32_t, int32_t>;  // job, item, chunk, attempt
+  struct Move {
+    std::string dest, src;
+    uint64_t dest_epoch = 0;
+    size_t pos = 0;
+    int64_t bytes = 0;
+    uint64_t finals_dispatched = 0;  // the item's count when the move began
   };
 
   // An exponentially weighted average; the first sample replaces the prior.
@@ -142,8 +169,9 @@ struct Scheduler::State {
   std::string last_served;            // round-robin cursor
   std::map<std::string, Worker> workers;
   std::map<uint64_t, Task> tasks;
-  uint64_t next_task = 1, next_start_seq = 1;
-  int64_t items_done = 0, items_failed = 0;
+  std::map<MoveKey, Move> moves;  // MoveKv actions awaiting their outcome
+  uint64_t next_task = 1, next_start_seq = 1, next_epoch = 1;
+  int64_t items_done = 0, items_failed = 0, kv_moves = 0;
   std::vector<Action> actions;
 
   explicit State(SchedulerOptions o) : opt(std::move(o)) {}
@@ -166,14 +194,26 @@ struct Scheduler::State {
     actions.push_back(CancelTask{id, t.worker});
   }
 
-  // Puts a live task's work back in the queue of its item.
+  // Puts a live task's work back in the queue of its item. A spread final may have
+  // consumed the chunks its worker held: they are dropped and recomputed.
   void Requeue(uint64_t id) {
     const Task& t = tasks.at(id);
     Item& item = ItemOf(t);
     if (t.kind == TaskKind::kChunk) {
       item.chunks[t.chunk] = Chunk{};
-    } else {
-      item.final_task = 0;
+      return;
+    }
+    item.final_task = 0;
+    for (const auto& [c, attempt] : t.local) {
+      if (static_cast<size_t>(c) >= item.chunks.size()) continue;
+      Chunk& chunk = item.chunks[c];
+      if (chunk.phase != ChunkPhase::kDone || chunk.holder != t.worker || chunk.attempt != attempt) continue;
+      auto w = workers.find(t.worker);
+      if (w != workers.end()) {
+        w->second.kv_bytes -= item.spec.chunk_kv_bytes[c];
+        Release(t.worker, t.job_id, item.spec.item, attempt);
+      }
+      chunk = Chunk{};
     }
   }
 
@@ -322,6 +362,7 @@ struct Scheduler::State {
     if (wit == workers.end()) return;
     const uint64_t task = wit->second.task;
     workers.erase(wit);
+    std::erase_if(moves, [&](const auto& m) { return m.second.dest == id; });  // went with it
     for (const std::string& job_id : active_jobs) {
       Job& job = jobs.at(job_id);
       for (size_t pos : job.running) {
@@ -398,9 +439,11 @@ struct Scheduler::State {
       item.chunks[chunk] = Chunk{ChunkPhase::kRunning, id, "", 0};
     } else {
       item.final_task = id;
+      ++item.finals_dispatched;
       d.whole = item.whole;
       for (size_t c = 0; c < item.chunks.size(); ++c) {
         d.sources.push_back(SourceRef{static_cast<int32_t>(c), item.chunks[c].holder, item.chunks[c].attempt});
+        if (item.chunks[c].holder == worker) t.local.emplace_back(static_cast<int32_t>(c), item.chunks[c].attempt);
       }
     }
     tasks.emplace(id, std::move(t));
@@ -520,6 +563,7 @@ struct Scheduler::State {
       job.running.insert(pos);
       item.phase = ItemPhase::kRunning;
       item.whole = whole;
+      item.final_worker = whole ? "" : worker;
       item.start_seq = next_start_seq++;
       if (whole) {
         Dispatch(worker, job_id, pos, TaskKind::kFinal, -1, now_ms);
@@ -535,7 +579,7 @@ struct Scheduler::State {
   // K/V room can be missing. Fails the most recently started such item (or the head of
   // the queue when none started); false when not stalled.
   bool ResolveStall() {
-    if (!tasks.empty()) return false;
+    if (!tasks.empty() || !moves.empty()) return false;
     if (std::none_of(workers.begin(), workers.end(), [&](const auto& w) { return Usable(w.second); })) {
       return false;
     }
@@ -566,6 +610,55 @@ struct Scheduler::State {
     }
     FailItem(victim_job, victim_pos, error);
     return true;
+  }
+
+  // ----------------------------------------------------------------- K/V moves
+
+  // Chunk `c` of a running spread item just became done on its holder: move it to the
+  // item's final worker while other chunks are still computing (see the contract).
+  void MaybeMove(const std::string& job_id, size_t pos, int32_t c) {
+    Item& item = jobs.at(job_id).items[pos];
+    const Chunk& chunk = item.chunks[c];
+    if (item.whole || item.final_worker.empty() || chunk.holder == item.final_worker) return;
+    if (std::all_of(item.chunks.begin(), item.chunks.end(),
+                    [](const Chunk& x) { return x.phase == ChunkPhase::kDone; })) {
+      return;  // the last one: the final fetches it itself
+    }
+    auto f = workers.find(item.final_worker);
+    if (f == workers.end() || !Usable(f->second)) return;
+    const int64_t bytes = item.spec.chunk_kv_bytes[c];
+    if (!FitsBudget(f->second, f->second.kv_bytes + bytes)) return;
+    f->second.kv_bytes += bytes;
+    moves[MoveKey{job_id, item.spec.item, c, chunk.attempt}] =
+        Move{item.final_worker, chunk.holder, f->second.epoch, pos, bytes, item.finals_dispatched};
+    actions.push_back(MoveKv{item.final_worker, chunk.holder, job_id, item.spec.item, c, chunk.attempt});
+  }
+
+  // A move's outcome: `moved` when the destination now holds the copy.
+  void MoveOutcome(const MoveKey& key, bool moved) {
+    auto it = moves.find(key);
+    if (it == moves.end()) return;
+    const Move m = it->second;
+    moves.erase(it);
+    auto f = workers.find(m.dest);
+    if (f == workers.end() || f->second.epoch != m.dest_epoch) return;  // its K/V went with it
+    const auto& [job_id, index, c, attempt] = key;
+    Item& item = jobs.at(job_id).items[m.pos];
+    bool use = moved && item.phase == ItemPhase::kRunning && item.finals_dispatched == m.finals_dispatched &&
+               Usable(f->second) && static_cast<size_t>(c) < item.chunks.size();
+    if (use) {
+      const Chunk& chunk = item.chunks[c];
+      use = chunk.phase == ChunkPhase::kDone && chunk.holder == m.src && chunk.attempt == attempt;
+    }
+    if (use) {
+      workers.at(m.src).kv_bytes -= m.bytes;
+      item.chunks[c].holder = m.dest;
+      ++kv_moves;
+      Release(m.src, job_id, index, attempt);
+    } else {
+      f->second.kv_bytes -= m.bytes;
+      Release(m.dest, job_id, index, attempt);  // a copy nobody will use, if any arrived
+    }
   }
 
   void Schedule(int64_t now_ms) {
@@ -627,6 +720,7 @@ void Scheduler::WorkerJoined(const std::string& worker, WorkerCaps caps, int64_t
   State::Worker& w = s_->workers[worker];
   w.caps = caps;
   w.last_beat_ms = now_ms;
+  w.epoch = s_->next_epoch++;
   s_->Schedule(now_ms);
 }
 
@@ -672,6 +766,7 @@ bool Scheduler::TaskSucceeded(uint64_t task, int64_t now_ms, const TaskStats& st
     if (chunk.phase == State::ChunkPhase::kRunning && chunk.task != task) s_->GiveUp(chunk.task);
     chunk = State::Chunk{State::ChunkPhase::kDone, 0, t.worker, t.attempt};
     w.kv_bytes += item.spec.chunk_kv_bytes[t.chunk];
+    s_->MaybeMove(t.job_id, t.pos, t.chunk);
   } else {
     s_->Release(t.worker, t.job_id, item.spec.item, t.attempt);  // K/V nobody needs
   }
@@ -723,6 +818,18 @@ void Scheduler::Tick(int64_t now_ms) {
   s_->Schedule(now_ms);
 }
 
+void Scheduler::KvMoved(const std::string& job_id, int64_t item, int32_t chunk, int32_t attempt, int64_t now_ms) {
+  s_->MoveOutcome(State::MoveKey{job_id, item, chunk, attempt}, /*moved=*/true);
+  s_->Schedule(now_ms);
+}
+
+void Scheduler::KvMoveFailed(const std::string& job_id, int64_t item, int32_t chunk, int32_t attempt,
+                             const absl::Status& status, int64_t now_ms) {
+  (void)status;  // never counted: the chunk stays where it was
+  s_->MoveOutcome(State::MoveKey{job_id, item, chunk, attempt}, /*moved=*/false);
+  s_->Schedule(now_ms);
+}
+
 std::vector<Action> Scheduler::TakeActions() { return std::exchange(s_->actions, {}); }
 
 Scheduler::Stats Scheduler::stats() const {
@@ -734,6 +841,8 @@ Scheduler::Stats Scheduler::stats() const {
   st.items_done = s_->items_done;
   st.items_failed = s_->items_failed;
   st.tasks_in_flight = s_->tasks.size();
+  st.moves_in_flight = s_->moves.size();
+  st.kv_moves = s_->kv_moves;
   st.workers = s_->workers.size();
   for (const auto& [id, w] : s_->workers) {
     st.workers_idle += (!w.draining && w.task == 0) ? 1 : 0;

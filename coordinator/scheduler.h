@@ -14,6 +14,17 @@
 // in a Scheduler is max(failures * 1000, last_attempt) + 1 (ItemSpec), then +1 for each
 // dispatch; a store that keeps the highest attempt it saw makes them unique across
 // coordinator restarts too.
+// K/V prefetch: a spread item's final worker F is designated when the item starts (the
+// worker that starts it). When one of its chunks succeeds on another worker W while
+// other chunks are still to be computed, MoveKv asks F to copy that chunk's K/V from W
+// into its own store (same key), overlapping the transfer with the remaining compute;
+// KvMoved makes F the chunk's holder and releases W's copy; KvMoveFailed changes
+// nothing (the final fetches the chunk from W). A move is not a task (no worker is
+// busy for it); its bytes count on F from the start (a move that would not fit F's
+// budget is not made) and on W until it succeeds. The final then goes to the biggest
+// holder as before, normally F. A spread final consumes the chunks its own worker
+// holds (each is dropped once laid into the final cache): when it fails or is given
+// up, those chunks are recomputed (not counted beyond the final's own failure).
 // Placement kAuto chooses per item when it starts, by a cost model fed with measured
 // rates (TaskSucceeded's TaskStats): while queued items >= available workers (idle, or
 // running a chunk task) both keep everyone busy, and the one with less work in
@@ -111,7 +122,15 @@ struct ItemFailed {          // the item has failed for good
   int64_t item = 0;
   std::string error;
 };
-using Action = std::variant<Dispatch, CancelTask, ReleaseKv, ItemFailed>;
+struct MoveKv {              // copy a held chunk's K/V to the item's final worker
+  std::string worker;        // destination: the item's final worker F
+  std::string from;          // the chunk's holder W (where F fetches it)
+  std::string job_id;
+  int64_t item = 0;
+  int32_t chunk = 0;
+  int32_t attempt = 0;       // the chunk task's attempt: the K/V key, the same on F
+};
+using Action = std::variant<Dispatch, CancelTask, ReleaseKv, ItemFailed, MoveKv>;
 
 struct WorkerCaps {
   int64_t kv_budget_bytes = 0;  // 0 = no limit
@@ -169,6 +188,13 @@ class Scheduler {
   bool TaskSucceeded(uint64_t task, int64_t now_ms, const TaskStats& stats = {});
   void TaskFailed(uint64_t task, const absl::Status& status, int64_t now_ms);
   void Tick(int64_t now_ms);  // heartbeat timeouts and task deadlines
+  // Outcomes of MoveKv actions (the key of the move: job, item, chunk, attempt). Unknown
+  // moves are ignored. A move that arrives too late to be used (its item ended, a final
+  // was dispatched meanwhile, the chunk was lost or recomputed, F drains) releases the
+  // copy on F; a failure releases whatever F may have kept and changes nothing else.
+  void KvMoved(const std::string& job_id, int64_t item, int32_t chunk, int32_t attempt, int64_t now_ms);
+  void KvMoveFailed(const std::string& job_id, int64_t item, int32_t chunk, int32_t attempt,
+                    const absl::Status& status, int64_t now_ms);
 
   // The actions produced since the last call, in order.
   std::vector<Action> TakeActions();
@@ -177,7 +203,10 @@ class Scheduler {
   struct Stats {
     int64_t items_queued = 0, items_running = 0, items_done = 0, items_failed = 0;
     int64_t tasks_in_flight = 0, workers = 0, workers_idle = 0;
-    int64_t kv_bytes_held = 0;  // by the scheduler's accounting
+    int64_t kv_bytes_held = 0;  // by the scheduler's accounting (moves in flight count
+                                // on both their source and their destination)
+    int64_t moves_in_flight = 0;  // MoveKv actions whose outcome has not arrived
+    int64_t kv_moves = 0;         // moves that made their destination the holder
   };
   Stats stats() const;
   bool JobFinished(const std::string& job_id) const;  // every item done, failed or cancelled

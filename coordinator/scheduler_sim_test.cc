@@ -8,6 +8,11 @@
 //  - lost K/V transfers: a final whose source is gone, or at random, fails UNAVAILABLE;
 //  - RESOURCE_EXHAUSTED refusals: at random, or by a worker whose real room is smaller
 //    than the budget it reported;
+//  - K/V moves (MoveKv): each takes simulated time and ends KvMoved or KvMoveFailed (a
+//    refusal for room, a lost transfer at random, a source that no longer holds the
+//    chunk, a destination that died or went silent); at random the source or the
+//    destination is killed while the move runs; a spread final consumes the chunks its
+//    own worker holds;
 //  - draining (the worker leaves once WorkerDrained), job cancels, and coordinator
 //    restarts: the Scheduler is replaced by a new one given the unfinished items with the
 //    failures and last attempts the store would have kept, and the workers drop their
@@ -21,8 +26,11 @@
 //  - (job, item, attempt) never repeats, across restarts too;
 //  - stats match the simulation: items queued + running, done, failed, workers, idle
 //    workers, tasks in flight, and K/V bytes (the scheduler's accounting equals what the
-//    registered workers really hold, every stray chunk released at once);
-//  - at the end: every job finished, nothing in flight, no K/V held anywhere.
+//    registered workers really hold, a move's bytes on its destination from its start,
+//    every stray chunk released at once); no move to a gone, draining or busy-with-
+//    itself worker, or of a chunk its source does not hold; a chunk attempt moves once;
+//  - at the end: every job finished, nothing in flight (tasks or moves), no K/V held
+//    anywhere.
 // Successes report TaskStats (compute from the worker's speed, a share of a spread
 // final's time as K/V transfer), so kAuto's cost model learns as the seed runs.
 // Seeds where faults are off must complete every item that fits the workers' budgets.
@@ -66,6 +74,7 @@ struct SimWorker {
   bool cancelled = false;  // the scheduler cancelled the current task
   int64_t last_beat = 0;
   std::map<KvKey, int64_t> kv;
+  std::map<KvKey, int64_t> incoming;  // moves in flight to this worker (room taken at once)
   uint64_t task = 0;  // running; 0 = idle
   uint64_t run = 0;   // bumped whenever the running task changes: older timers are void
   Dispatch current;
@@ -74,6 +83,7 @@ struct SimWorker {
   int64_t Held() const {
     int64_t sum = 0;
     for (const auto& [key, bytes] : kv) sum += bytes;
+    for (const auto& [key, bytes] : incoming) sum += bytes;
     return sum;
   }
 };
@@ -136,8 +146,10 @@ class Sim {
         now_ = std::max(now_, timer);
         last_tick = now_;
         sched_->Tick(now_);
-        DeclareSilentDead();
+        // Its actions were issued in order with the deaths it found (a release to a worker
+        // found dead later in the same Tick came while it was still known).
         Apply();
+        DeclareSilentDead();
       } else {
         auto it = events_.begin();
         std::function<void()> f = std::move(it->second);
@@ -278,6 +290,7 @@ class Sim {
   void Forget(SimWorker& w) {
     w.registered = false;
     w.kv.clear();
+    w.incoming.clear();
     w.task = 0;
     ++w.run;
   }
@@ -320,6 +333,7 @@ class Sim {
     }
     sched_ = std::make_unique<Scheduler>(opt_, now_);
     ++life_;
+    moving_.clear();  // the old coordinator's moves: nobody hears of them
     done_in_life_ = failed_in_life_ = 0;
     for (auto& [id, w] : workers_) {
       if (!w.registered) continue;
@@ -434,6 +448,13 @@ class Sim {
         status = absl::UnavailableError("transfer lost");
       }
       if (status.ok() && faulty && Chance(profile_.p_error)) status = absl::InternalError("final crashed");
+      // The final lays each chunk its own worker holds into its cache and drops it.
+      for (const SourceRef& s : d.sources) {
+        if (s.worker != d.worker) continue;
+        const KvKey key{d.job_id, d.item, s.chunk, s.attempt};
+        if (status.ok() && moved_.count(key)) cov_->Add("spread final used moved K/V");
+        w.kv.erase(key);
+      }
     }
     w.task = 0;
     ++w.run;
@@ -518,12 +539,96 @@ class Sim {
     ++failed_in_life_;
   }
 
+  // ------------------------------------------------------------------ moves
+
+  struct SimMove {
+    std::string dest, src;
+    int64_t bytes = 0;
+    bool refused = false;
+  };
+
+  void OnMove(const MoveKv& m) {
+    auto it = workers_.find(m.worker);
+    if (it == workers_.end() || !it->second.registered) return Fail("move to gone worker " + m.worker);
+    if (it->second.draining) return Fail("move to draining worker " + m.worker);
+    auto src = workers_.find(m.from);
+    if (src == workers_.end() || !src->second.registered) return Fail("move from gone worker " + m.from);
+    if (m.worker == m.from) return Fail("move to the chunk's own holder");
+    const SimJob& job = jobs_.at(m.job_id);
+    const SimItem& item = ItemOf(m.job_id, m.item);
+    if (job.cancelled || item.end != End::kOpen) return Fail("move for an ended item");
+    if (m.chunk < 0 || m.chunk >= item.spec.n_middle) return Fail("move of a bad chunk index");
+    const KvKey key{m.job_id, m.item, m.chunk, m.attempt};
+    if (!src->second.kv.count(key)) return Fail("move of a chunk its source does not hold");
+    if (!moved_ever_.insert(key).second) return Fail("a chunk attempt moved twice");
+    cov_->Add("move started");
+    SimWorker& dst = it->second;
+    SimMove mv{m.worker, m.from, item.spec.chunk_kv_bytes[m.chunk], false};
+    mv.refused = (dst.capacity > 0 && dst.Held() + mv.bytes > dst.capacity) ||
+                 (now_ < kFaultWindowMs && Chance(profile_.p_refuse));
+    dst.incoming[key] = mv.bytes;
+    moving_[key] = mv;
+    const int64_t duration =
+        mv.refused ? Int(1, 5) : 1 + static_cast<int64_t>(static_cast<double>(mv.bytes) * Real(0.0003, 0.003));
+    if (profile_.faults && now_ < kFaultWindowMs && Chance(0.1)) {
+      // Kill one end while the move runs (if it is still alive by then).
+      const std::string victim = Int(0, 1) == 0 ? m.worker : m.from;
+      At(now_ + duration / 2, [this, victim, life = life_] {
+        if (life != life_) return;
+        SimWorker& v = workers_.at(victim);
+        if (!v.registered || v.silent) return;
+        cov_->Add("move endpoint killed");
+        Kill(victim, /*silent=*/Int(0, 1) == 1);
+        At(now_ + Int(100, 3000), [this] { AddWorker(); });
+      });
+    }
+    At(now_ + duration, [this, key, life = life_] { FinishMove(key, life); });
+  }
+
+  void FinishMove(const KvKey& key, int life) {
+    if (life != life_) return;
+    auto mit = moving_.find(key);
+    if (mit == moving_.end()) return Fail("a move finished twice");
+    const SimMove mv = mit->second;
+    moving_.erase(mit);
+    SimWorker& dst = workers_.at(mv.dest);
+    dst.incoming.erase(key);  // already gone if the destination was forgotten
+    const auto& [job, item, chunk, attempt] = key;
+    absl::Status status;
+    if (!dst.registered) {
+      status = absl::UnavailableError("destination gone");
+      cov_->Add("move destination gone");
+    } else if (dst.silent) {
+      status = absl::DeadlineExceededError("destination does not answer");
+      cov_->Add("move destination gone");
+    } else if (mv.refused) {
+      status = absl::ResourceExhaustedError("no room for the moved chunk");
+    } else if (!Has(mv.src, key)) {
+      status = absl::AbortedError("source gone");
+      cov_->Add("move source gone");
+    } else if (now_ < kFaultWindowMs && Chance(profile_.p_lost)) {
+      status = absl::AbortedError("transfer lost");
+    }
+    if (status.ok()) {
+      dst.kv[key] = mv.bytes;
+      moved_.insert(key);
+      const int64_t before = sched_->stats().kv_moves;
+      sched_->KvMoved(job, item, chunk, attempt, now_);
+      cov_->Add(sched_->stats().kv_moves > before ? "move used" : "move arrived too late");
+    } else {
+      cov_->Add(std::string("move ") + absl::StatusCodeToString(status.code()));
+      sched_->KvMoveFailed(job, item, chunk, attempt, status, now_);
+    }
+    Apply();
+  }
+
   void Apply() {
     for (const Action& a : sched_->TakeActions()) {
       if (const auto* d = std::get_if<Dispatch>(&a)) OnDispatch(*d);
       if (const auto* c = std::get_if<CancelTask>(&a)) OnCancel(*c);
       if (const auto* r = std::get_if<ReleaseKv>(&a)) OnRelease(*r);
       if (const auto* f = std::get_if<ItemFailed>(&a)) OnItemFailed(*f);
+      if (const auto* m = std::get_if<MoveKv>(&a)) OnMove(*m);
     }
   }
 
@@ -553,6 +658,9 @@ class Sim {
     if (st.workers != workers) diff << " workers " << st.workers << " vs " << workers;
     if (st.workers_idle != idle) diff << " idle " << st.workers_idle << " vs " << idle;
     if (st.tasks_in_flight != busy) diff << " in flight " << st.tasks_in_flight << " vs " << busy;
+    if (st.moves_in_flight > static_cast<int64_t>(moving_.size())) {
+      diff << " moves " << st.moves_in_flight << " vs " << moving_.size();
+    }
     if (st.kv_bytes_held != kv) diff << " kv " << st.kv_bytes_held << " vs " << kv;
     if (!diff.str().empty()) Fail("stats differ:" + diff.str());
   }
@@ -568,12 +676,13 @@ class Sim {
     for (const auto& [id, w] : workers_) {
       if (w.registered && (w.silent || w.task != 0)) return false;
     }
-    return true;
+    return moving_.empty();
   }
 
   void CheckEnd() {
     const Scheduler::Stats st = sched_->stats();
-    if (st.tasks_in_flight != 0 || st.kv_bytes_held != 0 || st.items_queued + st.items_running != 0) {
+    if (st.tasks_in_flight != 0 || st.moves_in_flight != 0 || st.kv_bytes_held != 0 ||
+        st.items_queued + st.items_running != 0) {
       return Fail("work left at the end");
     }
     for (const auto& [id, job] : jobs_) {
@@ -581,7 +690,7 @@ class Sim {
       if (known && !sched_->JobFinished(id)) Fail("job " + id + " not finished");
     }
     for (const auto& [id, w] : workers_) {
-      if (!w.kv.empty()) Fail("worker " + id + " still holds K/V");
+      if (!w.kv.empty() || !w.incoming.empty()) Fail("worker " + id + " still holds K/V");
     }
   }
 
@@ -609,6 +718,9 @@ class Sim {
   std::map<std::string, SimWorker> workers_;
   std::map<std::string, SimJob> jobs_;
   std::set<std::tuple<std::string, int64_t, int32_t>> attempts_;
+  std::map<KvKey, SimMove> moving_;  // moves of this coordinator life in flight
+  std::set<KvKey> moved_ever_;       // every chunk attempt ever moved
+  std::set<KvKey> moved_;            // those that arrived
   std::string error_;
 };
 
@@ -641,7 +753,9 @@ TEST(SchedulerSimTest, RandomFaultsKeepEveryInvariant) {
         "final source missing", "hung task cancelled", "task cancelled", "item failed: no room",
         "item failed: attempts", "item K/V released", "unneeded chunk released", "chunk RESOURCE_EXHAUSTED",
         "chunk succeeded", "spread final succeeded", "whole final succeeded", "spread final UNAVAILABLE", "late chunk success",
-        "late final success"}) {
+        "late final success", "move started", "move used", "move arrived too late", "move ABORTED",
+        "move RESOURCE_EXHAUSTED", "move destination gone", "move source gone", "move endpoint killed",
+        "spread final used moved K/V"}) {
     EXPECT_GT(coverage.n[path], 0) << "the simulation never reached: " << path;
   }
 }

@@ -108,7 +108,11 @@ TEST_F(SchedulerTest, SpreadRunsChunksInParallelThenFinalOnBiggestHolder) {
   }
   EXPECT_FALSE(s_->TaskSucceeded(chunks[0].task, now_));
   EXPECT_FALSE(s_->TaskSucceeded(chunks[2].task, now_));
-  EXPECT_TRUE(Dispatches().empty());  // the final waits for chunk 1
+  std::vector<Action> a = Take();
+  EXPECT_TRUE(Only<Dispatch>(a).empty());  // the final waits for chunk 1
+  ASSERT_EQ(Only<MoveKv>(a).size(), 1u);   // chunk 2 moves to w1, which started the item
+  s_->KvMoveFailed("j", 0, 2, chunks[2].attempt, absl::UnavailableError("lost"), now_);
+  EXPECT_EQ(Only<ReleaseKv>(Take()).size(), 1u);  // whatever w1 may have kept of it
   EXPECT_FALSE(s_->TaskSucceeded(chunks[1].task, now_));
   EXPECT_EQ(s_->stats().kv_bytes_held, 600);
   Dispatch final = One();
@@ -674,6 +678,234 @@ TEST_F(SchedulerTest, RestartContinuesAttemptsAndFailureCounts) {
   ASSERT_EQ(failed.size(), 1u);
   EXPECT_EQ(failed[0].item, 0);
   EXPECT_EQ(s_->ItemFailures("j", 0), 3);
+}
+
+// ---------------------------------------------------------------- K/V moves
+
+// w1 starts the item (its final worker), w2 and w3 take chunks 1 and 2.
+class MoveTest : public SchedulerTest {
+ protected:
+  void SetUp() override {
+    Start(Options(Placement::kSpread), {"w1", "w2", "w3"});
+    s_->AddJob("j", {Item("j", 0, {100, 100, 100})}, now_);
+    chunks_ = Dispatches();
+    ASSERT_EQ(chunks_.size(), 3u);
+    for (int c = 0; c < 3; ++c) ASSERT_EQ(chunks_[c].worker, "w" + std::to_string(c + 1));
+  }
+  // Chunk 1 succeeds on w2: the move to w1 it must produce.
+  MoveKv SucceedChunk1() {
+    s_->TaskSucceeded(chunks_[1].task, now_);
+    std::vector<Action> a = Take();
+    EXPECT_TRUE(Only<Dispatch>(a).empty());
+    std::vector<MoveKv> m = Only<MoveKv>(a);
+    EXPECT_EQ(m.size(), 1u);
+    return m.empty() ? MoveKv{} : m[0];
+  }
+  std::vector<Dispatch> chunks_;
+};
+
+TEST_F(MoveTest, ChunkDoneElsewhereMovesToTheFinalWorkerWhichThenHoldsIt) {
+  const MoveKv m = SucceedChunk1();
+  EXPECT_EQ(m.worker, "w1");
+  EXPECT_EQ(m.from, "w2");
+  EXPECT_EQ(m.job_id, "j");
+  EXPECT_EQ(m.item, 0);
+  EXPECT_EQ(m.chunk, 1);
+  EXPECT_EQ(m.attempt, chunks_[1].attempt);
+  EXPECT_EQ(s_->stats().kv_bytes_held, 200);  // on w2, and taken on w1 for the move
+  EXPECT_EQ(s_->stats().moves_in_flight, 1);
+  EXPECT_EQ(s_->stats().workers_idle, 1);     // a move occupies no worker: w2 is free
+  s_->KvMoved("j", 0, 1, m.attempt, now_);
+  std::vector<ReleaseKv> r = Only<ReleaseKv>(Take());
+  ASSERT_EQ(r.size(), 1u);  // exactly w2's copy of that chunk
+  EXPECT_EQ(r[0].worker, "w2");
+  EXPECT_EQ(r[0].attempt, m.attempt);
+  Scheduler::Stats st = s_->stats();
+  EXPECT_EQ(st.kv_bytes_held, 100);
+  EXPECT_EQ(st.moves_in_flight, 0);
+  EXPECT_EQ(st.kv_moves, 1);
+  s_->TaskSucceeded(chunks_[0].task, now_);  // on w1 itself: nothing to move
+  EXPECT_TRUE(Only<MoveKv>(Take()).empty());
+  s_->TaskSucceeded(chunks_[2].task, now_);  // the last one: the final fetches it itself
+  std::vector<Action> a = Take();
+  EXPECT_TRUE(Only<MoveKv>(a).empty());
+  std::vector<Dispatch> f = Only<Dispatch>(a);
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(f[0].worker, "w1");  // holds 200 of 300 bytes
+  ASSERT_EQ(f[0].sources.size(), 3u);
+  EXPECT_EQ(f[0].sources[0].worker, "w1");
+  EXPECT_EQ(f[0].sources[1].worker, "w1");
+  EXPECT_EQ(f[0].sources[1].attempt, chunks_[1].attempt);
+  EXPECT_EQ(f[0].sources[2].worker, "w3");
+  EXPECT_TRUE(s_->TaskSucceeded(f[0].task, now_));
+  std::vector<ReleaseKv> end = Only<ReleaseKv>(Take());
+  ASSERT_EQ(end.size(), 2u);
+  EXPECT_EQ(end[0].worker, "w1");
+  EXPECT_EQ(end[1].worker, "w3");
+  EXPECT_EQ(s_->stats().kv_bytes_held, 0);
+}
+
+TEST_F(MoveTest, FailedMoveLeavesTheChunkWhereItWasWithoutCounting) {
+  const MoveKv m = SucceedChunk1();
+  s_->KvMoveFailed("j", 0, 1, m.attempt, absl::AbortedError("source unreachable"), now_);
+  std::vector<Action> a = Take();
+  std::vector<ReleaseKv> r = Only<ReleaseKv>(a);
+  ASSERT_EQ(r.size(), 1u);  // whatever w1 kept of it
+  EXPECT_EQ(r[0].worker, "w1");
+  EXPECT_EQ(r[0].attempt, m.attempt);
+  EXPECT_TRUE(Only<MoveKv>(a).empty());  // no second move of that attempt
+  EXPECT_TRUE(Only<Dispatch>(a).empty());
+  EXPECT_EQ(s_->ItemFailures("j", 0), 0);
+  EXPECT_EQ(s_->stats().kv_bytes_held, 100);
+  EXPECT_EQ(s_->stats().kv_moves, 0);
+  s_->KvMoved("j", 0, 1, m.attempt, now_);  // a repeat outcome: unknown now, ignored
+  EXPECT_TRUE(Take().empty());
+  s_->TaskSucceeded(chunks_[0].task, now_);
+  s_->TaskSucceeded(chunks_[2].task, now_);
+  Dispatch f = One();
+  EXPECT_EQ(f.worker, "w1");  // 100 bytes each: lowest id
+  EXPECT_EQ(f.sources[1].worker, "w2");
+  EXPECT_TRUE(s_->TaskSucceeded(f.task, now_));
+  EXPECT_EQ(s_->stats().kv_bytes_held, 0);
+}
+
+TEST_F(MoveTest, FinalWorkerDeathLosesItsMovedChunksWithoutCounting) {
+  s_->TaskSucceeded(chunks_[0].task, now_);  // w1 holds chunk 0 and is idle
+  const MoveKv m = SucceedChunk1();
+  s_->KvMoved("j", 0, 1, m.attempt, now_);
+  Take();
+  s_->WorkerLeft("w1", now_);
+  EXPECT_EQ(s_->ItemFailures("j", 0), 0);
+  EXPECT_EQ(s_->stats().kv_bytes_held, 0);  // chunks 0 and 1 went with w1
+  Dispatch redo = One();                    // w2 is idle: chunk 0 again
+  EXPECT_EQ(redo.worker, "w2");
+  EXPECT_EQ(redo.chunk, 0);
+  s_->TaskSucceeded(redo.task, now_);  // no final worker any more: no moves
+  EXPECT_TRUE(Only<MoveKv>(Take()).empty());
+}
+
+TEST_F(MoveTest, MoveInFlightToAWorkerThatDiesIsForgotten) {
+  const MoveKv m = SucceedChunk1();
+  s_->WorkerLeft("w1", now_);  // ran chunk 0: that failure counts
+  EXPECT_EQ(s_->ItemFailures("j", 0), 1);
+  EXPECT_EQ(s_->stats().moves_in_flight, 0);
+  EXPECT_EQ(s_->stats().kv_bytes_held, 100);  // chunk 1, still on w2
+  Take();
+  s_->KvMoveFailed("j", 0, 1, m.attempt, absl::UnavailableError("gone"), now_);
+  EXPECT_TRUE(Only<ReleaseKv>(Take()).empty());  // nothing to tell a gone worker
+}
+
+TEST_F(MoveTest, MoveWhoseSourceDiedIsReleasedOnArrival) {
+  const MoveKv m = SucceedChunk1();
+  s_->WorkerLeft("w2", now_);  // chunk 1 is lost with its holder (w2 was idle: not counted)
+  EXPECT_EQ(s_->ItemFailures("j", 0), 0);
+  Take();
+  s_->KvMoved("j", 0, 1, m.attempt, now_);  // it had arrived, but chunk 1 is queued again
+  std::vector<ReleaseKv> r = Only<ReleaseKv>(Take());
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].worker, "w1");
+  EXPECT_EQ(r[0].attempt, m.attempt);
+  EXPECT_EQ(s_->stats().kv_bytes_held, 0);
+}
+
+TEST_F(MoveTest, MoveOutcomeAfterTheItemEndedReleasesTheCopy) {
+  const MoveKv m = SucceedChunk1();
+  s_->CancelJob("j", now_);
+  std::vector<ReleaseKv> r = Only<ReleaseKv>(Take());
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].worker, "w2");
+  EXPECT_EQ(s_->stats().kv_bytes_held, 100);  // the move's room on w1, until its outcome
+  s_->KvMoved("j", 0, 1, m.attempt, now_);
+  r = Only<ReleaseKv>(Take());
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].worker, "w1");
+  EXPECT_EQ(r[0].attempt, m.attempt);
+  s_->TaskFailed(chunks_[0].task, absl::CancelledError("cancelled"), now_);
+  s_->TaskFailed(chunks_[2].task, absl::CancelledError("cancelled"), now_);
+  Scheduler::Stats st = s_->stats();
+  EXPECT_EQ(st.kv_bytes_held, 0);
+  EXPECT_EQ(st.moves_in_flight, 0);
+  EXPECT_EQ(st.tasks_in_flight, 0);
+}
+
+TEST_F(MoveTest, MoveArrivingAfterTheFinalWasDispatchedIsNotUsed) {
+  const MoveKv m = SucceedChunk1();
+  s_->TaskSucceeded(chunks_[0].task, now_);
+  s_->TaskSucceeded(chunks_[2].task, now_);
+  Dispatch f = One();
+  ASSERT_EQ(f.worker, "w1");
+  EXPECT_EQ(f.sources[1].worker, "w2");  // the final reads chunk 1 from w2
+  s_->KvMoved("j", 0, 1, m.attempt, now_);
+  std::vector<ReleaseKv> r = Only<ReleaseKv>(Take());
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].worker, "w1");  // not w2: the final may be fetching from it
+  EXPECT_EQ(r[0].attempt, m.attempt);
+  EXPECT_EQ(s_->stats().kv_moves, 0);
+  EXPECT_EQ(s_->stats().kv_bytes_held, 300);
+}
+
+TEST_F(MoveTest, FailedFinalDropsTheChunksItsWorkerConsumed) {
+  const MoveKv m = SucceedChunk1();
+  s_->KvMoved("j", 0, 1, m.attempt, now_);
+  s_->TaskSucceeded(chunks_[0].task, now_);
+  s_->TaskSucceeded(chunks_[2].task, now_);
+  std::vector<Dispatch> f = Only<Dispatch>(Take());
+  ASSERT_EQ(f.size(), 1u);
+  ASSERT_EQ(f[0].worker, "w1");
+  // w1 lays its chunks 0 and 1 into the final cache and drops them; then it fails.
+  s_->TaskFailed(f[0].task, absl::InternalError("boom"), now_);
+  std::vector<Action> a = Take();
+  std::vector<ReleaseKv> r = Only<ReleaseKv>(a);
+  ASSERT_EQ(r.size(), 2u);
+  EXPECT_EQ(r[0].worker, "w1");
+  EXPECT_EQ(r[0].attempt, chunks_[0].attempt);
+  EXPECT_EQ(r[1].worker, "w1");
+  EXPECT_EQ(r[1].attempt, chunks_[1].attempt);
+  EXPECT_EQ(s_->ItemFailures("j", 0), 1);
+  EXPECT_EQ(s_->stats().kv_bytes_held, 100);  // chunk 2 on w3
+  std::vector<Dispatch> redo = Only<Dispatch>(a);
+  ASSERT_EQ(redo.size(), 2u);
+  EXPECT_EQ(redo[0].chunk, 0);
+  EXPECT_EQ(redo[1].chunk, 1);
+  EXPECT_EQ(redo[1].worker, "w2");
+  s_->TaskSucceeded(redo[1].task, now_);  // a new attempt: moved again
+  std::vector<MoveKv> again = Only<MoveKv>(Take());
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].attempt, redo[1].attempt);
+}
+
+TEST_F(SchedulerTest, FailedFinalRecomputesTheChunksItsWorkerHeld) {
+  Start(Options(Placement::kSpread), {"w1", "w2"});
+  s_->AddJob("j", {Item("j", 0, {10, 20})}, now_);
+  std::vector<Dispatch> d = Dispatches();
+  s_->TaskSucceeded(d[0].task, now_);
+  s_->TaskSucceeded(d[1].task, now_);  // the last chunk: no move
+  Dispatch f = One();
+  ASSERT_EQ(f.worker, "w2");
+  s_->TaskFailed(f.task, absl::InternalError("boom"), now_);
+  std::vector<Action> a = Take();
+  std::vector<ReleaseKv> r = Only<ReleaseKv>(a);
+  ASSERT_EQ(r.size(), 1u);  // chunk 1, which the final may have consumed
+  EXPECT_EQ(r[0].worker, "w2");
+  EXPECT_EQ(r[0].attempt, d[1].attempt);
+  EXPECT_EQ(s_->ItemFailures("j", 0), 1);  // the final's failure only
+  EXPECT_EQ(s_->stats().kv_bytes_held, 10);
+  std::vector<Dispatch> redo = Only<Dispatch>(a);
+  ASSERT_EQ(redo.size(), 1u);
+  EXPECT_EQ(redo[0].kind, TaskKind::kChunk);
+  EXPECT_EQ(redo[0].chunk, 1);
+}
+
+TEST_F(SchedulerTest, MoveIsSkippedWhenItWouldNotFitTheFinalWorker) {
+  Start(Options(Placement::kSpread), {"w1", "w2", "w3"}, /*budget=*/150);
+  s_->AddJob("j", {Item("j", 0, {100, 100, 100})}, now_);
+  std::vector<Dispatch> d = Dispatches();
+  ASSERT_EQ(d.size(), 3u);
+  s_->TaskSucceeded(d[0].task, now_);  // w1 holds 100 of its 150
+  Take();
+  s_->TaskSucceeded(d[1].task, now_);
+  EXPECT_TRUE(Only<MoveKv>(Take()).empty());
+  EXPECT_EQ(s_->stats().kv_bytes_held, 200);
 }
 
 TEST_F(SchedulerTest, SameEventsGiveSameActions) {

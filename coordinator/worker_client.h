@@ -25,6 +25,11 @@ class WorkerClient {
   // Whether the worker answers at all within timeout_ms (a dead process does not).
   virtual bool Reachable(int64_t timeout_ms) = 0;
   virtual absl::Status ReleaseKv(const std::string& job_id, int64_t item, int32_t attempt) = 0;
+  // Has the worker fetch a chunk's K/V from source.address and keep it under source.key
+  // (WorkerCore::LoadKv): the bytes it now holds. Not a task: it may run beside one.
+  // Returns within timeout_ms (DEADLINE_EXCEEDED at worst).
+  virtual absl::StatusOr<int64_t> LoadKv(const worker::KvSourceRef& source, int64_t lease_ms,
+                                         int64_t timeout_ms) = 0;
   // Where other workers fetch this worker's K/V ("" for in-process workers' own lookups
   // is not used: in-process workers register under a name).
   virtual std::string kv_address() const = 0;

@@ -1,11 +1,22 @@
 // K/V over gRPC (worker/grpc_kv.h): the FetchKv stream writer and the GrpcKvFetcher
 // client. Every check on the bytes lives in KvAssembler (worker/kv_wire.h); this file
 // only moves messages, keeps deadlines and names the peer in errors.
+//
+// Both ends keep the piece bytes where they already are. The sender hands gRPC a slice
+// of the chunk's own memory for each piece (RawMessages); the receiver reads each
+// message as the slices it arrived in, finds the piece bytes inside protobuf's encoding
+// of KvMessage.data (ReadPiece) and copies them straight into the cache being assembled.
+// Anything not in that exact form (the manifest, another encoder's field order) is
+// parsed by protobuf, so any sender of the proto's KvMessage stream is understood.
 #include "worker/grpc_kv.h"
 
 #include <chrono>
 #include <optional>
 #include <utility>
+#include <vector>
+
+#include <google/protobuf/descriptor.h>
+#include <grpcpp/support/proto_buffer_reader.h>
 
 #include "absl/strings/str_cat.h"
 #include "worker/grpc_status.h"
@@ -14,32 +25,218 @@ namespace mesa::worker {
 namespace {
 
 using mesa::v1::KvMessage;
+using Bytes = absl::Span<const uint8_t>;
 
 absl::Status WithContext(const absl::Status& status, absl::string_view context) {
   return absl::Status(status.code(), absl::StrCat(context, ": ", status.message()));
 }
 
-// One message of a FetchKv stream into the assembler (created by the manifest).
-absl::Status Accept(const KvMessage& msg, int64_t max_bytes, std::optional<KvAssembler>& kv) {
-  switch (msg.part_case()) {
-    case KvMessage::kManifest: {
-      if (kv.has_value()) return absl::DataLossError("a second manifest in the K/V stream");
-      absl::StatusOr<KvAssembler> started = KvAssembler::Start(FromProto(msg.manifest()), max_bytes);
-      if (!started.ok()) return started.status();
-      kv.emplace(*std::move(started));
-      return absl::OkStatus();
-    }
-    case KvMessage::kData: {
-      if (!kv.has_value()) return absl::DataLossError("K/V data before the manifest");
-      const std::string& bytes = msg.data().data();
-      return kv->Add(msg.data().offset(),
-                     absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(bytes.data()),
-                                               bytes.size()));
-    }
-    case KvMessage::PART_NOT_SET:
-      return absl::DataLossError("an empty message in the K/V stream");
+const char* FetchKvMethod() {
+  static const std::string name =
+      absl::StrCat("/", mesa::v1::WorkerService::service_full_name(), "/FetchKv");
+  return name.c_str();
+}
+
+// ---- The wire form of a piece: KvMessage{data: KvData{offset, data}} as protobuf writes it ----
+
+constexpr uint8_t kDataTag = (2 << 3) | 2;    // KvMessage.data, KvData.data: field 2, bytes
+constexpr uint8_t kOffsetTag = (1 << 3) | 0;  // KvData.offset: field 1, varint (absent when 0)
+constexpr size_t kMaxVarint = 10;
+
+size_t VarintSize(uint64_t v) {
+  size_t n = 1;
+  for (; v >= 0x80; v >>= 7) ++n;
+  return n;
+}
+
+uint8_t* PutVarint(uint64_t v, uint8_t* p) {
+  for (; v >= 0x80; v >>= 7) *p++ = static_cast<uint8_t>(v | 0x80);
+  *p++ = static_cast<uint8_t>(v);
+  return p;
+}
+
+// A received message's bytes, read front to back across the slices they arrived in.
+class SliceReader {
+ public:
+  explicit SliceReader(const std::vector<grpc::Slice>& slices) : slices_(slices) {
+    for (const grpc::Slice& s : slices) left_ += s.size();
   }
-  return absl::DataLossError("an unknown message in the K/V stream");
+  size_t left() const { return left_; }
+  bool Byte(uint8_t* b) {
+    for (; slice_ < slices_.size(); ++slice_, at_ = 0) {
+      if (at_ < slices_[slice_].size()) {
+        *b = slices_[slice_].begin()[at_++];
+        --left_;
+        return true;
+      }
+    }
+    return false;
+  }
+  bool Varint(uint64_t* v) {
+    *v = 0;
+    uint8_t b = 0x80;
+    for (int shift = 0; shift < 7 * static_cast<int>(kMaxVarint) && (b & 0x80); shift += 7) {
+      if (!Byte(&b)) return false;
+      *v |= uint64_t{b & 0x7fu} << shift;
+    }
+    return (b & 0x80) == 0;
+  }
+  // What is left, as views into the slices.
+  void Rest(std::vector<Bytes>* parts) {
+    parts->clear();
+    for (; slice_ < slices_.size(); ++slice_, at_ = 0) {
+      const grpc::Slice& s = slices_[slice_];
+      if (at_ < s.size()) parts->emplace_back(s.begin() + at_, s.size() - at_);
+    }
+    left_ = 0;
+  }
+
+ private:
+  const std::vector<grpc::Slice>& slices_;
+  size_t slice_ = 0, at_ = 0, left_ = 0;
+};
+
+// A piece in exactly the form protobuf (and RawMessages) writes it: the KvMessage.data
+// field alone, holding KvData.offset (if not 0) and then KvData.data, which ends the
+// message. Sets the offset and views of the bytes; false for anything else.
+bool ReadPiece(const std::vector<grpc::Slice>& slices, int64_t* offset, std::vector<Bytes>* parts) {
+  SliceReader in(slices);
+  uint8_t tag = 0;
+  uint64_t size = 0, value = 0;
+  if (!in.Byte(&tag) || tag != kDataTag || !in.Varint(&size) || size != in.left()) return false;
+  *offset = 0;
+  while (in.Byte(&tag)) {
+    if (tag == kOffsetTag && in.Varint(&value) && static_cast<int64_t>(value) >= 0) {
+      *offset = static_cast<int64_t>(value);
+    } else if (tag == kDataTag && in.Varint(&size) && size == in.left() && size > 0) {
+      in.Rest(parts);
+      return true;
+    } else {
+      return false;
+    }
+  }
+  return false;
+}
+
+// One message of a FetchKv stream into the assembler (created by the manifest).
+absl::Status Accept(const grpc::ByteBuffer& buffer, int64_t max_bytes,
+                    std::optional<KvAssembler>& kv) {
+  std::vector<grpc::Slice> slices;
+  if (!buffer.Dump(&slices).ok()) return absl::DataLossError("an unreadable K/V message");
+  std::vector<Bytes> parts;
+  int64_t offset = 0;
+  KvMessage msg;
+  if (!ReadPiece(slices, &offset, &parts)) {
+    grpc::ByteBuffer copy(buffer);  // the parser consumes its input
+    grpc::ProtoBufferReader reader(&copy);
+    if (!msg.ParseFromZeroCopyStream(&reader)) {
+      return absl::DataLossError("a K/V message that does not parse as a KvMessage");
+    }
+    switch (msg.part_case()) {
+      case KvMessage::kManifest: {
+        if (kv.has_value()) return absl::DataLossError("a second manifest in the K/V stream");
+        absl::StatusOr<KvAssembler> started =
+            KvAssembler::Start(FromProto(msg.manifest()), max_bytes);
+        if (!started.ok()) return started.status();
+        kv.emplace(*std::move(started));
+        return absl::OkStatus();
+      }
+      case KvMessage::kData: {
+        const std::string& bytes = msg.data().data();
+        offset = msg.data().offset();
+        parts = {Bytes(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size())};
+        break;
+      }
+      case KvMessage::PART_NOT_SET:
+        return absl::DataLossError("an empty message in the K/V stream");
+    }
+  }
+  if (!kv.has_value()) return absl::DataLossError("K/V data before the manifest");
+  return kv->Add(offset, parts);
+}
+
+// ---- Sending: one stream, written as KvMessage protos or as raw bytes ----
+
+// KvMessage writers: each piece is copied into the message.
+class ProtoMessages {
+ public:
+  const KvMessage& Manifest(const KvManifestInfo& m) {
+    ToProto(m, msg_.mutable_manifest());
+    return msg_;
+  }
+  const KvMessage& Piece(const KvPiece& piece) {
+    mesa::v1::KvData* data = msg_.mutable_data();  // reused: the string keeps its capacity
+    data->set_offset(piece.offset);
+    data->set_data(piece.bytes.data(), piece.bytes.size());
+    return msg_;
+  }
+
+ private:
+  KvMessage msg_;
+};
+
+// Raw writers: the same bytes on the wire; a piece is its framing (tags, lengths, offset)
+// and then a slice of the chunk's memory that holds a reference to the chunk until gRPC
+// lets go of it.
+class RawMessages {
+ public:
+  explicit RawMessages(std::shared_ptr<const ChunkKv> kv) : kv_(std::move(kv)) {}
+  grpc::ByteBuffer Manifest(const KvManifestInfo& m) {
+    KvMessage msg;
+    ToProto(m, msg.mutable_manifest());
+    grpc::Slice slice(msg.SerializeAsString());
+    return grpc::ByteBuffer(&slice, 1);
+  }
+  grpc::ByteBuffer Piece(const KvPiece& piece) {
+    const uint64_t n = piece.bytes.size(), offset = static_cast<uint64_t>(piece.offset);
+    const uint64_t inner = (offset != 0 ? 1 + VarintSize(offset) : 0) + 1 + VarintSize(n) + n;
+    uint8_t header[4 + 3 * kMaxVarint];
+    uint8_t* p = header;
+    *p++ = kDataTag;
+    p = PutVarint(inner, p);
+    if (offset != 0) {
+      *p++ = kOffsetTag;
+      p = PutVarint(offset, p);
+    }
+    *p++ = kDataTag;
+    p = PutVarint(n, p);
+    grpc::Slice slices[2] = {
+        grpc::Slice(header, static_cast<size_t>(p - header)),
+        grpc::Slice(const_cast<uint8_t*>(piece.bytes.data()), n,
+                    [](void* held) { delete static_cast<std::shared_ptr<const ChunkKv>*>(held); },
+                    new std::shared_ptr<const ChunkKv>(kv_))};
+    return grpc::ByteBuffer(slices, 2);
+  }
+
+ private:
+  std::shared_ptr<const ChunkKv> kv_;
+};
+
+template <class Writer, class Messages>
+grpc::Status WriteKvStream(const ChunkKv& kv, grpc::ServerContext* ctx, Writer* writer,
+                           int64_t piece_bytes,
+                           std::optional<uint32_t> crc32c, Messages& messages) {
+  int64_t elements = 1;
+  for (int64_t factor : {kv.n_layer, kv.n_head_kv, kv.tokens(), kv.head_dim}) {
+    if (factor <= 0 || __builtin_mul_overflow(elements, factor, &elements)) elements = -1;
+  }
+  if (elements < 0 || kv.k.size() != static_cast<size_t>(elements) ||
+      kv.v.size() != static_cast<size_t>(elements)) {
+    return grpc::Status(grpc::StatusCode::INTERNAL,
+                        absl::StrCat("K/V to send does not match its shape: ", kv.n_layer, " x ",
+                                     kv.n_head_kv, " x ", kv.tokens(), " x ", kv.head_dim,
+                                     " but k has ", kv.k.size(), " and v ", kv.v.size(),
+                                     " floats"));
+  }
+  const grpc::Status cancelled(grpc::StatusCode::CANCELLED,
+                               "the client cancelled or went away during the K/V stream");
+  if (ctx->IsCancelled() || !writer->Write(messages.Manifest(MakeManifest(kv, crc32c)))) {
+    return cancelled;
+  }
+  for (const KvPiece& piece : SplitPieces(kv, piece_bytes)) {
+    if (ctx->IsCancelled() || !writer->Write(messages.Piece(piece))) return cancelled;
+  }
+  return grpc::Status::OK;
 }
 
 }  // namespace
@@ -80,31 +277,51 @@ KvManifestInfo FromProto(const mesa::v1::KvManifest& m) {
 }
 
 grpc::Status ServeKvStream(const ChunkKv& kv, grpc::ServerContext* ctx,
-                           grpc::ServerWriterInterface<KvMessage>* writer, int64_t piece_bytes) {
-  int64_t elements = 1;
-  for (int64_t factor : {kv.n_layer, kv.n_head_kv, kv.tokens(), kv.head_dim}) {
-    if (factor <= 0 || __builtin_mul_overflow(elements, factor, &elements)) elements = -1;
+                           grpc::ServerWriterInterface<KvMessage>* writer, int64_t piece_bytes,
+                           std::optional<uint32_t> crc32c) {
+  ProtoMessages messages;
+  return WriteKvStream(kv, ctx, writer, piece_bytes, crc32c, messages);
+}
+
+grpc::Status ServeKvStream(std::shared_ptr<const ChunkKv> kv, grpc::ServerContext* ctx,
+                           RawKvStream* writer, int64_t piece_bytes,
+                           std::optional<uint32_t> crc32c) {
+  if (kv == nullptr) return grpc::Status(grpc::StatusCode::INTERNAL, "no K/V to send");
+  const ChunkKv& chunk = *kv;
+  RawMessages messages(std::move(kv));
+  return WriteKvStream(chunk, ctx, writer, piece_bytes, crc32c, messages);
+}
+
+KvStreamingWorkerService::KvStreamingWorkerService(Lookup lookup, int64_t piece_bytes)
+    : lookup_(std::move(lookup)), piece_bytes_(piece_bytes) {
+  // The generated split-streaming form of FetchKv (read the one request, then write any
+  // number of messages), with grpc::ByteBuffer in place of KvMessage.
+  static const int index = google::protobuf::DescriptorPool::generated_pool()
+                               ->FindMethodByName(absl::StrCat(
+                                   mesa::v1::WorkerService::service_full_name(), ".FetchKv"))
+                               ->index();
+  MarkMethodStreamed(
+      index, new grpc::internal::BidiStreamingHandler<KvStreamingWorkerService,
+                                                       mesa::v1::FetchKvRequest, grpc::ByteBuffer>(
+                 [](KvStreamingWorkerService* service, grpc::ServerContext* ctx,
+                    RawKvStream* stream) { return service->ServeRaw(ctx, stream); },
+                 this));
+}
+
+grpc::Status KvStreamingWorkerService::FetchKv(grpc::ServerContext*,
+                                               const mesa::v1::FetchKvRequest*,
+                                               grpc::ServerWriter<KvMessage>*) {
+  return grpc::Status(grpc::StatusCode::INTERNAL, "FetchKv is served raw");
+}
+
+grpc::Status KvStreamingWorkerService::ServeRaw(grpc::ServerContext* ctx, RawKvStream* stream) {
+  mesa::v1::FetchKvRequest request;
+  if (!stream->Read(&request) || !request.has_key() || request.key().job_id().empty()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "FetchKv without a key");
   }
-  if (elements < 0 || kv.k.size() != static_cast<size_t>(elements) ||
-      kv.v.size() != static_cast<size_t>(elements)) {
-    return grpc::Status(grpc::StatusCode::INTERNAL,
-                        absl::StrCat("K/V to send does not match its shape: ", kv.n_layer, " x ",
-                                     kv.n_head_kv, " x ", kv.tokens(), " x ", kv.head_dim,
-                                     " but k has ", kv.k.size(), " and v ", kv.v.size(),
-                                     " floats"));
-  }
-  const grpc::Status cancelled(grpc::StatusCode::CANCELLED,
-                               "the client cancelled or went away during the K/V stream");
-  KvMessage msg;
-  ToProto(MakeManifest(kv), msg.mutable_manifest());
-  if (ctx->IsCancelled() || !writer->Write(msg)) return cancelled;
-  mesa::v1::KvData* data = msg.mutable_data();  // reused: the string keeps its capacity
-  for (const KvPiece& piece : SplitPieces(kv, piece_bytes)) {
-    data->set_offset(piece.offset);
-    data->set_data(piece.bytes.data(), piece.bytes.size());
-    if (ctx->IsCancelled() || !writer->Write(msg)) return cancelled;
-  }
-  return grpc::Status::OK;
+  absl::StatusOr<Held> held = lookup_(FromProto(request.key()));
+  if (!held.ok()) return ToGrpcStatus(held.status());
+  return ServeKvStream(std::move(held->kv), ctx, stream, piece_bytes_, held->crc32c);
 }
 
 GrpcKvFetcher::GrpcKvFetcher(GrpcKvFetcherOptions options) : options_(std::move(options)) {}
@@ -133,15 +350,21 @@ absl::StatusOr<std::shared_ptr<const ChunkKv>> GrpcKvFetcher::Fetch(const std::s
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms));
   mesa::v1::FetchKvRequest request;
   ToProto(key, request.mutable_key());
-  std::unique_ptr<mesa::v1::WorkerService::Stub> stub =
-      mesa::v1::WorkerService::NewStub(ChannelFor(address));
-  std::unique_ptr<grpc::ClientReader<KvMessage>> reader = stub->FetchKv(&ctx, request);
+  // The stream as raw messages (Accept finds the pieces in them): the generated stub's
+  // call, with grpc::ByteBuffer in place of KvMessage.
+  std::shared_ptr<grpc::Channel> channel = ChannelFor(address);
+  const grpc::internal::RpcMethod method(FetchKvMethod(),
+                                         grpc::internal::RpcMethod::SERVER_STREAMING, channel);
+  std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> reader(
+      grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(channel.get(), method, &ctx,
+                                                                    request));
 
   std::optional<KvAssembler> assembler;
   absl::Status check;
-  KvMessage msg;
+  grpc::ByteBuffer msg;
   while (reader->Read(&msg)) {
     check = Accept(msg, options_.max_kv_bytes, assembler);
+    msg.Clear();  // the received slices go back now, not when the next message replaces them
     if (!check.ok()) {
       ctx.TryCancel();  // the sender stops; Finish then returns at once
       break;

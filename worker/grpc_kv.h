@@ -6,8 +6,10 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include <grpcpp/grpcpp.h>
@@ -29,10 +31,46 @@ KvManifestInfo FromProto(const mesa::v1::KvManifest& manifest);
 // Writes `kv` to a FetchKv stream: the manifest, then pieces of `piece_bytes` in order.
 // CANCELLED when the client cancels or goes away midway; INTERNAL when `kv`'s vectors do
 // not match its shape (a caller's bug: refuse rather than send what a receiver rejects).
-// Blocks the calling (sync-server) thread for the whole transfer.
+// `crc32c`, when given, must be KvCrc32c(kv) (computed when the chunk was stored); else
+// it is computed here. Blocks the calling (sync-server) thread for the whole transfer.
+//
+// Two writers, one stream: a KvMessage writer (any generated FetchKv handler) gets each
+// piece copied into a message; the raw writer of KvStreamingWorkerService gets messages
+// whose piece bytes are slices of `kv`'s own memory, which the slices keep alive, so that
+// the only copy on the sending side is the kernel's.
 grpc::Status ServeKvStream(const ChunkKv& kv, grpc::ServerContext* ctx,
                            grpc::ServerWriterInterface<mesa::v1::KvMessage>* writer,
-                           int64_t piece_bytes = kKvPieceBytes);
+                           int64_t piece_bytes = kKvPieceBytes,
+                           std::optional<uint32_t> crc32c = std::nullopt);
+using RawKvStream = grpc::ServerReaderWriterInterface<grpc::ByteBuffer, mesa::v1::FetchKvRequest>;
+grpc::Status ServeKvStream(std::shared_ptr<const ChunkKv> kv, grpc::ServerContext* ctx,
+                           RawKvStream* writer, int64_t piece_bytes = kKvPieceBytes,
+                           std::optional<uint32_t> crc32c = std::nullopt);
+
+// A WorkerService whose FetchKv is served by the raw ServeKvStream above (the same
+// messages on the wire as a generated handler sends; clients see no difference): derive
+// the service from this instead of WorkerService::Service, and give it how to find a
+// chunk. A request without a key is INVALID_ARGUMENT; lookup errors keep their code.
+class KvStreamingWorkerService : public mesa::v1::WorkerService::Service {
+ public:
+  struct Held {
+    std::shared_ptr<const ChunkKv> kv;
+    std::optional<uint32_t> crc32c;  // KvCrc32c(*kv) when the holder has it
+  };
+  using Lookup = std::function<absl::StatusOr<Held>(const KvKey&)>;
+  explicit KvStreamingWorkerService(Lookup lookup, int64_t piece_bytes = kKvPieceBytes);
+
+  // Not called: FetchKv's handler is the raw one (final, so that no subclass overrides
+  // it in vain).
+  grpc::Status FetchKv(grpc::ServerContext* ctx, const mesa::v1::FetchKvRequest* request,
+                       grpc::ServerWriter<mesa::v1::KvMessage>* writer) final;
+
+ private:
+  grpc::Status ServeRaw(grpc::ServerContext* ctx, RawKvStream* stream);
+
+  const Lookup lookup_;
+  const int64_t piece_bytes_;
+};
 
 struct GrpcKvFetcherOptions {
   // The largest cache a fetch accepts (checked against the manifest before allocating).

@@ -3,7 +3,9 @@
 // through ServeKvStream, or a tampered stream (a flipped byte, a missing tail, swapped
 // or repeated pieces, a wrong manifest, data before the manifest), or stalls, or says
 // NOT_FOUND. The fetcher must return the chunk bit for bit, or an error with the right
-// code that names the peer and the key, within its deadline.
+// code that names the peer and the key, within its deadline. Then the same through
+// KvStreamingWorkerService (the raw, zero-copy sender), read by the fetcher and by a
+// generated stub.
 #include "worker/grpc_kv.h"
 
 #include <gmock/gmock.h>
@@ -16,6 +18,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "worker/grpc_status.h"
@@ -332,6 +335,144 @@ TEST(ServeKvStream, RefusesAChunkThatDoesNotMatchItsShape) {
   GrpcKvFetcher fetcher;
   const auto kv = fetcher.Fetch(server.address(), kKey, 10000);
   EXPECT_EQ(kv.status().code(), absl::StatusCode::kInternal) << kv.status();
+}
+
+// KvStreamingWorkerService: FetchKv served raw (pieces sent from the chunk's memory, the
+// CRC32C the holder stored), the same KvMessage stream on the wire.
+class RawKvWorker {
+ public:
+  explicit RawKvWorker(KvStreamingWorkerService::Lookup lookup)
+      : service_(std::move(lookup), 256 << 10), server_(&service_) {}
+  bool ok() const { return server_.ok(); }
+  std::string address() const { return server_.address(); }
+
+ private:
+  KvStreamingWorkerService service_;
+  LoopbackServer server_;
+};
+
+TEST(KvStreamingWorkerService, FetcherGetsTheChunkBitForBitAndTheChunkIsLetGo) {
+  auto kv = std::make_shared<const ChunkKv>(RandomChunkKv(4, 4, 257, 128, 1000, 21));
+  const ChunkKv copy = *kv;
+  std::weak_ptr<const ChunkKv> watch = kv;
+  std::shared_ptr<const ChunkKv> held = std::move(kv);
+  RawKvWorker worker([&](const KvKey& key) -> absl::StatusOr<KvStreamingWorkerService::Held> {
+    EXPECT_EQ(key, kKey);
+    // Handed over: from here only the stream (and the slices it sends) hold the chunk.
+    return KvStreamingWorkerService::Held{std::exchange(held, nullptr), KvCrc32c(copy)};
+  });
+  ASSERT_TRUE(worker.ok());
+  GrpcKvFetcher fetcher;
+  const auto got = fetcher.Fetch(worker.address(), kKey, 10000);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(SameBits(**got, copy));
+  const auto start = Clock::now();
+  while (!watch.expired() && Clock::now() - start < std::chrono::seconds(5)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_TRUE(watch.expired()) << "the sent slices still hold the chunk";
+}
+
+TEST(KvStreamingWorkerService, AStoredCrcThatDoesNotMatchIsDataLoss) {
+  auto kv = std::make_shared<const ChunkKv>(RandomChunkKv(2, 4, 100, 64, 0, 22));
+  RawKvWorker worker([&](const KvKey&) -> absl::StatusOr<KvStreamingWorkerService::Held> {
+    return KvStreamingWorkerService::Held{kv, KvCrc32c(*kv) ^ 1};
+  });
+  ASSERT_TRUE(worker.ok());
+  GrpcKvFetcher fetcher;
+  const auto got = fetcher.Fetch(worker.address(), kKey, 10000);
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kDataLoss) << got.status();
+  EXPECT_THAT(std::string(got.status().message()), HasSubstr("CRC32C"));
+}
+
+TEST(KvStreamingWorkerService, GeneratedStubReadsTheSameMessages) {
+  auto kv = std::make_shared<const ChunkKv>(RandomChunkKv(4, 4, 257, 128, 1000, 23));
+  RawKvWorker worker([&](const KvKey&) -> absl::StatusOr<KvStreamingWorkerService::Held> {
+    return KvStreamingWorkerService::Held{kv, std::nullopt};  // CRC computed per fetch
+  });
+  ASSERT_TRUE(worker.ok());
+  auto stub = mesa::v1::WorkerService::NewStub(
+      grpc::CreateChannel(worker.address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  mesa::v1::FetchKvRequest request;
+  ToProto(kKey, request.mutable_key());
+  auto reader = stub->FetchKv(&ctx, request);
+  KvMessage msg;
+  ASSERT_TRUE(reader->Read(&msg));
+  ASSERT_TRUE(msg.has_manifest());
+  const KvManifestInfo manifest = FromProto(msg.manifest());
+  EXPECT_EQ(manifest.crc32c, MakeManifest(*kv).crc32c);
+  absl::StatusOr<KvAssembler> a = KvAssembler::Start(manifest, manifest.total_bytes);
+  ASSERT_TRUE(a.ok()) << a.status();
+  const std::vector<KvPiece> pieces = SplitPieces(*kv, 256 << 10);
+  size_t n = 0;
+  while (reader->Read(&msg)) {
+    ASSERT_TRUE(msg.has_data());
+    ASSERT_LT(n, pieces.size());
+    EXPECT_EQ(msg.data().offset(), pieces[n].offset);
+    EXPECT_EQ(msg.data().data().size(), pieces[n].bytes.size());
+    const std::string& bytes = msg.data().data();
+    ASSERT_TRUE(a->Add(msg.data().offset(),
+                       absl::Span<const uint8_t>(reinterpret_cast<const uint8_t*>(bytes.data()),
+                                                 bytes.size()))
+                    .ok());
+    ++n;
+  }
+  EXPECT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(n, pieces.size());
+  absl::StatusOr<ChunkKv> out = a->Finish();
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_TRUE(SameBits(*out, *kv));
+}
+
+TEST(KvStreamingWorkerService, LookupErrorsKeepTheirCodeAndAKeyIsRequired) {
+  RawKvWorker worker([](const KvKey& key) -> absl::StatusOr<KvStreamingWorkerService::Held> {
+    return absl::NotFoundError("no K/V held for " + KvKeyString(key));
+  });
+  ASSERT_TRUE(worker.ok());
+  GrpcKvFetcher fetcher;
+  const auto got = fetcher.Fetch(worker.address(), kKey, 10000);
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kNotFound) << got.status();
+  EXPECT_THAT(std::string(got.status().message()), HasSubstr("no K/V held for job-42/7/3/1"));
+  const auto keyless = fetcher.Fetch(worker.address(), KvKey{}, 10000);
+  EXPECT_EQ(keyless.status().code(), absl::StatusCode::kInvalidArgument) << keyless.status();
+}
+
+// Pieces not in protobuf's usual layout (an unknown field after KvData.data) are still
+// pieces: the fetcher parses them with protobuf rather than in place.
+class UnusualLayoutWorker final : public mesa::v1::WorkerService::Service {
+ public:
+  explicit UnusualLayoutWorker(ChunkKv kv) : kv_(std::move(kv)) {}
+  const ChunkKv& kv() const { return kv_; }
+  grpc::Status FetchKv(grpc::ServerContext*, const mesa::v1::FetchKvRequest*,
+                       grpc::ServerWriter<KvMessage>* writer) override {
+    KvMessage msg;
+    ToProto(MakeManifest(kv_), msg.mutable_manifest());
+    if (!writer->Write(msg)) return grpc::Status::CANCELLED;
+    for (const KvPiece& p : SplitPieces(kv_, 300000)) {
+      KvMessage piece;
+      mesa::v1::KvData* data = piece.mutable_data();
+      data->set_offset(p.offset);
+      data->set_data(p.bytes.data(), p.bytes.size());
+      data->GetReflection()->MutableUnknownFields(data)->AddVarint(15, 7);
+      if (!writer->Write(piece)) return grpc::Status::CANCELLED;
+    }
+    return grpc::Status::OK;
+  }
+
+ private:
+  const ChunkKv kv_;
+};
+
+TEST(GrpcKvFetcher, ReadsPiecesInAnotherLayout) {
+  UnusualLayoutWorker worker(RandomChunkKv(2, 4, 300, 64, 0, 24));
+  LoopbackServer server(&worker);
+  ASSERT_TRUE(server.ok());
+  GrpcKvFetcher fetcher;
+  const auto got = fetcher.Fetch(server.address(), kKey, 10000);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(SameBits(**got, worker.kv()));
 }
 
 TEST(GrpcKvProto, KeyAndManifestRoundTrip) {

@@ -9,6 +9,7 @@
 #include <array>
 #include <bit>
 #include <cstring>
+#include <iterator>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -17,6 +18,9 @@
 
 #if defined(__x86_64__)
 #include <nmmintrin.h>
+#endif
+#if defined(__linux__)
+#include <sys/mman.h>
 #endif
 
 namespace mesa::worker {
@@ -116,6 +120,48 @@ __attribute__((target("sse4.2"))) uint64_t Crc3Way(uint64_t c0, const ShiftTable
 }
 #endif
 
+// Asks for transparent huge pages over a large buffer not yet touched: a fresh mapping
+// then faults in 2 MiB at a time instead of 4 KiB (512 times fewer faults, which cost more
+// than the copy into the page). Advice only: ignored where unsupported.
+void AdviseHugePages(void* data, size_t size) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20, kPage = 4096;
+  if (size < 2 * kHuge) return;
+  const auto begin = (reinterpret_cast<uintptr_t>(data) + kPage - 1) & ~(kPage - 1);
+  const auto end = (reinterpret_cast<uintptr_t>(data) + size) & ~(kPage - 1);
+  madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)data, (void)size;
+#endif
+}
+
+// Floats read from bytes at any alignment, as a random-access iterator: lets
+// vector::insert append a piece's bytes without the zero-fill of resize.
+struct UnalignedFloats {
+  using iterator_category = std::random_access_iterator_tag;
+  using value_type = float;
+  using difference_type = std::ptrdiff_t;
+  using pointer = const float*;
+  using reference = float;
+  const uint8_t* p;
+  float operator*() const {
+    float f;
+    std::memcpy(&f, p, sizeof(f));
+    return f;
+  }
+  float operator[](difference_type n) const { return *(*this + n); }
+  UnalignedFloats& operator++() { return *this += 1; }
+  UnalignedFloats operator++(int) { return {std::exchange(p, p + 4)}; }
+  UnalignedFloats& operator--() { return *this += -1; }
+  UnalignedFloats operator--(int) { return {std::exchange(p, p - 4)}; }
+  UnalignedFloats& operator+=(difference_type n) { p += 4 * n; return *this; }
+  UnalignedFloats& operator-=(difference_type n) { p -= 4 * n; return *this; }
+  UnalignedFloats operator+(difference_type n) const { return {p + 4 * n}; }
+  UnalignedFloats operator-(difference_type n) const { return {p - 4 * n}; }
+  difference_type operator-(const UnalignedFloats& o) const { return (p - o.p) / 4; }
+  auto operator<=>(const UnalignedFloats& o) const = default;
+};
+
 }  // namespace
 
 namespace internal {
@@ -171,7 +217,12 @@ std::string KvKeyString(const KvKey& key) {
   return absl::StrCat(key.job_id, "/", key.item, "/", key.chunk, "/", key.attempt);
 }
 
-KvManifestInfo MakeManifest(const ChunkKv& kv) {
+uint32_t KvCrc32c(const ChunkKv& kv) {
+  const uint32_t crc = Crc32c(kv.k.data(), kv.k.size() * sizeof(float));
+  return Crc32c(kv.v.data(), kv.v.size() * sizeof(float), crc);
+}
+
+KvManifestInfo MakeManifest(const ChunkKv& kv, std::optional<uint32_t> crc32c) {
   KvManifestInfo m;
   m.n_layer = kv.n_layer;
   m.n_head_kv = kv.n_head_kv;
@@ -180,8 +231,7 @@ KvManifestInfo MakeManifest(const ChunkKv& kv) {
   m.range_end = kv.range.end;
   m.dtype = "f32";
   m.total_bytes = static_cast<int64_t>(kv.bytes());
-  m.crc32c = Crc32c(kv.k.data(), kv.k.size() * sizeof(float));
-  m.crc32c = Crc32c(kv.v.data(), kv.v.size() * sizeof(float), m.crc32c);
+  m.crc32c = crc32c.has_value() ? *crc32c : KvCrc32c(kv);
   return m;
 }
 
@@ -237,39 +287,68 @@ absl::StatusOr<KvAssembler> KvAssembler::Start(const KvManifestInfo& m, int64_t 
   a.kv_.n_head_kv = m.n_head_kv;
   a.kv_.head_dim = m.head_dim;
   a.kv_.range = TokenRange{m.range_begin, m.range_end};
+  // Room only, in huge pages where the mapping is fresh: Add appends the bytes, so each
+  // byte of the cache is written once, by the copy (resize would zero-fill it first).
   const auto elements = static_cast<size_t>(m.total_bytes / 2 / sizeof(float));
-  a.kv_.k.resize(elements);
-  a.kv_.v.resize(elements);
+  for (std::vector<float>* part : {&a.kv_.k, &a.kv_.v}) {
+    part->reserve(elements);
+    AdviseHugePages(part->data(), elements * sizeof(float));
+  }
   return a;
 }
 
 absl::Status KvAssembler::Add(int64_t offset, absl::Span<const uint8_t> bytes) {
+  return Add(offset, absl::MakeConstSpan(&bytes, 1));
+}
+
+absl::Status KvAssembler::Add(int64_t offset, absl::Span<const absl::Span<const uint8_t>> parts) {
   if (finished_) return absl::FailedPreconditionError("K/V stream: piece after Finish");
   if (offset != received_) {
     return absl::DataLossError(absl::StrCat("K/V stream: piece out of order at offset ", offset,
                                             ", expected offset ", received_));
   }
-  if (bytes.empty()) {
+  int64_t size = 0;
+  for (absl::Span<const uint8_t> part : parts) size += static_cast<int64_t>(part.size());
+  if (size == 0) {
     return absl::DataLossError(absl::StrCat("K/V stream: empty piece at offset ", offset));
   }
-  const auto size = static_cast<int64_t>(bytes.size());
   if (size > manifest_.total_bytes - received_) {
     return absl::DataLossError(absl::StrCat("K/V stream: piece of ", size, " bytes at offset ",
                                             offset, " runs past the announced ",
                                             manifest_.total_bytes, " bytes"));
   }
-  const auto k_bytes = static_cast<int64_t>(kv_.k.size() * sizeof(float));
-  const uint8_t* src = bytes.data();
-  int64_t at = offset, left = size;
-  if (at < k_bytes) {
-    const int64_t n = std::min(left, k_bytes - at);
-    std::memcpy(reinterpret_cast<uint8_t*>(kv_.k.data()) + at, src, n);
-    src += n, at += n, left -= n;
+  // Per part: the CRC while the bytes are in cache, then appended to the cache.
+  for (absl::Span<const uint8_t> part : parts) {
+    crc_ = Crc32c(part.data(), part.size(), crc_);
+    Append(part.data(), static_cast<int64_t>(part.size()));
   }
-  if (left > 0) std::memcpy(reinterpret_cast<uint8_t*>(kv_.v.data()) + (at - k_bytes), src, left);
-  crc_ = Crc32c(bytes.data(), bytes.size(), crc_);
-  received_ += size;
   return absl::OkStatus();
+}
+
+void KvAssembler::Append(const uint8_t* src, int64_t size) {
+  const int64_t k_bytes = manifest_.total_bytes / 2;  // a whole number of floats
+  while (size > 0) {
+    const bool in_k = received_ < k_bytes;
+    std::vector<float>& dst = in_k ? kv_.k : kv_.v;
+    int64_t n = std::min(size, (in_k ? k_bytes : manifest_.total_bytes) - received_);
+    size -= n;
+    received_ += n;
+    if (carry_bytes_ > 0) {  // complete the float begun by the previous piece
+      const int64_t take = std::min<int64_t>(n, 4 - carry_bytes_);
+      std::memcpy(carry_ + carry_bytes_, src, take);
+      carry_bytes_ += static_cast<int>(take), src += take, n -= take;
+      if (carry_bytes_ < 4) continue;
+      float f;
+      std::memcpy(&f, carry_, 4);
+      dst.push_back(f);
+      carry_bytes_ = 0;
+    }
+    const int64_t whole = n / 4;
+    dst.insert(dst.end(), UnalignedFloats{src}, UnalignedFloats{src + 4 * whole});
+    src += 4 * whole, n -= 4 * whole;
+    std::memcpy(carry_, src, n);
+    carry_bytes_ = static_cast<int>(n), src += n;
+  }
 }
 
 absl::StatusOr<ChunkKv> KvAssembler::Finish() {

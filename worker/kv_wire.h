@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -40,8 +41,14 @@ struct KvManifestInfo {
 
 constexpr int64_t kKvPieceBytes = 1 << 20;
 
-// Sender side: the manifest of `kv` (computes the CRC over k then v).
-KvManifestInfo MakeManifest(const ChunkKv& kv);
+// The CRC32C of `kv`'s bytes (k then v), as the manifest carries it. A holder that keeps
+// a chunk for a while computes it once when it stores the chunk (WorkerCore does) and
+// passes it to MakeManifest, so that a transfer does not read every byte for it again.
+uint32_t KvCrc32c(const ChunkKv& kv);
+
+// Sender side: the manifest of `kv`, with `crc32c` when the caller has it (it must be
+// KvCrc32c(kv)), else computing it.
+KvManifestInfo MakeManifest(const ChunkKv& kv, std::optional<uint32_t> crc32c = std::nullopt);
 // The bytes of `kv` as pieces of at most `piece_bytes` (<= 0: kKvPieceBytes): views
 // into kv.k, then into kv.v (no copy; a piece never spans the k/v boundary, so the last
 // piece of k may be short). Offsets count from the first byte of k. Valid while `kv`
@@ -63,6 +70,9 @@ class KvAssembler {
   // Pieces must arrive in order (offset == received(), else DATA_LOSS "out of order"),
   // be non-empty and stay within total_bytes (else DATA_LOSS).
   absl::Status Add(int64_t offset, absl::Span<const uint8_t> bytes);
+  // The same for one piece that lies in several buffers (the slices a transport received
+  // it in), `parts` in order: checked as one piece, copied straight into the cache.
+  absl::Status Add(int64_t offset, absl::Span<const absl::Span<const uint8_t>> parts);
   // All bytes there and the CRC32C matches (else DATA_LOSS naming expected and actual).
   // Hands over the cache: call once.
   absl::StatusOr<ChunkKv> Finish();
@@ -70,8 +80,14 @@ class KvAssembler {
   const KvManifestInfo& manifest() const { return manifest_; }
 
  private:
+  // Appends checked bytes to k, then v (k's end is a whole float: only a float split
+  // between pieces waits in carry_).
+  void Append(const uint8_t* src, int64_t size);
+
   KvManifestInfo manifest_;
   ChunkKv kv_;
+  uint8_t carry_[4] = {};
+  int carry_bytes_ = 0;
   int64_t received_ = 0;
   uint32_t crc_ = 0;
   bool finished_ = false;

@@ -175,4 +175,38 @@ absl::StatusOr<FinalResult> FromProto(const v1::RunFinalResponse& p) {
   return r;
 }
 
+void ToProto(const KvSourceRef& source, int64_t lease_ms, v1::LoadKvRequest* p) {
+  v1::KvSource* q = p->mutable_source();
+  q->set_chunk(source.chunk);
+  q->set_worker_address(source.address);
+  ToProto(source.key, q->mutable_key());
+  p->set_lease_ms(lease_ms);
+}
+
+absl::StatusOr<LoadKvArgs> FromProto(const v1::LoadKvRequest& p) {
+  if (!p.has_source()) return absl::InvalidArgumentError("LoadKv without a source");
+  const v1::KvSource& q = p.source();
+  if (!q.has_key()) return absl::InvalidArgumentError("LoadKv source has no key");
+  MESA_RETURN_IF_ERROR(CheckKey(q.key(), false));
+  if (q.chunk() != q.key().chunk()) {
+    return absl::InvalidArgumentError(absl::StrCat("LoadKv source names chunk ", q.chunk(), " but its key chunk ",
+                                                   q.key().chunk()));
+  }
+  if (q.worker_address().empty()) return absl::InvalidArgumentError("LoadKv source has no worker_address");
+  if (p.lease_ms() < 0) return absl::InvalidArgumentError("lease_ms < 0");
+  LoadKvArgs a;
+  a.source.chunk = q.chunk();
+  a.source.address = q.worker_address();
+  a.source.key = FromProto(q.key());
+  a.lease_ms = p.lease_ms();
+  return a;
+}
+
+void ToProto(const KvLoadResult& r, v1::LoadKvResponse* p) {
+  p->set_kv_bytes(r.kv_bytes);
+  p->set_transfer_s(r.transfer_s);
+}
+
+KvLoadResult FromProto(const v1::LoadKvResponse& p) { return KvLoadResult{p.kv_bytes(), p.transfer_s()}; }
+
 }  // namespace mesa::worker

@@ -23,4 +23,14 @@ absl::StatusOr<FinalTask> FromProto(const v1::RunFinalRequest& p);
 void ToProto(const FinalResult& r, v1::RunFinalResponse* p);
 absl::StatusOr<FinalResult> FromProto(const v1::RunFinalResponse& p);
 
+// LoadKv: the source (its worker_address must not be empty) and the lease.
+struct LoadKvArgs {
+  KvSourceRef source;
+  int64_t lease_ms = 0;
+};
+void ToProto(const KvSourceRef& source, int64_t lease_ms, v1::LoadKvRequest* p);
+absl::StatusOr<LoadKvArgs> FromProto(const v1::LoadKvRequest& p);
+void ToProto(const KvLoadResult& r, v1::LoadKvResponse* p);
+KvLoadResult FromProto(const v1::LoadKvResponse& p);
+
 }  // namespace mesa::worker

@@ -6,17 +6,20 @@
 // token for token. The plan is engine PlanFor, the one LongContextRunner uses.
 #include "worker/worker_core.h"
 
+#include <algorithm>
 #include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "engine/generate.h"
+#include "worker/kv_wire.h"
 
 namespace mesa::worker {
 
 struct WorkerCore::Entry {
   std::shared_ptr<const ChunkKv> kv;
+  uint32_t crc32c = 0;    // KvCrc32c(*kv): FetchKv sends it without reading the bytes again
   ChunkResult result;     // what RunChunk reported when it computed the entry
   int64_t lease_ms = 0;
   int64_t expires_ms = 0;  // the entry is freed by ExpireLeases once the clock reaches it
@@ -136,6 +139,7 @@ absl::StatusOr<ChunkResult> WorkerCore::RunChunk(const ChunkTask& task, const Ca
 
   auto entry = std::make_shared<Entry>();
   entry->kv = std::make_shared<const ChunkKv>(std::move(kv));
+  entry->crc32c = KvCrc32c(*entry->kv);
   entry->result.kv_bytes = bytes;
   entry->result.tokens = anchor.tokens() + r.size();
   entry->result.compute_s = SecondsSince(t0);
@@ -246,6 +250,15 @@ absl::StatusOr<FinalResult> WorkerCore::RunFinal(const FinalTask& task, const Ca
       MESA_RETURN_IF_ERROR(CheckChunk(*kv, model_.config, p.middle[i], static_cast<int32_t>(i)));
       MESA_RETURN_IF_ERROR(phases.AddMiddle(*state, *kv));
       kv.reset();  // laid into the final cache: drop our reference at once
+      if (s.address.empty()) {
+        // Held here: consumed (the final cache has it now; never two copies).
+        std::lock_guard<std::mutex> l(kv_mu_);
+        auto it = kv_.find(s.key);
+        if (it != kv_.end()) {
+          kv_bytes_ -= it->second->result.kv_bytes;
+          kv_.erase(it);
+        }
+      }
     }
     if (Cancelled(cancel)) return CancelledStatus(task.key);
     return phases.FinishFinal(*state, tokens(p.last), LogitsMode::kLast, logits);
@@ -264,13 +277,73 @@ absl::StatusOr<FinalResult> WorkerCore::RunFinal(const FinalTask& task, const Ca
   return finish(std::move(g));
 }
 
-absl::StatusOr<std::shared_ptr<const ChunkKv>> WorkerCore::GetKv(const KvKey& key) {
+absl::StatusOr<KvLoadResult> WorkerCore::LoadKv(const KvSourceRef& source, int64_t lease_ms,
+                                                const CancelFlag* cancel, int64_t fetch_timeout_ms) {
+  const KvKey& key = source.key;
+  // RESOURCE_EXHAUSTED unless `bytes` more fit the budget (0: unless any room is left).
+  auto room = [&](int64_t bytes) -> absl::Status {  // kv_mu_ held
+    const int64_t budget = options_.kv_memory_bytes;
+    if (budget > 0 && (bytes > 0 ? kv_bytes_ + bytes > budget : kv_bytes_ >= budget)) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "load of ", KvKeyString(key), ": ", bytes > 0 ? absl::StrCat("its K/V needs ", bytes, " bytes; ") : "",
+          kv_bytes_, " of the budget ", budget, " are in use"));
+    }
+    return absl::OkStatus();
+  };
+  {
+    std::lock_guard<std::mutex> l(kv_mu_);
+    if (auto it = kv_.find(key); it != kv_.end()) return KvLoadResult{it->second->result.kv_bytes, 0};
+    MESA_RETURN_IF_ERROR(room(0));
+  }
+  if (source.address.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("load of ", KvKeyString(key), " without a source address"));
+  }
+  if (!fetcher_) {
+    return absl::FailedPreconditionError(absl::StrCat("load of ", KvKeyString(key), " from ", source.address,
+                                                      ": this worker has no K/V fetcher"));
+  }
+  if (Cancelled(cancel)) return CancelledStatus(key);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto fetched = fetcher_->Fetch(source.address, key, std::max<int64_t>(1, fetch_timeout_ms));
+  const double transfer_s = SecondsSince(t0);
+  if (!fetched.ok()) {
+    return absl::Status(fetched.status().code(), absl::StrCat("load of ", KvKeyString(key), " from ",
+                                                              source.address, ": ", fetched.status().message()));
+  }
+  std::shared_ptr<const ChunkKv> kv = *std::move(fetched);
+  if (!kv) return absl::DataLossError(absl::StrCat("load of ", KvKeyString(key), ": the fetcher returned no K/V"));
+  const ModelConfig& c = model_.config;
+  const size_t elems = static_cast<size_t>(c.n_layer * c.n_head_kv * kv->range.size() * c.head_dim);
+  if (kv->n_layer != c.n_layer || kv->n_head_kv != c.n_head_kv || kv->head_dim != c.head_dim ||
+      kv->range.size() <= 0 || kv->k.size() != elems || kv->v.size() != elems) {
+    return absl::DataLossError(absl::StrCat("load of ", KvKeyString(key), ": K/V of ", kv->n_layer, " layers x ",
+                                            kv->n_head_kv, " kv heads x ", kv->head_dim,
+                                            " dims is not in this model's shape"));
+  }
+  if (Cancelled(cancel)) return CancelledStatus(key);
+  auto entry = std::make_shared<Entry>();
+  entry->kv = kv;
+  entry->crc32c = KvCrc32c(*kv);
+  entry->result.kv_bytes = static_cast<int64_t>(kv->bytes());
+  entry->result.tokens = kv->tokens();
+  entry->lease_ms = lease_ms > 0 ? lease_ms : options_.default_lease_ms;
+  std::lock_guard<std::mutex> l(kv_mu_);
+  if (auto it = kv_.find(key); it != kv_.end()) return KvLoadResult{it->second->result.kv_bytes, transfer_s};
+  MESA_RETURN_IF_ERROR(room(entry->result.kv_bytes));
+  entry->expires_ms = clock_() + entry->lease_ms;
+  kv_bytes_ += entry->result.kv_bytes;
+  kv_[key] = entry;
+  return KvLoadResult{entry->result.kv_bytes, transfer_s};
+}
+
+absl::StatusOr<std::shared_ptr<const ChunkKv>> WorkerCore::GetKv(const KvKey& key, uint32_t* crc32c) {
   std::lock_guard<std::mutex> l(kv_mu_);
   auto it = kv_.find(key);
   if (it == kv_.end()) {
     return absl::NotFoundError(absl::StrCat("no K/V held for ", KvKeyString(key)));
   }
   it->second->expires_ms = clock_() + it->second->lease_ms;
+  if (crc32c != nullptr) *crc32c = it->second->crc32c;
   return it->second->kv;
 }
 

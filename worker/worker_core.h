@@ -51,6 +51,10 @@ struct KvSourceRef {
   std::string address;             // "" = held by this worker
   KvKey key;
 };
+struct KvLoadResult {              // LoadKv: the chunk now held here
+  int64_t kv_bytes = 0;
+  double transfer_s = 0;           // the fetch (0 when the key was already held)
+};
 struct FinalTask {
   KvKey key;                       // chunk = -1
   std::vector<int32_t> prompt;
@@ -89,9 +93,24 @@ class WorkerCore {
   // A remote source that cannot be fetched (unreachable, corrupt, missing) is ABORTED:
   // the source failed, not this worker.
   absl::StatusOr<FinalResult> RunFinal(const FinalTask& task, const CancelFlag* cancel = nullptr);
+  // Fetches `source`'s chunk from source.address through the KvFetcher and keeps it under
+  // source.key with its own lease (lease_ms; 0 = default_lease_ms), as if computed here:
+  // the coordinator moves a chunk to the worker that will run its item's final. Does not
+  // take the engine (it runs while a task computes); the store's lock is held only for
+  // the bookkeeping, never while fetching. A key already held succeeds at once;
+  // RESOURCE_EXHAUSTED when the budget has no room (checked before fetching, and for the
+  // chunk's bytes before storing); a failed fetch passes its code through; DATA_LOSS when
+  // the K/V is not in this model's shape; INVALID_ARGUMENT without an address;
+  // FAILED_PRECONDITION without a fetcher; CANCELLED when `cancel` is set first. The fetch
+  // fails after fetch_timeout_ms.
+  // A spread final consumes the chunks held here that it uses (address ""): each entry is
+  // freed once laid into the final cache, so the final never holds two copies.
+  absl::StatusOr<KvLoadResult> LoadKv(const KvSourceRef& source, int64_t lease_ms,
+                                      const CancelFlag* cancel = nullptr, int64_t fetch_timeout_ms = 60000);
 
-  // A held entry (refreshes its lease), or NOT_FOUND.
-  absl::StatusOr<std::shared_ptr<const ChunkKv>> GetKv(const KvKey& key);
+  // A held entry (refreshes its lease), or NOT_FOUND. `crc32c`, when not null, gets the
+  // entry's KvCrc32c (worker/kv_wire.h), computed once when the entry was stored.
+  absl::StatusOr<std::shared_ptr<const ChunkKv>> GetKv(const KvKey& key, uint32_t* crc32c = nullptr);
   // Frees entries of a job (item -1: all items; attempt -1: all attempts).
   struct Released { int64_t bytes = 0, entries = 0; };
   Released ReleaseKv(const std::string& job_id, int64_t item, int32_t attempt);

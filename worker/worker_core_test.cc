@@ -8,6 +8,7 @@
 #include "worker/worker_core.h"
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -258,11 +259,12 @@ TEST_F(WorkerCoreTest, SpreadOverOneTwoThreeCoresEqualsLongContextGenerator) {
         if (k == 1) EXPECT_EQ(remote, 0);
         EXPECT_GE(got->kv_transfer_s, 0);
         EXPECT_GT(got->prefill_s, 0);
-        // The chunks stay with their holders until released.
-        EXPECT_EQ(c.bytes_in_use(), all_bytes);
+        // The final consumed the chunks its own core held (laid into its cache, then
+        // dropped); the others stay with their holders until released.
+        EXPECT_EQ(c.bytes_in_use(), remote);
         int64_t released = 0;
         for (auto& core : c.cores) released += core->ReleaseKv("job", 0, -1).bytes;
-        EXPECT_EQ(released, all_bytes);
+        EXPECT_EQ(released, remote);
         EXPECT_EQ(c.bytes_in_use(), 0);
       }
     }
@@ -569,6 +571,134 @@ TEST_F(WorkerCoreTest, RepeatKeyAnswersAtOnceAndBadChunkIndexIsInvalid) {
 }
 
 // The registry alone (no model is run: the cores hold nothing).
+// LoadKv: core 0 (the final's worker) takes chunks core 1 computed, under the same keys;
+// the final then reads them locally, consumes them, and equals the reference.
+TEST_F(WorkerCoreTest, LoadKvHoldsTheChunkHereAndTheFinalConsumesIt) {
+  const int64_t max_new = 8;
+  const std::vector<int32_t> prompt = TextPrompt(1500);
+  const MesaPlan plan = Plan(prompt, max_new);
+  ASSERT_GE(plan.middle.size(), 3u);
+  const int32_t n = static_cast<int32_t>(plan.middle.size());
+  Cluster c(model(), 2);
+  for (int32_t i = 0; i < n; ++i) ASSERT_TRUE(c.cores[1]->RunChunk(MakeChunk(prompt, max_new, Key(i))).ok());
+  int64_t loaded = 0;
+  for (int32_t i = 0; i + 1 < n; ++i) {  // all but the last
+    auto r = c.cores[0]->LoadKv(KvSourceRef{i, Address(1), Key(i)}, /*lease_ms=*/0);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->kv_bytes, ChunkBytes(plan.middle[i]));
+    EXPECT_GE(r->transfer_s, 0);
+    loaded += r->kv_bytes;
+    auto here = c.cores[0]->GetKv(Key(i));
+    auto there = c.cores[1]->GetKv(Key(i));
+    ASSERT_TRUE(here.ok() && there.ok());
+    EXPECT_TRUE((*here)->k == (*there)->k && (*here)->v == (*there)->v);
+  }
+  EXPECT_EQ(c.cores[0]->kv_bytes_in_use(), loaded);
+  auto again = c.cores[0]->LoadKv(KvSourceRef{0, Address(1), Key(0)}, 0);  // held: at once
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->transfer_s, 0);
+  EXPECT_EQ(c.cores[0]->kv_bytes_in_use(), loaded);
+  // The holder lets its copies go (the coordinator's ReleaseKv after KvMoved).
+  for (int32_t i = 0; i + 1 < n; ++i) EXPECT_EQ(c.cores[1]->ReleaseKv("job", 0, 1).entries > 0, i == 0);
+  EXPECT_EQ(c.cores[1]->kv_entries(), 0);
+  ASSERT_TRUE(c.cores[1]->RunChunk(MakeChunk(prompt, max_new, Key(n - 1))).ok());  // the last one, again
+
+  FinalTask f = MakeFinal(prompt, max_new, Greedy());
+  for (int32_t i = 0; i < n; ++i) f.sources.push_back({i, i + 1 < n ? "" : Address(1), Key(i)});
+  auto got = c.cores[0]->RunFinal(f);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ExpectSame(*got, Reference(prompt, max_new, Greedy()));
+  EXPECT_EQ(got->kv_bytes_received, ChunkBytes(plan.middle[n - 1]));
+  EXPECT_EQ(c.cores[0]->kv_bytes_in_use(), 0);  // consumed: never two copies
+  EXPECT_EQ(c.cores[0]->kv_entries(), 0);
+}
+
+TEST_F(WorkerCoreTest, LoadKvRefusesWhatTheBudgetCannotHoldAndPassesFetchErrorsThrough) {
+  const int64_t max_new = 8;
+  const std::vector<int32_t> prompt = TextPrompt(1500);
+  const MesaPlan plan = Plan(prompt, max_new);
+  Cluster c(model(), 1);
+  for (int32_t i = 0; i < 2; ++i) ASSERT_TRUE(c.cores[0]->RunChunk(MakeChunk(prompt, max_new, Key(i))).ok());
+  const int64_t b0 = ChunkBytes(plan.middle[0]);
+  {
+    WorkerCore tiny(model(), 1, {.kv_memory_bytes = b0 - 1}, &c.fetcher);
+    auto r = tiny.LoadKv(KvSourceRef{0, Address(0), Key(0)}, 0);
+    EXPECT_TRUE(absl::IsResourceExhausted(r.status())) << r.status();
+    EXPECT_EQ(tiny.kv_bytes_in_use(), 0);
+  }
+  {
+    WorkerCore one(model(), 1, {.kv_memory_bytes = b0}, &c.fetcher);
+    ASSERT_TRUE(one.LoadKv(KvSourceRef{0, Address(0), Key(0)}, 0).ok());
+    auto full = one.LoadKv(KvSourceRef{1, Address(0), Key(1)}, 0);  // no room left: refused before fetching
+    EXPECT_TRUE(absl::IsResourceExhausted(full.status())) << full.status();
+    EXPECT_EQ(one.kv_bytes_in_use(), b0);
+    EXPECT_EQ(one.kv_entries(), 1);
+  }
+  WorkerCore other(model(), 1, {}, &c.fetcher);
+  EXPECT_TRUE(absl::IsNotFound(other.LoadKv(KvSourceRef{5, Address(0), Key(5)}, 0).status()));
+  EXPECT_TRUE(absl::IsUnavailable(other.LoadKv(KvSourceRef{0, "nowhere", Key(0)}, 0).status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(other.LoadKv(KvSourceRef{0, "", Key(0)}, 0).status()));
+  CancelFlag cancel{true};
+  EXPECT_TRUE(absl::IsCancelled(other.LoadKv(KvSourceRef{0, Address(0), Key(0)}, 0, &cancel).status()));
+  EXPECT_EQ(other.kv_entries(), 0);
+  WorkerCore no_fetcher(model(), 1, {}, nullptr);
+  EXPECT_TRUE(absl::IsFailedPrecondition(no_fetcher.LoadKv(KvSourceRef{0, Address(0), Key(0)}, 0).status()));
+}
+
+// A fetcher whose address "gate" blocks until opened; others go to an in-process fetcher.
+class GateFetcher : public KvFetcher {
+ public:
+  explicit GateFetcher(KvFetcher& next) : next_(next) {}
+  absl::StatusOr<std::shared_ptr<const ChunkKv>> Fetch(const std::string& address, const KvKey& key,
+                                                       int64_t timeout_ms) override {
+    if (address != "gate") return next_.Fetch(address, key, timeout_ms);
+    std::unique_lock<std::mutex> lock(mu_);
+    entered_ = true;
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return open_; });
+    return absl::NotFoundError("the gate was opened");
+  }
+  void WaitEntered() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return entered_; });
+  }
+  void Open() {
+    std::lock_guard<std::mutex> lock(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  KvFetcher& next_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool entered_ = false, open_ = false;
+};
+
+// LoadKv does not wait for the engine: it completes while a task holds it.
+TEST_F(WorkerCoreTest, LoadKvRunsWhileATaskHoldsTheEngine) {
+  const int64_t max_new = 8;
+  const std::vector<int32_t> prompt = TextPrompt(1500);
+  const MesaPlan plan = Plan(prompt, max_new);
+  Cluster c(model(), 1);
+  ASSERT_TRUE(c.cores[0]->RunChunk(MakeChunk(prompt, max_new, Key(0))).ok());
+  GateFetcher gate(c.fetcher);
+  WorkerCore busy(model(), 1, {}, &gate);
+  FinalTask f = MakeFinal(prompt, max_new, Greedy(), /*item=*/1);
+  for (size_t i = 0; i < plan.middle.size(); ++i) {
+    f.sources.push_back({static_cast<int32_t>(i), "gate", Key(static_cast<int32_t>(i), 1)});
+  }
+  absl::StatusOr<FinalResult> final_result;
+  std::thread t([&] { final_result = busy.RunFinal(f); });  // holds the engine, stuck in a fetch
+  gate.WaitEntered();
+  auto r = busy.LoadKv(KvSourceRef{0, Address(0), Key(0)}, 0);
+  EXPECT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(busy.kv_entries(), 1);
+  gate.Open();
+  t.join();
+  EXPECT_TRUE(absl::IsAborted(final_result.status())) << final_result.status();
+}
+
 TEST(InProcessKvFetcherTest, RegistryRefusesDuplicatesAndForgetsUnregistered) {
   Model empty;
   WorkerCore a(empty, 1, {}, nullptr), b(empty, 1, {}, nullptr);

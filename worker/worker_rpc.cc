@@ -92,28 +92,35 @@ absl::StatusOr<std::string> LocalAddressFor(const std::string& host_port) {
   return out;
 }
 
-class WorkerProcess::Service final : public v1::WorkerService::Service {
+// FetchKv sends the held K/V's bytes from its memory, with the CRC32C computed when it
+// was stored (KvStreamingWorkerService).
+class WorkerProcess::Service final : public KvStreamingWorkerService {
  public:
-  Service(WorkerProcess* p) : p_(p) {}
+  Service(WorkerProcess* p)
+      : KvStreamingWorkerService([p](const KvKey& key) -> absl::StatusOr<Held> {
+          uint32_t crc32c = 0;
+          auto kv = p->core_->GetKv(key, &crc32c);
+          if (!kv.ok()) return kv.status();
+          return Held{*std::move(kv), crc32c};
+        }),
+        p_(p) {}
 
   grpc::Status RunChunk(grpc::ServerContext* ctx, const v1::RunChunkRequest* req,
                         v1::RunChunkResponse* resp) override {
-    return RunTask(ctx, *req, resp, &WorkerCore::RunChunk);
+    grpc::Status s = RunTask(ctx, *req, resp, &WorkerCore::RunChunk);
+    if (s.ok() && ctx->IsCancelled()) {
+      // The caller left (cancelled, or its deadline passed) after the chunk's last
+      // cancellation check: it sees CANCELLED and will never use or release this K/V, so
+      // free it now rather than when its lease ends. The attempt is this dispatch's alone.
+      p_->core_->ReleaseKv(req->key().job_id(), req->key().item(), req->key().attempt());
+      return grpc::Status(grpc::StatusCode::CANCELLED, "the caller left while the chunk task ran");
+    }
+    return s;
   }
 
   grpc::Status RunFinal(grpc::ServerContext* ctx, const v1::RunFinalRequest* req,
                         v1::RunFinalResponse* resp) override {
     return RunTask(ctx, *req, resp, &WorkerCore::RunFinal);
-  }
-
-  grpc::Status FetchKv(grpc::ServerContext* ctx, const v1::FetchKvRequest* req,
-                       grpc::ServerWriter<v1::KvMessage>* writer) override {
-    if (!req->has_key() || req->key().job_id().empty()) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "FetchKv without a key");
-    }
-    auto kv = p_->core_->GetKv(FromProto(req->key()));
-    if (!kv.ok()) return ToGrpcStatus(kv.status());
-    return ServeKvStream(**kv, ctx, writer);
   }
 
   grpc::Status ReleaseKv(grpc::ServerContext*, const v1::ReleaseKvRequest* req,
@@ -122,6 +129,30 @@ class WorkerProcess::Service final : public v1::WorkerService::Service {
     const WorkerCore::Released r = p_->core_->ReleaseKv(req->job_id(), req->item(), req->attempt());
     resp->set_released_bytes(r.bytes);
     resp->set_released_entries(r.entries);
+    return grpc::Status::OK;
+  }
+
+  // Not a task: it runs beside the one at hand (the engine is not taken), so it is not
+  // counted for draining; a draining worker refuses it (its K/V is about to go).
+  grpc::Status LoadKv(grpc::ServerContext* ctx, const v1::LoadKvRequest* req, v1::LoadKvResponse* resp) override {
+    auto args = FromProto(*req);
+    if (!args.ok()) return ToGrpcStatus(args.status());
+    {
+      std::lock_guard<std::mutex> lock(p_->mu_);
+      if (p_->draining_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the worker is draining");
+    }
+    int64_t timeout_ms = 60000;  // the fetch ends with the call at the latest
+    const auto deadline = ctx->deadline();
+    if (deadline != std::chrono::system_clock::time_point::max()) {
+      timeout_ms = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::system_clock::now())
+                       .count();
+      if (timeout_ms <= 0) return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "LoadKv past its deadline");
+    }
+    CancelFlag cancel{false};
+    CancelWatcher watch(ctx, &cancel);
+    auto r = p_->core_->LoadKv(args->source, args->lease_ms, &cancel, timeout_ms);
+    if (!r.ok()) return ToGrpcStatus(r.status());
+    ToProto(*r, resp);
     return grpc::Status::OK;
   }
 

@@ -112,6 +112,12 @@ equal)
         "$MESA" wait --coordinator "$COORD" "$job" --timeout 300 >"$TMP/wait.out" 2>&1 || { die "wait: $(cat "$TMP/wait.out")"; log_tail; }
         "$MESA" results --coordinator "$COORD" "$job" --output "$TMP/out.jsonl" || die "results"
         echo -n "$tag placement=$placement workers=$n: "; same_results "$TMP/ref-$tag.jsonl" "$TMP/out.jsonl"
+        if [ "$placement" = spread ] && [ "$n" -ge 2 ]; then
+          # Chunks' K/V moved to the final worker while other chunks computed (MoveKv).
+          moved=$(sed -n "s/.*job $job: \([0-9]*\) chunks' K\/V.*/\1/p" "$TMP/coordinator.log" | head -1)
+          [ "${moved:-0}" -gt 0 ] && echo "  $moved chunks' K/V moved ahead of the final" \
+            || die "no chunk K/V moved ahead of the final with $n workers (coordinator log)"
+        fi
         kill -TERM "${wpids[@]}" "$COORD_PID" 2>/dev/null; wait "${wpids[@]}" "$COORD_PID" 2>/dev/null
       done
     done
