@@ -2,5 +2,7 @@
 # Configures and builds Mesa with the release preset (Ninja, ccache when present).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# ccache: paths relative to the checkout, so a clone elsewhere (CI) reuses the cache.
+export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$PWD}" CCACHE_NOHASHDIR=1
 cmake --preset release >/dev/null
 cmake --build --preset release -j "${MESA_BUILD_JOBS:-$(nproc)}"

@@ -11,6 +11,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 build="${FUZZ_BUILD_DIR:-$root/build/fuzz}"
 shared="${MESA_SHARED_DIR:-$root/../shared}"
 jobs="${FUZZ_JOBS:-2}"
+export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$root}" CCACHE_NOHASHDIR=1
 
 cmake --preset fuzz -S "$root" -B "$build" >/dev/null
 cmake --build "$build" -j "$jobs" --target gguf_fuzzer safetensors_fuzzer
