@@ -1,10 +1,14 @@
 // kv_transfer_bench: how fast one chunk's K/V moves over a FetchKv gRPC stream on
 // loopback (KvStreamingWorkerService/ServeKvStream -> GrpcKvFetcher: manifest with CRC32C,
-// ~1 MiB pieces, reassembly and CRC check into a fresh ChunkKv), against a plain TCP
-// socket copy of the same bytes on loopback (a writer and a reader thread, into a buffer
+// ~1 MiB pieces, reassembly and CRC check into a ChunkKv), against a plain TCP socket
+// copy of the same bytes on loopback (a writer and a reader thread, into a buffer
 // allocated once and touched beforehand: the bar gRPC is held to) in the same run.
-// Rounds alternate between the two; each cell is the median. Prints a markdown report
-// (CPU model, ISA, table) on stdout. Run through bench/kv_transfer.sh.
+// Two fetchers: one with a KvBufferPool as `mesa worker` has (each received chunk is
+// checked and then let go, so its memory goes back to the pool as when a final has
+// consumed it: the steady state of a worker, the headline), and one without (fresh memory
+// per fetch: a worker's first fetch of a size, the cold case). Rounds rotate the order of
+// the three legs; each cell is the median. Prints a markdown report (CPU model, ISA,
+// table) on stdout. Run through bench/kv_transfer.sh.
 //
 // The server side is the product's: KvStreamingWorkerService (what `mesa worker` serves) over
 // a chunk whose CRC32C was computed when it was stored (as WorkerCore does), and the
@@ -40,6 +44,7 @@
 
 #include "absl/strings/str_split.h"
 #include "worker/grpc_kv.h"
+#include "worker/kv_pool.h"
 #include "worker/kv_testing.h"
 
 namespace mesa::worker {
@@ -252,18 +257,27 @@ int Main(int argc, char** argv) {
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) Die("gRPC server did not start");
   const std::string address = "127.0.0.1:" + std::to_string(port);
-  GrpcKvFetcher fetcher(options);
+  GrpcKvFetcher fresh_fetcher(options);
+  // As WorkerProcess sizes it without a K/V budget.
+  auto pool = std::make_shared<KvBufferPool>(int64_t{1} << 30);
+  GrpcKvFetcherOptions pooled_options = options;
+  pooled_options.kv_pool = pool;
+  GrpcKvFetcher pooled_fetcher(pooled_options);
   TcpPair tcp;
   const KvKey key{"bench", 0, 0, 0};
 
   std::printf("- CPU: %s (%u logical CPUs); ISA: %s\n", CpuModel().c_str(),
               std::thread::hardware_concurrency(), Isa().c_str());
   std::printf("- gRPC %s on 127.0.0.1, sync server; channel arguments: a %d MiB max "
-              "receive message%s%s; K/V pieces of %lld KiB; %d rounds per size, alternating "
-              "TCP and gRPC, median shown\n",
+              "receive message%s%s; K/V pieces of %lld KiB; %d rounds per size, rotating "
+              "the order of TCP, pooled and fresh gRPC, median shown\n",
               grpc::Version().c_str(), options.max_receive_message_bytes >> 20,
               arg_list.empty() ? ", the rest default" : ", on both sides:", arg_list.c_str(),
               static_cast<long long>(args.piece_kib), args.rounds);
+  std::printf("- Receiver: GrpcKvFetcher with a 1 GiB KvBufferPool (as `mesa worker`); every "
+              "received chunk is compared with the source and then let go, so its memory goes "
+              "back to the pool (steady state, the headline); and a GrpcKvFetcher without a "
+              "pool (fresh memory per fetch: the first fetch of a size, the cold case)\n");
   std::printf("- Sender: %s; CRC32C %s; allocator: %s\n",
               args.proto_sender ? "a generated FetchKv handler writing KvMessage protos "
                                   "(--proto-sender)"
@@ -280,9 +294,9 @@ int Main(int argc, char** argv) {
   }
 
   std::string table =
-      "| chunk | TCP copy GB/s | gRPC FetchKv GB/s | gRPC / TCP | TCP CPU s/GB | gRPC CPU s/GB "
-      "| CRC32C GB/s |\n"
-      "|---:|---:|---:|---:|---:|---:|---:|\n";
+      "| chunk | TCP copy GB/s | gRPC pooled GB/s | pooled / TCP | gRPC fresh GB/s | fresh / TCP "
+      "| TCP CPU s/GB | pooled CPU s/GB | fresh CPU s/GB | CRC32C GB/s |\n"
+      "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   for (int64_t mib : args.sizes_mib) {
     // 32 layers x 8 kv heads x 128 dims: 256 KiB per token for k and v together.
     const int64_t tokens = (mib << 20) / (2 * 32 * 8 * 128 * 4);
@@ -297,22 +311,26 @@ int Main(int argc, char** argv) {
     crc_sink = Crc32c(kv.k.data(), kv.k.size() * sizeof(float));
     const double crc_s = Seconds(crc_start);
 
-    std::vector<double> tcp_s, grpc_s, tcp_cpu, grpc_cpu;
+    enum Leg { kTcp, kPooled, kFresh };
+    std::vector<double> secs[3], cpu[3];
+    const int64_t reused0 = pool->reused(), allocated0 = pool->allocated();
     for (int round = -1; round < args.rounds; ++round) {  // round -1: warm-up, not counted
-      for (int leg = 0; leg < 2; ++leg) {
-        const bool grpc_leg = (leg + round) % 2 != 0;
+      for (int i = 0; i < 3; ++i) {
+        const Leg leg = static_cast<Leg>((i + round + 3) % 3);
         const double cpu_start = CpuSeconds();
-        if (!grpc_leg) {
-          const double s = TcpCopy(tcp, kv, sink, args.tcp_fresh_sink);
-          if (round >= 0) tcp_s.push_back(s), tcp_cpu.push_back(CpuSeconds() - cpu_start);
-          continue;
+        double s = 0;
+        if (leg == kTcp) {
+          s = TcpCopy(tcp, kv, sink, args.tcp_fresh_sink);
+        } else {
+          GrpcKvFetcher& fetcher = leg == kPooled ? pooled_fetcher : fresh_fetcher;
+          const auto start = Clock::now();
+          absl::StatusOr<std::shared_ptr<const ChunkKv>> got = fetcher.Fetch(address, key, 120000);
+          s = Seconds(start);
+          if (!got.ok()) Die(std::string(got.status().message()));
+          if (!SameBits(**got, kv)) Die("gRPC copy differs from the source");
+          // `got` goes here: a pooled chunk's memory back to the pool (not timed).
         }
-        const auto start = Clock::now();
-        absl::StatusOr<std::shared_ptr<const ChunkKv>> got = fetcher.Fetch(address, key, 120000);
-        const double s = Seconds(start);
-        if (!got.ok()) Die(std::string(got.status().message()));
-        if (round == -1 && !SameBits(**got, kv)) Die("gRPC copy differs from the source");
-        if (round >= 0) grpc_s.push_back(s), grpc_cpu.push_back(CpuSeconds() - cpu_start);
+        if (round >= 0) secs[leg].push_back(s), cpu[leg].push_back(CpuSeconds() - cpu_start);
       }
     }
     const size_t k_bytes = kv.k.size() * sizeof(float);
@@ -320,12 +338,20 @@ int Main(int argc, char** argv) {
         std::memcmp(sink.data() + k_bytes, kv.v.data(), k_bytes) != 0) {
       Die("TCP copy differs from the source");
     }
-    const double tcp_gbs = bytes / Median(tcp_s) / 1e9, grpc_gbs = bytes / Median(grpc_s) / 1e9;
+    std::fprintf(stderr, "%lld MiB: pool reused %lld buffers, allocated %lld\n",
+                 static_cast<long long>(mib), static_cast<long long>(pool->reused() - reused0),
+                 static_cast<long long>(pool->allocated() - allocated0));
+    double gbs[3], cpu_per_gb[3];
+    for (int leg = 0; leg < 3; ++leg) {
+      gbs[leg] = bytes / Median(secs[leg]) / 1e9;
+      cpu_per_gb[leg] = Median(cpu[leg]) / (bytes / 1e9);
+    }
     char row[256];
-    std::snprintf(row, sizeof(row), "| %lld MiB | %.2f | %.2f | %.2f | %.2f | %.2f | %.1f |\n",
-                  static_cast<long long>(mib), tcp_gbs, grpc_gbs, grpc_gbs / tcp_gbs,
-                  Median(tcp_cpu) / (bytes / 1e9), Median(grpc_cpu) / (bytes / 1e9),
-                  kv.k.size() * sizeof(float) / crc_s / 1e9);
+    std::snprintf(row, sizeof(row),
+                  "| %lld MiB | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.1f |\n",
+                  static_cast<long long>(mib), gbs[kTcp], gbs[kPooled], gbs[kPooled] / gbs[kTcp],
+                  gbs[kFresh], gbs[kFresh] / gbs[kTcp], cpu_per_gb[kTcp], cpu_per_gb[kPooled],
+                  cpu_per_gb[kFresh], kv.k.size() * sizeof(float) / crc_s / 1e9);
     table += row;
     std::fprintf(stderr, "%s", row);
   }

@@ -119,7 +119,7 @@ bool ReadPiece(const std::vector<grpc::Slice>& slices, int64_t* offset, std::vec
 }
 
 // One message of a FetchKv stream into the assembler (created by the manifest).
-absl::Status Accept(const grpc::ByteBuffer& buffer, int64_t max_bytes,
+absl::Status Accept(const grpc::ByteBuffer& buffer, int64_t max_bytes, KvBufferPool* pool,
                     std::optional<KvAssembler>& kv) {
   std::vector<grpc::Slice> slices;
   if (!buffer.Dump(&slices).ok()) return absl::DataLossError("an unreadable K/V message");
@@ -136,7 +136,7 @@ absl::Status Accept(const grpc::ByteBuffer& buffer, int64_t max_bytes,
       case KvMessage::kManifest: {
         if (kv.has_value()) return absl::DataLossError("a second manifest in the K/V stream");
         absl::StatusOr<KvAssembler> started =
-            KvAssembler::Start(FromProto(msg.manifest()), max_bytes);
+            KvAssembler::Start(FromProto(msg.manifest()), max_bytes, pool);
         if (!started.ok()) return started.status();
         kv.emplace(*std::move(started));
         return absl::OkStatus();
@@ -363,7 +363,7 @@ absl::StatusOr<std::shared_ptr<const ChunkKv>> GrpcKvFetcher::Fetch(const std::s
   absl::Status check;
   grpc::ByteBuffer msg;
   while (reader->Read(&msg)) {
-    check = Accept(msg, options_.max_kv_bytes, assembler);
+    check = Accept(msg, options_.max_kv_bytes, options_.kv_pool.get(), assembler);
     msg.Clear();  // the received slices go back now, not when the next message replaces them
     if (!check.ok()) {
       ctx.TryCancel();  // the sender stops; Finish then returns at once
@@ -378,7 +378,7 @@ absl::StatusOr<std::shared_ptr<const ChunkKv>> GrpcKvFetcher::Fetch(const std::s
   }
   absl::StatusOr<ChunkKv> kv = assembler->Finish();
   if (!kv.ok()) return WithContext(kv.status(), what);
-  return std::make_shared<const ChunkKv>(*std::move(kv));
+  return KvBufferPool::Share(options_.kv_pool, *std::move(kv));
 }
 
 }  // namespace mesa::worker

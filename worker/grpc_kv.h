@@ -82,6 +82,10 @@ struct GrpcKvFetcherOptions {
   // Further channel arguments (keepalive, HTTP/2 windows); the receive limit above is
   // set on top of them.
   grpc::ChannelArguments channel_args;
+  // Where a fetch gets the memory it receives into, and where the chunk's memory goes
+  // back when its last reference drops (KvBufferPool::Share); nullptr: fresh memory per
+  // fetch, freed with the chunk.
+  std::shared_ptr<KvBufferPool> kv_pool;
 };
 
 // Thread-safe: concurrent Fetch calls share one channel per address (created on first

@@ -16,12 +16,14 @@
 #include <condition_variable>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
 #include "worker/grpc_status.h"
+#include "worker/kv_pool.h"
 #include "worker/kv_testing.h"
 
 namespace mesa::worker {
@@ -214,6 +216,52 @@ TEST_F(GrpcKvTest, CorruptByteIsDataLoss) {
   EXPECT_EQ(kv.status().code(), absl::StatusCode::kDataLoss) << kv.status();
   EXPECT_THAT(std::string(kv.status().message()), HasSubstr("CRC32C"));
   ExpectNamed(kv.status());
+}
+
+// A worker's fetcher with a pool: the second fetch receives into the memory of the
+// first once that chunk is let go, bit for bit and CRC-checked as ever; a fetch that
+// fails the check gives the memory it took back; memory still referenced is never
+// handed out.
+TEST_F(GrpcKvTest, FetchesThroughAPoolReuseMemoryAndStillCheckTheCrc) {
+  auto pool = std::make_shared<KvBufferPool>(int64_t{64} << 20);
+  GrpcKvFetcherOptions options;
+  options.kv_pool = pool;
+  GrpcKvFetcher fetcher(options);
+  worker_.set_mode(Mode::kServe);
+  const std::string address = server_.address();
+
+  auto first = fetcher.Fetch(address, kKey, 10000);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_TRUE(SameBits(**first, worker_.kv()));
+  const std::set<const float*> first_memory = {(*first)->k.data(), (*first)->v.data()};
+  EXPECT_EQ(pool->allocated(), 2);
+  EXPECT_EQ(pool->held_buffers(), 0);
+
+  {  // While the first chunk is held, a fetch gets other memory.
+    auto other = fetcher.Fetch(address, kKey, 10000);
+    ASSERT_TRUE(other.ok()) << other.status();
+    EXPECT_EQ(first_memory.count((*other)->k.data()) + first_memory.count((*other)->v.data()), 0u);
+    EXPECT_TRUE(SameBits(**first, worker_.kv()));
+  }
+  first->reset();  // the last reference: k and v go back
+  EXPECT_EQ(pool->held_buffers(), 4);
+
+  worker_.set_mode(Mode::kCorruptByte);
+  const int64_t reused_before = pool->reused();
+  auto bad = fetcher.Fetch(address, kKey, 10000);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss) << bad.status();
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("CRC32C"));
+  EXPECT_EQ(pool->reused(), reused_before + 2);  // received into pooled memory ...
+  EXPECT_EQ(pool->held_buffers(), 4);            // ... and gave it back
+
+  worker_.set_mode(Mode::kServe);
+  auto again = fetcher.Fetch(address, kKey, 10000);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(SameBits(**again, worker_.kv()));  // old contents fully overwritten
+  EXPECT_EQ((std::set<const float*>{(*again)->k.data(), (*again)->v.data()}), first_memory);
+  EXPECT_EQ(pool->reused(), reused_before + 4);
+  EXPECT_EQ(pool->allocated(), 4);
+  EXPECT_EQ(pool->held_buffers(), 2);
 }
 
 TEST_F(GrpcKvTest, TruncatedStreamIsDataLoss) {

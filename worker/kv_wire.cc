@@ -19,9 +19,6 @@
 #if defined(__x86_64__)
 #include <nmmintrin.h>
 #endif
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 namespace mesa::worker {
 
@@ -119,21 +116,6 @@ __attribute__((target("sse4.2"))) uint64_t Crc3Way(uint64_t c0, const ShiftTable
   return c0;
 }
 #endif
-
-// Asks for transparent huge pages over a large buffer not yet touched: a fresh mapping
-// then faults in 2 MiB at a time instead of 4 KiB (512 times fewer faults, which cost more
-// than the copy into the page). Advice only: ignored where unsupported.
-void AdviseHugePages(void* data, size_t size) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t{2} << 20, kPage = 4096;
-  if (size < 2 * kHuge) return;
-  const auto begin = (reinterpret_cast<uintptr_t>(data) + kPage - 1) & ~(kPage - 1);
-  const auto end = (reinterpret_cast<uintptr_t>(data) + size) & ~(kPage - 1);
-  madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#else
-  (void)data, (void)size;
-#endif
-}
 
 // Floats read from bytes at any alignment, as a random-access iterator: lets
 // vector::insert append a piece's bytes without the zero-fill of resize.
@@ -251,7 +233,8 @@ std::vector<KvPiece> SplitPieces(const ChunkKv& kv, int64_t piece_bytes) {
   return pieces;
 }
 
-absl::StatusOr<KvAssembler> KvAssembler::Start(const KvManifestInfo& m, int64_t max_bytes) {
+absl::StatusOr<KvAssembler> KvAssembler::Start(const KvManifestInfo& m, int64_t max_bytes,
+                                               KvBufferPool* pool) {
   if (m.n_layer <= 0 || m.n_head_kv <= 0 || m.head_dim <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("K/V manifest: shapes must be positive, got ",
                                                    m.n_layer, " layers, ", m.n_head_kv,
@@ -282,19 +265,26 @@ absl::StatusOr<KvAssembler> KvAssembler::Start(const KvManifestInfo& m, int64_t 
         "K/V manifest announces ", m.total_bytes, " bytes, over the limit of ", max_bytes));
   }
   KvAssembler a;
+  a.pool_ = pool;
   a.manifest_ = m;
   a.kv_.n_layer = m.n_layer;
   a.kv_.n_head_kv = m.n_head_kv;
   a.kv_.head_dim = m.head_dim;
   a.kv_.range = TokenRange{m.range_begin, m.range_end};
-  // Room only, in huge pages where the mapping is fresh: Add appends the bytes, so each
-  // byte of the cache is written once, by the copy (resize would zero-fill it first).
+  // Room only (memory used before from the pool, else fresh in huge pages): Add appends
+  // the bytes, so each byte of the cache is written once, by the copy (resize would
+  // zero-fill it first).
   const auto elements = static_cast<size_t>(m.total_bytes / 2 / sizeof(float));
   for (std::vector<float>* part : {&a.kv_.k, &a.kv_.v}) {
-    part->reserve(elements);
-    AdviseHugePages(part->data(), elements * sizeof(float));
+    *part = pool != nullptr ? pool->Take(elements) : ReserveFloats(elements);
   }
   return a;
+}
+
+KvAssembler::~KvAssembler() {
+  if (pool_ == nullptr) return;
+  pool_->Give(std::move(kv_.k));  // empty after Finish or a move: nothing to give
+  pool_->Give(std::move(kv_.v));
 }
 
 absl::Status KvAssembler::Add(int64_t offset, absl::Span<const uint8_t> bytes) {

@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "engine/mesa_phases.h"
+#include "worker/kv_pool.h"
 
 namespace mesa::worker {
 
@@ -65,8 +66,16 @@ class KvAssembler {
  public:
   // Checks the manifest (positive shapes, range_end > range_begin >= 0, dtype "f32",
   // total == 2 * layers*heads*tokens*dim*4: else INVALID_ARGUMENT; total <= max_bytes:
-  // else RESOURCE_EXHAUSTED) and allocates.
-  static absl::StatusOr<KvAssembler> Start(const KvManifestInfo& manifest, int64_t max_bytes);
+  // else RESOURCE_EXHAUSTED) and reserves room for k and v: from `pool` when given (which
+  // must outlive the assembler), else fresh. Room only either way (no zero-fill): the
+  // pieces are appended.
+  static absl::StatusOr<KvAssembler> Start(const KvManifestInfo& manifest, int64_t max_bytes,
+                                           KvBufferPool* pool = nullptr);
+  KvAssembler(KvAssembler&&) = default;
+  KvAssembler& operator=(KvAssembler&&) = default;
+  // An assembler that did not hand its cache over (a failed or abandoned stream) gives
+  // the room back to its pool.
+  ~KvAssembler();
   // Pieces must arrive in order (offset == received(), else DATA_LOSS "out of order"),
   // be non-empty and stay within total_bytes (else DATA_LOSS).
   absl::Status Add(int64_t offset, absl::Span<const uint8_t> bytes);
@@ -84,6 +93,9 @@ class KvAssembler {
   // between pieces waits in carry_).
   void Append(const uint8_t* src, int64_t size);
 
+  KvAssembler() = default;
+
+  KvBufferPool* pool_ = nullptr;
   KvManifestInfo manifest_;
   ChunkKv kv_;
   uint8_t carry_[4] = {};

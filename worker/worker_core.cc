@@ -138,7 +138,7 @@ absl::StatusOr<ChunkResult> WorkerCore::RunChunk(const ChunkTask& task, const Ca
   }
 
   auto entry = std::make_shared<Entry>();
-  entry->kv = std::make_shared<const ChunkKv>(std::move(kv));
+  entry->kv = KvBufferPool::Share(options_.kv_pool, std::move(kv));
   entry->crc32c = KvCrc32c(*entry->kv);
   entry->result.kv_bytes = bytes;
   entry->result.tokens = anchor.tokens() + r.size();

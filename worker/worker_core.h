@@ -24,6 +24,7 @@
 #include "engine/mesa_phases.h"
 #include "engine/model.h"
 #include "engine/sampling.h"
+#include "worker/kv_pool.h"
 #include "worker/kv_transport.h"
 
 namespace mesa::worker {
@@ -31,6 +32,10 @@ namespace mesa::worker {
 struct WorkerCoreOptions {
   int64_t kv_memory_bytes = 0;  // budget for held chunk K/V; 0 = no limit
   int64_t default_lease_ms = 10 * 60 * 1000;
+  // Where the memory of the chunks this core computes goes back once no one holds them
+  // (KvBufferPool::Share); the worker gives its KvFetcher the same pool, so that fetches
+  // receive into memory freed here. nullptr: freed.
+  std::shared_ptr<KvBufferPool> kv_pool;
 };
 
 struct ChunkTask {

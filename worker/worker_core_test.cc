@@ -433,6 +433,26 @@ TEST_F(WorkerCoreTest, ReleaseByJobItemAttempt) {
   EXPECT_GT(total, 0);
 }
 
+// With a pool, a released chunk's memory goes back only once its last holder lets go
+// (here a reader, as a FetchKv stream still sending it would be).
+TEST_F(WorkerCoreTest, ReleasedChunksGoBackToThePoolOnlyWhenNoOneHoldsThem) {
+  const int64_t max_new = 8;
+  const std::vector<int32_t> prompt = TextPrompt(1500);
+  WorkerCoreOptions options;
+  options.kv_pool = std::make_shared<KvBufferPool>(int64_t{1} << 30);
+  WorkerCore core(model(), 2, options, nullptr);
+  ASSERT_TRUE(core.RunChunk(MakeChunk(prompt, max_new, Key(0))).ok());
+  ASSERT_TRUE(core.RunChunk(MakeChunk(prompt, max_new, Key(1))).ok());
+  auto reader = core.GetKv(Key(0));
+  ASSERT_TRUE(reader.ok());
+  const std::vector<float> k = (*reader)->k, v = (*reader)->v;
+  EXPECT_EQ(core.ReleaseKv("job", -1, -1).entries, 2);
+  EXPECT_EQ(options.kv_pool->held_buffers(), 2);  // chunk 1's k and v only
+  EXPECT_TRUE((*reader)->k == k && (*reader)->v == v);
+  reader->reset();
+  EXPECT_EQ(options.kv_pool->held_buffers(), 4);
+}
+
 // A fetcher that hands out a chosen chunk whatever is asked (and can raise a cancel flag).
 class FixedFetcher : public KvFetcher {
  public:

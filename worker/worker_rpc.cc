@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 
@@ -18,6 +19,7 @@
 #include "mesa/v1/worker_service.grpc.pb.h"
 #include "worker/grpc_kv.h"
 #include "worker/grpc_status.h"
+#include "worker/kv_pool.h"
 #include "worker/task_proto.h"
 
 namespace mesa::worker {
@@ -208,9 +210,17 @@ absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(const Model&
     listen = *local + ":0";
   }
   p->options_ = options;
-  p->fetcher_ = std::make_unique<GrpcKvFetcher>();
+  // K/V memory reused across chunks (fetched or computed here) once they are consumed
+  // or released: up to the K/V budget, at most 1 GiB.
+  constexpr int64_t kMaxPooledKvBytes = int64_t{1} << 30;
+  auto kv_pool = std::make_shared<KvBufferPool>(
+      options.kv_memory_bytes > 0 ? std::min(options.kv_memory_bytes, kMaxPooledKvBytes) : kMaxPooledKvBytes);
+  GrpcKvFetcherOptions fetcher_options;
+  fetcher_options.kv_pool = kv_pool;
+  p->fetcher_ = std::make_unique<GrpcKvFetcher>(std::move(fetcher_options));
   WorkerCoreOptions core_options;
   core_options.kv_memory_bytes = options.kv_memory_bytes;
+  core_options.kv_pool = std::move(kv_pool);
   p->core_ = std::make_unique<WorkerCore>(model, options.threads, core_options, p->fetcher_.get());
   p->service_ = std::make_unique<Service>(p.get());
 
