@@ -37,7 +37,7 @@
 #   --max-load L      wait until the 1-minute load average is below L before starting
 #                     (default: the core count + 1), at most --load-wait SECONDS
 #   --load-wait S     (default 300; --quick: 0)
-#   --keep-rows FILE  also write every measurement as JSON lines to FILE
+#   --keep-rows FILE  also append every measurement as a JSON line to FILE
 # Environment: MESA_BUILD_DIR (default build/release), MESA_BIN (the mesa binary),
 #   MESA_SHARED_DIR (default ../shared).
 set -euo pipefail
@@ -97,14 +97,14 @@ command -v ss >/dev/null || say "ss not found (iproute2): K/V bytes will not be 
 TMP="$(mktemp -d)"
 PIDS=()
 cleanup() {
-  local p
+  local rc=$? p
   for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do
     for _ in $(seq 30); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$p" 2>/dev/null || true
   done
   wait 2>/dev/null || true
-  rm -rf "$TMP"
+  if [ "$rc" = 0 ]; then rm -rf "$TMP"; else say "kept $TMP (logs of every process) for inspection"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -161,6 +161,7 @@ for kv in sys.argv[1:]:
         row[k] = v
 print(json.dumps(row))
 PY
+  [ -z "$KEEP_ROWS" ] || tail -n1 "$TMP/rows.jsonl" >>"$KEEP_ROWS"
 }
 
 wait_for_file() {  # FILE SECONDS
@@ -204,7 +205,8 @@ cluster_job() {
   t0=$(now)
   job=$("$MESA" submit --coordinator "$1" --input "$2" --max-tokens "$MAX_TOKENS" --wait 2>>"$TMP/client.log") ||
     die "submit --wait failed: $(tail -3 "$TMP/client.log")"
-  "$MESA" results --coordinator "$1" "$job" --output "$3" 2>>"$TMP/client.log" || die "results failed"
+  "$MESA" results --coordinator "$1" "$job" --output "$3" 2>>"$TMP/client.log" ||
+    die "results of $job failed: $(tail -3 "$TMP/client.log"; "$MESA" status --coordinator "$1" "$job" 2>&1 | head -5)"
   t1=$(now)
   sub "$t1" "$t0"
 }
@@ -447,7 +449,6 @@ export CORES="$(nproc)" DATE="$(date -u '+%Y-%m-%d %H:%M UTC')" DURATION="$(sub 
 export MODELS_LIST="${MODELS[*]}" MODEL0="$M0" LONG_TOKENS
 export MESA_REL="$(realpath --relative-to="$ROOT" "$MESA")" MESA_MTIME="$(date -u -r "$MESA" '+%Y-%m-%d %H:%M UTC')"
 REPORT="$TMP/runtime.md"
-[ -z "$KEEP_ROWS" ] || cp "$TMP/rows.jsonl" "$KEEP_ROWS"
 python3 - "$TMP/rows.jsonl" "$TMP/plan.json" "$TMP/model0.info" "$ROOT/bench/results/kv_transfer.md" >"$REPORT" <<'PY'
 import json, os, re, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
@@ -636,9 +637,9 @@ else:
     p("- Not measured (ss unavailable)")
 if gbps:
     p(f"- Transfer time: **not exposed**. The final worker measures kv_bytes_received and"
-      f" kv_transfer_s and returns them in FinalResult, but the coordinator keeps only prefill_s"
-      f" and decode_s (coordinator/coordinator_core.cc, RunTask), so neither the results, the job"
-      f" status nor any log carries them. Estimate at the gRPC FetchKv rate of"
+      f" kv_transfer_s and returns them in FinalResult, but the coordinator uses them only inside"
+      f" the scheduler's cost model (coordinator/coordinator_core.cc RunTask -> TaskStats): neither"
+      f" the result records, the job status nor any log carries them. Estimate at the gRPC FetchKv rate of"
       f" bench/results/kv_transfer.md ({gbps:.2f} GB/s, median of its sizes):"
       + (f" ~{med(kvb) / gbps / 1e9:.2f} s per job" if kv and 'kv_bytes' in kv[0] else ""))
 p("")
@@ -652,8 +653,8 @@ p("- Both processes of a cluster run and `mesa run` share the same 2 cores with 
 p("- tinystories-656k stops at its end-of-text token after a few tokens on most documents, so"
   " its batch is nearly all prefill; stories260K uses the whole --max-tokens budget.")
 p("- Transfer time of the K/V: the worker measures kv_bytes_received and kv_transfer_s for"
-  " every final task and returns them to the coordinator, which does not put them in the"
-  " result records, the job status or a log; the bytes above are measured from outside"
+  " every final task and returns them to the coordinator, which feeds them to the scheduler's"
+  " cost model but does not put them in the result records, the job status or a log; the bytes above are measured from outside"
   " (TCP counters), the time is only estimated.")
 p("- `mesa run` is itself the coordinator core with in-process workers (a fresh process per"
   " round); the cluster adds gRPC calls, the SQLite store on the coordinator and the client"
