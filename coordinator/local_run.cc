@@ -102,6 +102,16 @@ absl::StatusOr<jobs::BatchSummary> RunBatchLocal(const std::string& input_path, 
   if (observer) observer->OnStart(todo, summary.skipped, existing);
   if (todo == 0) return summary;
 
+  // Declared before the coordinator core, so that the core (which owns the clients of
+  // these workers and may still run tasks on them) is destroyed first.
+  worker::InProcessKvFetcher fetcher;
+  std::vector<std::unique_ptr<worker::WorkerCore>> cores;
+  const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int total_threads = options.threads > 0 ? options.threads : hw;
+  for (int i = 0; i < options.workers; ++i) {
+    const int threads = std::max(1, total_threads / options.workers + (i < total_threads % options.workers ? 1 : 0));
+    cores.push_back(std::make_unique<worker::WorkerCore>(model, threads, worker::WorkerCoreOptions{}, &fetcher));
+  }
   TempDir store;
   if (store.path.empty()) return absl::InternalError("cannot create a temporary job store");
   CoordinatorOptions co;
@@ -115,14 +125,6 @@ absl::StatusOr<jobs::BatchSummary> RunBatchLocal(const std::string& input_path, 
   co.chat_template = options.chat_template;
   MESA_ASSIGN_OR_RETURN(std::unique_ptr<CoordinatorCore> core, CoordinatorCore::Create(model, co));
 
-  worker::InProcessKvFetcher fetcher;
-  std::vector<std::unique_ptr<worker::WorkerCore>> cores;
-  const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  const int total_threads = options.threads > 0 ? options.threads : hw;
-  for (int i = 0; i < options.workers; ++i) {
-    const int threads = std::max(1, total_threads / options.workers + (i < total_threads % options.workers ? 1 : 0));
-    cores.push_back(std::make_unique<worker::WorkerCore>(model, threads, worker::WorkerCoreOptions{}, &fetcher));
-  }
   const std::string fp = core->fingerprint().ToString();
   for (int i = 0; i < options.workers; ++i) {
     const std::string name = absl::StrCat("local", i);
