@@ -161,6 +161,8 @@ absl::StatusOr<std::vector<ItemSpec>> CoordinatorCore::PrepareItems(const JobRec
     tmpl = jobs::ResolveChatTemplate(requested, model_.chat_template);
   }
   const int64_t max_tokens = o.value("max_tokens", options_.default_max_tokens);
+  std::optional<Placement> placement;  // the job's own, else the coordinator's
+  if (Placement p; ParsePlacement(o.value("placement", std::string()), &p)) placement = p;
   jobs::InputLimits limits;
   limits.max_doc_bytes = o.value("max_doc_bytes", options_.max_doc_bytes);
 
@@ -201,6 +203,7 @@ absl::StatusOr<std::vector<ItemSpec>> CoordinatorCore::PrepareItems(const JobRec
     spec.prompt_tokens = static_cast<int64_t>(rt->prompt.size());
     spec.max_new_tokens = rt->max_new;
     spec.failures = item.failures;
+    spec.placement = placement;
     if (error.ok() && mesa && t_len > 1) {
       MesaOptions mo = options_.attention.mesa;
       mo.train_length = t_len;
@@ -244,15 +247,10 @@ absl::StatusOr<JobRecord> CoordinatorCore::CreateJob(const JobRequest& request,
   if (!request.chat_template.empty()) MESA_RETURN_IF_ERROR(jobs::ParseChatTemplate(request.chat_template).status());
   if (request.max_tokens < 0) return absl::InvalidArgumentError("max_tokens must be >= 0");
   if (request.max_doc_bytes < 0) return absl::InvalidArgumentError("max_doc_bytes must be >= 0");
-  if (!request.placement.empty() && request.placement != PlacementName(options_.scheduler.placement)) {
-    Placement p;
-    if (!ParsePlacement(request.placement, &p)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("unknown placement '", request.placement, "' (choose auto, whole or spread)"));
-    }
-    return absl::InvalidArgumentError(absl::StrCat(
-        "per-job placement is not supported yet: this coordinator runs --placement ",
-        PlacementName(options_.scheduler.placement)));
+  Placement placement;
+  if (!request.placement.empty() && !ParsePlacement(request.placement, &placement)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown placement '", request.placement, "' (choose auto, whole or spread)"));
   }
   if (request.request_id.size() > 256) return absl::InvalidArgumentError("request_id longer than 256 bytes");
 
@@ -265,6 +263,7 @@ absl::StatusOr<JobRecord> CoordinatorCore::CreateJob(const JobRequest& request,
   if (request.max_tokens > 0) o["max_tokens"] = request.max_tokens;
   if (!request.chat_template.empty()) o["template"] = request.chat_template;
   if (request.max_doc_bytes > 0) o["max_doc_bytes"] = request.max_doc_bytes;
+  if (!request.placement.empty()) o["placement"] = request.placement;
   job.options_json = o.dump();
   job.created_at = static_cast<int64_t>(std::time(nullptr));
 

@@ -5,6 +5,7 @@
 #include <ctime>
 
 #include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
 #include "coordinator/grpc_worker_client.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
@@ -43,6 +44,8 @@ void ToProto(const JobRecord& j, v1::Job* p) {
   }
   p->set_error(j.error);
   p->set_request_id(j.request_id);
+  const nlohmann::json o = nlohmann::json::parse(j.options_json, nullptr, false);
+  if (o.is_object()) p->set_placement(o.value("placement", std::string()));
 }
 
 grpc::Status Grpc(const absl::Status& s) { return worker::ToGrpcStatus(s); }

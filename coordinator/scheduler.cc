@@ -542,8 +542,9 @@ struct Scheduler::State {
       Item& item = job.items[pos];
       int64_t total = 0;
       for (int64_t b : item.spec.chunk_kv_bytes) total += b;
-      bool whole = item.spec.n_middle == 0 || opt.placement == Placement::kWhole;
-      if (!whole && opt.placement == Placement::kAuto) {
+      const Placement placement = item.spec.placement.value_or(opt.placement);
+      bool whole = item.spec.n_middle == 0 || placement == Placement::kWhole;
+      if (!whole && placement == Placement::kAuto) {
         const bool fits_somewhere = std::any_of(workers.begin(), workers.end(), [&](const auto& w) {
           return Usable(w.second) && FitsBudget(w.second, total);
         });

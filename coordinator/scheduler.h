@@ -43,6 +43,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <memory>
 #include <set>
 #include <string>
@@ -85,6 +86,7 @@ struct ItemSpec {
                                         // chunk); 0: estimated, prompt_tokens / (n_middle + 1)
   int32_t failures = 0;                 // failures counted before (from the store)
   int32_t last_attempt = 0;             // highest attempt dispatched before (from the store)
+  std::optional<Placement> placement;   // the job's own choice; nullopt: SchedulerOptions'
 };
 
 enum class TaskKind { kChunk, kFinal };

@@ -95,6 +95,25 @@ TEST_F(SchedulerTest, WholePlacementRunsChunkedItemOnOneWorker) {
   EXPECT_EQ(s_->stats().workers_idle, 2);
 }
 
+TEST_F(SchedulerTest, AJobsOwnPlacementOverridesTheSchedulers) {
+  // The scheduler runs whole; one job asks for spread, another for whole explicitly.
+  Start(Options(Placement::kWhole), {"w1", "w2", "w3"});
+  ItemSpec spread = Item("s", 0, {10, 10, 10});
+  spread.placement = Placement::kSpread;
+  s_->AddJob("s", {spread}, now_);
+  std::vector<Dispatch> d = Dispatches();
+  ASSERT_EQ(d.size(), 3u);
+  for (const Dispatch& x : d) EXPECT_EQ(x.kind, TaskKind::kChunk);
+
+  Start(Options(Placement::kSpread), {"w1", "w2", "w3"});
+  ItemSpec whole = Item("w", 0, {10, 10, 10});
+  whole.placement = Placement::kWhole;
+  s_->AddJob("w", {whole}, now_);
+  Dispatch one = One();
+  EXPECT_EQ(one.kind, TaskKind::kFinal);
+  EXPECT_TRUE(one.whole);
+}
+
 TEST_F(SchedulerTest, SpreadRunsChunksInParallelThenFinalOnBiggestHolder) {
   Start(Options(Placement::kSpread), {"w1", "w2", "w3"});
   s_->AddJob("j", {Item("j", 0, {100, 300, 200})}, now_);

@@ -193,6 +193,18 @@ import json; recs=[json.loads(l) for l in open('$TMP/out.jsonl')]
 assert len(recs) >= 1, recs; ids=[r['custom_id'] for r in recs]; assert len(ids)==len(set(ids)), ids" || die "cancelled results"
   "$MESA" list --coordinator "$COORD" --json | python3 -c "import json,sys; d=json.load(sys.stdin); assert d[0]['status']=='cancelled', d" || die "list"
   ;;
+job_placement)
+  # A job's own --placement wins over the coordinator's.
+  reference "$MODEL" "$TMP/ref.jsonl"
+  start_coordinator "$TMP/store" --placement whole
+  start_worker a; start_worker b
+  job=$(submit --placement spread) || { die "submit"; log_tail; exit 1; }
+  [ "$(status_field "$job" "d.get('placement')")" = spread ] || die "the job object does not show placement spread"
+  "$MESA" wait --coordinator "$COORD" "$job" --timeout 300 >"$TMP/wait.out" 2>&1 || { die "wait: $(cat "$TMP/wait.out")"; log_tail; }
+  "$MESA" results --coordinator "$COORD" "$job" --output "$TMP/out.jsonl" || die "results"
+  same_results "$TMP/ref.jsonl" "$TMP/out.jsonl"
+  grep "job $job: " "$TMP/coordinator.log" | grep -q "chunks' K/V" || die "no chunk K/V moved: the job did not run spread"
+  ;;
 idempotent)
   start_coordinator "$TMP/store"
   start_worker a
