@@ -51,6 +51,8 @@ struct CoordinatorCore::ItemRuntime {
   std::vector<int32_t> prompt;
   int64_t max_new = 0;
   int32_t failures = 0;
+  TokenRange anchor;               // the plan's, when chunked
+  std::vector<TokenRange> middle;
 };
 
 struct CoordinatorCore::JobRuntime {
@@ -218,6 +220,8 @@ absl::StatusOr<std::vector<ItemSpec>> CoordinatorCore::PrepareItems(const JobRec
           spec.chunk_tokens.push_back(plan->anchor.size() + r.size());
         }
         spec.final_tokens = plan->anchor.size() + plan->last.size();
+        rt->anchor = plan->anchor;
+        rt->middle = plan->middle;
         if (fresh) item.plan_json = PlanToJson(*plan).dump();
       }
     }
@@ -613,7 +617,16 @@ void CoordinatorCore::RunTask(Dispatch d) {
       worker::KvKey key{d.job_id, d.item, d.chunk, d.attempt};
       if (d.kind == TaskKind::kChunk) {
         chunk_task.key = key;
-        chunk_task.prompt = item->prompt;
+        // Only the anchor's and this chunk's tokens travel (the plan needs the length only).
+        const auto& p = item->prompt;
+        if (d.chunk >= 0 && d.chunk < static_cast<int32_t>(item->middle.size())) {
+          const TokenRange a = item->anchor, m = item->middle[d.chunk];
+          chunk_task.prompt.assign(p.begin() + a.begin, p.begin() + a.end);
+          chunk_task.prompt.insert(chunk_task.prompt.end(), p.begin() + m.begin, p.begin() + m.end);
+          chunk_task.prompt_length = static_cast<int64_t>(p.size());
+        } else {
+          chunk_task.prompt = p;
+        }
         chunk_task.max_new_tokens = item->max_new;
         chunk_task.options = options_.attention;
         chunk_task.lease_ms = options_.kv_lease_ms;

@@ -69,6 +69,7 @@ void ToProto(const ChunkTask& t, v1::RunChunkRequest* p) {
   p->set_max_new_tokens(t.max_new_tokens);
   ToProto(t.options, p->mutable_options());
   p->set_lease_ms(t.lease_ms);
+  p->set_prompt_length(t.prompt_length);
 }
 
 absl::StatusOr<ChunkTask> FromProto(const v1::RunChunkRequest& p) {
@@ -76,12 +77,16 @@ absl::StatusOr<ChunkTask> FromProto(const v1::RunChunkRequest& p) {
   MESA_RETURN_IF_ERROR(CheckKey(p.key(), false));
   MESA_RETURN_IF_ERROR(CheckPrompt(p.prompt(), p.max_new_tokens()));
   if (p.lease_ms() < 0) return absl::InvalidArgumentError("lease_ms < 0");
+  if (p.prompt_length() < 0 || (p.prompt_length() > 0 && p.prompt_length() < p.prompt_size())) {
+    return absl::InvalidArgumentError("prompt_length must be 0 or at least the tokens sent");
+  }
   ChunkTask t;
   t.key = FromProto(p.key());
   t.prompt.assign(p.prompt().begin(), p.prompt().end());
   t.max_new_tokens = p.max_new_tokens();
   MESA_ASSIGN_OR_RETURN(t.options, FromProto(p.options()));
   t.lease_ms = p.lease_ms();
+  t.prompt_length = p.prompt_length();
   return t;
 }
 

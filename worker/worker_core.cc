@@ -99,7 +99,9 @@ absl::StatusOr<ChunkResult> WorkerCore::RunChunk(const ChunkTask& task, const Ca
   if (task.max_new_tokens < 0) return absl::InvalidArgumentError("max_new_tokens < 0");
   MESA_ASSIGN_OR_RETURN(
       const MesaPlan plan,
-      PlanFor(model_, task.options, static_cast<int64_t>(task.prompt.size()), task.max_new_tokens));
+      PlanFor(model_, task.options,
+              task.prompt_length > 0 ? task.prompt_length : static_cast<int64_t>(task.prompt.size()),
+              task.max_new_tokens));
   if (!plan.chunked) {
     return absl::InvalidArgumentError(absl::StrCat(
         "chunk task ", KvKeyString(task.key), ": the prompt (", plan.n, " tokens + ",
@@ -114,6 +116,21 @@ absl::StatusOr<ChunkResult> WorkerCore::RunChunk(const ChunkTask& task, const Ca
                                                    " middle chunks"));
   }
   const TokenRange r = plan.middle[task.key.chunk];
+  // The anchor's and the chunk's tokens: slices of the whole prompt, or all that was sent.
+  const absl::Span<const int32_t> sent(task.prompt);
+  absl::Span<const int32_t> anchor_tokens, chunk_tokens;
+  if (task.prompt_length > 0) {
+    if (static_cast<int64_t>(sent.size()) != plan.anchor.size() + r.size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "chunk task ", KvKeyString(task.key), ": ", sent.size(), " tokens sent; the anchor and chunk ",
+          task.key.chunk, " of a ", task.prompt_length, "-token prompt need ", plan.anchor.size() + r.size()));
+    }
+    anchor_tokens = sent.subspan(0, plan.anchor.size());
+    chunk_tokens = sent.subspan(plan.anchor.size());
+  } else {
+    anchor_tokens = sent.subspan(plan.anchor.begin, plan.anchor.size());
+    chunk_tokens = sent.subspan(r.begin, r.size());
+  }
   const int64_t bytes = ChunkBytes(model_.config, r.size());
   {
     std::lock_guard<std::mutex> l(kv_mu_);
@@ -126,12 +143,10 @@ absl::StatusOr<ChunkResult> WorkerCore::RunChunk(const ChunkTask& task, const Ca
 
   if (Cancelled(cancel)) return CancelledStatus(task.key);
   const auto t0 = std::chrono::steady_clock::now();
-  const absl::Span<const int32_t> prompt(task.prompt);
   MesaPhases phases(model_, *pool_, plan);
-  MESA_ASSIGN_OR_RETURN(const ChunkKv anchor,
-                        phases.RunAnchor(prompt.subspan(plan.anchor.begin, plan.anchor.size()), nullptr));
+  MESA_ASSIGN_OR_RETURN(const ChunkKv anchor, phases.RunAnchor(anchor_tokens, nullptr));
   if (Cancelled(cancel)) return CancelledStatus(task.key);
-  MESA_ASSIGN_OR_RETURN(ChunkKv kv, phases.RunMiddle(anchor, prompt.subspan(r.begin, r.size()), r, nullptr));
+  MESA_ASSIGN_OR_RETURN(ChunkKv kv, phases.RunMiddle(anchor, chunk_tokens, r, nullptr));
   if (Cancelled(cancel)) return CancelledStatus(task.key);
   if (static_cast<int64_t>(kv.bytes()) != bytes) {
     return absl::InternalError(absl::StrCat("chunk K/V has ", kv.bytes(), " bytes, expected ", bytes));

@@ -40,7 +40,9 @@ struct WorkerCoreOptions {
 
 struct ChunkTask {
   KvKey key;                       // key.chunk = index into plan.middle
-  std::vector<int32_t> prompt;     // the whole prompt
+  std::vector<int32_t> prompt;     // the whole prompt, or (prompt_length > 0) only the
+                                   // anchor's tokens followed by this chunk's
+  int64_t prompt_length = 0;       // > 0: the whole prompt's length (the plan needs only it)
   int64_t max_new_tokens = 0;
   LongContextOptions options;
   int64_t lease_ms = 0;            // 0 = default_lease_ms

@@ -590,6 +590,35 @@ TEST_F(WorkerCoreTest, RepeatKeyAnswersAtOnceAndBadChunkIndexIsInvalid) {
   EXPECT_EQ(core.kv_entries(), 1);
 }
 
+// A chunk task may carry only the anchor's and its chunk's tokens (plus the prompt's
+// length): the same K/V bit for bit as with the whole prompt; a wrong count is refused.
+TEST_F(WorkerCoreTest, SlicedChunkTaskEqualsWholePromptTask) {
+  const int64_t max_new = 8;
+  const std::vector<int32_t> prompt = TextPrompt(2000);
+  const MesaPlan plan = Plan(prompt, max_new);
+  ASSERT_GE(plan.middle.size(), 2u);
+  WorkerCore core(model(), 1, {}, nullptr);
+  for (int32_t c : {0, static_cast<int32_t>(plan.middle.size()) - 1}) {
+    ASSERT_TRUE(core.RunChunk(MakeChunk(prompt, max_new, Key(c, 0))).ok());
+    ChunkTask sliced = MakeChunk(prompt, max_new, Key(c, 1));
+    const TokenRange a = plan.anchor, m = plan.middle[c];
+    sliced.prompt.assign(prompt.begin() + a.begin, prompt.begin() + a.end);
+    sliced.prompt.insert(sliced.prompt.end(), prompt.begin() + m.begin, prompt.begin() + m.end);
+    sliced.prompt_length = static_cast<int64_t>(prompt.size());
+    ASSERT_TRUE(core.RunChunk(sliced).ok());
+    const auto whole_kv = core.GetKv(Key(c, 0)).value();
+    const auto sliced_kv = core.GetKv(Key(c, 1)).value();
+    EXPECT_EQ(sliced_kv->range.begin, whole_kv->range.begin);
+    EXPECT_EQ(sliced_kv->range.end, whole_kv->range.end);
+    EXPECT_EQ(sliced_kv->k, whole_kv->k) << "chunk " << c;
+    EXPECT_EQ(sliced_kv->v, whole_kv->v) << "chunk " << c;
+  }
+  ChunkTask wrong = MakeChunk(prompt, max_new, Key(0, 2));
+  wrong.prompt.resize(plan.anchor.size() + plan.middle[0].size() + 1);
+  wrong.prompt_length = static_cast<int64_t>(prompt.size());
+  EXPECT_EQ(core.RunChunk(wrong).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 // The registry alone (no model is run: the cores hold nothing).
 // LoadKv: core 0 (the final's worker) takes chunks core 1 computed, under the same keys;
 // the final then reads them locally, consumes them, and equals the reference.
