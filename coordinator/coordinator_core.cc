@@ -58,7 +58,6 @@ struct CoordinatorCore::ItemRuntime {
 struct CoordinatorCore::JobRuntime {
   JobRecord record;
   std::map<int64_t, std::shared_ptr<ItemRuntime>> pending;  // by item index
-  bool cancelled = false;
   // K/V moved to final workers while chunks computed (MoveKv), for the log.
   int64_t moves = 0, moves_failed = 0, moved_bytes = 0;
   double move_s = 0;
@@ -172,8 +171,6 @@ absl::StatusOr<std::vector<ItemSpec>> CoordinatorCore::PrepareItems(const JobRec
   runtime->record = job;
   std::vector<ItemSpec> specs;
   absl::flat_hash_map<std::string, int64_t> seen;  // custom_id -> first line (as InputReader)
-  const int64_t t_len = options_.attention.mesa.train_length > 0 ? options_.attention.mesa.train_length
-                                                                  : model_.config.context_length;
   const bool mesa = options_.attention.method == AttentionMethod::kAuto ||
                     options_.attention.method == AttentionMethod::kMesa;
   for (ItemRecord& item : items) {
@@ -206,10 +203,9 @@ absl::StatusOr<std::vector<ItemSpec>> CoordinatorCore::PrepareItems(const JobRec
     spec.max_new_tokens = rt->max_new;
     spec.failures = item.failures;
     spec.placement = placement;
-    if (error.ok() && mesa && t_len > 1) {
-      MesaOptions mo = options_.attention.mesa;
-      mo.train_length = t_len;
-      auto plan = PlanMesa(static_cast<int64_t>(rt->prompt.size()), rt->max_new, t_len, mo);
+    if (error.ok() && mesa) {
+      // The planner of `mesa run` and of the workers (they re-plan and must agree).
+      auto plan = PlanFor(model_, options_.attention, static_cast<int64_t>(rt->prompt.size()), rt->max_new);
       if (!plan.ok()) {
         error = absl::Status(plan.status().code(),
                              absl::StrCat("line ", item.line, ": ", plan.status().message()));
@@ -366,10 +362,9 @@ absl::StatusOr<JobRecord> CoordinatorCore::CancelJob(const std::string& id) {
   MESA_RETURN_IF_ERROR(store_->SetJobStatus(id, kJobCancelling));
   {
     std::unique_lock<std::mutex> lock(mu_);
-    auto it = jobs_.find(id);
-    if (it != jobs_.end()) it->second->cancelled = true;
     scheduler_->CancelJob(id, Now());
     ExecuteActionsLocked(lock);
+    jobs_.erase(id);  // its pending prompts are no longer needed; late outcomes find nothing
     BumpLocked();
   }
   MESA_RETURN_IF_ERROR(store_->SetJobStatus(id, kJobCancelled));
@@ -400,7 +395,7 @@ absl::StatusOr<std::vector<std::string>> CoordinatorCore::Results(const std::str
 
 void CoordinatorCore::FinishJobIfDoneLocked(const std::string& job_id) {
   auto it = jobs_.find(job_id);
-  if (it == jobs_.end() || it->second->cancelled || !it->second->pending.empty()) return;
+  if (it == jobs_.end() || !it->second->pending.empty()) return;
   if (!scheduler_->JobFinished(job_id)) return;
   // Every item is settled: write the result file beside the store, then complete.
   if (const JobRuntime& rt = *it->second; rt.moves > 0 || rt.moves_failed > 0) {
@@ -433,14 +428,17 @@ absl::StatusOr<std::string> CoordinatorCore::RegisterWorker(const std::string& n
                                                             const std::string& model_description,
                                                             int64_t kv_budget_bytes,
                                                             std::unique_ptr<WorkerClient> client) {
+  if (kv_budget_bytes < 0) return absl::InvalidArgumentError("kv_memory_bytes must be >= 0");
   const ModelFingerprint theirs = ModelFingerprint::FromString(fingerprint);
+  std::unique_lock<std::mutex> lock(mu_);
   if (!FingerprintsMatch(fingerprint_, theirs)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "worker '", name, "' holds a different model: ", model_description, " (fingerprint ", fingerprint,
         "); this coordinator serves ", DescribeModel(model_), " (fingerprint ", fingerprint_.ToString(), ")"));
   }
-  if (kv_budget_bytes < 0) return absl::InvalidArgumentError("kv_memory_bytes must be >= 0");
-  std::unique_lock<std::mutex> lock(mu_);
+  // A coordinator without matrices (vocab-only file) pins the first worker's weights, so
+  // that workers with the same shapes but other weights (another quantization) are refused.
+  if (fingerprint_.weights.empty()) fingerprint_.weights = theirs.weights;
   if (stopping_) return absl::UnavailableError("the coordinator is shutting down");
   auto entry = std::make_shared<WorkerEntry>();
   entry->id = absl::StrCat("w", next_worker_++, "-", name.empty() ? "worker" : name);
@@ -532,9 +530,7 @@ void CoordinatorCore::ExecuteActionsLocked(std::unique_lock<std::mutex>& lock) {
       auto w = workers_.find(r->worker);
       if (w == workers_.end()) continue;
       // Off the lock: a dead worker's call waits for its deadline.
-      std::thread([client = w->second->client, r = *r] {
-        (void)client->ReleaseKv(r.job_id, r.item, r.attempt);
-      }).detach();
+      SpawnLocked([client = w->second->client, r = *r] { (void)client->ReleaseKv(r.job_id, r.item, r.attempt); });
     } else if (auto* m = std::get_if<MoveKv>(&a)) {
       if (stopping_) continue;
       // A thread of its own, like a task's, but no task slot: the destination keeps
@@ -557,6 +553,16 @@ void CoordinatorCore::ExecuteActionsLocked(std::unique_lock<std::mutex>& lock) {
     }
   }
   (void)lock;
+}
+
+void CoordinatorCore::SpawnLocked(std::function<void()> work) {
+  if (stopping_) return;  // K/V left behind expires with its lease
+  const uint64_t id = next_move_++;
+  move_threads_[id] = std::thread([this, id, work = std::move(work)] {
+    work();
+    std::lock_guard<std::mutex> lock(mu_);
+    finished_moves_.push_back(id);
+  });
 }
 
 void CoordinatorCore::RunMove(MoveKv m, uint64_t id) {
@@ -688,11 +694,8 @@ void CoordinatorCore::RunTask(Dispatch d) {
   // A chunk call that ended cancelled or past its deadline may still have left its K/V
   // on the worker (it checks for cancellation between steps; the scheduler releases only
   // what it saw succeed): free that dispatch's attempt, off the lock and this thread.
-  if (client && item && d.kind == TaskKind::kChunk && (absl::IsCancelled(status) || absl::IsDeadlineExceeded(status))) {
-    std::thread([client, job = d.job_id, it = d.item, attempt = d.attempt] {
-      (void)client->ReleaseKv(job, it, attempt);
-    }).detach();
-  }
+  const bool release_chunk = client && item && d.kind == TaskKind::kChunk &&
+                             (absl::IsCancelled(status) || absl::IsDeadlineExceeded(status));
   // A failure that may mean a dead process: ask the workers concerned (off the lock),
   // so that a dead worker is known at once rather than after its heartbeats stop, and
   // the retry does not go back to it.
@@ -714,6 +717,17 @@ void CoordinatorCore::RunTask(Dispatch d) {
     }
   }
   std::unique_lock<std::mutex> lock(mu_);
+  if (release_chunk) {
+    SpawnLocked([client, job = d.job_id, it = d.item, attempt = d.attempt] {
+      (void)client->ReleaseKv(job, it, attempt);
+    });
+  }
+  if (stopping_) {
+    // The coordinator is shutting down and cancelled this task itself: not the item's
+    // failure (a restart resumes it from the store with its failures unchanged).
+    finished_threads_.push_back(d.task);
+    return;
+  }
   for (const std::string& w : dead) {
     if (!workers_.contains(w)) continue;
     std::fprintf(stderr, "mesa coordinator: worker %s does not answer: taken as dead\n", w.c_str());

@@ -90,7 +90,10 @@ class CoordinatorCore {
   int64_t heartbeat_interval_ms() const;
 
   Scheduler::Stats stats();
-  const ModelFingerprint& fingerprint() const { return fingerprint_; }
+  ModelFingerprint fingerprint() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return fingerprint_;
+  }
   std::string model_name() const;
 
  private:
@@ -105,6 +108,9 @@ class CoordinatorCore {
   void ExecuteActionsLocked(std::unique_lock<std::mutex>& lock);
   void RunTask(Dispatch d);
   void RunMove(MoveKv m, uint64_t id);
+  // Runs `work` on a thread of its own, joined by the driver or the destructor (K/V
+  // releases); nothing starts once the coordinator is stopping.
+  void SpawnLocked(std::function<void()> work);
   void OnItemSettledLocked(const std::string& job_id);
   void FinishJobIfDoneLocked(const std::string& job_id);
   void BumpLocked();
@@ -127,7 +133,7 @@ class CoordinatorCore {
   int64_t next_worker_ = 1;
   std::map<uint64_t, std::thread> task_threads_;
   std::vector<uint64_t> finished_threads_;
-  std::map<uint64_t, std::thread> move_threads_;  // K/V moves in flight, by a local id
+  std::map<uint64_t, std::thread> move_threads_;  // K/V moves and releases in flight, by a local id
   std::vector<uint64_t> finished_moves_;
   uint64_t next_move_ = 1;
   std::thread driver_;

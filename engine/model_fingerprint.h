@@ -2,12 +2,13 @@
 // the coordinator (same tokenizer, same shapes, same weights), or chunk K/V computed on
 // one would be laid into another's cache. The fingerprint is two stable 64-bit hashes
 // (FNV-1a, identical across processes and machines):
-//   shape:   architecture, every config field that changes the math, the tensor
-//            types, and the tokenizer (every token's piece, BOS/EOS);
+//   shape:   architecture, every config field that changes the math, and the
+//            tokenizer (every token's piece, BOS/EOS);
 //   weights: sampled bytes of the matrices (the first and last rows of the embedding,
 //            output and every layer's projections, in the file's layout).
 // A model loaded without matrices (a vocab-only GGUF on the coordinator) has an empty
-// weights hash, and then only the shape hashes are compared.
+// weights hash, and then only the shape hashes are compared (the coordinator then pins
+// the first worker's weights hash).
 #pragma once
 
 #include <string>

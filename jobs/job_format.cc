@@ -173,7 +173,8 @@ absl::Status ParseOpenAiLine(const json& j, const InputLimits& limits, JobInput*
     return absl::InvalidArgumentError(absl::StrCat("messages are ", bytes, " bytes, over the limit of ",
                                                    limits.max_doc_bytes, " (--max-doc-bytes)"));
   }
-  if (body->contains("max_tokens") && body->contains("max_completion_tokens")) {
+  auto given = [&](const char* key) { return body->contains(key) && !(*body)[key].is_null(); };
+  if (given("max_tokens") && given("max_completion_tokens")) {
     return absl::InvalidArgumentError("give 'body.max_tokens' or 'body.max_completion_tokens', not both");
   }
   if (absl::Status s = GetMaxTokens(*body, "max_tokens", "body.max_tokens", &in->max_tokens); !s.ok()) return s;

@@ -170,7 +170,13 @@ absl::StatusOr<WaitResult> Client::Poll(const std::string& job_id, absl::Time de
                                         const std::function<void(const JobInfo&)>& on_progress) {
   while (true) {
     absl::StatusOr<JobInfo> job = Get(job_id);
-    if (!job.ok()) return job.status();
+    if (!job.ok()) {
+      // A coordinator that restarts is unreachable for a while: keep waiting for it (its
+      // store resumes the job), until the deadline. Any other error ends the wait.
+      if (!absl::IsUnavailable(job.status()) || Now() >= deadline) return job.status();
+      Sleep(std::min(options_.poll_interval, deadline - Now()));
+      continue;
+    }
     last.job = *std::move(job);
     if (on_progress) on_progress(last.job);
     if (IsTerminalStatus(last.job.status)) return last;
