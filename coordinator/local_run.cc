@@ -154,25 +154,16 @@ absl::StatusOr<jobs::BatchSummary> RunBatchLocal(const std::string& input_path, 
       fsync(fileno(out.get()));  // a finished document survives a crash of the machine too
       written.insert(item.idx);
       ++summary.processed;
-      // What the progress line shows, from the record.
-      const nlohmann::json j = nlohmann::json::parse(item.result, nullptr, false);
-      jobs::JobResult r;
-      r.custom_id = item.custom_id;
-      r.line = item.line;
-      if (item.state == ItemState::kDone && j.is_object()) {
+      // What the progress line shows: the record itself.
+      auto parsed = jobs::ResultFromJson(nlohmann::json::parse(item.result, nullptr, false));
+      jobs::JobResult r = parsed.ok() ? *std::move(parsed) : jobs::JobResult{};
+      if (!parsed.ok()) r.status = parsed.status();
+      if (r.status.ok()) {
         ++summary.ok;
         summary.prompt_tokens += item.prompt_tokens;
         summary.generated_tokens += item.generated_tokens;
-        r.prompt_tokens = item.prompt_tokens;
-        r.generated_tokens = item.generated_tokens;
-        r.attention = j.value("attention", std::string());
-        if (auto t = j.find("timings"); t != j.end() && t->is_object()) {
-          r.prefill_s = t->value("prefill_s", 0.0);
-          r.decode_s = t->value("decode_s", 0.0);
-        }
       } else {
         ++summary.errors;
-        r.status = absl::UnknownError(j.is_object() ? j.value("error", std::string("error")) : "error");
       }
       if (observer) observer->OnRecord(r, summary.processed, todo);
     }
