@@ -359,9 +359,14 @@ absl::StatusOr<std::vector<JobRecord>> CoordinatorCore::ListJobs(int limit) { re
 absl::StatusOr<JobRecord> CoordinatorCore::CancelJob(const std::string& id) {
   MESA_ASSIGN_OR_RETURN(JobRecord job, GetJob(id));
   if (IsTerminalJobStatus(job.status)) return job;  // best effort (AIP-151): nothing left to stop
-  MESA_RETURN_IF_ERROR(store_->SetJobStatus(id, kJobCancelling));
   {
+    // The job may have finished since the read above: FinishJobIfDoneLocked completes
+    // jobs under mu_, so the check that decides and the write that cancels happen
+    // under it too (else a completed job could be overwritten as cancelled).
     std::unique_lock<std::mutex> lock(mu_);
+    MESA_ASSIGN_OR_RETURN(job, store_->GetJob(id));
+    if (IsTerminalJobStatus(job.status)) return job;
+    MESA_RETURN_IF_ERROR(store_->SetJobStatus(id, kJobCancelling));
     scheduler_->CancelJob(id, Now());
     ExecuteActionsLocked(lock);
     jobs_.erase(id);  // its pending prompts are no longer needed; late outcomes find nothing
