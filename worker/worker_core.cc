@@ -161,6 +161,9 @@ absl::StatusOr<ChunkResult> WorkerCore::RunChunk(const ChunkTask& task, const Ca
   entry->lease_ms = task.lease_ms > 0 ? task.lease_ms : options_.default_lease_ms;
   std::lock_guard<std::mutex> l(kv_mu_);
   entry->expires_ms = clock_() + entry->lease_ms;
+  // The same key again (a retried task, or K/V loaded under it meanwhile) replaces the
+  // entry: the bytes of the one it replaces stop counting.
+  if (auto it = kv_.find(task.key); it != kv_.end()) kv_bytes_ -= it->second->result.kv_bytes;
   kv_bytes_ += bytes;
   kv_[task.key] = entry;
   return entry->result;
