@@ -361,8 +361,11 @@ void WorkerProcess::AgentLoop() {
                                    std::chrono::steady_clock::now() - start)
                                    .count();
         if (options_.register_timeout_ms > 0 && waited > options_.register_timeout_ms) {
-          finish(absl::UnavailableError(absl::StrCat("cannot reach the coordinator at ", options_.coordinator,
-                                                     ": ", s.error_message())));
+          finish(absl::UnavailableError(absl::StrCat(
+              "cannot reach the coordinator at ", options_.coordinator, ": ", s.error_message(),
+              options_.channels.tls() ? " (with TLS: is this worker's certificate from the coordinator's "
+                                        "--tls-client-ca, and the coordinator's from this worker's --tls-ca?)"
+                                      : "")));
           return;
         }
         backoff_ms = std::min<int64_t>(backoff_ms * 2, 5000);
