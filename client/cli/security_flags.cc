@@ -48,6 +48,13 @@ void AddTlsServerFlags(CLI::App* cmd, TlsFlags* f, bool tokens) {
   cmd->add_option("--health-listen", f->health_listen,
                   "HOST:PORT of a plain-text server with grpc.health.v1 only (Kubernetes gRPC probes)")
       ->group(group);
+  // Combinations that cannot work are usage errors (exit 2) before any file is read.
+  CLI::Option* cert = cmd->get_option("--tls-cert");
+  CLI::Option* key = cmd->get_option("--tls-key");
+  cert->needs(key);
+  key->needs(cert);
+  cmd->get_option("--tls-client-ca")->needs(cert);
+  cmd->get_option("--tls-server-name")->needs(cmd->get_option("--tls-ca"));
 }
 
 absl::StatusOr<ServerSecurityConfig> ToServerSecurity(const TlsFlags& f, rpc::ClientCertMode mode) {
@@ -79,6 +86,10 @@ std::string SecurityWarnings(const ServerSecurityConfig& c, const std::string& l
     w += absl::StrCat("warning: plain text on ", listen,
                       " (no --tls-cert): anyone who reaches it can read and change what it serves\n");
   }
+  if (c.server.tls() && !c.channels.tls()) {
+    w += "warning: --tls-cert without --tls-ca: the calls this process makes (to the coordinator or workers) "
+         "are plain text, and TLS servers refuse them\n";
+  }
   if (c.server.tls() && !c.server.client_ca) {
     w += "warning: no --tls-client-ca: any process that reaches this port may act as a cluster member\n";
   }
@@ -97,6 +108,8 @@ void AddTlsClientFlags(CLI::App* cmd, ClientTlsFlags* f) {
   cmd->add_option("--tls-server-name", f->tls_server_name,
                   "Name the coordinator's certificate must hold (default: the host of --coordinator)")
       ->group(group);
+  cmd->get_option("--tls-cert")->needs(cmd->get_option("--tls-key"));
+  cmd->get_option("--tls-key")->needs(cmd->get_option("--tls-cert"));
 }
 
 absl::Status ApplyClientSecurity(const ClientTlsFlags& f, client::ConnectionOptions* options) {

@@ -278,6 +278,13 @@ tls)
   "$MESA" coordinator --listen 127.0.0.1:0 --store "$TMP/store-x" --model "$MODEL" \
     --auth-token-file "$TMP/tokens-open" >"$TMP/open-token.log" 2>&1 && die "an open token file was accepted"
   grep -q "tokens-open.*other users" "$TMP/open-token.log" || die "open token file message: $(cat "$TMP/open-token.log")"
+  # Usage errors (exit 2): half a key pair, a client CA without TLS, a token as a value.
+  "$MESA" coordinator --store "$TMP/store-x" --model "$MODEL" --tls-client-ca "$P/ca.pem" >/dev/null 2>&1; rc=$?
+  [ "$rc" = 2 ] || die "--tls-client-ca without --tls-cert exited $rc, not 2"
+  "$MESA" worker --model "$MODEL" --tls-cert "$P/worker.pem" >/dev/null 2>&1; rc=$?
+  [ "$rc" = 2 ] || die "--tls-cert without --tls-key exited $rc, not 2"
+  "$MESA" list --coordinator 127.0.0.1:1 --token "$TOKEN" >/dev/null 2>&1; rc=$?
+  [ "$rc" = 2 ] || die "a --token value was not a usage error (exit $rc)"
   member() { echo --tls-cert "$P/$1.pem" --tls-key "$P/$1.key" --tls-ca "$P/ca.pem" --tls-client-ca "$P/ca.pem"; }
   # shellcheck disable=SC2046
   start_coordinator "$TMP/store" --placement spread $(member coordinator) --auth-token-file "$TMP/tokens" \
