@@ -2,10 +2,14 @@
 // tasks on workers -> results committed once per item. See coordinator_core.h.
 #include "coordinator/coordinator_core.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <cstdio>
 #include <fstream>
 #include <random>
@@ -38,6 +42,30 @@ std::string NewJobId() {
 std::string StripNewline(std::string line) {
   while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
   return line;
+}
+
+// Writes `lines` to `path` through a temporary file created owner-only (0600) and
+// renamed into place: results are the users' data, like the documents in the store.
+absl::Status WriteOwnerOnly(const std::string& path, const std::vector<std::string>& lines) {
+  const std::string tmp = path + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) return absl::PermissionDeniedError(absl::StrCat("cannot write '", tmp, "': ", std::strerror(errno)));
+  bool ok = ::fchmod(fd, 0600) == 0;  // a leftover tmp file keeps its mode through O_CREAT
+  for (const std::string& l : lines) {
+    for (size_t done = 0; ok && done < l.size();) {
+      const ssize_t n = ::write(fd, l.data() + done, l.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      ok = n > 0;
+      if (ok) done += static_cast<size_t>(n);
+    }
+  }
+  const int saved = errno;
+  ok = (::close(fd) == 0) && ok;
+  if (!ok) return absl::DataLossError(absl::StrCat("error writing '", tmp, "': ", std::strerror(saved)));
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    return absl::PermissionDeniedError(absl::StrCat("cannot rename '", tmp, "' to '", path, "': ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
 }
 
 int64_t ChunkKvBytes(const ModelConfig& c, int64_t tokens) {
@@ -416,11 +444,12 @@ void CoordinatorCore::FinishJobIfDoneLocked(const std::string& job_id) {
   if (items.ok()) {
     const std::string dir = options_.store_dir + "/results";
     ::mkdir(dir.c_str(), 0700);
+    ::chmod(dir.c_str(), 0700);  // also when an earlier run (or a person) made it otherwise
     std::vector<std::string> lines;
     for (const ItemRecord& r : *items) {
       if (!r.result.empty()) lines.push_back(r.result + "\n");
     }
-    absl::Status s = jobs::RewriteFile(dir + "/" + job_id + ".jsonl", lines);
+    absl::Status s = WriteOwnerOnly(dir + "/" + job_id + ".jsonl", lines);
     if (!s.ok()) std::fprintf(stderr, "mesa coordinator: %s\n", std::string(s.message()).c_str());
   }
   (void)store_->SetJobStatus(job_id, kJobCompleted);

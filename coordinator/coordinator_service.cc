@@ -12,6 +12,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "mesa/v1/job_service.grpc.pb.h"
 #include "mesa/v1/worker_service.grpc.pb.h"
+#include "rpc/health_server.h"
 #include "worker/grpc_status.h"
 
 namespace mesa::coord {
@@ -56,8 +57,16 @@ class CoordinatorServer::JobServiceImpl final : public v1::JobService::Service {
  public:
   JobServiceImpl(CoordinatorCore& core, CoordinatorServerOptions options) : core_(core), options_(options) {}
 
-  grpc::Status CreateJob(grpc::ServerContext*, grpc::ServerReader<v1::CreateJobRequest>* reader,
+  // Every method starts here (before reading a message): with tokens configured, a call
+  // without an accepted bearer token is UNAUTHENTICATED and changes nothing.
+  // (tests/runtime/security_test.cc calls every method of the service's descriptor.)
+  grpc::Status Authorize(const grpc::ServerContext& ctx) const {
+    return options_.tokens ? options_.tokens->Check(ctx) : grpc::Status::OK;
+  }
+
+  grpc::Status CreateJob(grpc::ServerContext* ctx, grpc::ServerReader<v1::CreateJobRequest>* reader,
                          v1::Job* response) override {
+    if (grpc::Status s = Authorize(*ctx); !s.ok()) return s;
     v1::CreateJobRequest msg;
     if (!reader->Read(&msg) || msg.part_case() != v1::CreateJobRequest::kOptions) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
@@ -92,7 +101,8 @@ class CoordinatorServer::JobServiceImpl final : public v1::JobService::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status GetJob(grpc::ServerContext*, const v1::GetJobRequest* req, v1::Job* resp) override {
+  grpc::Status GetJob(grpc::ServerContext* ctx, const v1::GetJobRequest* req, v1::Job* resp) override {
+    if (grpc::Status s = Authorize(*ctx); !s.ok()) return s;
     if (req->job_id().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "job_id is empty");
     auto job = core_.GetJob(req->job_id());
     if (!job.ok()) return Grpc(job.status());
@@ -100,7 +110,8 @@ class CoordinatorServer::JobServiceImpl final : public v1::JobService::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status ListJobs(grpc::ServerContext*, const v1::ListJobsRequest* req, v1::ListJobsResponse* resp) override {
+  grpc::Status ListJobs(grpc::ServerContext* ctx, const v1::ListJobsRequest* req, v1::ListJobsResponse* resp) override {
+    if (grpc::Status s = Authorize(*ctx); !s.ok()) return s;
     if (req->limit() < 0) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "limit < 0");
     auto jobs = core_.ListJobs(req->limit());
     if (!jobs.ok()) return Grpc(jobs.status());
@@ -108,7 +119,8 @@ class CoordinatorServer::JobServiceImpl final : public v1::JobService::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status CancelJob(grpc::ServerContext*, const v1::CancelJobRequest* req, v1::Job* resp) override {
+  grpc::Status CancelJob(grpc::ServerContext* ctx, const v1::CancelJobRequest* req, v1::Job* resp) override {
+    if (grpc::Status s = Authorize(*ctx); !s.ok()) return s;
     if (req->job_id().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "job_id is empty");
     auto job = core_.CancelJob(req->job_id());
     if (!job.ok()) return Grpc(job.status());
@@ -118,6 +130,7 @@ class CoordinatorServer::JobServiceImpl final : public v1::JobService::Service {
 
   grpc::Status WatchJob(grpc::ServerContext* ctx, const v1::WatchJobRequest* req,
                         grpc::ServerWriter<v1::JobEvent>* writer) override {
+    if (grpc::Status s = Authorize(*ctx); !s.ok()) return s;
     if (req->job_id().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "job_id is empty");
     std::string last;
     int64_t version = core_.version();
@@ -139,8 +152,9 @@ class CoordinatorServer::JobServiceImpl final : public v1::JobService::Service {
     return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the watch");
   }
 
-  grpc::Status GetResults(grpc::ServerContext*, const v1::GetResultsRequest* req,
+  grpc::Status GetResults(grpc::ServerContext* ctx, const v1::GetResultsRequest* req,
                           grpc::ServerWriter<v1::ResultBatch>* writer) override {
+    if (grpc::Status s = Authorize(*ctx); !s.ok()) return s;
     if (req->job_id().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "job_id is empty");
     auto lines = core_.Results(req->job_id(), req->format());
     if (!lines.ok()) return Grpc(lines.status());
@@ -168,15 +182,22 @@ class CoordinatorServer::JobServiceImpl final : public v1::JobService::Service {
 
 class CoordinatorServer::RegistryImpl final : public v1::WorkerRegistry::Service {
  public:
-  explicit RegistryImpl(CoordinatorCore& core) : core_(core) {}
+  RegistryImpl(CoordinatorCore& core, const CoordinatorServerOptions& options)
+      : core_(core), client_ca_(options.security.client_ca), worker_channels_(options.worker_channels) {}
 
-  grpc::Status Register(grpc::ServerContext*, const v1::RegisterRequest* req, v1::RegisterResponse* resp) override {
+  // With a client CA, only processes holding a certificate from it are workers.
+  grpc::Status Authorize(const grpc::ServerContext& ctx) const {
+    return client_ca_ ? rpc::CheckPeerCertificate(ctx, "a worker") : grpc::Status::OK;
+  }
+
+  grpc::Status Register(grpc::ServerContext* ctx, const v1::RegisterRequest* req, v1::RegisterResponse* resp) override {
+    if (grpc::Status s = Authorize(*ctx); !s.ok()) return s;
     if (req->address().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "Register without an address");
     if (req->model_fingerprint().empty()) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "Register without a model fingerprint");
     }
     auto id = core_.RegisterWorker(req->name(), req->model_fingerprint(), req->model_description(),
-                                   req->kv_memory_bytes(), std::make_unique<GrpcWorkerClient>(req->address()));
+                                   req->kv_memory_bytes(), std::make_unique<GrpcWorkerClient>(req->address(), worker_channels_));
     if (!id.ok()) return Grpc(id.status());
     resp->set_worker_id(*id);
     resp->set_heartbeat_interval_ms(core_.heartbeat_interval_ms());
@@ -184,13 +205,15 @@ class CoordinatorServer::RegistryImpl final : public v1::WorkerRegistry::Service
     return grpc::Status::OK;
   }
 
-  grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest* req, v1::HeartbeatResponse* resp) override {
+  grpc::Status Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest* req, v1::HeartbeatResponse* resp) override {
+    if (grpc::Status s = Authorize(*ctx); !s.ok()) return s;
     if (req->worker_id().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "worker_id is empty");
     resp->set_known(core_.Heartbeat(req->worker_id(), req->draining()));
     return grpc::Status::OK;
   }
 
-  grpc::Status Deregister(grpc::ServerContext*, const v1::DeregisterRequest* req, v1::DeregisterResponse*) override {
+  grpc::Status Deregister(grpc::ServerContext* ctx, const v1::DeregisterRequest* req, v1::DeregisterResponse*) override {
+    if (grpc::Status s = Authorize(*ctx); !s.ok()) return s;
     if (req->worker_id().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "worker_id is empty");
     if (core_.DeregisterWorker(req->worker_id())) {
       std::fprintf(stderr, "mesa coordinator: worker %s left\n", req->worker_id().c_str());
@@ -200,18 +223,20 @@ class CoordinatorServer::RegistryImpl final : public v1::WorkerRegistry::Service
 
  private:
   CoordinatorCore& core_;
+  const bool client_ca_;
+  const rpc::ChannelSecurity worker_channels_;
 };
 
 absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(CoordinatorCore& core,
                                                                             CoordinatorServerOptions options) {
   std::unique_ptr<CoordinatorServer> s(new CoordinatorServer());
   s->jobs_ = std::make_unique<JobServiceImpl>(core, options);
-  s->registry_ = std::make_unique<RegistryImpl>(core);
+  s->registry_ = std::make_unique<RegistryImpl>(core, options);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(options.listen, options.security.Credentials(), &port);
   builder.RegisterService(s->jobs_.get());
   builder.RegisterService(s->registry_.get());
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
@@ -224,14 +249,33 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(Coor
   }
   const size_t colon = options.listen.rfind(':');
   s->address_ = absl::StrCat(options.listen.substr(0, colon), ":", port);
+  if (!options.health_listen.empty()) {
+    auto health = rpc::HealthServer::Start(options.health_listen);
+    if (!health.ok()) return health.status();
+    s->health_ = *std::move(health);
+  }
   s->server_->GetHealthCheckService()->SetServingStatus(true);
+  if (s->health_) s->health_->SetServing(true);
   return s;
 }
 
-CoordinatorServer::~CoordinatorServer() { Shutdown(); }
+CoordinatorServer::~CoordinatorServer() {
+  Shutdown();
+  if (health_) health_->Shutdown();
+}
+
+const std::string& CoordinatorServer::health_address() const {
+  static const std::string kNone;
+  return health_ ? health_->address() : kNone;
+}
 
 void CoordinatorServer::Shutdown() {
-  if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  // NOT_SERVING first, so probes see the shutdown while calls drain.
+  if (health_) health_->SetServing(false);
+  if (server_) {
+    server_->GetHealthCheckService()->SetServingStatus(false);
+    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  }
 }
 
 void CoordinatorServer::Wait() {

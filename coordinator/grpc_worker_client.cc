@@ -24,12 +24,12 @@ struct GrpcWorkerClient::Stub {
   std::unique_ptr<v1::WorkerService::Stub> stub;
 };
 
-GrpcWorkerClient::GrpcWorkerClient(const std::string& address) : address_(address), stub_(std::make_unique<Stub>()) {
+GrpcWorkerClient::GrpcWorkerClient(const std::string& address, const rpc::ChannelSecurity& security)
+    : address_(address), stub_(std::make_unique<Stub>()) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   args.SetMaxSendMessageSize(64 << 20);
-  stub_->stub = v1::WorkerService::NewStub(
-      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+  stub_->stub = v1::WorkerService::NewStub(rpc::MakeChannel(address, security, args));
 }
 
 GrpcWorkerClient::~GrpcWorkerClient() = default;

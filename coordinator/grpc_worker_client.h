@@ -8,6 +8,7 @@
 #include <string>
 
 #include "coordinator/worker_client.h"
+#include "rpc/security.h"
 
 namespace grpc {
 class Channel;
@@ -18,7 +19,8 @@ namespace mesa::coord {
 
 class GrpcWorkerClient : public WorkerClient {
  public:
-  explicit GrpcWorkerClient(const std::string& address);
+  // `security`: TLS (and the coordinator's client certificate) for the calls.
+  explicit GrpcWorkerClient(const std::string& address, const rpc::ChannelSecurity& security = {});
   ~GrpcWorkerClient() override;
   absl::StatusOr<worker::ChunkResult> RunChunk(uint64_t task, const worker::ChunkTask& t,
                                                int64_t timeout_ms) override;

@@ -17,6 +17,7 @@
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "mesa/v1/worker_service.grpc.pb.h"
+#include "rpc/health_server.h"
 #include "worker/grpc_kv.h"
 #include "worker/grpc_status.h"
 #include "worker/kv_pool.h"
@@ -217,6 +218,8 @@ absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(const Model&
       options.kv_memory_bytes > 0 ? std::min(options.kv_memory_bytes, kMaxPooledKvBytes) : kMaxPooledKvBytes);
   GrpcKvFetcherOptions fetcher_options;
   fetcher_options.kv_pool = kv_pool;
+  fetcher_options.credentials = options.channels.credentials;
+  options.channels.Apply(&fetcher_options.channel_args);
   p->fetcher_ = std::make_unique<GrpcKvFetcher>(std::move(fetcher_options));
   WorkerCoreOptions core_options;
   core_options.kv_memory_bytes = options.kv_memory_bytes;
@@ -228,7 +231,7 @@ absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(const Model&
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(listen, options.security.Credentials(), &port);
   builder.RegisterService(p->service_.get());
   builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
   builder.SetMaxSendMessageSize(kMaxMessageBytes);
@@ -241,6 +244,13 @@ absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(const Model&
     auto local = LocalAddressFor(options.coordinator);
     if (local.ok()) p->address_ = absl::StrCat(*local, ":", port);
   }
+  if (!options.health_listen.empty()) {
+    auto health = rpc::HealthServer::Start(options.health_listen);
+    if (!health.ok()) return health.status();
+    p->health_ = *std::move(health);
+    p->health_->SetServing(true);
+    Log(options.verbose, absl::StrCat("health checks (plain text, grpc.health.v1 only) on ", p->health_->address()));
+  }
   p->server_->GetHealthCheckService()->SetServingStatus(true);
   Log(options.verbose, absl::StrCat("serving on ", p->address_, " (", DescribeModel(model), ")"));
   p->agent_ = std::thread([w = p.get()] { w->AgentLoop(); });
@@ -251,9 +261,18 @@ WorkerProcess::~WorkerProcess() {
   Drain();
   if (agent_.joinable()) agent_.join();
   if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  if (health_) health_->Shutdown();
+}
+
+const std::string& WorkerProcess::health_address() const {
+  static const std::string kNone;
+  return health_ ? health_->address() : kNone;
 }
 
 void WorkerProcess::Drain() {
+  // Probes see NOT_SERVING from the start of a drain.
+  if (health_) health_->SetServing(false);
+  if (server_) server_->GetHealthCheckService()->SetServingStatus(false);
   std::lock_guard<std::mutex> lock(mu_);
   draining_ = true;
   cv_.notify_all();
@@ -269,7 +288,7 @@ void WorkerProcess::AgentLoop() {
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
-  auto channel = grpc::CreateCustomChannel(options_.coordinator, grpc::InsecureChannelCredentials(), args);
+  auto channel = rpc::MakeChannel(options_.coordinator, options_.channels, args);
   auto stub = v1::WorkerRegistry::NewStub(channel);
   const ModelFingerprint fp = FingerprintModel(*model_);
   const auto start = std::chrono::steady_clock::now();
@@ -342,8 +361,11 @@ void WorkerProcess::AgentLoop() {
                                    std::chrono::steady_clock::now() - start)
                                    .count();
         if (options_.register_timeout_ms > 0 && waited > options_.register_timeout_ms) {
-          finish(absl::UnavailableError(absl::StrCat("cannot reach the coordinator at ", options_.coordinator,
-                                                     ": ", s.error_message())));
+          finish(absl::UnavailableError(absl::StrCat(
+              "cannot reach the coordinator at ", options_.coordinator, ": ", s.error_message(),
+              options_.channels.tls() ? " (with TLS: is this worker's certificate from the coordinator's "
+                                        "--tls-client-ca, and the coordinator's from this worker's --tls-ca?)"
+                                      : "")));
           return;
         }
         backoff_ms = std::min<int64_t>(backoff_ms * 2, 5000);

@@ -16,10 +16,14 @@
 
 #include "absl/status/statusor.h"
 #include "engine/model.h"
+#include "rpc/security.h"
 #include "worker/worker_core.h"
 
 namespace grpc {
 class Server;
+}
+namespace mesa::rpc {
+class HealthServer;
 }
 
 namespace mesa::worker {
@@ -32,7 +36,15 @@ struct WorkerProcessOptions {
   int64_t kv_memory_bytes = 0;  // 0 = no limit
   int64_t register_timeout_ms = 0;  // 0 = keep trying; else give up after this long
   bool verbose = true;          // log registration and tasks to stderr
+  // Transport security (rpc/security.h); the defaults are plain text. `security` is this
+  // worker's server (with a client CA: ClientCertMode::kRequire, so only the cluster's
+  // coordinator and workers get through the handshake); `channels` is how it calls the
+  // coordinator and other workers (FetchKv), presenting its certificate for mutual TLS.
+  rpc::ServerSecurity security;
+  rpc::ChannelSecurity channels;
+  std::string health_listen;  // "": none; else HOST:PORT of a plain-text health-only server
 };
+
 
 class WorkerProcess {
  public:
@@ -46,6 +58,7 @@ class WorkerProcess {
   // returns that error, or OK after a drain.
   absl::Status Wait();
   const std::string& address() const { return address_; }
+  const std::string& health_address() const;  // "" without health_listen
   WorkerCore& core() { return *core_; }
 
  private:
@@ -63,6 +76,7 @@ class WorkerProcess {
   std::unique_ptr<WorkerCore> core_;
   std::unique_ptr<Service> service_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<rpc::HealthServer> health_;
   std::thread agent_;
   std::mutex mu_;
   std::condition_variable cv_;

@@ -17,6 +17,7 @@
 #include "absl/time/time.h"
 #include "client/cli/cli_util.h"
 #include "client/cli/commands.h"
+#include "client/cli/security_flags.h"
 #include "client/lib/client.h"
 #include "client/lib/grpc_connection.h"
 #include "jobs/progress.h"
@@ -45,10 +46,12 @@ constexpr const char* kJobObjectHelp =
 // Flags every command has.
 struct Target {
   std::string coordinator;
+  ClientTlsFlags tls;
 };
 
 void AddCoordinatorOption(CLI::App* cmd, Target* t) {
   cmd->add_option("--coordinator", t->coordinator, "HOST:PORT of the coordinator (default: $MESA_COORDINATOR)");
+  AddTlsClientFlags(cmd, &t->tls);
 }
 
 // The Client for --coordinator or $MESA_COORDINATOR; on failure prints the error and
@@ -64,7 +67,12 @@ std::unique_ptr<mc::Client> Connect(const Target& t, int* exit_code) {
     *exit_code = kExitUsage;
     return nullptr;
   }
-  auto connection = mc::MakeGrpcConnection(address);
+  mc::ConnectionOptions options;
+  if (absl::Status s = ApplyClientSecurity(t.tls, &options); !s.ok()) {
+    *exit_code = Fail(s);
+    return nullptr;
+  }
+  auto connection = mc::MakeGrpcConnection(address, options);
   if (!connection.ok()) {
     *exit_code = Fail(connection.status());
     return nullptr;
@@ -426,6 +434,7 @@ void RegisterClientCommands(CLI::App& app) {
     cmd->add_flag("--json", a->json, "Print a JSON array of job objects");
     cmd->callback([a] { ExitCode() = RunList(*a); });
   }
+  RegisterHealthCommand(app);  // `mesa health` (security_flags.cc)
 }
 
 }  // namespace mesa::cli

@@ -15,6 +15,7 @@
 #include "client/cli/attention_flags.h"
 #include "client/cli/cli_util.h"
 #include "client/cli/commands.h"
+#include "client/cli/security_flags.h"
 #include "coordinator/coordinator_service.h"
 #include "engine/model_fingerprint.h"
 #include "jobs/job_format.h"
@@ -90,12 +91,15 @@ struct CoordinatorArgs {
   std::string chat_template = "auto";
   double heartbeat_timeout_s = 15;
   LongContextFlags lc;
+  TlsFlags tls;
 };
 
 int RunCoordinator(const CoordinatorArgs& a) {
   BlockShutdownSignals();
   auto lc = ToLongContextOptions(a.lc);
   if (!lc.ok()) return Fail(lc.status());
+  auto security = ToServerSecurity(a.tls, rpc::ClientCertMode::kVerifyIfPresented);
+  if (!security.ok()) return Fail(security.status());
   coord::Placement placement;
   if (!coord::ParsePlacement(a.placement, &placement)) {
     return Fail(absl::InvalidArgumentError(absl::StrCat("unknown placement '", a.placement, "'")));
@@ -115,11 +119,20 @@ int RunCoordinator(const CoordinatorArgs& a) {
   if (!core.ok()) return Fail(core.status());
   coord::CoordinatorServerOptions server_options;
   server_options.listen = a.listen;
+  server_options.security = security->server;
+  server_options.worker_channels = security->channels;
+  server_options.tokens = security->tokens;
+  server_options.health_listen = security->health_listen;
+  std::fputs(SecurityWarnings(*security, a.listen).c_str(), stderr);
   auto server = coord::CoordinatorServer::Start(**core, server_options);
   if (!server.ok()) return Fail(server.status());
   if (absl::Status s = WriteAddressFile(a.address_file, (*server)->address()); !s.ok()) return Fail(s);
   std::fprintf(stderr, "mesa coordinator: listening on %s, store %s, model %s, placement %s\n",
                (*server)->address().c_str(), a.store.c_str(), DescribeModel(**model).c_str(), a.placement.c_str());
+  std::fprintf(stderr, "mesa coordinator: %s, %s, %s%s\n", security->server.tls() ? "TLS" : "plain text",
+               security->server.client_ca ? "workers need a client certificate" : "workers unauthenticated",
+               security->tokens ? "job service needs a bearer token" : "job service open",
+               (*server)->health_address().empty() ? "" : (", health on " + (*server)->health_address()).c_str());
   coord::CoordinatorServer* srv = server->get();
   {
     SignalWaiter signals([srv](int sig) {
@@ -139,6 +152,7 @@ struct WorkerArgs {
   std::string coordinator, model, listen, name, kv_memory = "0", address_file;
   int threads = 0;
   double register_timeout_s = 0;
+  TlsFlags tls;
 };
 
 int RunWorker(const WorkerArgs& a) {
@@ -153,6 +167,9 @@ int RunWorker(const WorkerArgs& a) {
   }
   auto kv = ParseBytes(a.kv_memory);
   if (!kv.ok()) return Fail(kv.status());
+  auto security = ToServerSecurity(a.tls, rpc::ClientCertMode::kRequire);
+  if (!security.ok()) return Fail(security.status());
+  std::fputs(SecurityWarnings(*security, a.listen.empty() ? "(an address of this host)" : a.listen).c_str(), stderr);
   auto model = LoadModelForCli(a.model);
   if (!model.ok()) return Fail(model.status());
   worker::WorkerProcessOptions options;
@@ -162,6 +179,9 @@ int RunWorker(const WorkerArgs& a) {
   options.threads = a.threads;
   options.kv_memory_bytes = *kv;
   options.register_timeout_ms = static_cast<int64_t>(a.register_timeout_s * 1000);
+  options.security = security->server;
+  options.channels = security->channels;
+  options.health_listen = security->health_listen;
   auto process = worker::WorkerProcess::Start(**model, options);
   if (!process.ok()) return Fail(process.status());
   if (absl::Status s = WriteAddressFile(a.address_file, (*process)->address()); !s.ok()) return Fail(s);
@@ -215,6 +235,7 @@ void RegisterClusterCommands(CLI::App& app) {
         ->capture_default_str();
     cmd->add_option("--address-file", a->address_file, "Write the bound HOST:PORT to this file once serving");
     AddLongContextFlags(cmd, &a->lc);
+    AddTlsServerFlags(cmd, &a->tls, /*tokens=*/true);
     cmd->callback([a] { ExitCode() = RunCoordinator(*a); });
   }
   {
@@ -245,6 +266,7 @@ void RegisterClusterCommands(CLI::App& app) {
                     "Give up when the coordinator cannot be reached for this many seconds (0: keep trying)")
         ->check(CLI::NonNegativeNumber);
     cmd->add_option("--address-file", a->address_file, "Write the bound HOST:PORT to this file once serving");
+    AddTlsServerFlags(cmd, &a->tls, /*tokens=*/false);
     cmd->callback([a] { ExitCode() = RunWorker(*a); });
   }
 }

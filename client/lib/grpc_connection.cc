@@ -47,8 +47,10 @@ void ToProto(const JobOptions& o, v1::JobOptions* p) {
 
 class GrpcConnection : public Connection {
  public:
-  GrpcConnection(std::string address, std::shared_ptr<grpc::Channel> channel)
-      : address_(std::move(address)), stub_(v1::JobService::NewStub(std::move(channel))) {}
+  GrpcConnection(std::string address, std::shared_ptr<grpc::Channel> channel, std::string bearer_token)
+      : address_(std::move(address)),
+        stub_(v1::JobService::NewStub(std::move(channel))),
+        authorization_(bearer_token.empty() ? "" : "Bearer " + bearer_token) {}
 
   absl::StatusOr<JobInfo> CreateJob(const JobOptions& options, absl::Span<const std::string> lines,
                                     absl::Duration timeout) override {
@@ -144,8 +146,11 @@ class GrpcConnection : public Connection {
   }
 
  private:
-  static void SetDeadline(grpc::ClientContext& ctx, absl::Duration timeout) {
+  // Every call's deadline and token (as call metadata, which works over TLS and
+  // loopback plain text alike; gRPC's call credentials refuse insecure channels).
+  void SetDeadline(grpc::ClientContext& ctx, absl::Duration timeout) const {
     if (timeout != absl::InfiniteDuration()) ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+    if (!authorization_.empty()) ctx.AddMetadata("authorization", authorization_);
   }
 
   // Ends a stream the caller stopped reading: cancel, then Finish to release the call.
@@ -173,7 +178,25 @@ class GrpcConnection : public Connection {
 
   std::string address_;
   std::unique_ptr<v1::JobService::Stub> stub_;
+  std::string authorization_;  // "Bearer <token>" or ""; never in a message
 };
+
+// Whether a gRPC target stays on this machine: a token sent there in plain text is seen
+// by no network.
+bool IsLoopbackTarget(const std::string& target) {
+  std::string t = target;
+  if (t.rfind("unix:", 0) == 0 || t.rfind("unix-abstract:", 0) == 0) return true;
+  for (const char* scheme : {"dns:///", "ipv4:", "ipv6:"}) {
+    if (t.rfind(scheme, 0) == 0) t = t.substr(std::string(scheme).size());
+  }
+  std::string host = t;
+  if (!host.empty() && host.front() == '[') {
+    host = host.substr(1, host.find(']') == std::string::npos ? std::string::npos : host.find(']') - 1);
+  } else if (const size_t colon = host.rfind(':'); colon != std::string::npos && host.find(':') == colon) {
+    host = host.substr(0, colon);
+  }
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
 
 }  // namespace
 
@@ -193,9 +216,22 @@ absl::StatusOr<std::unique_ptr<Connection>> MakeGrpcConnection(const std::string
     // Keep pinging through a long quiet WatchJob stream.
     args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   }
+  for (char c : options.bearer_token) {
+    if (c <= ' ' || c > '~') {
+      return absl::InvalidArgumentError("the bearer token holds a character that is not visible ASCII");
+    }
+  }
+  if (!options.bearer_token.empty() && !options.credentials && !options.allow_plaintext_token &&
+      !IsLoopbackTarget(address)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "refusing to send a bearer token in plain text to ", address,
+        ": use TLS (mesa: --tls-ca, or $MESA_TLS_CA), or a loopback address"));
+  }
+  if (options.credentials && !options.tls_server_name.empty()) args.SetSslTargetNameOverride(options.tls_server_name);
   std::shared_ptr<grpc::ChannelCredentials> credentials =
       options.credentials ? options.credentials : grpc::InsecureChannelCredentials();
-  return std::make_unique<GrpcConnection>(address, grpc::CreateCustomChannel(address, credentials, args));
+  return std::make_unique<GrpcConnection>(address, grpc::CreateCustomChannel(address, credentials, args),
+                                          options.bearer_token);
 }
 
 }  // namespace mesa::client

@@ -15,6 +15,16 @@ struct ConnectionOptions {
   // Channel credentials; null = insecure (plain text), for a coordinator on a trusted
   // network. Use grpc::SslCredentials(...) for TLS.
   std::shared_ptr<grpc::ChannelCredentials> credentials;
+  // With TLS: the name the coordinator's certificate must hold, when it is not the
+  // address's host ("" = the host).
+  std::string tls_server_name;
+  // Sent with every call as "authorization: Bearer <token>" (the coordinator's
+  // --auth-token-file); "" = none. Visible ASCII only. Over plain text (no credentials)
+  // a token is anyone's who sees the traffic, so MakeGrpcConnection refuses that unless
+  // the address is loopback (127.0.0.0/8, ::1, localhost, unix:) or
+  // allow_plaintext_token is set.
+  std::string bearer_token;
+  bool allow_plaintext_token = false;
   // gRPC's default receive limit is 4 MiB per message; result batches and jobs stay far
   // below 64 MiB, and a single input line may be that long.
   int max_receive_message_bytes = 64 << 20;

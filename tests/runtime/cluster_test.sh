@@ -6,7 +6,7 @@
 #   cluster_test.sh MESA_BINARY SHARED_DIR SCENARIO
 # Scenarios: equal (1/2/3 workers, each placement, both shared models), kill_worker,
 # restart_coordinator, hang_worker, cancel, idempotent, bad_input, fingerprint, drain,
-# local_workers. Skips (exit 77) without the shared data.
+# local_workers, tls. Skips (exit 77) without the shared data.
 set -uo pipefail
 MESA="$(realpath "$1")"
 SHARED="$2"
@@ -263,6 +263,72 @@ drain)
   wait "$A"; rc=$?
   [ "$rc" = 0 ] || die "drained worker exited $rc"
   grep -q "deregistered" "$TMP/worker-a.log" || die "worker did not deregister: $(cat "$TMP/worker-a.log")"
+  ;;
+tls)
+  # TLS + mutual TLS + bearer token with real processes: a job equal to `mesa run`, no
+  # token in `ps` or any log, a foreign worker and token-less or plain-text clients
+  # refused, open secret files refused, health ports answering in plain text.
+  P="$TMP/pki"
+  bash "$(dirname "$0")/../../scripts/make_test_certs.sh" "$P" || { die "make_test_certs.sh (openssl?)"; exit 1; }
+  TOKEN="tls-scenario-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+  (umask 077; printf '# the cluster token\n\n%s\n' "$TOKEN" >"$TMP/tokens")
+  reference "$MODEL" "$TMP/ref.jsonl"
+  # A token file others may read is refused, naming the file, not the token.
+  cp "$TMP/tokens" "$TMP/tokens-open"; chmod 644 "$TMP/tokens-open"
+  "$MESA" coordinator --listen 127.0.0.1:0 --store "$TMP/store-x" --model "$MODEL" \
+    --auth-token-file "$TMP/tokens-open" >"$TMP/open-token.log" 2>&1 && die "an open token file was accepted"
+  grep -q "tokens-open.*other users" "$TMP/open-token.log" || die "open token file message: $(cat "$TMP/open-token.log")"
+  # Usage errors (exit 2): half a key pair, a client CA without TLS, a token as a value.
+  "$MESA" coordinator --store "$TMP/store-x" --model "$MODEL" --tls-client-ca "$P/ca.pem" >/dev/null 2>&1; rc=$?
+  [ "$rc" = 2 ] || die "--tls-client-ca without --tls-cert exited $rc, not 2"
+  "$MESA" worker --model "$MODEL" --tls-cert "$P/worker.pem" >/dev/null 2>&1; rc=$?
+  [ "$rc" = 2 ] || die "--tls-cert without --tls-key exited $rc, not 2"
+  "$MESA" list --coordinator 127.0.0.1:1 --token "$TOKEN" >/dev/null 2>&1; rc=$?
+  [ "$rc" = 2 ] || die "a --token value was not a usage error (exit $rc)"
+  member() { echo --tls-cert "$P/$1.pem" --tls-key "$P/$1.key" --tls-ca "$P/ca.pem" --tls-client-ca "$P/ca.pem"; }
+  # shellcheck disable=SC2046
+  start_coordinator "$TMP/store" --placement spread $(member coordinator) --auth-token-file "$TMP/tokens" \
+    --health-listen 127.0.0.1:0
+  # shellcheck disable=SC2046
+  start_worker a $(member worker) --health-listen 127.0.0.1:0
+  # shellcheck disable=SC2046
+  start_worker b $(member worker)
+  # shellcheck disable=SC2046
+  start_worker foreign $(member foreign) --register-timeout 3; F=$WORKER_PID
+  CL=(--tls-ca "$P/ca.pem" --token-file "$TMP/tokens")
+  # Clients without a token, with TLS but a wrong token, and in plain text.
+  "$MESA" submit --coordinator "$COORD" --input "$TMP/in.jsonl" --tls-ca "$P/ca.pem" >/dev/null 2>"$TMP/err" \
+    && die "a submission without a token was accepted"
+  grep -q "bearer token" "$TMP/err" || die "no-token message: $(cat "$TMP/err")"
+  MESA_TOKEN="wrong-token-0123456789abcdef" "$MESA" list --coordinator "$COORD" --tls-ca "$P/ca.pem" >/dev/null 2>"$TMP/err" \
+    && die "a wrong token was accepted"
+  grep -q "not accepted" "$TMP/err" || die "wrong-token message: $(cat "$TMP/err")"
+  MESA_TOKEN="$TOKEN" "$MESA" list --coordinator "$COORD" >/dev/null 2>"$TMP/err" && die "plain text reached the TLS port"
+  job=$(submit "${CL[@]}") || { die "submit failed"; log_tail; }
+  MESA_TOKEN="$TOKEN" MESA_TLS_CA="$P/ca.pem" "$MESA" wait --coordinator "$COORD" "$job" --timeout 300 >"$TMP/wait.out" 2>&1 \
+    || die "wait: $(cat "$TMP/wait.out")"
+  "$MESA" results --coordinator "$COORD" "$job" --output "$TMP/out.jsonl" "${CL[@]}" || die "results"
+  echo -n "TLS + mTLS + token: "; same_results "$TMP/ref.jsonl" "$TMP/out.jsonl"
+  n=$(MESA_TOKEN="$TOKEN" MESA_TLS_CA="$P/ca.pem" "$MESA" list --coordinator "$COORD" --json | python3 -c "import json,sys; print(len(json.load(sys.stdin)))")
+  [ "$n" = 1 ] || die "$n jobs in the store (refused calls must create none)"
+  # The foreign worker never joined and gave up.
+  for _ in $(seq 100); do kill -0 "$F" 2>/dev/null || break; sleep 0.1; done
+  wait "$F" 2>/dev/null && die "the foreign worker exited 0"
+  [ "$(grep -c " joined from " "$TMP/coordinator.log")" = 2 ] \
+    || die "expected exactly 2 workers to join: $(grep joined "$TMP/coordinator.log")"
+  # Health ports (plain text), and the main port's health over TLS without a token.
+  ch=$(sed -n 's/.*health on \([0-9.:]*\).*/\1/p' "$TMP/coordinator.log" | head -1)
+  wh=$(sed -n 's/.*health checks .* on \([0-9.:]*\).*/\1/p' "$TMP/worker-a.log" | head -1)
+  [ "$("$MESA" health "$ch")" = SERVING ] || die "coordinator health port $ch"
+  [ "$("$MESA" health "$wh")" = SERVING ] || die "worker health port $wh"
+  [ "$("$MESA" health "$COORD" --tls-ca "$P/ca.pem")" = SERVING ] || die "coordinator main-port health over TLS"
+  "$MESA" health "$COORD" >/dev/null 2>&1 && die "plain-text health on the TLS port answered"
+  # No token on any command line (ps) or in any log or output.
+  ps -eo args >"$TMP/ps.txt"
+  grep -qF "$TOKEN" "$TMP/ps.txt" && die "the token is on a command line"
+  grep -lF "$TOKEN" "$TMP"/*.log "$TMP"/*.out "$TMP/err" && die "the token is in a log (above)"
+  kill -TERM "${PIDS[@]}" 2>/dev/null; wait 2>/dev/null
+  grep -lF "$TOKEN" "$TMP"/*.log && die "the token is in a log after shutdown (above)"
   ;;
 *) echo "unknown scenario $SCENARIO"; exit 2 ;;
 esac
