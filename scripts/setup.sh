@@ -9,7 +9,7 @@ PKGS=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libopenmpi-dev openmpi-bin libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev libsqlite3-dev
-  libhwy-dev libopenblas-dev python3 python3-numpy gnuplot-nox
+  libhwy-dev libopenblas-dev python3 python3-numpy python3-yaml gnuplot-nox
   clang libclang-rt-14-dev
   openssl libssl-dev  # TLS: PEM checks (rpc/), test certificates (scripts/make_test_certs.sh)
 )
