@@ -11,6 +11,7 @@ PKGS=(
   nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev libsqlite3-dev
   libhwy-dev libopenblas-dev python3 python3-numpy gnuplot-nox
   clang libclang-rt-14-dev
+  prometheus-cpp-dev libcpp-httplib-dev python3-prometheus-client
 )
 # npm (for the llama.cpp reference) may come from another Node.js install.
 command -v npm >/dev/null 2>&1 || PKGS+=(nodejs npm)
