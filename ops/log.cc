@@ -62,7 +62,15 @@ struct JsonValue {
   nlohmann::ordered_json operator()(bool v) const { return v; }
 };
 
-bool Reserved(std::string_view key) { return key == "ts" || key == "level" || key == "event"; }
+// ts, level and event cannot be overwritten; a field with an empty string value is left
+// out (a job without a request_id, an item without a custom_id).
+bool Skipped(const LogField& f) {
+  const std::string_view key = f.key();
+  if (key == "ts" || key == "level" || key == "event") return true;
+  if (const auto* v = std::get_if<std::string_view>(&f.value())) return v->empty();
+  if (const auto* v = std::get_if<std::string>(&f.value())) return v->empty();
+  return false;
+}
 
 }  // namespace
 
@@ -143,7 +151,7 @@ std::string FormatLogLine(LogFormat format, int64_t unix_ms, LogLevel level, std
     line["level"] = LogLevelName(level);
     line["event"] = std::string(event);
     for (const LogField& f : fields) {
-      if (Reserved(f.key())) continue;
+      if (Skipped(f)) continue;
       line[std::string(f.key())] = std::visit(JsonValue{}, f.value());
     }
     // Invalid UTF-8 (a hostile custom_id) becomes U+FFFD rather than an exception.
@@ -152,7 +160,7 @@ std::string FormatLogLine(LogFormat format, int64_t unix_ms, LogLevel level, std
   std::string out = absl::StrCat(Timestamp(unix_ms), " ", LogLevelName(level), " ", LogfmtValue(event));
   // (absl::string_view is not std::string_view here: keys are appended by hand.)
   for (const LogField& f : fields) {
-    if (Reserved(f.key())) continue;
+    if (Skipped(f)) continue;
     out += ' ';
     out.append(f.key());
     out += '=';

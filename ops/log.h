@@ -31,7 +31,7 @@ bool ParseLogFormat(std::string_view text, LogFormat* format);
 const char* LogLevelName(LogLevel level);
 
 // One key=value of an event. Strings are viewed, not copied: a field lives only for
-// the Log call's full expression.
+// the Log call's full expression. A field whose string is empty is left out.
 class LogField {
  public:
   using Value = std::variant<std::string_view, std::string, int64_t, double, bool>;

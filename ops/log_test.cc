@@ -57,6 +57,11 @@ TEST(LogTest, HostileValuesCannotSplitOrForgeLines) {
   EXPECT_EQ(j["event"], "x");
   EXPECT_EQ(FormatLogLine(LogFormat::kText, kT, LogLevel::kInfo, "x", {{"level", "error"}}),
             "2025-01-02T03:04:05.678Z info x\n");
+  // Empty strings are left out (no request_id="" on every line of a job without one).
+  EXPECT_EQ(FormatLogLine(LogFormat::kText, kT, LogLevel::kInfo, "x", {{"request_id", ""}, {"n", 0}}),
+            "2025-01-02T03:04:05.678Z info x n=0\n");
+  EXPECT_EQ(FormatLogLine(LogFormat::kJson, kT, LogLevel::kInfo, "x", {{"request_id", std::string()}}),
+            "{\"ts\":\"2025-01-02T03:04:05.678Z\",\"level\":\"info\",\"event\":\"x\"}\n");
 }
 
 TEST(LogTest, LogfmtValueQuotesOnlyWhenNeeded) {

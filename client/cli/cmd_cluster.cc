@@ -15,9 +15,11 @@
 #include "client/cli/attention_flags.h"
 #include "client/cli/cli_util.h"
 #include "client/cli/commands.h"
+#include "client/cli/ops_flags.h"
 #include "coordinator/coordinator_service.h"
 #include "engine/model_fingerprint.h"
 #include "jobs/job_format.h"
+#include "ops/log.h"
 #include "worker/worker_rpc.h"
 
 namespace mesa::cli {
@@ -90,10 +92,13 @@ struct CoordinatorArgs {
   std::string chat_template = "auto";
   double heartbeat_timeout_s = 15;
   LongContextFlags lc;
+  OpsFlags ops;  // --metrics-listen, --log-level, --log-format
 };
 
 int RunCoordinator(const CoordinatorArgs& a) {
   BlockShutdownSignals();
+  auto ops_rt = StartOps(a.ops, 9090, "coordinator");
+  if (!ops_rt.ok()) return Fail(ops_rt.status());
   auto lc = ToLongContextOptions(a.lc);
   if (!lc.ok()) return Fail(lc.status());
   coord::Placement placement;
@@ -111,6 +116,7 @@ int RunCoordinator(const CoordinatorArgs& a) {
   options.attention = *lc;
   options.default_max_tokens = a.max_tokens;
   options.chat_template = a.chat_template;
+  options.metrics = ops_rt->metrics;
   auto core = coord::CoordinatorCore::Create(**model, options);
   if (!core.ok()) return Fail(core.status());
   coord::CoordinatorServerOptions server_options;
@@ -118,12 +124,13 @@ int RunCoordinator(const CoordinatorArgs& a) {
   auto server = coord::CoordinatorServer::Start(**core, server_options);
   if (!server.ok()) return Fail(server.status());
   if (absl::Status s = WriteAddressFile(a.address_file, (*server)->address()); !s.ok()) return Fail(s);
-  std::fprintf(stderr, "mesa coordinator: listening on %s, store %s, model %s, placement %s\n",
-               (*server)->address().c_str(), a.store.c_str(), DescribeModel(**model).c_str(), a.placement.c_str());
+  ops::LogInfo("coordinator.listening", {{"address", (*server)->address()}, {"store", a.store},
+                                         {"model", DescribeModel(**model)}, {"placement", a.placement},
+                                         {"metrics", ops_rt->metrics_address()}});
   coord::CoordinatorServer* srv = server->get();
   {
     SignalWaiter signals([srv](int sig) {
-      std::fprintf(stderr, "mesa coordinator: signal %d, shutting down (unfinished jobs resume on restart)\n", sig);
+      ops::LogInfo("coordinator.stopping", {{"signal", sig}, {"note", "unfinished jobs resume on restart"}});
       srv->Shutdown();
     });
     srv->Wait();
@@ -139,10 +146,13 @@ struct WorkerArgs {
   std::string coordinator, model, listen, name, kv_memory = "0", address_file;
   int threads = 0;
   double register_timeout_s = 0;
+  OpsFlags ops;  // --metrics-listen, --log-level, --log-format
 };
 
 int RunWorker(const WorkerArgs& a) {
   BlockShutdownSignals();
+  auto ops_rt = StartOps(a.ops, 9091, "worker");
+  if (!ops_rt.ok()) return Fail(ops_rt.status());
   std::string coordinator = a.coordinator;
   if (coordinator.empty()) {
     const char* env = std::getenv("MESA_COORDINATOR");
@@ -162,6 +172,7 @@ int RunWorker(const WorkerArgs& a) {
   options.threads = a.threads;
   options.kv_memory_bytes = *kv;
   options.register_timeout_ms = static_cast<int64_t>(a.register_timeout_s * 1000);
+  options.metrics = ops_rt->metrics;
   auto process = worker::WorkerProcess::Start(**model, options);
   if (!process.ok()) return Fail(process.status());
   if (absl::Status s = WriteAddressFile(a.address_file, (*process)->address()); !s.ok()) return Fail(s);
@@ -169,7 +180,7 @@ int RunWorker(const WorkerArgs& a) {
   absl::Status exit;
   {
     SignalWaiter signals([p](int sig) {
-      std::fprintf(stderr, "mesa worker: signal %d, draining (finishing the task at hand)\n", sig);
+      ops::LogInfo("worker.draining", {{"signal", sig}, {"note", "finishing the task at hand"}});
       p->Drain();
     });
     exit = p->Wait();
@@ -215,6 +226,7 @@ void RegisterClusterCommands(CLI::App& app) {
         ->capture_default_str();
     cmd->add_option("--address-file", a->address_file, "Write the bound HOST:PORT to this file once serving");
     AddLongContextFlags(cmd, &a->lc);
+    AddOpsFlags(cmd, &a->ops, 9090);
     cmd->callback([a] { ExitCode() = RunCoordinator(*a); });
   }
   {
@@ -245,6 +257,7 @@ void RegisterClusterCommands(CLI::App& app) {
                     "Give up when the coordinator cannot be reached for this many seconds (0: keep trying)")
         ->check(CLI::NonNegativeNumber);
     cmd->add_option("--address-file", a->address_file, "Write the bound HOST:PORT to this file once serving");
+    AddOpsFlags(cmd, &a->ops, 9091);
     cmd->callback([a] { ExitCode() = RunWorker(*a); });
   }
 }
