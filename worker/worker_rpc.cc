@@ -28,7 +28,6 @@ namespace {
 
 constexpr int kMaxMessageBytes = 64 << 20;  // prompts of a few MB at most; K/V moves in 1 MiB pieces
 
-
 // Sets `flag` when the call's client cancels or its deadline passes, until stopped.
 class CancelWatcher {
  public:
