@@ -20,6 +20,7 @@
 #include "common/status.h"
 #include "engine/mesa_plan.h"
 #include "jobs/batch_runner.h"
+#include "ops/log.h"
 
 namespace mesa::coord {
 namespace {
@@ -68,6 +69,13 @@ absl::Status WriteOwnerOnly(const std::string& path, const std::vector<std::stri
   return absl::OkStatus();
 }
 
+// The "error" of an error record (jobs::ResultToLine), for the log.
+std::string RecordError(const std::string& record) {
+  const nlohmann::json j = nlohmann::json::parse(record, nullptr, false);
+  if (j.is_object() && j.contains("error") && j["error"].is_string()) return j["error"].get<std::string>();
+  return record;
+}
+
 int64_t ChunkKvBytes(const ModelConfig& c, int64_t tokens) {
   return 2 * c.n_layer * c.n_head_kv * tokens * c.head_dim * static_cast<int64_t>(sizeof(float));
 }
@@ -104,12 +112,18 @@ absl::StatusOr<std::unique_ptr<CoordinatorCore>> CoordinatorCore::Create(const M
   MESA_ASSIGN_OR_RETURN(std::unique_ptr<JobStore> store, JobStore::Open(options.store_dir));
   std::unique_ptr<CoordinatorCore> core(new CoordinatorCore(model, std::move(options), std::move(store)));
   MESA_RETURN_IF_ERROR(core->ResumeJobs());
+  core->AddGauges();
   core->driver_ = std::thread([c = core.get()] { c->DriverLoop(); });
   return core;
 }
 
 CoordinatorCore::CoordinatorCore(const Model& model, CoordinatorOptions options, std::unique_ptr<JobStore> store)
-    : model_(model), options_(std::move(options)), store_(std::move(store)), fingerprint_(FingerprintModel(model)) {
+    : model_(model),
+      options_(std::move(options)),
+      store_(std::move(store)),
+      fingerprint_(FingerprintModel(model)),
+      metrics_(options_.metrics ? options_.metrics : ops::Metrics::Create()),
+      instruments_(*metrics_) {
   if (!options_.clock) options_.clock = SteadyMs;
   auto requested = jobs::ParseChatTemplate(options_.chat_template);
   default_template_ = jobs::ResolveChatTemplate(requested.ok() ? *requested : jobs::ChatTemplate::kAuto,
@@ -118,6 +132,7 @@ CoordinatorCore::CoordinatorCore(const Model& model, CoordinatorOptions options,
 }
 
 CoordinatorCore::~CoordinatorCore() {
+  gauges_.clear();  // waits for a scrape that is reading this core
   std::map<uint64_t, std::thread> threads;
   {
     std::unique_lock<std::mutex> lock(mu_);
@@ -148,6 +163,45 @@ CoordinatorCore::~CoordinatorCore() {
 }
 
 int64_t CoordinatorCore::Now() const { return options_.clock(); }
+
+void CoordinatorCore::AddGauges() {
+  using Samples = std::vector<ops::Metrics::Sample>;
+  gauges_.push_back(metrics_->AddGaugeCallback("mesa_jobs", "Jobs in the store, by state.", [this] {
+    Samples out;
+    auto counts = store_->CountJobsByStatus();
+    for (const char* state : {kJobValidating, kJobInProgress, kJobFinalizing, kJobCompleted, kJobFailed,
+                              kJobCancelling, kJobCancelled}) {
+      double n = 0;
+      if (counts.ok()) {
+        for (const auto& [status, count] : *counts) {
+          if (status == state) n = static_cast<double>(count);
+        }
+      }
+      out.push_back({{{"state", state}}, n});
+    }
+    return out;
+  }));
+  // The scheduler's view; each reads one snapshot of its stats under the core's lock.
+  auto stat = [this](const char* name, const char* help, int64_t Scheduler::Stats::*field) {
+    gauges_.push_back(metrics_->AddGaugeCallback(name, help, [this, field] {
+      const Scheduler::Stats st = stats();
+      return Samples{{{}, static_cast<double>(st.*field)}};
+    }));
+  };
+  stat("mesa_workers", "Registered workers (draining ones included).", &Scheduler::Stats::workers);
+  stat("mesa_workers_idle", "Registered workers with no task and not draining.", &Scheduler::Stats::workers_idle);
+  stat("mesa_scheduler_queued_items", "Queue depth: items waiting for their first task.",
+       &Scheduler::Stats::items_queued);
+  stat("mesa_scheduler_running_items", "Items with tasks started and no result yet.",
+       &Scheduler::Stats::items_running);
+  stat("mesa_scheduler_tasks_in_flight", "Tasks dispatched whose outcome has not arrived.",
+       &Scheduler::Stats::tasks_in_flight);
+  stat("mesa_scheduler_kv_moves_in_flight", "K/V moves whose outcome has not arrived.",
+       &Scheduler::Stats::moves_in_flight);
+  stat("mesa_scheduler_kv_bytes_held",
+       "Chunk K/V bytes held on all workers by the scheduler's accounting (a move in flight counts twice).",
+       &Scheduler::Stats::kv_bytes_held);
+}
 
 std::string CoordinatorCore::model_name() const {
   return model_.config.name.empty() ? model_.source_path : model_.config.name;
@@ -327,11 +381,38 @@ absl::StatusOr<JobRecord> CoordinatorCore::CreateJob(const JobRequest& request,
     std::lock_guard<std::mutex> lock(mu_);
     jobs_.erase(job.id);
     if (!created.ok()) return created.status();
+    ops::LogInfo("job.duplicate_request", {{"job", created->job.id}, {"request_id", job.request_id}});
     return created->job;  // the same request_id was seen before: that job
+  }
+  instruments_.jobs_submitted.Increment();
+  instruments_.items_submitted.Increment(static_cast<double>(items.size()));
+  ops::LogInfo("job.submitted", {{"job", job.id},
+                                 {"request_id", job.request_id},
+                                 {"items", items.size()},
+                                 {"rejected", items.size() - specs.size()},
+                                 {"task", task},
+                                 {"placement", request.placement}});
+  {
+    size_t next_spec = 0;  // specs follow the accepted items in order
+    for (const ItemRecord& it : items) {
+      if (it.state == ItemState::kFailed) {
+        ops::LogWarn("item.rejected", {{"job", job.id}, {"item", it.idx}, {"line", it.line},
+                                       {"custom_id", it.custom_id}, {"request_id", job.request_id},
+                                       {"error", RecordError(it.result)}});
+        continue;
+      }
+      const ItemSpec* spec = next_spec < specs.size() ? &specs[next_spec++] : nullptr;
+      ops::LogInfo("item.submitted", {{"job", job.id}, {"item", it.idx}, {"line", it.line},
+                                      {"custom_id", it.custom_id}, {"request_id", job.request_id},
+                                      {"prompt_tokens", spec ? spec->prompt_tokens : 0},
+                                      {"chunks", spec ? spec->n_middle : 0}});
+    }
   }
   for (const ItemRecord& it : items) {
     if (it.state == ItemState::kFailed) {
-      MESA_RETURN_IF_ERROR(store_->CommitResult(job.id, it.idx, ItemState::kFailed, it.result, 0, 0).status());
+      MESA_ASSIGN_OR_RETURN(const bool first,
+                            store_->CommitResult(job.id, it.idx, ItemState::kFailed, it.result, 0, 0));
+      if (first) instruments_.items_failed.Increment();
     }
   }
   MESA_RETURN_IF_ERROR(store_->SetJobStatus(job.id, kJobInProgress));
@@ -358,9 +439,11 @@ absl::Status CoordinatorCore::ResumeJobs() {
     MESA_ASSIGN_OR_RETURN(std::vector<ItemSpec> specs, PrepareItems(job, items, /*fresh=*/false));
     for (const ItemRecord& it : items) {
       if (it.state == ItemState::kFailed && !it.result.empty()) {
-        MESA_RETURN_IF_ERROR(store_->CommitResult(id, it.idx, ItemState::kFailed, it.result, 0, 0).status());
+        MESA_ASSIGN_OR_RETURN(const bool first, store_->CommitResult(id, it.idx, ItemState::kFailed, it.result, 0, 0));
+        if (first) instruments_.items_failed.Increment();
       }
     }
+    ops::LogInfo("job.resumed", {{"job", id}, {"request_id", job.request_id}, {"pending", specs.size()}});
     if (job.status == kJobValidating) MESA_RETURN_IF_ERROR(store_->SetJobStatus(id, kJobInProgress));
     std::unique_lock<std::mutex> lock(mu_);
     scheduler_->AddJob(id, specs, Now());
@@ -401,6 +484,7 @@ absl::StatusOr<JobRecord> CoordinatorCore::CancelJob(const std::string& id) {
     BumpLocked();
   }
   MESA_RETURN_IF_ERROR(store_->SetJobStatus(id, kJobCancelled));
+  ops::LogInfo("job.cancelled", {{"job", id}, {"request_id", job.request_id}});
   {
     std::lock_guard<std::mutex> lock(mu_);
     BumpLocked();
@@ -431,16 +515,26 @@ void CoordinatorCore::FinishJobIfDoneLocked(const std::string& job_id) {
   if (it == jobs_.end() || !it->second->pending.empty()) return;
   if (!scheduler_->JobFinished(job_id)) return;
   // Every item is settled: write the result file beside the store, then complete.
-  if (const JobRuntime& rt = *it->second; rt.moves > 0 || rt.moves_failed > 0) {
-    std::fprintf(stderr,
-                 "mesa coordinator: job %s: %lld chunks' K/V (%lld bytes, %.3f s) moved ahead to final workers "
-                 "while chunks computed, %lld moves failed\n",
-                 job_id.c_str(), static_cast<long long>(rt.moves), static_cast<long long>(rt.moved_bytes), rt.move_s,
-                 static_cast<long long>(rt.moves_failed));
-  }
+  const std::shared_ptr<JobRuntime> rt = it->second;
   jobs_.erase(it);
   (void)store_->SetJobStatus(job_id, kJobFinalizing);
   auto items = store_->Items(job_id);
+  int64_t done = 0, failed = 0;
+  if (items.ok()) {
+    for (const ItemRecord& r : *items) {
+      done += r.state == ItemState::kDone ? 1 : 0;
+      failed += r.state == ItemState::kFailed ? 1 : 0;
+    }
+  }
+  // K/V moved ahead to final workers while chunks computed: kv_moves chunks.
+  ops::LogInfo("job.completed", {{"job", job_id},
+                                 {"request_id", rt->record.request_id},
+                                 {"items_done", done},
+                                 {"items_failed", failed},
+                                 {"kv_moves", rt->moves},
+                                 {"kv_moved_bytes", rt->moved_bytes},
+                                 {"kv_move_seconds", rt->move_s},
+                                 {"kv_moves_failed", rt->moves_failed}});
   if (items.ok()) {
     const std::string dir = options_.store_dir + "/results";
     ::mkdir(dir.c_str(), 0700);
@@ -450,7 +544,7 @@ void CoordinatorCore::FinishJobIfDoneLocked(const std::string& job_id) {
       if (!r.result.empty()) lines.push_back(r.result + "\n");
     }
     absl::Status s = WriteOwnerOnly(dir + "/" + job_id + ".jsonl", lines);
-    if (!s.ok()) std::fprintf(stderr, "mesa coordinator: %s\n", std::string(s.message()).c_str());
+    if (!s.ok()) ops::LogError("job.results_write_failed", {{"job", job_id}, {"error", s}});
   }
   (void)store_->SetJobStatus(job_id, kJobCompleted);
   BumpLocked();
@@ -466,9 +560,11 @@ absl::StatusOr<std::string> CoordinatorCore::RegisterWorker(const std::string& n
   const ModelFingerprint theirs = ModelFingerprint::FromString(fingerprint);
   std::unique_lock<std::mutex> lock(mu_);
   if (!FingerprintsMatch(fingerprint_, theirs)) {
-    return absl::FailedPreconditionError(absl::StrCat(
+    absl::Status refused = absl::FailedPreconditionError(absl::StrCat(
         "worker '", name, "' holds a different model: ", model_description, " (fingerprint ", fingerprint,
         "); this coordinator serves ", DescribeModel(model_), " (fingerprint ", fingerprint_.ToString(), ")"));
+    ops::LogWarn("worker.refused", {{"name", name}, {"error", refused}});
+    return refused;
   }
   // A coordinator without matrices (vocab-only file) pins the first worker's weights, so
   // that workers with the same shapes but other weights (another quantization) are refused.
@@ -580,7 +676,11 @@ void CoordinatorCore::ExecuteActionsLocked(std::unique_lock<std::mutex>& lock) {
       r.custom_id = item->second->line.custom_id;
       r.line = item->second->line.line;
       r.status = absl::UnavailableError(absl::StrCat("line ", r.line, ": ", f->error));
-      (void)store_->CommitResult(f->job_id, f->item, ItemState::kFailed, StripNewline(jobs::ResultToLine(r)), 0, 0);
+      auto first =
+          store_->CommitResult(f->job_id, f->item, ItemState::kFailed, StripNewline(jobs::ResultToLine(r)), 0, 0);
+      if (first.ok() && *first) instruments_.items_failed.Increment();
+      ops::LogWarn("item.failed", {{"job", f->job_id}, {"item", f->item}, {"custom_id", r.custom_id},
+                                   {"request_id", j->second->record.request_id}, {"error", f->error}});
       j->second->pending.erase(item);
       BumpLocked();
       FinishJobIfDoneLocked(f->job_id);
@@ -629,9 +729,17 @@ void CoordinatorCore::RunMove(MoveKv m, uint64_t id) {
       j->second->moved_bytes += *moved;
       j->second->move_s += seconds;
     }
+    instruments_.kv_moves_ok.Increment();
+    instruments_.kv_moved_bytes.Increment(static_cast<double>(*moved));
+    instruments_.kv_move_seconds.Observe(seconds);
+    ops::LogDebug("kv.moved", {{"job", m.job_id}, {"item", m.item}, {"chunk", m.chunk}, {"attempt", m.attempt},
+                               {"from", m.from}, {"worker", m.worker}, {"bytes", *moved}, {"seconds", seconds}});
     scheduler_->KvMoved(m.job_id, m.item, m.chunk, m.attempt, Now());
   } else {
     if (j != jobs_.end()) ++j->second->moves_failed;
+    instruments_.kv_moves_failed.Increment();
+    ops::LogDebug("kv.move_failed", {{"job", m.job_id}, {"item", m.item}, {"chunk", m.chunk}, {"attempt", m.attempt},
+                                     {"from", m.from}, {"worker", m.worker}, {"error", moved.status()}});
     scheduler_->KvMoveFailed(m.job_id, m.item, m.chunk, m.attempt, moved.status(), Now());
   }
   ExecuteActionsLocked(lock);
@@ -644,12 +752,14 @@ void CoordinatorCore::RunTask(Dispatch d) {
   std::shared_ptr<ItemRuntime> item;
   worker::FinalTask final_task;
   worker::ChunkTask chunk_task;
+  std::string request_id;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto w = workers_.find(d.worker);
     auto j = jobs_.find(d.job_id);
     if (w != workers_.end()) client = w->second->client;
     if (j != jobs_.end()) {
+      request_id = j->second->record.request_id;
       auto it = j->second->pending.find(d.item);
       if (it != j->second->pending.end()) item = it->second;
     }
@@ -691,6 +801,15 @@ void CoordinatorCore::RunTask(Dispatch d) {
     }
   }
   const int64_t timeout = std::max<int64_t>(1000, d.deadline_ms - Now() + 5000);
+  const char* kind = d.kind == TaskKind::kChunk ? "chunk" : "final";
+  const std::string custom_id = item ? item->line.custom_id : std::string();
+  ops::LogDebug("task.dispatched", {{"job", d.job_id}, {"item", d.item}, {"custom_id", custom_id},
+                                    {"task", d.task}, {"kind", kind}, {"chunk", d.chunk}, {"attempt", d.attempt},
+                                    {"worker", d.worker}});
+  const auto t0 = std::chrono::steady_clock::now();
+  int64_t kv_fetched = 0;
+  double kv_fetch_s = 0;
+  bool first_commit = false;
   absl::Status status;
   std::string record;
   int64_t prompt_tokens = 0, generated = 0;
@@ -709,6 +828,8 @@ void CoordinatorCore::RunTask(Dispatch d) {
     if (r.ok()) {
       stats = TaskStats{0, r->prefill_s, static_cast<int64_t>(r->tokens.size()), r->decode_s,
                         r->kv_bytes_received, r->kv_transfer_s};
+      kv_fetched = r->kv_bytes_received;
+      kv_fetch_s = r->kv_transfer_s;
       jobs::GenerationOutput gen;
       gen.tokens = std::move(r->tokens);
       gen.stop_reason = std::move(r->stop_reason);
@@ -723,6 +844,36 @@ void CoordinatorCore::RunTask(Dispatch d) {
       // Committed before the scheduler hears of it: a crash after this never loses it.
       auto committed = store_->CommitResult(d.job_id, d.item, ItemState::kDone, record, prompt_tokens, generated);
       if (!committed.ok()) status = committed.status();
+      first_commit = committed.ok() && *committed;
+    }
+  }
+  const double task_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (client && item) {
+    const bool chunk = d.kind == TaskKind::kChunk;
+    if (status.ok()) {
+      (chunk ? instruments_.chunk_tasks_ok : instruments_.final_tasks_ok).Increment();
+      (chunk ? instruments_.chunk_task_seconds : instruments_.final_task_seconds).Observe(task_s);
+      ops::LogDebug("task.done", {{"job", d.job_id}, {"item", d.item}, {"custom_id", custom_id}, {"task", d.task},
+                                  {"kind", kind}, {"chunk", d.chunk}, {"attempt", d.attempt}, {"worker", d.worker},
+                                  {"seconds", task_s}});
+    } else {
+      (chunk ? instruments_.chunk_tasks_failed : instruments_.final_tasks_failed).Increment();
+      ops::LogWarn("task.failed", {{"job", d.job_id}, {"item", d.item}, {"custom_id", custom_id}, {"task", d.task},
+                                   {"kind", kind}, {"chunk", d.chunk}, {"attempt", d.attempt}, {"worker", d.worker},
+                                   {"seconds", task_s}, {"error", status}});
+    }
+    if (kv_fetched > 0) {
+      instruments_.kv_fetched_bytes.Increment(static_cast<double>(kv_fetched));
+      instruments_.kv_fetch_seconds.Observe(kv_fetch_s);
+    }
+    if (first_commit) {
+      instruments_.items_done.Increment();
+      instruments_.prompt_tokens.Increment(static_cast<double>(prompt_tokens));
+      instruments_.generated_tokens.Increment(static_cast<double>(generated));
+      ops::LogInfo("item.done", {{"job", d.job_id}, {"item", d.item}, {"custom_id", custom_id},
+                                 {"request_id", request_id}, {"attempt", d.attempt}, {"worker", d.worker},
+                                 {"prompt_tokens", prompt_tokens},
+                                 {"generated_tokens", generated}, {"seconds", task_s}});
     }
   }
   // A chunk call that ended cancelled or past its deadline may still have left its K/V
@@ -764,7 +915,8 @@ void CoordinatorCore::RunTask(Dispatch d) {
   }
   for (const std::string& w : dead) {
     if (!workers_.contains(w)) continue;
-    std::fprintf(stderr, "mesa coordinator: worker %s does not answer: taken as dead\n", w.c_str());
+    ops::LogWarn("worker.dead", {{"worker", w}, {"reason", "no answer after a failed call"}});
+    instruments_.workers_lost.Increment();
     scheduler_->WorkerLeft(w, Now());
     workers_.erase(w);
   }

@@ -10,6 +10,8 @@
 // task and occupies no worker.
 // Restart: Create() on a store with unfinished jobs re-queues their pending items
 // (failures counted so far are kept); finished items are never recomputed.
+// Operations: events go to ops/log.h (job, item, task, worker lines; docs/RUNTIME.md),
+// metrics to options.metrics; nothing here serves them.
 #pragma once
 
 #include <condition_variable>
@@ -24,6 +26,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "coordinator/coordinator_metrics.h"
 #include "coordinator/job_store.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/worker_client.h"
@@ -47,6 +50,9 @@ struct CoordinatorOptions {
   int64_t max_job_lines = 1000000;
   // Injectable clock (milliseconds, monotonic) for the scheduler's timers.
   std::function<int64_t()> clock;
+  // Where the coordinator's metrics go (coordinator/coordinator_metrics.h); null: a
+  // registry of its own. Two cores must not share one (their names would collide).
+  std::shared_ptr<ops::Metrics> metrics;
 };
 
 // What CreateJob is asked (the proto's JobOptions, as plain fields).
@@ -108,6 +114,7 @@ class CoordinatorCore {
   void ExecuteActionsLocked(std::unique_lock<std::mutex>& lock);
   void RunTask(Dispatch d);
   void RunMove(MoveKv m, uint64_t id);
+  void AddGauges();
   // Runs `work` on a thread of its own, joined by the driver or the destructor (K/V
   // releases); nothing starts once the coordinator is stopping.
   void SpawnLocked(std::function<void()> work);
@@ -120,6 +127,9 @@ class CoordinatorCore {
   CoordinatorOptions options_;
   std::unique_ptr<JobStore> store_;
   ModelFingerprint fingerprint_;
+  std::shared_ptr<ops::Metrics> metrics_;
+  CoordinatorMetrics instruments_;
+  std::vector<ops::Metrics::CallbackHandle> gauges_;  // removed first in the destructor
   jobs::ChatTemplate default_template_ = jobs::ChatTemplate::kRaw;
 
   mutable std::mutex mu_;

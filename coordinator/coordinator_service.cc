@@ -14,6 +14,7 @@
 #include "mesa/v1/worker_service.grpc.pb.h"
 #include "rpc/health_server.h"
 #include "worker/grpc_status.h"
+#include "ops/log.h"
 
 namespace mesa::coord {
 namespace {
@@ -201,7 +202,8 @@ class CoordinatorServer::RegistryImpl final : public v1::WorkerRegistry::Service
     if (!id.ok()) return Grpc(id.status());
     resp->set_worker_id(*id);
     resp->set_heartbeat_interval_ms(core_.heartbeat_interval_ms());
-    std::fprintf(stderr, "mesa coordinator: worker %s joined from %s\n", id->c_str(), req->address().c_str());
+    ops::LogInfo("worker.joined", {{"worker", *id}, {"address", req->address()},
+                                   {"kv_memory_bytes", req->kv_memory_bytes()}, {"threads", req->threads()}});
     return grpc::Status::OK;
   }
 
@@ -216,7 +218,7 @@ class CoordinatorServer::RegistryImpl final : public v1::WorkerRegistry::Service
     if (grpc::Status s = Authorize(*ctx); !s.ok()) return s;
     if (req->worker_id().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "worker_id is empty");
     if (core_.DeregisterWorker(req->worker_id())) {
-      std::fprintf(stderr, "mesa coordinator: worker %s left\n", req->worker_id().c_str());
+      ops::LogInfo("worker.left", {{"worker", req->worker_id()}});
     }
     return grpc::Status::OK;
   }

@@ -562,6 +562,18 @@ absl::StatusOr<std::vector<std::string>> JobStore::UnfinishedJobIds() {
   }
 }
 
+absl::StatusOr<std::vector<std::pair<std::string, int64_t>>> JobStore::CountJobsByStatus() {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt s(db_, "CountJobsByStatus");
+  MESA_RETURN_IF_ERROR(s.Prepare("SELECT status, COUNT(*) FROM jobs GROUP BY status ORDER BY status"));
+  std::vector<std::pair<std::string, int64_t>> counts;
+  for (;;) {
+    MESA_ASSIGN_OR_RETURN(const bool row, s.Step());
+    if (!row) return counts;
+    counts.emplace_back(s.Text(0), s.Int(1));
+  }
+}
+
 absl::StatusOr<std::vector<ItemRecord>> JobStore::Items(const std::string& job_id) {
   const std::string op = absl::StrCat("Items(", job_id, ")");
   std::lock_guard<std::mutex> lock(mu_);

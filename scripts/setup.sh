@@ -12,6 +12,7 @@ PKGS=(
   libhwy-dev libopenblas-dev python3 python3-numpy python3-yaml gnuplot-nox
   clang libclang-rt-14-dev
   openssl libssl-dev  # TLS: PEM checks (rpc/), test certificates (scripts/make_test_certs.sh)
+  prometheus-cpp-dev libcpp-httplib-dev python3-prometheus-client
 )
 # npm (for the llama.cpp reference) may come from another Node.js install.
 command -v npm >/dev/null 2>&1 || PKGS+=(nodejs npm)

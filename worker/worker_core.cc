@@ -73,13 +73,52 @@ WorkerCore::WorkerCore(const Model& model, int threads, WorkerCoreOptions option
                        KvFetcher* fetcher, Clock clock)
     : model_(model),
       options_(options),
+      metrics_(options_.metrics ? options_.metrics : ops::Metrics::Create()),
+      instruments_(*metrics_),
       fetcher_(fetcher),
       clock_(clock ? std::move(clock) : Clock(SteadyMs)),
-      pool_(std::make_unique<ThreadPool>(threads)) {}
+      pool_(std::make_unique<ThreadPool>(threads)) {
+  using Samples = std::vector<ops::Metrics::Sample>;
+  gauges_.push_back(metrics_->AddGaugeCallback(
+      "mesa_worker_kv_bytes_in_use", "Chunk K/V bytes this worker holds (computed here or loaded).",
+      [this] { return Samples{{{}, static_cast<double>(kv_bytes_in_use())}}; }));
+  gauges_.push_back(metrics_->AddGaugeCallback("mesa_worker_kv_entries", "Chunk K/V entries this worker holds.",
+                                               [this] { return Samples{{{}, static_cast<double>(kv_entries())}}; }));
+  gauges_.push_back(metrics_->AddGaugeCallback(
+      "mesa_worker_kv_budget_bytes", "This worker's K/V budget (--kv-memory; 0 = no limit).",
+      [this] { return Samples{{{}, static_cast<double>(options_.kv_memory_bytes)}}; }));
+}
 
-WorkerCore::~WorkerCore() = default;
+WorkerCore::~WorkerCore() { gauges_.clear(); }
 
 absl::StatusOr<ChunkResult> WorkerCore::RunChunk(const ChunkTask& task, const CancelFlag* cancel) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = RunChunkLocked(task, cancel);
+  if (r.ok()) {
+    instruments_.chunk_tasks_ok.Increment();
+    instruments_.chunk_task_seconds.Observe(SecondsSince(t0));
+    instruments_.chunk_prefill_tokens.Increment(static_cast<double>(r->tokens));
+  } else {
+    instruments_.chunk_tasks_failed.Increment();
+  }
+  return r;
+}
+
+absl::StatusOr<FinalResult> WorkerCore::RunFinal(const FinalTask& task, const CancelFlag* cancel) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = RunFinalLocked(task, cancel);
+  if (r.ok()) {
+    instruments_.final_tasks_ok.Increment();
+    instruments_.final_task_seconds.Observe(SecondsSince(t0));
+    instruments_.final_prefill_tokens.Increment(static_cast<double>(r->prefill_tokens));
+    instruments_.generated_tokens.Increment(static_cast<double>(r->tokens.size()));
+  } else {
+    instruments_.final_tasks_failed.Increment();
+  }
+  return r;
+}
+
+absl::StatusOr<ChunkResult> WorkerCore::RunChunkLocked(const ChunkTask& task, const CancelFlag* cancel) {
   auto held = [&]() -> std::optional<ChunkResult> {
     std::lock_guard<std::mutex> l(kv_mu_);
     auto it = kv_.find(task.key);
@@ -169,7 +208,7 @@ absl::StatusOr<ChunkResult> WorkerCore::RunChunk(const ChunkTask& task, const Ca
   return entry->result;
 }
 
-absl::StatusOr<FinalResult> WorkerCore::RunFinal(const FinalTask& task, const CancelFlag* cancel) {
+absl::StatusOr<FinalResult> WorkerCore::RunFinalLocked(const FinalTask& task, const CancelFlag* cancel) {
   std::lock_guard<std::mutex> task_lock(task_mu_);
   if (Cancelled(cancel)) return CancelledStatus(task.key);
   if (task.max_new_tokens < 0) return absl::InvalidArgumentError("max_new_tokens < 0");
@@ -203,6 +242,7 @@ absl::StatusOr<FinalResult> WorkerCore::RunFinal(const FinalTask& task, const Ca
     }
     // Everything here: exactly jobs::LongContextGenerator.
     LongContextRunner runner(model_, *pool_, task.options);
+    out.prefill_tokens = n;
     MESA_ASSIGN_OR_RETURN(LongGenerateResult r, GenerateLong(runner, task.prompt, gen));
     out.attention = AttentionMethodName(r.prefill.method);
     out.plan = r.prefill.ToJson();
@@ -232,6 +272,7 @@ absl::StatusOr<FinalResult> WorkerCore::RunFinal(const FinalTask& task, const Ca
   auto tokens = [&](TokenRange r) { return prompt.subspan(r.begin, r.size()); };
   MesaPhases phases(model_, *pool_, p);
   std::optional<MesaState> state;
+  out.prefill_tokens = p.anchor.size() + p.last.size();
 
   auto prefill = [&](std::vector<float>* logits) -> absl::Status {
     MESA_ASSIGN_OR_RETURN(const ChunkKv anchor, phases.RunAnchor(tokens(p.anchor), nullptr));
@@ -250,7 +291,8 @@ absl::StatusOr<FinalResult> WorkerCore::RunFinal(const FinalTask& task, const Ca
       } else {
         const auto f0 = std::chrono::steady_clock::now();
         auto fetched = fetcher_->Fetch(s.address, s.key, task.fetch_timeout_ms);
-        out.kv_transfer_s += SecondsSince(f0);
+        const double fetch_s = SecondsSince(f0);
+        out.kv_transfer_s += fetch_s;
         if (!fetched.ok()) {
           // ABORTED tells the coordinator that a source, not this worker, failed (it then
           // checks the holder and recomputes the chunk); cancellation stays CANCELLED.
@@ -264,6 +306,8 @@ absl::StatusOr<FinalResult> WorkerCore::RunFinal(const FinalTask& task, const Ca
         kv = *std::move(fetched);
         if (!kv) return absl::DataLossError(absl::StrCat("fetcher returned no K/V for chunk ", i));
         out.kv_bytes_received += static_cast<int64_t>(kv->bytes());
+        instruments_.kv_fetched_bytes_final.Increment(static_cast<double>(kv->bytes()));
+        instruments_.kv_fetch_seconds_final.Observe(fetch_s);
       }
       MESA_RETURN_IF_ERROR(CheckChunk(*kv, model_.config, p.middle[i], static_cast<int32_t>(i)));
       MESA_RETURN_IF_ERROR(phases.AddMiddle(*state, *kv));
@@ -330,6 +374,8 @@ absl::StatusOr<KvLoadResult> WorkerCore::LoadKv(const KvSourceRef& source, int64
   }
   std::shared_ptr<const ChunkKv> kv = *std::move(fetched);
   if (!kv) return absl::DataLossError(absl::StrCat("load of ", KvKeyString(key), ": the fetcher returned no K/V"));
+  instruments_.kv_fetched_bytes_load.Increment(static_cast<double>(kv->bytes()));
+  instruments_.kv_fetch_seconds_load.Observe(transfer_s);
   const ModelConfig& c = model_.config;
   const size_t elems = static_cast<size_t>(c.n_layer * c.n_head_kv * kv->range.size() * c.head_dim);
   if (kv->n_layer != c.n_layer || kv->n_head_kv != c.n_head_kv || kv->head_dim != c.head_dim ||

@@ -26,6 +26,7 @@
 #include "engine/sampling.h"
 #include "worker/kv_pool.h"
 #include "worker/kv_transport.h"
+#include "worker/worker_metrics.h"
 
 namespace mesa::worker {
 
@@ -36,6 +37,9 @@ struct WorkerCoreOptions {
   // (KvBufferPool::Share); the worker gives its KvFetcher the same pool, so that fetches
   // receive into memory freed here. nullptr: freed.
   std::shared_ptr<KvBufferPool> kv_pool;
+  // Where the worker's metrics go (worker/worker_metrics.h; the K/V gauges read this
+  // core at scrape); null: a registry of its own. One core per Metrics.
+  std::shared_ptr<ops::Metrics> metrics;
 };
 
 struct ChunkTask {
@@ -79,6 +83,7 @@ struct FinalResult {
   double prefill_s = 0, decode_s = 0;
   int64_t kv_bytes_received = 0;
   double kv_transfer_s = 0;
+  int64_t prefill_tokens = 0;      // tokens prefilled here (whole prompt, or anchor + last)
 };
 
 // Set by the caller to stop a running task between steps (CANCELLED).
@@ -131,8 +136,13 @@ class WorkerCore {
 
  private:
   struct Entry;
+  absl::StatusOr<ChunkResult> RunChunkLocked(const ChunkTask& task, const CancelFlag* cancel);
+  absl::StatusOr<FinalResult> RunFinalLocked(const FinalTask& task, const CancelFlag* cancel);
   const Model& model_;
   WorkerCoreOptions options_;
+  std::shared_ptr<ops::Metrics> metrics_;
+  WorkerMetrics instruments_;
+  std::vector<ops::Metrics::CallbackHandle> gauges_;  // removed first in the destructor
   KvFetcher* fetcher_;
   Clock clock_;
   std::mutex task_mu_;             // one task at a time on the engine

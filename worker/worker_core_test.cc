@@ -748,6 +748,82 @@ TEST_F(WorkerCoreTest, LoadKvRunsWhileATaskHoldsTheEngine) {
   EXPECT_TRUE(absl::IsAborted(final_result.status())) << final_result.status();
 }
 
+// A sample of `name` with `labels` (counter or gauge value; histogram: its count).
+double Sample(const ops::Metrics& metrics, const std::string& name, const prometheus::Labels& labels = {}) {
+  for (const prometheus::MetricFamily& f : metrics.Collect()) {
+    if (f.name != name) continue;
+    for (const prometheus::ClientMetric& m : f.metric) {
+      prometheus::Labels got;
+      for (const auto& l : m.label) got[l.name] = l.value;
+      if (got != labels) continue;
+      switch (f.type) {
+        case prometheus::MetricType::Counter: return m.counter.value;
+        case prometheus::MetricType::Gauge: return m.gauge.value;
+        case prometheus::MetricType::Histogram: return static_cast<double>(m.histogram.sample_count);
+        default: return -1;
+      }
+    }
+  }
+  ADD_FAILURE() << "no sample " << name;
+  return -1;
+}
+
+// The worker's metrics (worker/worker_metrics.h) count what its tasks did: tasks by
+// outcome, tokens prefilled and generated, K/V fetched by a load and by a final, and the
+// K/V gauges follow the store back to 0.
+TEST_F(WorkerCoreTest, MetricsCountTasksTokensAndKv) {
+  const int64_t max_new = 6;
+  const std::vector<int32_t> prompt = TextPrompt(1500);
+  const MesaPlan plan = Plan(prompt, max_new);
+  ASSERT_GE(plan.middle.size(), 3u);
+  const int32_t n = static_cast<int32_t>(plan.middle.size());
+  InProcessKvFetcher fetcher;
+  WorkerCoreOptions oa, ob;
+  oa.metrics = ops::Metrics::Create();
+  ob.metrics = ops::Metrics::Create();
+  ob.kv_memory_bytes = int64_t{1} << 30;
+  WorkerCore a(model(), 1, oa, &fetcher), b(model(), 1, ob, &fetcher);
+  ASSERT_TRUE(fetcher.Register("a", &a).ok());
+  ASSERT_TRUE(fetcher.Register("b", &b).ok());
+  int64_t chunk_tokens = 0;
+  for (int32_t i = 0; i < n; ++i) {
+    auto r = b.RunChunk(MakeChunk(prompt, max_new, Key(i)));
+    ASSERT_TRUE(r.ok()) << r.status();
+    chunk_tokens += r->tokens;
+  }
+  EXPECT_FALSE(b.RunChunk(MakeChunk(prompt, max_new, Key(n + 5))).ok());  // chunk index out of range
+  EXPECT_EQ(Sample(*ob.metrics, "mesa_worker_tasks_total", {{"kind", "chunk"}, {"outcome", "ok"}}), n);
+  EXPECT_EQ(Sample(*ob.metrics, "mesa_worker_tasks_total", {{"kind", "chunk"}, {"outcome", "error"}}), 1);
+  EXPECT_EQ(Sample(*ob.metrics, "mesa_worker_task_seconds", {{"kind", "chunk"}}), n);
+  EXPECT_EQ(Sample(*ob.metrics, "mesa_worker_prefill_tokens_total", {{"kind", "chunk"}}), chunk_tokens);
+  EXPECT_EQ(chunk_tokens, n * plan.anchor.size() + std::accumulate(plan.middle.begin(), plan.middle.end(), int64_t{0},
+                                                                  [](int64_t s, TokenRange r) { return s + r.size(); }));
+  EXPECT_EQ(Sample(*ob.metrics, "mesa_worker_kv_bytes_in_use"), b.kv_bytes_in_use());
+  EXPECT_EQ(Sample(*ob.metrics, "mesa_worker_kv_entries"), n);
+  EXPECT_EQ(Sample(*ob.metrics, "mesa_worker_kv_budget_bytes"), ob.kv_memory_bytes);
+
+  ASSERT_TRUE(a.LoadKv(KvSourceRef{0, "b", Key(0)}, 0).ok());  // a move ahead of the final
+  EXPECT_EQ(Sample(*oa.metrics, "mesa_worker_kv_fetched_bytes_total", {{"via", "load"}}), ChunkBytes(plan.middle[0]));
+  EXPECT_EQ(Sample(*oa.metrics, "mesa_worker_kv_fetch_seconds", {{"via", "load"}}), 1);
+  EXPECT_EQ(Sample(*oa.metrics, "mesa_worker_kv_bytes_in_use"), ChunkBytes(plan.middle[0]));
+  FinalTask f = MakeFinal(prompt, max_new, Greedy());
+  for (int32_t i = 0; i < n; ++i) f.sources.push_back({i, i == 0 ? "" : "b", Key(i)});
+  auto got = a.RunFinal(f);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(Sample(*oa.metrics, "mesa_worker_tasks_total", {{"kind", "final"}, {"outcome", "ok"}}), 1);
+  EXPECT_EQ(Sample(*oa.metrics, "mesa_worker_prefill_tokens_total", {{"kind", "final"}}),
+            plan.anchor.size() + plan.last.size());
+  EXPECT_EQ(Sample(*oa.metrics, "mesa_worker_generated_tokens_total"), got->tokens.size());
+  EXPECT_EQ(Sample(*oa.metrics, "mesa_worker_kv_fetched_bytes_total", {{"via", "final"}}), got->kv_bytes_received);
+  EXPECT_EQ(Sample(*oa.metrics, "mesa_worker_kv_fetch_seconds", {{"via", "final"}}), n - 1);
+  EXPECT_EQ(Sample(*oa.metrics, "mesa_worker_kv_bytes_in_use"), 0);  // the loaded chunk was consumed
+  b.ReleaseKv("job", 0, 1);
+  EXPECT_EQ(Sample(*ob.metrics, "mesa_worker_kv_bytes_in_use"), 0);
+  EXPECT_EQ(Sample(*ob.metrics, "mesa_worker_kv_entries"), 0);
+  fetcher.Unregister("a");
+  fetcher.Unregister("b");
+}
+
 TEST(InProcessKvFetcherTest, RegistryRefusesDuplicatesAndForgetsUnregistered) {
   Model empty;
   WorkerCore a(empty, 1, {}, nullptr), b(empty, 1, {}, nullptr);

@@ -18,6 +18,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "mesa/v1/worker_service.grpc.pb.h"
 #include "rpc/health_server.h"
+#include "ops/log.h"
 #include "worker/grpc_kv.h"
 #include "worker/grpc_status.h"
 #include "worker/kv_pool.h"
@@ -27,10 +28,6 @@ namespace mesa::worker {
 namespace {
 
 constexpr int kMaxMessageBytes = 64 << 20;  // prompts of a few MB at most; K/V moves in 1 MiB pieces
-
-void Log(bool verbose, const std::string& line) {
-  if (verbose) std::fprintf(stderr, "mesa worker: %s\n", line.c_str());
-}
 
 // Sets `flag` when the call's client cancels or its deadline passes, until stopped.
 class CancelWatcher {
@@ -170,7 +167,26 @@ class WorkerProcess::Service final : public KvStreamingWorkerService {
     if (!busy) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the worker is draining");
     CancelFlag cancel{false};
     CancelWatcher watch(ctx, &cancel);
+    const auto t0 = std::chrono::steady_clock::now();
     auto r = (p_->core_.get()->*run)(*task, &cancel);
+    if (p_->options_.verbose) {
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const KvKey& key = task->key;
+      const char* kind = key.chunk < 0 ? "final" : "chunk";
+      std::string worker;
+      {
+        std::lock_guard<std::mutex> lock(p_->mu_);
+        worker = p_->worker_id_;
+      }
+      if (r.ok()) {
+        ops::LogDebug("task.done", {{"job", key.job_id}, {"item", key.item}, {"kind", kind}, {"chunk", key.chunk},
+                                    {"attempt", key.attempt}, {"worker", worker}, {"seconds", seconds}});
+      } else {
+        ops::LogWarn("task.failed", {{"job", key.job_id}, {"item", key.item}, {"kind", kind}, {"chunk", key.chunk},
+                                     {"attempt", key.attempt}, {"worker", worker}, {"seconds", seconds},
+                                     {"error", r.status()}});
+      }
+    }
     if (!r.ok()) return ToGrpcStatus(r.status());
     ToProto(*r, resp);
     return grpc::Status::OK;
@@ -224,6 +240,7 @@ absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(const Model&
   WorkerCoreOptions core_options;
   core_options.kv_memory_bytes = options.kv_memory_bytes;
   core_options.kv_pool = std::move(kv_pool);
+  core_options.metrics = options.metrics;
   p->core_ = std::make_unique<WorkerCore>(model, options.threads, core_options, p->fetcher_.get());
   p->service_ = std::make_unique<Service>(p.get());
 
@@ -249,10 +266,15 @@ absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(const Model&
     if (!health.ok()) return health.status();
     p->health_ = *std::move(health);
     p->health_->SetServing(true);
-    Log(options.verbose, absl::StrCat("health checks (plain text, grpc.health.v1 only) on ", p->health_->address()));
+    if (options.verbose) {
+      ops::LogInfo("health.listening", {{"address", p->health_->address()}, {"note", "plain text, grpc.health.v1 only"}});
+    }
   }
   p->server_->GetHealthCheckService()->SetServingStatus(true);
-  Log(options.verbose, absl::StrCat("serving on ", p->address_, " (", DescribeModel(model), ")"));
+  if (options.verbose) {
+    ops::LogInfo("worker.serving", {{"address", p->address_}, {"name", options.name},
+                                    {"model", DescribeModel(model)}, {"kv_memory_bytes", options.kv_memory_bytes}});
+  }
   p->agent_ = std::thread([w = p.get()] { w->AgentLoop(); });
   return p;
 }
@@ -326,7 +348,7 @@ void WorkerProcess::AgentLoop() {
         grpc::ClientContext dctx;
         dctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
         (void)stub->Deregister(&dctx, dr, &dresp);
-        Log(options_.verbose, "drained and deregistered");
+        if (options_.verbose) ops::LogInfo("worker.deregistered", {{"worker", worker_id}, {"reason", "drained"}});
       }
       finish(absl::OkStatus());
       return;
@@ -348,7 +370,13 @@ void WorkerProcess::AgentLoop() {
         interval_ms = std::max<int64_t>(50, resp.heartbeat_interval_ms());
         backoff_ms = 100;
         core_->ReleaseAll();  // a new registration: the coordinator knows of no K/V here
-        Log(options_.verbose, absl::StrCat("registered with ", options_.coordinator, " as ", worker_id));
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          worker_id_ = worker_id;
+        }
+        if (options_.verbose) {
+          ops::LogInfo("worker.registered", {{"worker", worker_id}, {"coordinator", options_.coordinator}});
+        }
       } else if (s.error_code() == grpc::StatusCode::FAILED_PRECONDITION ||
                  s.error_code() == grpc::StatusCode::INVALID_ARGUMENT ||
                  s.error_code() == grpc::StatusCode::PERMISSION_DENIED ||
@@ -368,6 +396,10 @@ void WorkerProcess::AgentLoop() {
                                       : "")));
           return;
         }
+        if (options_.verbose) {
+          ops::LogDebug("worker.register_failed", {{"coordinator", options_.coordinator},
+                                                   {"error", s.error_message()}, {"retry_ms", backoff_ms * 2}});
+        }
         backoff_ms = std::min<int64_t>(backoff_ms * 2, 5000);
       }
     } else {
@@ -379,7 +411,10 @@ void WorkerProcess::AgentLoop() {
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(std::max<int64_t>(interval_ms, 2000)));
       grpc::Status s = stub->Heartbeat(&ctx, hb, &hr);
       if (s.ok() && !hr.known()) {
-        Log(options_.verbose, "the coordinator does not know this worker (it restarted?): registering again");
+        if (options_.verbose) {
+          ops::LogWarn("worker.reregistering", {{"worker", worker_id}, {"coordinator", options_.coordinator},
+                                                {"reason", "the coordinator does not know this worker (it restarted?)"}});
+        }
         worker_id.clear();
         continue;
       }

@@ -35,7 +35,8 @@ struct WorkerProcessOptions {
   int threads = 0;              // 0 = all hardware threads
   int64_t kv_memory_bytes = 0;  // 0 = no limit
   int64_t register_timeout_ms = 0;  // 0 = keep trying; else give up after this long
-  bool verbose = true;          // log registration and tasks to stderr
+  bool verbose = true;          // log registration and tasks (ops/log.h)
+  std::shared_ptr<ops::Metrics> metrics;  // the core's metrics (worker/worker_metrics.h); null: its own
   // Transport security (rpc/security.h); the defaults are plain text. `security` is this
   // worker's server (with a client CA: ClientCertMode::kRequire, so only the cluster's
   // coordinator and workers get through the handshake); `channels` is how it calls the
@@ -83,6 +84,7 @@ class WorkerProcess {
   bool draining_ = false;
   bool stopped_ = false;
   int in_flight_ = 0;
+  std::string worker_id_;  // as registered ("" before), for the log
   absl::Status exit_status_;
 };
 

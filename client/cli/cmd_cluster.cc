@@ -16,9 +16,11 @@
 #include "client/cli/cli_util.h"
 #include "client/cli/commands.h"
 #include "client/cli/security_flags.h"
+#include "client/cli/ops_flags.h"
 #include "coordinator/coordinator_service.h"
 #include "engine/model_fingerprint.h"
 #include "jobs/job_format.h"
+#include "ops/log.h"
 #include "worker/worker_rpc.h"
 
 namespace mesa::cli {
@@ -92,10 +94,13 @@ struct CoordinatorArgs {
   double heartbeat_timeout_s = 15;
   LongContextFlags lc;
   TlsFlags tls;
+  OpsFlags ops;  // --metrics-listen, --log-level, --log-format
 };
 
 int RunCoordinator(const CoordinatorArgs& a) {
   BlockShutdownSignals();
+  auto ops_rt = StartOps(a.ops, 9090, "coordinator");
+  if (!ops_rt.ok()) return Fail(ops_rt.status());
   auto lc = ToLongContextOptions(a.lc);
   if (!lc.ok()) return Fail(lc.status());
   auto security = ToServerSecurity(a.tls, rpc::ClientCertMode::kVerifyIfPresented);
@@ -115,6 +120,7 @@ int RunCoordinator(const CoordinatorArgs& a) {
   options.attention = *lc;
   options.default_max_tokens = a.max_tokens;
   options.chat_template = a.chat_template;
+  options.metrics = ops_rt->metrics;
   auto core = coord::CoordinatorCore::Create(**model, options);
   if (!core.ok()) return Fail(core.status());
   coord::CoordinatorServerOptions server_options;
@@ -127,16 +133,21 @@ int RunCoordinator(const CoordinatorArgs& a) {
   auto server = coord::CoordinatorServer::Start(**core, server_options);
   if (!server.ok()) return Fail(server.status());
   if (absl::Status s = WriteAddressFile(a.address_file, (*server)->address()); !s.ok()) return Fail(s);
-  std::fprintf(stderr, "mesa coordinator: listening on %s, store %s, model %s, placement %s\n",
-               (*server)->address().c_str(), a.store.c_str(), DescribeModel(**model).c_str(), a.placement.c_str());
-  std::fprintf(stderr, "mesa coordinator: %s, %s, %s%s\n", security->server.tls() ? "TLS" : "plain text",
-               security->server.client_ca ? "workers need a client certificate" : "workers unauthenticated",
-               security->tokens ? "job service needs a bearer token" : "job service open",
-               (*server)->health_address().empty() ? "" : (", health on " + (*server)->health_address()).c_str());
+  ops::LogInfo("coordinator.listening", {{"address", (*server)->address()}, {"store", a.store},
+                                         {"model", DescribeModel(**model)}, {"placement", a.placement},
+                                         {"metrics", ops_rt->metrics_address()}});
+
+  ops::LogInfo("coordinator.security",
+               {{"transport", security->server.tls() ? "tls" : "plaintext"},
+                {"workers", security->server.client_ca ? "client certificate required" : "unauthenticated"},
+                {"job_service", security->tokens ? "bearer token required" : "open"}});
+  if (!(*server)->health_address().empty()) {
+    ops::LogInfo("health.listening", {{"address", (*server)->health_address()}, {"note", "plain text, grpc.health.v1 only"}});
+  }
   coord::CoordinatorServer* srv = server->get();
   {
     SignalWaiter signals([srv](int sig) {
-      std::fprintf(stderr, "mesa coordinator: signal %d, shutting down (unfinished jobs resume on restart)\n", sig);
+      ops::LogInfo("coordinator.stopping", {{"signal", sig}, {"note", "unfinished jobs resume on restart"}});
       srv->Shutdown();
     });
     srv->Wait();
@@ -153,10 +164,13 @@ struct WorkerArgs {
   int threads = 0;
   double register_timeout_s = 0;
   TlsFlags tls;
+  OpsFlags ops;  // --metrics-listen, --log-level, --log-format
 };
 
 int RunWorker(const WorkerArgs& a) {
   BlockShutdownSignals();
+  auto ops_rt = StartOps(a.ops, 9091, "worker");
+  if (!ops_rt.ok()) return Fail(ops_rt.status());
   std::string coordinator = a.coordinator;
   if (coordinator.empty()) {
     const char* env = std::getenv("MESA_COORDINATOR");
@@ -182,6 +196,7 @@ int RunWorker(const WorkerArgs& a) {
   options.security = security->server;
   options.channels = security->channels;
   options.health_listen = security->health_listen;
+  options.metrics = ops_rt->metrics;
   auto process = worker::WorkerProcess::Start(**model, options);
   if (!process.ok()) return Fail(process.status());
   if (absl::Status s = WriteAddressFile(a.address_file, (*process)->address()); !s.ok()) return Fail(s);
@@ -189,7 +204,7 @@ int RunWorker(const WorkerArgs& a) {
   absl::Status exit;
   {
     SignalWaiter signals([p](int sig) {
-      std::fprintf(stderr, "mesa worker: signal %d, draining (finishing the task at hand)\n", sig);
+      ops::LogInfo("worker.draining", {{"signal", sig}, {"note", "finishing the task at hand"}});
       p->Drain();
     });
     exit = p->Wait();
@@ -236,6 +251,7 @@ void RegisterClusterCommands(CLI::App& app) {
     cmd->add_option("--address-file", a->address_file, "Write the bound HOST:PORT to this file once serving");
     AddLongContextFlags(cmd, &a->lc);
     AddTlsServerFlags(cmd, &a->tls, /*tokens=*/true);
+    AddOpsFlags(cmd, &a->ops, 9090);
     cmd->callback([a] { ExitCode() = RunCoordinator(*a); });
   }
   {
@@ -267,6 +283,7 @@ void RegisterClusterCommands(CLI::App& app) {
         ->check(CLI::NonNegativeNumber);
     cmd->add_option("--address-file", a->address_file, "Write the bound HOST:PORT to this file once serving");
     AddTlsServerFlags(cmd, &a->tls, /*tokens=*/false);
+    AddOpsFlags(cmd, &a->ops, 9091);
     cmd->callback([a] { ExitCode() = RunWorker(*a); });
   }
 }

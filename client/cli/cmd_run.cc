@@ -13,6 +13,7 @@
 #include "coordinator/local_run.h"
 #include "jobs/batch_runner.h"
 #include "jobs/progress.h"
+#include "ops/log.h"
 
 namespace mesa::cli {
 namespace {
@@ -67,6 +68,9 @@ int RunRun(const RunArgs& a) {
   local.limits = options.limits;
   local.retry_errors = options.retry_errors;
   local.attention = *lc;
+  // `mesa run` prints its own progress: of the core's event log (ops/log.h: job and item
+  // lines, meant for servers) only warnings and errors.
+  ops::ConfigureLog(ops::LogLevel::kWarn, ops::LogFormat::kText);
   auto summary = coord::RunBatchLocal(a.input, a.output, **model, local, &progress);
   progress.Finish();
   if (!summary.ok()) return Fail(summary.status());

@@ -6,7 +6,7 @@
 #   cluster_test.sh MESA_BINARY SHARED_DIR SCENARIO
 # Scenarios: equal (1/2/3 workers, each placement, both shared models), kill_worker,
 # restart_coordinator, hang_worker, cancel, idempotent, bad_input, fingerprint, drain,
-# local_workers, tls. Skips (exit 77) without the shared data.
+# local_workers, tls, metrics. Skips (exit 77) without the shared data.
 set -uo pipefail
 MESA="$(realpath "$1")"
 SHARED="$2"
@@ -99,6 +99,15 @@ wait_progress() {  # wait_progress JOB N: until N items are settled
   return 1
 }
 
+# kv_moves JOB [all]: chunks' K/V moved ahead of the final (all: moves tried) from the
+# coordinator's job.completed line (text log format).
+kv_moves() {
+  local line; line=$(grep " job.completed job=$1 " "$TMP/coordinator.log" | head -1)
+  local ok; ok=$(sed -n 's/.* kv_moves=\([0-9]*\).*/\1/p' <<<"$line")
+  local failed; failed=$(sed -n 's/.* kv_moves_failed=\([0-9]*\).*/\1/p' <<<"$line")
+  if [ "${2:-}" = all ]; then echo $((${ok:-0} + ${failed:-0})); else echo "${ok:-0}"; fi
+}
+
 case "$SCENARIO" in
 equal)
   for m in "$MODEL" "$MODEL2"; do
@@ -116,7 +125,7 @@ equal)
         echo -n "$tag placement=$placement workers=$n: "; same_results "$TMP/ref-$tag.jsonl" "$TMP/out.jsonl"
         if [ "$placement" = spread ] && [ "$n" -ge 2 ]; then
           # Chunks' K/V moved to the final worker while other chunks computed (MoveKv).
-          moved=$(sed -n "s/.*job $job: \([0-9]*\) chunks' K\/V.*/\1/p" "$TMP/coordinator.log" | head -1)
+          moved=$(kv_moves "$job")
           [ "${moved:-0}" -gt 0 ] && echo "  $moved chunks' K/V moved ahead of the final" \
             || die "no chunk K/V moved ahead of the final with $n workers (coordinator log)"
         fi
@@ -211,7 +220,7 @@ job_placement)
   "$MESA" wait --coordinator "$COORD" "$job" --timeout 300 >"$TMP/wait.out" 2>&1 || { die "wait: $(cat "$TMP/wait.out")"; log_tail; }
   "$MESA" results --coordinator "$COORD" "$job" --output "$TMP/out.jsonl" || die "results"
   same_results "$TMP/ref.jsonl" "$TMP/out.jsonl"
-  grep "job $job: " "$TMP/coordinator.log" | grep -q "chunks' K/V" || die "no chunk K/V moved: the job did not run spread"
+  [ "$(kv_moves "$job" all)" -gt 0 ] || die "no chunk K/V moved: the job did not run spread"
   ;;
 idempotent)
   start_coordinator "$TMP/store"
@@ -314,11 +323,11 @@ tls)
   # The foreign worker never joined and gave up.
   for _ in $(seq 100); do kill -0 "$F" 2>/dev/null || break; sleep 0.1; done
   wait "$F" 2>/dev/null && die "the foreign worker exited 0"
-  [ "$(grep -c " joined from " "$TMP/coordinator.log")" = 2 ] \
+  [ "$(grep -c " worker.joined " "$TMP/coordinator.log")" = 2 ] \
     || die "expected exactly 2 workers to join: $(grep joined "$TMP/coordinator.log")"
   # Health ports (plain text), and the main port's health over TLS without a token.
-  ch=$(sed -n 's/.*health on \([0-9.:]*\).*/\1/p' "$TMP/coordinator.log" | head -1)
-  wh=$(sed -n 's/.*health checks .* on \([0-9.:]*\).*/\1/p' "$TMP/worker-a.log" | head -1)
+  ch=$(sed -n 's/.* health.listening address=\([0-9.:]*\).*/\1/p' "$TMP/coordinator.log" | head -1)
+  wh=$(sed -n 's/.* health.listening address=\([0-9.:]*\).*/\1/p' "$TMP/worker-a.log" | head -1)
   [ "$("$MESA" health "$ch")" = SERVING ] || die "coordinator health port $ch"
   [ "$("$MESA" health "$wh")" = SERVING ] || die "worker health port $wh"
   [ "$("$MESA" health "$COORD" --tls-ca "$P/ca.pem")" = SERVING ] || die "coordinator main-port health over TLS"
@@ -329,6 +338,36 @@ tls)
   grep -lF "$TOKEN" "$TMP"/*.log "$TMP"/*.out "$TMP/err" && die "the token is in a log (above)"
   kill -TERM "${PIDS[@]}" 2>/dev/null; wait 2>/dev/null
   grep -lF "$TOKEN" "$TMP"/*.log && die "the token is in a log after shutdown (above)"
+  ;;
+metrics)
+  # Prometheus metrics and JSON event logs of real processes agree with the run
+  # (tests/runtime/metrics_check.py); bad ops flags fail clearly.
+  PY=""
+  for p in python3 /usr/bin/python3; do "$p" -c 'import prometheus_client' 2>/dev/null && { PY=$p; break; }; done
+  [ -n "$PY" ] || { die "python3-prometheus-client is not installed (scripts/setup.sh installs it)"; exit 1; }
+  start_coordinator "$TMP/store" --placement spread --metrics-listen 127.0.0.1:0 --log-format json
+  start_worker a --metrics-listen 127.0.0.1:0 --log-format json
+  start_worker b --metrics-listen 127.0.0.1:0 --log-level debug
+  for _ in $(seq 100); do
+    [ "$(grep -c worker.registered "$TMP"/worker-*.log | awk -F: '{s+=$2} END {print s}')" = 2 ] && break; sleep 0.1
+  done
+  job=$(submit --request-id metrics-req-1) || { die "submit"; log_tail; exit 1; }
+  "$MESA" wait --coordinator "$COORD" "$job" --timeout 300 >"$TMP/wait.out" 2>&1 || { die "wait: $(cat "$TMP/wait.out")"; log_tail; }
+  "$MESA" results --coordinator "$COORD" "$job" --output "$TMP/out.jsonl" || die "results"
+  "$PY" "$(dirname "$0")/metrics_check.py" --coordinator-log "$TMP/coordinator.log" \
+    --worker-log "$TMP/worker-a.log" --worker-log "$TMP/worker-b.log" --input "$TMP/in.jsonl" \
+    --results "$TMP/out.jsonl" --job "$job" --request-id metrics-req-1 || { die "metrics check"; log_tail; }
+  grep -q " debug task.done job=$job .*worker=w" "$TMP/worker-b.log" || die "worker b (debug) logged no task.done"
+  # The metrics port is taken: a second server fails at once, naming it.
+  port=$(sed -n 's/.*"event":"metrics.listening","address":"\([^"]*\)".*/\1/p' "$TMP/coordinator.log" | head -1)
+  "$MESA" coordinator --listen 127.0.0.1:0 --store "$TMP/store2" --model "$MODEL" --metrics-listen "$port" \
+    >"$TMP/taken.log" 2>&1 && die "a second coordinator on metrics port $port started"
+  grep -q "cannot listen on '$port'" "$TMP/taken.log" || die "taken port message: $(cat "$TMP/taken.log")"
+  "$MESA" worker --coordinator "$COORD" --model "$MODEL" --metrics-listen "127.0.0.1:99999" >"$TMP/bad.log" 2>&1 \
+    && die "--metrics-listen 127.0.0.1:99999 accepted"
+  grep -q "not 0-65535" "$TMP/bad.log" || die "bad port message: $(cat "$TMP/bad.log")"
+  "$MESA" worker --coordinator "$COORD" --model "$MODEL" --log-level loud >/dev/null 2>&1; rc=$?
+  [ "$rc" = 2 ] || die "--log-level loud exited $rc, not 2 (usage error)"
   ;;
 *) echo "unknown scenario $SCENARIO"; exit 2 ;;
 esac
