@@ -542,19 +542,18 @@ int RunRankZero(MpiJob& mpi, const ClusterArgs& a, const Prepared& p, absl::Stat
   std::unique_ptr<coord::CoordinatorCore> core;
   std::unique_ptr<coord::CoordinatorServer> server;
   std::string address;
-  ClusterArgs args = a;
   absl::Status up = [&]() -> absl::Status {
     if (!model.ok()) return model.status();
     if (!(*model)->tokenizer) return absl::FailedPreconditionError("the model has no tokenizer");
-    if (args.store.empty()) {
+    if (a.store.empty()) {
       temp.Create();
       if (temp.path.empty()) return absl::InternalError("cannot create a temporary job store");
     }
     MESA_ASSIGN_OR_RETURN(core, coord::CoordinatorCore::Create(
-                                    **model, CoordinatorOptionsFor(args, p, args.store.empty() ? temp.path : args.store)));
-    MESA_ASSIGN_OR_RETURN(server, coord::CoordinatorServer::Start(*core, CoordinatorServerOptionsFor(args, p)));
-    address = AdvertisedAddress(server->address(), args.advertise);
-    if (!args.address_file.empty()) MESA_RETURN_IF_ERROR(jobs::RewriteFile(args.address_file, {address + "\n"}));
+                                    **model, CoordinatorOptionsFor(a, p, a.store.empty() ? temp.path : a.store)));
+    MESA_ASSIGN_OR_RETURN(server, coord::CoordinatorServer::Start(*core, CoordinatorServerOptionsFor(a, p)));
+    address = AdvertisedAddress(server->address(), a.advertise);
+    if (!a.address_file.empty()) MESA_RETURN_IF_ERROR(jobs::RewriteFile(a.address_file, {address + "\n"}));
     return absl::OkStatus();
   }();
   // Every rank waits in this broadcast: it must happen, with the address or the error.
@@ -564,10 +563,10 @@ int RunRankZero(MpiJob& mpi, const ClusterArgs& a, const Prepared& p, absl::Stat
   if (absl::Status s = mpi.Broadcast(&boot); !s.ok()) return Fail(s);
   if (!up.ok()) return Fail(up);
   Log(absl::StrCat("coordinator on ", server->address(), " (ranks dial ", address, "), store ",
-                   args.store.empty() ? temp.path + " (temporary)" : args.store, ", model ", DescribeModel(**model),
-                   ", placement ", args.placement, ", heartbeat timeout ", args.heartbeat_timeout_s, " s"));
+                   a.store.empty() ? temp.path + " (temporary)" : a.store, ", model ", DescribeModel(**model),
+                   ", placement ", a.placement, ", heartbeat timeout ", a.heartbeat_timeout_s, " s"));
 
-  auto worker = RankWorker::Start(**model, WorkerOptionsFor(args, p, address, absl::StrCat("rank0@", HostName())));
+  auto worker = RankWorker::Start(**model, WorkerOptionsFor(a, p, address, absl::StrCat("rank0@", HostName())));
   if (!worker.ok()) {
     mpi.SendDrain(2000);
     return Fail(worker.status());
@@ -577,14 +576,14 @@ int RunRankZero(MpiJob& mpi, const ClusterArgs& a, const Prepared& p, absl::Stat
   if (p.batch) {
     std::fprintf(stderr,
                  "mesa cluster: %d ranks, task %s, template %s, attention %s, up to %lld new tokens per document\n",
-                 mpi.size(), args.task.c_str(), args.chat_template.c_str(), args.lc.attention.c_str(),
-                 static_cast<long long>(args.max_tokens));
-    auto summary = RunBatch(*core, args, stop);
+                 mpi.size(), a.task.c_str(), a.chat_template.c_str(), a.lc.attention.c_str(),
+                 static_cast<long long>(a.max_tokens));
+    auto summary = RunBatch(*core, a, stop);
     if (summary.ok()) {
       std::fprintf(stderr, "mesa cluster: %lld ok, %lld error%s", static_cast<long long>(summary->ok),
                    static_cast<long long>(summary->errors), summary->errors == 1 ? "" : "s");
       if (summary->skipped > 0) std::fprintf(stderr, ", %lld already done", static_cast<long long>(summary->skipped));
-      std::fprintf(stderr, "; results in %s\n", args.output.c_str());
+      std::fprintf(stderr, "; results in %s\n", a.output.c_str());
     } else {
       code = Fail(summary.status());
     }
@@ -695,8 +694,10 @@ void RegisterMpiCluster(CLI::App& app) {
       "coordinator through MPI. With --input/--output the file runs as one job (the records of `mesa run`, in\n"
       "input order) and every rank exits when it is done; without them the cluster serves `mesa submit` on\n"
       "--listen until SIGTERM/SIGINT. A rank that dies is a dead worker: its tasks run on the others, when\n"
-      "mpirun is told not to abort (OpenMPI: mpirun --enable-recovery). With --store, a rerun after rank 0\n"
-      "died finds its job in the store and runs only the unfinished items.\n"
+      "mpirun is told not to abort (OpenMPI: mpirun --enable-recovery; mpirun then exits 0 whatever the ranks\n"
+      "return: OUT is written, in one rename, only when the batch completed). With --store, a rerun after\n"
+      "rank 0 died finds its job in the store and runs only the unfinished items. SIGTERM, SIGINT or SIGUSR1\n"
+      "(which mpirun forwards without ending the job) drain every rank.\n"
       "Example: mpirun --enable-recovery -np 4 mesa cluster --model m.gguf --input in.jsonl --output out.jsonl \\\n"
       "           --store /shared/mesa-store --threads 8");
   cmd->add_option("--model,-m", a->model, "GGUF file or Hugging Face model directory (every rank loads it)")

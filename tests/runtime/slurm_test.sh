@@ -78,7 +78,7 @@ CPUS=$(nproc)
 export SLURM_CONF="$TMP/slurm.conf"
 cat >"$SLURM_CONF" <<EOF
 ClusterName=mesatest
-SlurmctldHost=$HOST
+SlurmctldHost=$HOST(127.0.0.1)
 SlurmctldPort=$CTLD_PORT
 SlurmdPort=$SLURMD_PORT
 SlurmUser=root
@@ -103,7 +103,7 @@ AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 MailProg=/bin/true
-NodeName=$HOST CPUs=$CPUS State=UNKNOWN
+NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS State=UNKNOWN
 PartitionName=mesa Nodes=$HOST Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
 slurmctld -D -i >"$TMP/slurmctld.out" 2>&1 &
