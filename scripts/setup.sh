@@ -8,6 +8,7 @@ PKGS=(
   cmake g++ ninja-build pkg-config ccache openssh-client git
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libopenmpi-dev openmpi-bin libgtest-dev libgmock-dev libbenchmark-dev
+  slurm-wlm munge
   nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev libsqlite3-dev
   libhwy-dev libopenblas-dev python3 python3-numpy python3-yaml gnuplot-nox
   clang libclang-rt-14-dev

@@ -22,5 +22,7 @@ void RegisterEval(CLI::App& app);
 void RegisterClientCommands(CLI::App& app);
 // cmd_cluster.cc: coordinator, worker.
 void RegisterClusterCommands(CLI::App& app);
+// cmd_mpi_cluster.cc: cluster (a whole cluster as one MPI job).
+void RegisterMpiCluster(CLI::App& app);
 
 }  // namespace mesa::cli

@@ -52,6 +52,7 @@ int main(int argc, char** argv) {
   mesa::cli::RegisterEval(app);
   mesa::cli::RegisterClientCommands(app);
   mesa::cli::RegisterClusterCommands(app);
+  mesa::cli::RegisterMpiCluster(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
