@@ -46,6 +46,8 @@
 #include "client/cli/attention_flags.h"
 #include "client/cli/cli_util.h"
 #include "client/cli/commands.h"
+#include "client/cli/ops_flags.h"
+#include "client/cli/security_flags.h"
 #include "client/cli/server_util.h"
 #include "common/status.h"
 #include "coordinator/coordinator_service.h"
@@ -76,10 +78,30 @@ struct ClusterArgs {
   int max_attempts = 3;
   double heartbeat_timeout_s = 5;
   LongContextFlags lc;
-  // The servers' security and operations flags (TLS, tokens, health and metrics
-  // listeners, logging) join here, as in `mesa coordinator` and `mesa worker`; they
-  // reach the servers through CoordinatorServerOptionsFor and WorkerOptionsFor below.
+  // The servers' security and operations flags, as on `mesa coordinator` and `mesa
+  // worker` (TLS, tokens, health and metrics listeners, logging).
+  TlsFlags tls;
+  OpsFlags ops;
 };
+
+// "HOST:PORT" with PORT moved up by `offset` (a rank's local rank, so that the ranks of
+// one machine do not ask for the same port); port 0 (any free port) stays 0. "HOST"
+// alone takes `default_port` first. "" stays "".
+std::string OffsetListen(const std::string& listen, int default_port, int offset) {
+  if (listen.empty()) return listen;
+  const size_t colon = listen.rfind(':');
+  const bool has_port = colon != std::string::npos && listen.find(']', colon) == std::string::npos;
+  std::string host = has_port ? listen.substr(0, colon) : listen;
+  int port = default_port;
+  if (has_port) {
+    char* end = nullptr;
+    const long v = std::strtol(listen.c_str() + colon + 1, &end, 10);
+    if (end == listen.c_str() + colon + 1 || *end != 0 || v < 0 || v > 65535) return listen;  // StartOps says why
+    port = static_cast<int>(v);
+  }
+  if (port == 0) return host + ":0";
+  return absl::StrCat(host, ":", port + offset);
+}
 
 #if MESA_HAVE_MPI
 
@@ -87,6 +109,8 @@ struct ClusterArgs {
 // (so a bad flag stops every rank the same way, and none waits in a collective).
 struct Prepared {
   LongContextOptions attention;
+  ServerSecurityConfig coordinator_security;  // rank 0's coordinator (verifies client certificates if presented)
+  ServerSecurityConfig worker_security;       // every rank's worker (requires them under --tls-client-ca)
   coord::Placement placement = coord::Placement::kAuto;
   int64_t kv_memory_bytes = 0;
   std::string listen;
@@ -106,6 +130,9 @@ absl::StatusOr<Prepared> Prepare(const ClusterArgs& a) {
   p.kv_memory_bytes = *kv;
   p.batch = !a.input.empty();
   p.listen = !a.listen.empty() ? a.listen : p.batch ? "0.0.0.0:0" : "0.0.0.0:50051";
+  // Certificates, keys and token files are read and checked here, on every rank alike.
+  MESA_ASSIGN_OR_RETURN(p.coordinator_security, ToServerSecurity(a.tls, rpc::ClientCertMode::kVerifyIfPresented));
+  MESA_ASSIGN_OR_RETURN(p.worker_security, ToServerSecurity(a.tls, rpc::ClientCertMode::kRequire));
   return p;
 }
 
@@ -124,20 +151,41 @@ coord::CoordinatorOptions CoordinatorOptionsFor(const ClusterArgs& a, const Prep
   return co;
 }
 
-coord::CoordinatorServerOptions CoordinatorServerOptionsFor(const ClusterArgs&, const Prepared& p) {
+coord::CoordinatorServerOptions CoordinatorServerOptionsFor(const ClusterArgs&, const Prepared& p,
+                                                            const std::string& health_listen) {
   coord::CoordinatorServerOptions o;
   o.listen = p.listen;
+  o.security = p.coordinator_security.server;
+  o.worker_channels = p.coordinator_security.channels;
+  o.tokens = p.coordinator_security.tokens;
+  o.health_listen = health_listen;
   return o;
 }
 
+// `health_listen`: "" on rank 0 (its coordinator's health server speaks for the process).
 worker::WorkerProcessOptions WorkerOptionsFor(const ClusterArgs& a, const Prepared& p, const std::string& coordinator,
-                                              const std::string& name) {
+                                              const std::string& name, const std::string& health_listen,
+                                              std::shared_ptr<ops::Metrics> metrics) {
   worker::WorkerProcessOptions o;
   o.coordinator = coordinator;
   o.name = name;
   o.threads = a.threads;
   o.kv_memory_bytes = p.kv_memory_bytes;
+  o.security = p.worker_security.server;
+  o.channels = p.worker_security.channels;
+  o.health_listen = health_listen;
+  o.metrics = std::move(metrics);
   return o;
+}
+
+// This rank's operations flags: the metrics and health ports moved up by the local rank.
+OpsFlags RankOps(const ClusterArgs& a, int local_rank) {
+  OpsFlags o = a.ops;
+  o.metrics_listen = OffsetListen(o.metrics_listen, 9090, local_rank);
+  return o;
+}
+std::string RankHealthListen(const ClusterArgs& a, int local_rank) {
+  return OffsetListen(a.tls.health_listen, 8081, local_rank);
 }
 
 std::string HostName() {
@@ -542,16 +590,21 @@ int RunRankZero(MpiJob& mpi, const ClusterArgs& a, const Prepared& p, absl::Stat
   std::unique_ptr<coord::CoordinatorCore> core;
   std::unique_ptr<coord::CoordinatorServer> server;
   std::string address;
+  OpsRuntime ops_rt;
   absl::Status up = [&]() -> absl::Status {
+    MESA_ASSIGN_OR_RETURN(ops_rt, StartOps(RankOps(a, mpi.local_rank()), 9090, "cluster"));
     if (!model.ok()) return model.status();
     if (!(*model)->tokenizer) return absl::FailedPreconditionError("the model has no tokenizer");
     if (a.store.empty()) {
       temp.Create();
       if (temp.path.empty()) return absl::InternalError("cannot create a temporary job store");
     }
-    MESA_ASSIGN_OR_RETURN(core, coord::CoordinatorCore::Create(
-                                    **model, CoordinatorOptionsFor(a, p, a.store.empty() ? temp.path : a.store)));
-    MESA_ASSIGN_OR_RETURN(server, coord::CoordinatorServer::Start(*core, CoordinatorServerOptionsFor(a, p)));
+    coord::CoordinatorOptions co = CoordinatorOptionsFor(a, p, a.store.empty() ? temp.path : a.store);
+    co.metrics = ops_rt.metrics;  // one registry for this process's coordinator and worker
+    MESA_ASSIGN_OR_RETURN(core, coord::CoordinatorCore::Create(**model, co));
+    std::fputs(SecurityWarnings(p.coordinator_security, p.listen).c_str(), stderr);
+    MESA_ASSIGN_OR_RETURN(server, coord::CoordinatorServer::Start(
+                                      *core, CoordinatorServerOptionsFor(a, p, RankHealthListen(a, mpi.local_rank()))));
     address = AdvertisedAddress(server->address(), a.advertise);
     if (!a.address_file.empty()) MESA_RETURN_IF_ERROR(jobs::RewriteFile(a.address_file, {address + "\n"}));
     return absl::OkStatus();
@@ -566,7 +619,10 @@ int RunRankZero(MpiJob& mpi, const ClusterArgs& a, const Prepared& p, absl::Stat
                    a.store.empty() ? temp.path + " (temporary)" : a.store, ", model ", DescribeModel(**model),
                    ", placement ", a.placement, ", heartbeat timeout ", a.heartbeat_timeout_s, " s"));
 
-  auto worker = RankWorker::Start(**model, WorkerOptionsFor(a, p, address, absl::StrCat("rank0@", HostName())));
+  if (!server->health_address().empty()) Log("health checks (plain text) on " + server->health_address());
+  if (ops_rt.server) Log("metrics on http://" + ops_rt.metrics_address() + "/metrics");
+  auto worker = RankWorker::Start(
+      **model, WorkerOptionsFor(a, p, address, absl::StrCat("rank0@", HostName()), "", ops_rt.metrics));
   if (!worker.ok()) {
     mpi.SendDrain(2000);
     return Fail(worker.status());
@@ -617,8 +673,12 @@ int RunOtherRank(MpiJob& mpi, const ClusterArgs& a, const Prepared& p, absl::Sta
   }
   const std::string coordinator = boot.text;
   if (!model.ok()) return Fail(model.status());
+  auto ops_rt = StartOps(RankOps(a, mpi.local_rank()), 9090, "cluster");
+  if (!ops_rt.ok()) return Fail(ops_rt.status());
+  if (ops_rt->server) Log(absl::StrCat("rank ", mpi.rank(), ": metrics on http://", ops_rt->metrics_address(), "/metrics"));
   auto worker = RankWorker::Start(
-      **model, WorkerOptionsFor(a, p, coordinator, absl::StrCat("rank", mpi.rank(), "@", HostName())));
+      **model, WorkerOptionsFor(a, p, coordinator, absl::StrCat("rank", mpi.rank(), "@", HostName()),
+                                RankHealthListen(a, mpi.local_rank()), ops_rt->metrics));
   if (!worker.ok()) return Fail(worker.status());
 
   // Rank 0 gone (its port closed) for this long ends the rank: the run cannot finish.
@@ -741,6 +801,8 @@ void RegisterMpiCluster(CLI::App& app) {
   cmd->add_option("--kv-memory", a->kv_memory, "Bytes of chunk K/V each rank's worker may hold (K/M/G/T; 0 = no limit)")
       ->capture_default_str();
   AddLongContextFlags(cmd, &a->lc);
+  AddTlsServerFlags(cmd, &a->tls, /*tokens=*/true);
+  AddOpsFlags(cmd, &a->ops, 9090);
   cmd->callback([a] {
     if (a->input.empty() != a->output.empty()) {
       std::fprintf(stderr, "mesa: error: --input and --output go together\n");

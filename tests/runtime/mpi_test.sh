@@ -11,6 +11,8 @@
 #              recomputes no finished item (their stored records come back byte for byte)
 #   serve      no --input: `mesa submit` to rank 0's JobService; SIGUSR1 to mpirun stops
 #              every rank cleanly (exit 0)
+#   secure     TLS + mutual TLS + a token file, health and metrics ports on every rank:
+#              records equal to `mesa run`'s, every rank's /metrics answers
 #   usage      flag errors exit 2; a rank 0 that cannot start, or a missing model, ends
 #              every rank with an error and no hang; a build without MPI says so (exit 2)
 # Skips (exit 77) without the shared model, without mpirun, or (except usage) when mesa
@@ -114,12 +116,12 @@ equal)
     rc=$?
     [ "$rc" = 0 ] || { die "mpirun -np 3 ($placement) exited $rc"; show "$TMP/equal-$placement.log"; continue; }
     echo -n "3 ranks, placement $placement: "; same_records "$TMP/ref.jsonl" "$TMP/out-$placement.jsonl"
-    n=$(grep -c "^mesa coordinator: worker .* joined" "$TMP/equal-$placement.log")
+    n=$(grep -c " worker.joined " "$TMP/equal-$placement.log")
     [ "$n" = 3 ] || die "$n workers joined, not 3 (one per rank)"
-    n=$(grep -c "drained and deregistered" "$TMP/equal-$placement.log")
+    n=$(grep -c " worker.deregistered .*reason=drained" "$TMP/equal-$placement.log")
     [ "$n" = 3 ] || { die "$n of 3 ranks drained at the end"; show "$TMP/equal-$placement.log"; }
   done
-  grep -q "chunks' K/V .* moved" "$TMP/equal-spread.log" || die "spread over 3 ranks moved no chunk K/V between them"
+  grep -q " job.completed .*kv_moves=[1-9]" "$TMP/equal-spread.log" || die "spread over 3 ranks moved no chunk K/V between them"
   # Without mpirun: a cluster of one rank.
   "$MESA" "${CLUSTER[@]}" --input "$TMP/in.jsonl" --output "$TMP/out-1.jsonl" >"$TMP/equal-1.log" 2>&1 \
     || { die "1-rank mesa cluster"; show "$TMP/equal-1.log"; }
@@ -140,7 +142,7 @@ kill_rank)
   [ "$n" = 0 ] || echo "note: $n ranks left MPI_Finalize's fence by its timeout (OpenMPI waited for the dead rank)"
   # A call in flight to it fails and the coordinator probes it at once; an idle worker is
   # dropped silently after the heartbeat timeout.
-  if grep -q "worker w[0-9]*-rank1@.* does not answer: taken as dead" "$TMP/kill.log"; then
+  if grep -q " worker.dead " "$TMP/kill.log"; then
     echo "the coordinator took rank 1's worker as dead (a task of it failed)"
   else
     echo "note: rank 1 was idle at the kill (dropped after the heartbeat timeout)"
@@ -207,7 +209,7 @@ serve)
     | python3 -c "import json,sys; print(json.load(sys.stdin)['job_id'])") || { die "submit: $(cat "$TMP/submit.err")"; }
   "$MESA" results --coordinator "$addr" "$job" --output "$TMP/out.jsonl" || die "results"
   same_records "$TMP/ref.jsonl" "$TMP/out.jsonl"
-  n=$(grep -c "^mesa coordinator: worker .* joined" "$TMP/serve.log")
+  n=$(grep -c " worker.joined " "$TMP/serve.log")
   [ "$n" = 3 ] || die "$n workers joined, not 3"
   # SIGUSR1: mpirun forwards it to every rank and lets them end (after SIGTERM every
   # rank drains the same way, but mpirun exits 1: it was told to kill the job).
@@ -215,9 +217,33 @@ serve)
   wait_for 60 bash -c "! kill -0 $MP 2>/dev/null" || die "mpirun still runs 60 s after SIGUSR1"
   wait "$MP"; rc=$?
   [ "$rc" = 0 ] || { die "mpirun exited $rc after SIGUSR1"; show "$TMP/serve.log"; }
-  n=$(grep -c "drained and deregistered" "$TMP/serve.log")
+  n=$(grep -c " worker.deregistered .*reason=drained" "$TMP/serve.log")
   [ "$n" = 3 ] || { die "$n of 3 ranks drained"; show "$TMP/serve.log"; }
   echo "SIGUSR1: every rank drained, mpirun exited 0"
+  ;;
+secure)
+  # The servers' security and operations flags on `mesa cluster` (as on `mesa coordinator`
+  # and `mesa worker`): every rank's worker requires the cluster's certificates, rank 0's
+  # job service a token; health and metrics listeners on every rank.
+  bash "$(dirname "$0")/../../scripts/make_test_certs.sh" "$TMP/pki" || { die "make_test_certs.sh (openssl?)"; exit 1; }
+  (umask 077; printf '%s\n' "mpi-secure-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')" >"$TMP/tokens")
+  reference "$TMP/in.jsonl" "$TMP/ref.jsonl"
+  P="$TMP/pki"
+  timeout 300 "${MPIRUN[@]}" -np 3 "$MESA" "${CLUSTER[@]}" --placement spread --input "$TMP/in.jsonl" \
+    --output "$TMP/out.jsonl" --tls-cert "$P/worker.pem" --tls-key "$P/worker.key" --tls-ca "$P/ca.pem" \
+    --tls-client-ca "$P/ca.pem" --auth-token-file "$TMP/tokens" --health-listen 127.0.0.1:0 \
+    --metrics-listen 127.0.0.1:0 >"$TMP/secure.log" 2>&1
+  rc=$?
+  [ "$rc" = 0 ] && [ -s "$TMP/out.jsonl" ] || { die "mpirun -np 3 with TLS exited $rc"; show "$TMP/secure.log"; exit 1; }
+  echo -n "3 ranks, TLS + mTLS + token: "; same_records "$TMP/ref.jsonl" "$TMP/out.jsonl"
+  n=$(grep -c " worker.joined " "$TMP/secure.log")
+  [ "$n" = 3 ] || die "$n workers joined over mutual TLS, not 3"
+  n=$(grep -c "metrics on http://127.0.0.1:[1-9]" "$TMP/secure.log")
+  [ "$n" = 3 ] || die "$n ranks served metrics, not 3"
+  grep -q "health checks (plain text) on 127.0.0.1:[1-9]" "$TMP/secure.log" || die "rank 0 served no health port"
+  n=$(grep -c " health.listening address=127.0.0.1:[1-9]" "$TMP/secure.log")
+  [ "$n" = 2 ] || die "$n worker ranks served a health port, not 2"
+  grep -qF "$(cat "$TMP/tokens")" "$TMP/secure.log" && die "the token is in the log"
   ;;
 usage)
   expect() {  # expect RC PATTERN ARGS...: `mesa ARGS` exits RC saying PATTERN

@@ -12,7 +12,7 @@ target_compile_definitions(security_test PRIVATE MESA_SOURCE_DIR="${CMAKE_SOURCE
 # `mesa cluster` under a real mpirun (OpenMPI, loopback, 3 ranks on 2 cores): records
 # equal to `mesa run`'s, a killed rank, rank 0 killed and resumed, serving, usage errors.
 # Skips visibly without mpirun or without MPI in the build.
-foreach(scenario equal kill_rank resume serve usage)
+foreach(scenario equal kill_rank resume serve secure usage)
   add_test(NAME mpi_${scenario}
            COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/mpi_test.sh $<TARGET_FILE:mesa> ${MESA_SHARED_DIR} ${scenario})
   set_tests_properties(mpi_${scenario} PROPERTIES LABELS runtime SKIP_RETURN_CODE 77 TIMEOUT 600)
