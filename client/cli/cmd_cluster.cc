@@ -15,6 +15,7 @@
 #include "client/cli/attention_flags.h"
 #include "client/cli/cli_util.h"
 #include "client/cli/commands.h"
+#include "client/cli/server_util.h"
 #include "client/cli/security_flags.h"
 #include "client/cli/ops_flags.h"
 #include "coordinator/coordinator_service.h"
@@ -25,58 +26,6 @@
 
 namespace mesa::cli {
 namespace {
-
-// The signals that stop a server: blocked in every thread (call this before any thread
-// starts, so none of gRPC's threads takes them) and taken by SignalWaiter's sigwait.
-sigset_t ShutdownSignals() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGUSR2);  // internal: wakes the waiter when no signal came
-  return set;
-}
-void BlockShutdownSignals() {
-  sigset_t set = ShutdownSignals();
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-}
-
-// Runs `on_signal` on a thread of its own when SIGTERM or SIGINT arrives.
-class SignalWaiter {
- public:
-  explicit SignalWaiter(std::function<void(int)> on_signal)
-      : thread_([on_signal = std::move(on_signal)] {
-          sigset_t set = ShutdownSignals();
-          int sig = 0;
-          if (sigwait(&set, &sig) == 0 && sig != SIGUSR2) on_signal(sig);
-        }) {}
-  ~SignalWaiter() {
-    pthread_kill(thread_.native_handle(), SIGUSR2);  // harmless if it already returned
-    thread_.join();
-  }
-
- private:
-  std::thread thread_;
-};
-
-absl::StatusOr<int64_t> ParseBytes(const std::string& text) {
-  std::string t = text;
-  int64_t mult = 1;
-  if (!t.empty()) {
-    switch (t.back()) {
-      case 'K': case 'k': mult = 1LL << 10; t.pop_back(); break;
-      case 'M': case 'm': mult = 1LL << 20; t.pop_back(); break;
-      case 'G': case 'g': mult = 1LL << 30; t.pop_back(); break;
-      case 'T': case 't': mult = 1LL << 40; t.pop_back(); break;
-      default: break;
-    }
-  }
-  int64_t v = 0;
-  if (!absl::SimpleAtoi(t, &v) || v < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("'", text, "' is not a byte count (e.g. 8G, 512M, 1073741824)"));
-  }
-  return v * mult;
-}
 
 absl::Status WriteAddressFile(const std::string& path, const std::string& address) {
   if (path.empty()) return absl::OkStatus();

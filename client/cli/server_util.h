@@ -1,5 +1,5 @@
-// Helpers of the CLI's long-running server commands (`mesa cluster`; the same shapes as
-// those inside cmd_cluster.cc): shutdown signals taken on a thread of their own, byte
+// Helpers of the CLI's long-running server commands (`mesa coordinator`, `mesa worker`,
+// `mesa cluster`): shutdown signals taken on a thread of their own, byte
 // counts with K/M/G/T suffixes.
 #pragma once
 
