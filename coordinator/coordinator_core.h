@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "coordinator/job_request.h"
 #include "coordinator/job_store.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/worker_client.h"
@@ -47,16 +48,6 @@ struct CoordinatorOptions {
   int64_t max_job_lines = 1000000;
   // Injectable clock (milliseconds, monotonic) for the scheduler's timers.
   std::function<int64_t()> clock;
-};
-
-// What CreateJob is asked (the proto's JobOptions, as plain fields).
-struct JobRequest {
-  std::string task;          // "" = summarize
-  int64_t max_tokens = 0;    // 0 = default
-  std::string chat_template; // "" = the coordinator's
-  std::string request_id;
-  int64_t max_doc_bytes = 0; // 0 = default
-  std::string placement;     // "" = the coordinator's
 };
 
 class CoordinatorCore {

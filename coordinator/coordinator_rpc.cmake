@@ -1,3 +1,4 @@
 target_sources(mesa_coordinator_rpc PRIVATE
   ${CMAKE_CURRENT_LIST_DIR}/coordinator_service.cc
+  ${CMAKE_CURRENT_LIST_DIR}/request_proto.cc
   ${CMAKE_CURRENT_LIST_DIR}/grpc_worker_client.cc)
