@@ -243,7 +243,7 @@ print('none' if total is None else int(total), ','.join(sorted(names)) or '-')
   sleep 3  # releases of the last items' K/V are asynchronous
   kv_total=0; kv_note=""
   for i in $(seq 0 $((NWORKERS - 1))); do
-    read -r v names <<<"$(scrape "${WMETRICS[$i]}" 'kv.*(in_use|used)|kv_bytes')"
+    read -r v names <<<"$(scrape "${WMETRICS[$i]}" 'kv.*(in_use|inuse|used)')"
     kv_note="$kv_note w$i=$v"
     if [ "$v" = none ]; then die "worker w$i: no K/V-in-use metric at ${WMETRICS[$i]}/metrics"; else kv_total=$((kv_total + v)); fi
   done
