@@ -324,50 +324,15 @@ absl::StatusOr<std::vector<ItemSpec>> CoordinatorCore::PrepareItems(const JobRec
 
 absl::StatusOr<JobRecord> CoordinatorCore::CreateJob(const JobRequest& request,
                                                      const std::vector<std::string>& lines) {
-  const std::string task = request.task.empty() ? "summarize" : request.task;
-  MESA_RETURN_IF_ERROR(jobs::ParseTaskKind(task).status());
-  if (!request.chat_template.empty()) MESA_RETURN_IF_ERROR(jobs::ParseChatTemplate(request.chat_template).status());
-  if (request.max_tokens < 0) return absl::InvalidArgumentError("max_tokens must be >= 0");
-  if (request.max_doc_bytes < 0) return absl::InvalidArgumentError("max_doc_bytes must be >= 0");
-  Placement placement;
-  if (!request.placement.empty() && !ParsePlacement(request.placement, &placement)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unknown placement '", request.placement, "' (choose auto, whole or spread)"));
-  }
-  if (request.request_id.size() > 256) return absl::InvalidArgumentError("request_id longer than 256 bytes");
-
+  MESA_RETURN_IF_ERROR(CheckJobRequest(request));
   JobRecord job;
   job.id = NewJobId();
   job.request_id = request.request_id;
   job.model = model_name();
-  job.task = task;
-  nlohmann::json o = {{"task", task}};
-  if (request.max_tokens > 0) o["max_tokens"] = request.max_tokens;
-  if (!request.chat_template.empty()) o["template"] = request.chat_template;
-  if (request.max_doc_bytes > 0) o["max_doc_bytes"] = request.max_doc_bytes;
-  if (!request.placement.empty()) o["placement"] = request.placement;
-  job.options_json = o.dump();
+  job.task = request.task.empty() ? "summarize" : request.task;
+  job.options_json = JobOptionsJson(request);
   job.created_at = static_cast<int64_t>(std::time(nullptr));
-
-  std::vector<ItemRecord> items;
-  int64_t line_no = 0;
-  for (const std::string& raw : lines) {
-    ++line_no;
-    std::string text = raw;
-    if (!text.empty() && text.back() == '\r') text.pop_back();
-    if (absl::StripAsciiWhitespace(text).empty()) continue;  // as `mesa run`: blank lines are no items
-    ItemRecord item;
-    item.job_id = job.id;
-    item.idx = static_cast<int64_t>(items.size());
-    item.line = line_no;
-    item.input = std::move(text);
-    items.push_back(std::move(item));
-  }
-  if (items.empty()) return absl::InvalidArgumentError("the job has no input lines");
-  if (static_cast<int64_t>(items.size()) > options_.max_job_lines) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("the job has ", items.size(), " lines; at most ", options_.max_job_lines, " are accepted"));
-  }
+  MESA_ASSIGN_OR_RETURN(std::vector<ItemRecord> items, JobItems(job.id, lines, options_.max_job_lines));
 
   MESA_ASSIGN_OR_RETURN(std::vector<ItemSpec> specs, PrepareItems(job, items, /*fresh=*/true));
   // Items whose line failed validation are stored pending and settled right after.

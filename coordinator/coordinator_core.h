@@ -27,6 +27,7 @@
 
 #include "absl/status/statusor.h"
 #include "coordinator/coordinator_metrics.h"
+#include "coordinator/job_request.h"
 #include "coordinator/job_store.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/worker_client.h"
@@ -53,16 +54,6 @@ struct CoordinatorOptions {
   // Where the coordinator's metrics go (coordinator/coordinator_metrics.h); null: a
   // registry of its own. Two cores must not share one (their names would collide).
   std::shared_ptr<ops::Metrics> metrics;
-};
-
-// What CreateJob is asked (the proto's JobOptions, as plain fields).
-struct JobRequest {
-  std::string task;          // "" = summarize
-  int64_t max_tokens = 0;    // 0 = default
-  std::string chat_template; // "" = the coordinator's
-  std::string request_id;
-  int64_t max_doc_bytes = 0; // 0 = default
-  std::string placement;     // "" = the coordinator's
 };
 
 class CoordinatorCore {

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
 #include "coordinator/grpc_worker_client.h"
+#include "coordinator/request_proto.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -68,35 +69,13 @@ class CoordinatorServer::JobServiceImpl final : public v1::JobService::Service {
   grpc::Status CreateJob(grpc::ServerContext* ctx, grpc::ServerReader<v1::CreateJobRequest>* reader,
                          v1::Job* response) override {
     if (grpc::Status s = Authorize(*ctx); !s.ok()) return s;
+    CreateJobStream stream(options_.max_job_bytes);  // options first, lines within the byte limit
     v1::CreateJobRequest msg;
-    if (!reader->Read(&msg) || msg.part_case() != v1::CreateJobRequest::kOptions) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          "CreateJob must start with a message holding the job's options");
-    }
-    const v1::JobOptions& o = msg.options();
-    JobRequest req;
-    req.task = o.task();
-    req.max_tokens = o.max_tokens();
-    req.chat_template = o.template_();
-    req.request_id = o.request_id();
-    req.max_doc_bytes = o.max_doc_bytes();
-    req.placement = o.placement();
-    std::vector<std::string> lines;
-    int64_t bytes = 0;
     while (reader->Read(&msg)) {
-      if (msg.part_case() != v1::CreateJobRequest::kLines) {
-        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "CreateJob: options may come only once, first");
-      }
-      for (std::string& line : *msg.mutable_lines()->mutable_lines()) {
-        bytes += static_cast<int64_t>(line.size());
-        if (bytes > options_.max_job_bytes) {
-          return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                              absl::StrCat("the job's lines exceed ", options_.max_job_bytes, " bytes"));
-        }
-        lines.push_back(std::move(line));
-      }
+      if (absl::Status s = stream.Add(msg); !s.ok()) return Grpc(s);
     }
-    auto job = core_.CreateJob(req, lines);
+    if (absl::Status s = stream.Finish(); !s.ok()) return Grpc(s);
+    auto job = core_.CreateJob(stream.request(), stream.lines());
     if (!job.ok()) return Grpc(job.status());
     ToProto(*job, response);
     return grpc::Status::OK;
@@ -193,10 +172,7 @@ class CoordinatorServer::RegistryImpl final : public v1::WorkerRegistry::Service
 
   grpc::Status Register(grpc::ServerContext* ctx, const v1::RegisterRequest* req, v1::RegisterResponse* resp) override {
     if (grpc::Status s = Authorize(*ctx); !s.ok()) return s;
-    if (req->address().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "Register without an address");
-    if (req->model_fingerprint().empty()) {
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "Register without a model fingerprint");
-    }
+    if (absl::Status s = CheckRequest(*req); !s.ok()) return Grpc(s);
     auto id = core_.RegisterWorker(req->name(), req->model_fingerprint(), req->model_description(),
                                    req->kv_memory_bytes(), std::make_unique<GrpcWorkerClient>(req->address(), worker_channels_));
     if (!id.ok()) return Grpc(id.status());
@@ -209,14 +185,14 @@ class CoordinatorServer::RegistryImpl final : public v1::WorkerRegistry::Service
 
   grpc::Status Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest* req, v1::HeartbeatResponse* resp) override {
     if (grpc::Status s = Authorize(*ctx); !s.ok()) return s;
-    if (req->worker_id().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "worker_id is empty");
+    if (absl::Status s = CheckRequest(*req); !s.ok()) return Grpc(s);
     resp->set_known(core_.Heartbeat(req->worker_id(), req->draining()));
     return grpc::Status::OK;
   }
 
   grpc::Status Deregister(grpc::ServerContext* ctx, const v1::DeregisterRequest* req, v1::DeregisterResponse*) override {
     if (grpc::Status s = Authorize(*ctx); !s.ok()) return s;
-    if (req->worker_id().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "worker_id is empty");
+    if (absl::Status s = CheckRequest(*req); !s.ok()) return Grpc(s);
     if (core_.DeregisterWorker(req->worker_id())) {
       ops::LogInfo("worker.left", {{"worker", req->worker_id()}});
     }

@@ -9,7 +9,8 @@ if(MESA_BUILD_TESTS)
 endif()
 target_sources(mesa_engine PRIVATE
   ${CMAKE_CURRENT_LIST_DIR}/mesa_phases.cc
-  ${CMAKE_CURRENT_LIST_DIR}/long_context.cc)
+  ${CMAKE_CURRENT_LIST_DIR}/long_context.cc
+  ${CMAKE_CURRENT_LIST_DIR}/long_context_plan.cc)
 # The engine-level reference (slow, plain loops): linked by tests only.
 add_library(mesa_engine_ref STATIC ${CMAKE_CURRENT_LIST_DIR}/reference_forward.cc)
 target_link_libraries(mesa_engine_ref PUBLIC mesa_engine)

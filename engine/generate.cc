@@ -56,8 +56,7 @@ absl::StatusOr<GenerateResult> GenerateWith(const PrefillFn& prefill, const Step
 absl::StatusOr<GenerateResult> Generate(ModelRunner& runner, absl::Span<const int32_t> prompt,
                                         const GenerateOptions& options) {
   if (prompt.empty()) return absl::InvalidArgumentError("the prompt has no tokens");
-  KvCache cache = runner.NewCache(static_cast<int64_t>(prompt.size()) +
-                                  std::max<int64_t>(options.max_new_tokens, 0));
+  KvCache cache = runner.NewCache(InitialCacheTokens(static_cast<int64_t>(prompt.size()), options.max_new_tokens));
   return GenerateWith(
       [&](std::vector<float>* logits) {
         return runner.Forward(prompt, cache, LogitsMode::kLast, logits);

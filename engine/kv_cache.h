@@ -17,6 +17,16 @@ namespace mesa {
 
 enum class KeyEncoding { kRotated, kRaw };
 
+// What a cache for a prompt and a generation budget allocates up front: the prompt and
+// at most kDecodeReserveTokens of the budget. Decoding grows the cache as it goes
+// (Reserve), so a huge budget (a request's max_tokens of 2^40, which EOS or a cancel
+// ends early) allocates nothing ahead, and no sum overflows.
+inline constexpr int64_t kDecodeReserveTokens = 4096;
+inline int64_t InitialCacheTokens(int64_t prompt_tokens, int64_t max_new_tokens) {
+  return prompt_tokens + (max_new_tokens < 0 ? 0 : max_new_tokens < kDecodeReserveTokens ? max_new_tokens
+                                                                                         : kDecodeReserveTokens);
+}
+
 class KvCache {
  public:
   KvCache(int64_t n_layer, int64_t n_head_kv, int64_t head_dim, int64_t capacity,

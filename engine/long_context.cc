@@ -9,55 +9,6 @@
 
 namespace mesa {
 
-const char* AttentionMethodName(AttentionMethod m) {
-  switch (m) {
-    case AttentionMethod::kAuto: return "auto";
-    case AttentionMethod::kMesa: return "mesa";
-    case AttentionMethod::kFull: return "full";
-    case AttentionMethod::kSelfExtend: return "self-extend";
-    case AttentionMethod::kReRope: return "rerope";
-  }
-  return "?";
-}
-
-absl::StatusOr<AttentionMethod> ParseAttentionMethod(const std::string& name) {
-  for (AttentionMethod m : {AttentionMethod::kAuto, AttentionMethod::kMesa, AttentionMethod::kFull,
-                            AttentionMethod::kSelfExtend, AttentionMethod::kReRope}) {
-    if (name == AttentionMethodName(m)) return m;
-  }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown attention method '", name, "' (choose auto, mesa, full, self-extend or rerope)"));
-}
-
-nlohmann::json PrefillInfo::ToJson() const {
-  nlohmann::json j = {{"attention", AttentionMethodName(method)}, {"train_length", train_length}};
-  if (method == AttentionMethod::kMesa) j["plan"] = PlanToJson(plan);
-  if (method == AttentionMethod::kSelfExtend) {
-    j["se_group"] = rel.group;
-    j["se_window"] = rel.window;
-  }
-  if (method == AttentionMethod::kReRope) j["rerope_window"] = rel.window;
-  return j;
-}
-
-absl::StatusOr<int64_t> TrainLengthFor(const Model& model, const LongContextOptions& options) {
-  const int64_t t_len = options.mesa.train_length > 0 ? options.mesa.train_length
-                                                      : model.config.context_length;
-  if (t_len <= 1) {
-    return absl::InvalidArgumentError(
-        "the model does not state its trained context length: pass --train-length");
-  }
-  return t_len;
-}
-
-absl::StatusOr<MesaPlan> PlanFor(const Model& model, const LongContextOptions& options, int64_t n,
-                                 int64_t max_new_tokens) {
-  MESA_ASSIGN_OR_RETURN(const int64_t t_len, TrainLengthFor(model, options));
-  MesaOptions mo = options.mesa;
-  mo.train_length = t_len;
-  return PlanMesa(n, max_new_tokens, t_len, mo);
-}
-
 class LongContextRunner::Impl {
  public:
   Impl(const Model& model, ThreadPool& pool, LongContextOptions options)
@@ -91,7 +42,7 @@ absl::Status LongContextRunner::Impl::PrefillWhole(absl::Span<const int32_t> pro
                                                    int64_t max_new, const AttentionSetup& setup,
                                                    LogitsMode mode, std::vector<float>* logits) {
   setup_ = setup;
-  cache_.emplace(runner_.NewCache(static_cast<int64_t>(prompt.size()) + max_new, setup.keys));
+  cache_.emplace(runner_.NewCache(InitialCacheTokens(static_cast<int64_t>(prompt.size()), max_new), setup.keys));
   return runner_.Forward(prompt, *cache_, mode, logits, setup_);
 }
 
@@ -109,7 +60,7 @@ absl::StatusOr<PrefillInfo> LongContextRunner::Impl::PrefillMesa(absl::Span<cons
   if (all) logits->insert(logits->end(), part.begin(), part.end());
   // Each middle chunk's K/V goes into the final cache as soon as it is computed, so
   // the prompt's K/V is held once.
-  MesaState state = phases_->StartFinal(anchor, plan.n + plan.max_new_tokens);
+  MesaState state = phases_->StartFinal(anchor, InitialCacheTokens(plan.n, plan.max_new_tokens));
   for (const TokenRange& r : plan.middle) {
     MESA_ASSIGN_OR_RETURN(ChunkKv kv, phases_->RunMiddle(anchor, tokens(r), r, all ? &part : nullptr));
     if (all) logits->insert(logits->end(), part.begin(), part.end());
@@ -136,6 +87,10 @@ absl::StatusOr<PrefillInfo> LongContextRunner::Impl::Prefill(absl::Span<const in
                                                              std::vector<float>* logits) {
   if (prompt.empty()) return absl::InvalidArgumentError("the prompt has no tokens");
   if (max_new < 0) return absl::InvalidArgumentError("max_new_tokens < 0");
+  if (max_new > kMaxPlanTokens) {  // positions below would overflow
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_new_tokens = ", max_new, " is larger than the limit ", kMaxPlanTokens));
+  }
   cache_.reset();
   mesa_state_.reset();
   phases_.reset();

@@ -173,8 +173,8 @@ absl::StatusOr<MesaState> MesaPhases::RunFinal(const ChunkKv& anchor,
                                                LogitsMode mode, std::vector<float>* logits) {
   int64_t total = anchor.tokens();
   for (const ChunkKv& m : middles) total += m.tokens();
-  MesaState state = StartFinal(anchor, total + static_cast<int64_t>(last_tokens.size()) +
-                                           plan_.max_new_tokens);
+  MesaState state =
+      StartFinal(anchor, InitialCacheTokens(total + static_cast<int64_t>(last_tokens.size()), plan_.max_new_tokens));
   for (const ChunkKv& m : middles) MESA_RETURN_IF_ERROR(AddMiddle(state, m));
   MESA_RETURN_IF_ERROR(FinishFinal(state, last_tokens, mode, logits));
   return state;

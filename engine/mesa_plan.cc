@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -21,6 +22,20 @@ absl::Status CheckOptions(int64_t n, int64_t max_new_tokens, int64_t train_lengt
     return absl::InvalidArgumentError(absl::StrCat(what, " must not be negative (got ", v, ")"));
   };
   if (n < 1) return absl::InvalidArgumentError(absl::StrCat("the prompt is empty (n = ", n, ")"));
+  // Lengths beyond any real input (a hostile request): refused before any arithmetic
+  // on them can overflow.
+  auto too_large = [](const char* what, int64_t v) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " = ", v, " is larger than the planner's limit ", kMaxPlanTokens));
+  };
+  if (n > kMaxPlanTokens) return too_large("the prompt length n", n);
+  if (max_new_tokens > kMaxPlanTokens) return too_large("max_new_tokens", max_new_tokens);
+  if (train_length > kMaxPlanTokens) return too_large("the trained length T", train_length);
+  for (auto [what, v] : {std::pair{"train_length (T)", o.train_length}, {"anchor (F)", o.anchor},
+                         {"last_chunk (L)", o.last_chunk}, {"margin", o.margin}, {"max_chunk", o.max_chunk},
+                         {"stair_n (N)", o.stair_n}, {"stair_e (E)", o.stair_e}}) {
+    if (v > kMaxPlanTokens) return too_large(what, v);
+  }
   if (max_new_tokens < 0) return negative("max_new_tokens", max_new_tokens);
   if (train_length < 0) return negative("the trained length T", train_length);
   if (o.train_length < 0) return negative("train_length (T)", o.train_length);
@@ -108,6 +123,11 @@ absl::StatusOr<MesaPlan> PlanMesa(int64_t n, int64_t max_new_tokens, int64_t tra
   }
   plan.last_target = l_eff;
   const int64_t k = CeilDiv(n - f - l_eff, w_cap);
+  if (k > kMaxMiddleChunks) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the plan would have ", k, " middle chunks (n = ", n, ", width cap ", w_cap, "); at most ",
+        kMaxMiddleChunks, " are allowed: raise max_chunk or the trained length"));
+  }
   if (k == 0) {
     plan.last = {f, n};
   } else {

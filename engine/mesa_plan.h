@@ -46,6 +46,13 @@ struct MesaPlan {
   std::vector<std::string> notes;  // what was lowered or raised, and why
 };
 
+// Bounds on what PlanMesa accepts (INVALID_ARGUMENT beyond them): every length and
+// option at most kMaxPlanTokens (2^40: no sum or difference of them can overflow), and
+// at most kMaxMiddleChunks middle chunks (the plan's own memory stays small, whatever a
+// request asks).
+inline constexpr int64_t kMaxPlanTokens = int64_t{1} << 40;
+inline constexpr int64_t kMaxMiddleChunks = int64_t{1} << 20;
+
 absl::StatusOr<MesaPlan> PlanMesa(int64_t n, int64_t max_new_tokens, int64_t train_length,
                                   const MesaOptions& options);
 

@@ -294,5 +294,41 @@ TEST(MesaPlanTest, JsonAndText) {
   EXPECT_THAT(PlanToText(*many), HasSubstr("more)"));
 }
 
+// Found by fuzz/rpc_fuzzer.cc: a job line's "max_tokens": 9223372036854775807 reached
+// the planner, whose n + max_new_tokens overflowed (UBSan), and a chunk task's hostile
+// prompt_length planned a chunk list that could not be allocated.
+TEST(MesaPlanTest, HostileLengthsAreRefusedNotOverflowedOrAllocated) {
+  MesaOptions o;
+  auto r = PlanMesa(3001, INT64_MAX, 512, o);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+  EXPECT_THAT(r.status().message(), HasSubstr("max_new_tokens"));
+  EXPECT_FALSE(PlanMesa(INT64_MAX, 0, 512, o).ok());
+  EXPECT_FALSE(PlanMesa(100, 0, INT64_MAX, o).ok());
+  for (int64_t MesaOptions::*field : {&MesaOptions::anchor, &MesaOptions::last_chunk, &MesaOptions::margin,
+                                      &MesaOptions::max_chunk, &MesaOptions::stair_n, &MesaOptions::stair_e,
+                                      &MesaOptions::train_length}) {
+    MesaOptions big;
+    big.*field = INT64_MAX;
+    EXPECT_EQ(PlanMesa(3001, 16, 512, big).status().code(), absl::StatusCode::kInvalidArgument);
+  }
+  // At the limits: accepted, arithmetic exact.
+  auto edge = PlanMesa(kMaxPlanTokens, kMaxPlanTokens, 512, o);
+  EXPECT_FALSE(edge.ok());  // T = 512 chunks 2^40 tokens into more than kMaxMiddleChunks
+  EXPECT_THAT(edge.status().message(), HasSubstr("middle chunks"));
+  MesaOptions wide;
+  wide.train_length = kMaxPlanTokens;
+  auto fits = PlanMesa(kMaxPlanTokens / 2, kMaxPlanTokens / 2, 512, wide);
+  ASSERT_TRUE(fits.ok()) << fits.status();
+  EXPECT_FALSE(fits->chunked);
+  // A 1-token width cap over a long prompt: refused before a million-entry plan.
+  MesaOptions narrow;
+  narrow.max_chunk = 1;
+  auto many = PlanMesa(kMaxMiddleChunks + 1000, 0, 512, narrow);
+  EXPECT_EQ(many.status().code(), absl::StatusCode::kInvalidArgument);
+  auto ok = PlanMesa(kMaxMiddleChunks / 2, 0, 512, narrow);
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_GT(static_cast<int64_t>(ok->middle.size()), kMaxMiddleChunks / 4);
+}
+
 }  // namespace
 }  // namespace mesa

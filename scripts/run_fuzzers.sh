@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (the `fuzz` preset: clang + ASan/UBSan) and runs each
-# for a few seconds from a small generated seed corpus.
+# for a few seconds from a small seed corpus: generated here for the model parsers
+# (gguf, safetensors), committed under fuzz/corpus/rpc/ for the RPC requests (rpc).
 #   scripts/run_fuzzers.sh [seconds per fuzzer, default 20]
 # Env: MESA_SHARED_DIR (seed headers from the shared models; default ../shared),
 #      FUZZ_JOBS (build parallelism, default 2), FUZZ_BUILD_DIR (default build/fuzz).
@@ -14,11 +15,15 @@ jobs="${FUZZ_JOBS:-2}"
 export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$root}" CCACHE_NOHASHDIR=1
 
 cmake --preset fuzz -S "$root" -B "$build" >/dev/null
-cmake --build "$build" -j "$jobs" --target gguf_fuzzer safetensors_fuzzer
+cmake --build "$build" -j "$jobs" --target gguf_fuzzer safetensors_fuzzer rpc_fuzzer
 
 work="$build/fuzz-run"
 rm -rf "$work"
-mkdir -p "$work/gguf_seeds" "$work/safetensors_seeds" "$work/gguf_corpus" "$work/safetensors_corpus"
+mkdir -p "$work/gguf_seeds" "$work/safetensors_seeds" "$work/gguf_corpus" "$work/safetensors_corpus" \
+  "$work/rpc_corpus"
+# The RPC fuzzer's seeds: valid messages of every request kind (regenerate with
+# MESA_RPC_FUZZ_WRITE_SEEDS=fuzz/corpus/rpc build/fuzz/fuzz/rpc_fuzzer).
+cp -r "$root/fuzz/corpus/rpc" "$work/rpc_seeds"
 
 # Seeds: the first bytes of the shared models (headers with real metadata), plus tiny
 # hand-made files so the script also works without the shared data.
@@ -57,7 +62,7 @@ if os.path.exists(p):
 PY
 
 status=0
-for fuzzer in gguf_fuzzer safetensors_fuzzer; do
+for fuzzer in gguf_fuzzer safetensors_fuzzer rpc_fuzzer; do
   name="${fuzzer%_fuzzer}"
   echo "== $fuzzer: ${seconds}s"
   if ! "$build/fuzz/$fuzzer" "$work/${name}_corpus" "$work/${name}_seeds" \

@@ -118,9 +118,11 @@ bool ReadPiece(const std::vector<grpc::Slice>& slices, int64_t* offset, std::vec
   return false;
 }
 
+}  // namespace
+
 // One message of a FetchKv stream into the assembler (created by the manifest).
-absl::Status Accept(const grpc::ByteBuffer& buffer, int64_t max_bytes, KvBufferPool* pool,
-                    std::optional<KvAssembler>& kv) {
+absl::Status internal::AcceptKvMessage(const grpc::ByteBuffer& buffer, int64_t max_bytes, KvBufferPool* pool,
+                                       std::optional<KvAssembler>& kv) {
   std::vector<grpc::Slice> slices;
   if (!buffer.Dump(&slices).ok()) return absl::DataLossError("an unreadable K/V message");
   std::vector<Bytes> parts;
@@ -154,6 +156,8 @@ absl::Status Accept(const grpc::ByteBuffer& buffer, int64_t max_bytes, KvBufferP
   if (!kv.has_value()) return absl::DataLossError("K/V data before the manifest");
   return kv->Add(offset, parts);
 }
+
+namespace {
 
 // ---- Sending: one stream, written as KvMessage protos or as raw bytes ----
 
@@ -363,7 +367,7 @@ absl::StatusOr<std::shared_ptr<const ChunkKv>> GrpcKvFetcher::Fetch(const std::s
   absl::Status check;
   grpc::ByteBuffer msg;
   while (reader->Read(&msg)) {
-    check = Accept(msg, options_.max_kv_bytes, options_.kv_pool.get(), assembler);
+    check = internal::AcceptKvMessage(msg, options_.max_kv_bytes, options_.kv_pool.get(), assembler);
     msg.Clear();  // the received slices go back now, not when the next message replaces them
     if (!check.ok()) {
       ctx.TryCancel();  // the sender stops; Finish then returns at once

@@ -28,6 +28,16 @@ KvKey FromProto(const mesa::v1::KvKey& key);
 void ToProto(const KvManifestInfo& manifest, mesa::v1::KvManifest* out);
 KvManifestInfo FromProto(const mesa::v1::KvManifest& manifest);
 
+namespace internal {
+// One raw message of a FetchKv stream (as GrpcKvFetcher receives it) into `kv`: the
+// manifest starts the assembler (KvAssembler::Start with max_bytes and pool), data
+// pieces are added to it. DATA_LOSS for a message that does not parse, a second
+// manifest, data before the manifest or an empty message; the assembler's errors pass
+// through. Exposed for the RPC fuzzer (fuzz/rpc_fuzzer.cc).
+absl::Status AcceptKvMessage(const grpc::ByteBuffer& buffer, int64_t max_bytes, KvBufferPool* pool,
+                             std::optional<KvAssembler>& kv);
+}  // namespace internal
+
 // Writes `kv` to a FetchKv stream: the manifest, then pieces of `piece_bytes` in order.
 // CANCELLED when the client cancels or goes away midway; INTERNAL when `kv`'s vectors do
 // not match its shape (a caller's bug: refuse rather than send what a receiver rejects).

@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <limits>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -25,6 +26,7 @@
 #include "worker/grpc_status.h"
 #include "worker/kv_pool.h"
 #include "worker/kv_testing.h"
+#include "worker/task_proto.h"
 
 namespace mesa::worker {
 namespace {
@@ -565,6 +567,26 @@ TEST(GrpcStatus, ContextGoesInFront) {
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(s.message(), "FetchKv x: connect failed");
   EXPECT_TRUE(FromGrpcStatus(grpc::Status::OK, "FetchKv x").ok());
+}
+
+// Found by fuzz/rpc_fuzzer.cc: "temperature >= 0" and "0 <= top_p <= 1" let NaN through
+// (every comparison with NaN is false), and an infinite temperature too.
+TEST(TaskProto, NonFiniteSamplingIsInvalidArgument) {
+  v1::RunFinalRequest req;
+  req.mutable_key()->set_job_id("j");
+  req.mutable_key()->set_chunk(-1);
+  req.add_prompt(1);
+  req.set_max_new_tokens(4);
+  ASSERT_TRUE(FromProto(req).ok());
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  for (auto [temperature, top_p] : {std::pair{nan, 0.5f}, {inf, 0.5f}, {0.5f, nan}, {-1.0f, 0.5f}, {0.5f, 1.5f}}) {
+    req.mutable_sampling()->set_temperature(temperature);
+    req.mutable_sampling()->set_top_p(top_p);
+    EXPECT_EQ(FromProto(req).status().code(), absl::StatusCode::kInvalidArgument) << temperature << " " << top_p;
+  }
+  req.mutable_sampling()->set_temperature(0.7f);
+  req.mutable_sampling()->set_top_p(1.0f);
+  EXPECT_TRUE(FromProto(req).ok());
 }
 
 }  // namespace

@@ -8,6 +8,8 @@
 namespace mesa::worker {
 namespace {
 
+constexpr float kMaxTemperature = 1000;  // finite: logits / temperature stay numbers
+
 absl::Status CheckKey(const v1::KvKey& k, bool final) {
   if (k.job_id().empty()) return absl::InvalidArgumentError("key.job_id is empty");
   if (k.item() < 0) return absl::InvalidArgumentError("key.item < 0");
@@ -145,8 +147,10 @@ absl::StatusOr<FinalTask> FromProto(const v1::RunFinalRequest& p) {
     t.sources.push_back(std::move(s));
   }
   const v1::Sampling& sm = p.sampling();
-  if (sm.temperature() < 0 || sm.top_k() < 0 || sm.top_p() < 0 || sm.top_p() > 1) {
-    return absl::InvalidArgumentError("sampling: temperature >= 0, top_k >= 0 and 0 <= top_p <= 1");
+  // Written so that NaN fails too.
+  if (!(sm.temperature() >= 0 && sm.temperature() <= kMaxTemperature) || sm.top_k() < 0 ||
+      !(sm.top_p() >= 0 && sm.top_p() <= 1)) {
+    return absl::InvalidArgumentError("sampling: 0 <= temperature <= 1000, top_k >= 0 and 0 <= top_p <= 1");
   }
   t.sampling.temperature = sm.temperature();
   t.sampling.top_k = sm.top_k();

@@ -14,6 +14,7 @@
 #include "common/status.h"
 #include "engine/generate.h"
 #include "worker/kv_wire.h"
+#include "worker/task_check.h"
 
 namespace mesa::worker {
 
@@ -46,10 +47,6 @@ absl::Status CancelledStatus(const KvKey& key) {
 // Bytes of one chunk's K/V in the model's shape: keys and values, f32.
 int64_t ChunkBytes(const ModelConfig& c, int64_t tokens) {
   return 2 * c.n_layer * c.n_head_kv * tokens * c.head_dim * static_cast<int64_t>(sizeof(float));
-}
-
-bool UsesMesa(const LongContextOptions& o) {
-  return o.method == AttentionMethod::kAuto || o.method == AttentionMethod::kMesa;
 }
 
 // DATA_LOSS unless `kv` is exactly the plan's middle chunk `r` in this model's shape.
@@ -130,40 +127,13 @@ absl::StatusOr<ChunkResult> WorkerCore::RunChunkLocked(const ChunkTask& task, co
   std::lock_guard<std::mutex> task_lock(task_mu_);
   if (auto r = held()) return *r;  // the same key finished while we waited
 
-  if (!UsesMesa(task.options)) {
-    return absl::InvalidArgumentError(absl::StrCat("chunk task ", KvKeyString(task.key), ": method ",
-                                                   AttentionMethodName(task.options.method),
-                                                   " has no chunks (use auto or mesa)"));
-  }
-  if (task.max_new_tokens < 0) return absl::InvalidArgumentError("max_new_tokens < 0");
-  MESA_ASSIGN_OR_RETURN(
-      const MesaPlan plan,
-      PlanFor(model_, task.options,
-              task.prompt_length > 0 ? task.prompt_length : static_cast<int64_t>(task.prompt.size()),
-              task.max_new_tokens));
-  if (!plan.chunked) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "chunk task ", KvKeyString(task.key), ": the prompt (", plan.n, " tokens + ",
-        plan.max_new_tokens, " new) fits the trained length ", plan.train_length,
-        " and is not chunked"));
-  }
-  const int64_t n_middle = static_cast<int64_t>(plan.middle.size());
-  if (task.key.chunk < 0 || task.key.chunk >= n_middle) {
-    return absl::InvalidArgumentError(absl::StrCat("chunk task ", KvKeyString(task.key),
-                                                   ": chunk index ", task.key.chunk,
-                                                   " is outside the plan's ", n_middle,
-                                                   " middle chunks"));
-  }
+  MESA_ASSIGN_OR_RETURN(const MesaPlan plan, CheckChunkTask(model_, task));
   const TokenRange r = plan.middle[task.key.chunk];
-  // The anchor's and the chunk's tokens: slices of the whole prompt, or all that was sent.
+  // The anchor's and the chunk's tokens: slices of the whole prompt, or all that was sent
+  // (CheckChunkTask checked the count).
   const absl::Span<const int32_t> sent(task.prompt);
   absl::Span<const int32_t> anchor_tokens, chunk_tokens;
   if (task.prompt_length > 0) {
-    if (static_cast<int64_t>(sent.size()) != plan.anchor.size() + r.size()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "chunk task ", KvKeyString(task.key), ": ", sent.size(), " tokens sent; the anchor and chunk ",
-          task.key.chunk, " of a ", task.prompt_length, "-token prompt need ", plan.anchor.size() + r.size()));
-    }
     anchor_tokens = sent.subspan(0, plan.anchor.size());
     chunk_tokens = sent.subspan(plan.anchor.size());
   } else {
@@ -211,7 +181,7 @@ absl::StatusOr<ChunkResult> WorkerCore::RunChunkLocked(const ChunkTask& task, co
 absl::StatusOr<FinalResult> WorkerCore::RunFinalLocked(const FinalTask& task, const CancelFlag* cancel) {
   std::lock_guard<std::mutex> task_lock(task_mu_);
   if (Cancelled(cancel)) return CancelledStatus(task.key);
-  if (task.max_new_tokens < 0) return absl::InvalidArgumentError("max_new_tokens < 0");
+  MESA_ASSIGN_OR_RETURN(const std::optional<MesaPlan> plan, CheckFinalTask(model_, task, fetcher_ != nullptr));
   const int64_t n = static_cast<int64_t>(task.prompt.size());
 
   GenerateOptions gen;
@@ -230,16 +200,7 @@ absl::StatusOr<FinalResult> WorkerCore::RunFinalLocked(const FinalTask& task, co
     return std::move(out);
   };
 
-  std::optional<MesaPlan> plan;
-  if (UsesMesa(task.options)) {
-    MESA_ASSIGN_OR_RETURN(plan, PlanFor(model_, task.options, n, task.max_new_tokens));
-  }
   if (!plan || !plan->chunked || task.sources.empty()) {
-    if (!task.sources.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "final task ", KvKeyString(task.key), " has ", task.sources.size(),
-          " K/V sources but the prompt is not chunked under its plan"));
-    }
     // Everything here: exactly jobs::LongContextGenerator.
     LongContextRunner runner(model_, *pool_, task.options);
     out.prefill_tokens = n;
@@ -251,23 +212,6 @@ absl::StatusOr<FinalResult> WorkerCore::RunFinalLocked(const FinalTask& task, co
 
   // Spread: the anchor here, each middle chunk from where the coordinator says.
   const MesaPlan& p = *plan;
-  if (task.sources.size() != p.middle.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("final task ", KvKeyString(task.key), " has ",
-                                                   task.sources.size(), " K/V sources; the plan has ",
-                                                   p.middle.size(), " middle chunks"));
-  }
-  for (size_t i = 0; i < task.sources.size(); ++i) {
-    const KvSourceRef& s = task.sources[i];
-    if (s.chunk != static_cast<int32_t>(i)) {
-      return absl::InvalidArgumentError(absl::StrCat("final task ", KvKeyString(task.key),
-                                                     ": source ", i, " is for chunk ", s.chunk,
-                                                     " (sources go in plan order)"));
-    }
-    if (!s.address.empty() && !fetcher_) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "chunk ", i, " K/V is at ", s.address, " but this worker has no K/V fetcher"));
-    }
-  }
   const absl::Span<const int32_t> prompt(task.prompt);
   auto tokens = [&](TokenRange r) { return prompt.subspan(r.begin, r.size()); };
   MesaPhases phases(model_, *pool_, p);
@@ -276,7 +220,7 @@ absl::StatusOr<FinalResult> WorkerCore::RunFinalLocked(const FinalTask& task, co
 
   auto prefill = [&](std::vector<float>* logits) -> absl::Status {
     MESA_ASSIGN_OR_RETURN(const ChunkKv anchor, phases.RunAnchor(tokens(p.anchor), nullptr));
-    state.emplace(phases.StartFinal(anchor, p.n + p.max_new_tokens));
+    state.emplace(phases.StartFinal(anchor, InitialCacheTokens(p.n, p.max_new_tokens)));
     for (size_t i = 0; i < p.middle.size(); ++i) {
       if (Cancelled(cancel)) return CancelledStatus(task.key);
       const KvSourceRef& s = task.sources[i];

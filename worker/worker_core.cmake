@@ -1,4 +1,5 @@
 target_sources(mesa_worker_core PRIVATE ${CMAKE_CURRENT_LIST_DIR}/worker_core.cc
+                                        ${CMAKE_CURRENT_LIST_DIR}/task_check.cc
                                         ${CMAKE_CURRENT_LIST_DIR}/in_process_kv.cc)
 if(MESA_BUILD_TESTS)
   # On the shared stories260K model (skips visibly without ../shared).

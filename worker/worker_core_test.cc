@@ -324,6 +324,39 @@ TEST_F(WorkerCoreTest, WholeEqualsLongContextGenerator) {
   EXPECT_EQ(core.kv_entries(), 0);
 }
 
+// A final task with a huge generation budget (a job line may ask 2^40 tokens) used to
+// allocate its K/V cache for prompt + budget up front: std::bad_alloc, the worker gone.
+// Now the cache grows as decoding goes: the task runs until EOS or a cancel, and its
+// tokens are those of a normal budget.
+TEST_F(WorkerCoreTest, HugeBudgetDoesNotAllocateAhead) {
+  WorkerCore core(model(), 2, {}, nullptr);
+  for (const auto& prompt : {TextPrompt(200), TextPrompt(1500)}) {
+    const int64_t huge = int64_t{1} << 39;
+    CancelFlag cancel{false};
+    std::thread stopper([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+      cancel = true;
+    });
+    auto got = core.RunFinal(MakeFinal(prompt, huge, Greedy()), &cancel);
+    stopper.join();
+    if (got.ok()) {  // EOS first: the same tokens as any budget that reaches it
+      EXPECT_EQ(got->stop_reason, "eos");
+      auto want = core.RunFinal(MakeFinal(prompt, static_cast<int64_t>(got->tokens.size()) + 5, Greedy()));
+      ASSERT_TRUE(want.ok()) << want.status();
+      EXPECT_EQ(got->tokens, want->tokens);
+    } else {
+      EXPECT_EQ(got.status().code(), absl::StatusCode::kCancelled) << got.status();
+    }
+  }
+  // Past the planner's limit: refused, not overflowed.
+  auto refused = core.RunFinal(MakeFinal(TextPrompt(200), INT64_MAX, Greedy()));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument) << refused.status();
+  ChunkTask hostile = MakeChunk({1, 2, 3}, 16, Key(0));
+  hostile.prompt_length = int64_t{1} << 50;
+  EXPECT_EQ(core.RunChunk(hostile).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(core.kv_entries(), 0);
+}
+
 TEST_F(WorkerCoreTest, ShortPromptIsUnchunkedAndEqual) {
   const int64_t max_new = 16;
   const std::vector<int32_t> prompt = TextPrompt(200);
