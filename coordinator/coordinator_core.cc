@@ -355,7 +355,7 @@ absl::StatusOr<JobRecord> CoordinatorCore::CreateJob(const JobRequest& request,
                                  {"request_id", job.request_id},
                                  {"items", items.size()},
                                  {"rejected", items.size() - specs.size()},
-                                 {"task", task},
+                                 {"task", job.task},
                                  {"placement", request.placement}});
   {
     size_t next_spec = 0;  // specs follow the accepted items in order
