@@ -64,6 +64,42 @@ absl::Status SortRecordsByLine(const std::string& path) {
 
 }  // namespace
 
+absl::Status FollowJob(CoordinatorCore& core, const std::string& job_id, std::set<int64_t>& seen,
+                       jobs::BatchSummary& summary, const RecordFn& on_record,
+                       const std::function<bool()>& should_stop, int64_t poll_ms) {
+  int64_t version = core.version();
+  for (;;) {
+    MESA_ASSIGN_OR_RETURN(std::vector<ItemRecord> items, core.Items(job_id));
+    for (const ItemRecord& item : items) {
+      if (item.state == ItemState::kPending || item.result.empty() || seen.contains(item.idx)) continue;
+      seen.insert(item.idx);
+      ++summary.processed;
+      auto parsed = jobs::ResultFromJson(nlohmann::json::parse(item.result, nullptr, false));
+      jobs::JobResult r = parsed.ok() ? *std::move(parsed) : jobs::JobResult{};
+      if (!parsed.ok()) r.status = parsed.status();
+      if (r.status.ok()) {
+        ++summary.ok;
+        summary.prompt_tokens += item.prompt_tokens;
+        summary.generated_tokens += item.generated_tokens;
+      } else {
+        ++summary.errors;
+      }
+      MESA_RETURN_IF_ERROR(on_record(item, r));
+    }
+    MESA_ASSIGN_OR_RETURN(JobRecord now, core.GetJob(job_id));
+    if (IsTerminalJobStatus(now.status)) {
+      if (now.status != kJobCompleted) {
+        return absl::InternalError(
+            absl::StrCat("job ", job_id, " ended ", now.status, now.error.empty() ? "" : absl::StrCat(": ", now.error)));
+      }
+      if (seen.size() < items.size()) continue;  // the last records
+      return absl::OkStatus();
+    }
+    if (should_stop && should_stop()) return absl::AbortedError(absl::StrCat("job ", job_id, " is unfinished"));
+    version = core.WaitForChange(version, poll_ms);
+  }
+}
+
 absl::StatusOr<jobs::BatchSummary> RunBatchLocal(const std::string& input_path, const std::string& output_path,
                                                  const Model& model, const LocalRunOptions& options,
                                                  jobs::BatchObserver* observer) {
@@ -142,41 +178,17 @@ absl::StatusOr<jobs::BatchSummary> RunBatchLocal(const std::string& input_path, 
 
   // Append each record as its item settles, in the order they settle.
   std::set<int64_t> written;
-  int64_t version = core->version();
-  for (;;) {
-    MESA_ASSIGN_OR_RETURN(std::vector<ItemRecord> items, core->Items(job.id));
-    for (const ItemRecord& item : items) {
-      if (item.state == ItemState::kPending || item.result.empty() || written.contains(item.idx)) continue;
-      const std::string record = item.result + "\n";
-      if (std::fwrite(record.data(), 1, record.size(), out.get()) != record.size() || std::fflush(out.get()) != 0) {
-        return absl::DataLossError(absl::StrCat("error writing '", output_path, "'"));
-      }
-      fsync(fileno(out.get()));  // a finished document survives a crash of the machine too
-      written.insert(item.idx);
-      ++summary.processed;
-      // What the progress line shows: the record itself.
-      auto parsed = jobs::ResultFromJson(nlohmann::json::parse(item.result, nullptr, false));
-      jobs::JobResult r = parsed.ok() ? *std::move(parsed) : jobs::JobResult{};
-      if (!parsed.ok()) r.status = parsed.status();
-      if (r.status.ok()) {
-        ++summary.ok;
-        summary.prompt_tokens += item.prompt_tokens;
-        summary.generated_tokens += item.generated_tokens;
-      } else {
-        ++summary.errors;
-      }
-      if (observer) observer->OnRecord(r, summary.processed, todo);
-    }
-    MESA_ASSIGN_OR_RETURN(JobRecord now, core->GetJob(job.id));
-    if (IsTerminalJobStatus(now.status)) {
-      if (now.status != kJobCompleted) {
-        return absl::InternalError(absl::StrCat("the run's job ended ", now.status, ": ", now.error));
-      }
-      if (static_cast<int64_t>(written.size()) < static_cast<int64_t>(items.size())) continue;  // last records
-      break;
-    }
-    version = core->WaitForChange(version, 1000);
-  }
+  MESA_RETURN_IF_ERROR(FollowJob(*core, job.id, written, summary,
+                                 [&](const ItemRecord& item, const jobs::JobResult& r) -> absl::Status {
+                                   const std::string record = item.result + "\n";
+                                   if (std::fwrite(record.data(), 1, record.size(), out.get()) != record.size() ||
+                                       std::fflush(out.get()) != 0) {
+                                     return absl::DataLossError(absl::StrCat("error writing '", output_path, "'"));
+                                   }
+                                   fsync(fileno(out.get()));  // a finished document survives a crash of the machine too
+                                   if (observer) observer->OnRecord(r, summary.processed, todo);
+                                   return absl::OkStatus();
+                                 }));
   if (std::fclose(out.release()) != 0) return absl::DataLossError(absl::StrCat("error closing '", output_path, "'"));
   // Records were appended as items finished (a crash keeps every finished one); the
   // finished file lists them in input order, as the single-loop runner did.

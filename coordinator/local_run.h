@@ -7,6 +7,9 @@
 // directory removed at the end (the output file is what resumes).
 #pragma once
 
+#include <cstdint>
+#include <functional>
+#include <set>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -29,6 +32,19 @@ struct LocalRunOptions {
   LongContextOptions attention;
   int max_attempts = 3;
 };
+
+class CoordinatorCore;
+struct ItemRecord;
+
+// Follows job `job_id` on `core` until it completes: each item that settles (and is not
+// in `seen`) is added to `seen`, counted in `summary` (processed, ok or errors, tokens)
+// and handed to `on_record` with its stored record parsed; an error from `on_record`
+// ends the follow with it. A job that ends other than completed is INTERNAL naming its
+// status; `should_stop` (polled every `poll_ms`) returning true is ABORTED.
+using RecordFn = std::function<absl::Status(const ItemRecord& item, const jobs::JobResult& record)>;
+absl::Status FollowJob(CoordinatorCore& core, const std::string& job_id, std::set<int64_t>& seen,
+                       jobs::BatchSummary& summary, const RecordFn& on_record,
+                       const std::function<bool()>& should_stop = nullptr, int64_t poll_ms = 1000);
 
 absl::StatusOr<jobs::BatchSummary> RunBatchLocal(const std::string& input_path, const std::string& output_path,
                                                  const Model& model, const LocalRunOptions& options,

@@ -51,6 +51,7 @@
 #include "client/cli/server_util.h"
 #include "common/status.h"
 #include "coordinator/coordinator_service.h"
+#include "coordinator/local_run.h"
 #include "engine/model_fingerprint.h"
 #include "jobs/job_format.h"
 #include "jobs/progress.h"
@@ -355,43 +356,23 @@ absl::StatusOr<jobs::BatchSummary> RunBatch(coord::CoordinatorCore& core, const 
 
   jobs::ProgressPrinter progress(stderr, isatty(fileno(stderr)) != 0);
   progress.OnStart(todo, 0, jobs::ExistingOutput{});
-  int64_t version = core.version();
-  for (;;) {
-    MESA_ASSIGN_OR_RETURN(items, core.Items(job.id));
-    for (const coord::ItemRecord& item : items) {
-      if (item.state == coord::ItemState::kPending || item.result.empty() || seen.contains(item.idx)) continue;
-      seen.insert(item.idx);
-      ++summary.processed;
-      auto parsed = jobs::ResultFromJson(nlohmann::json::parse(item.result, nullptr, false));
-      jobs::JobResult r = parsed.ok() ? *std::move(parsed) : jobs::JobResult{};
-      if (!parsed.ok()) r.status = parsed.status();
-      if (r.status.ok()) {
-        ++summary.ok;
-        summary.prompt_tokens += item.prompt_tokens;
-        summary.generated_tokens += item.generated_tokens;
-      } else {
-        ++summary.errors;
-      }
-      progress.OnRecord(r, summary.processed, todo);
-    }
-    MESA_ASSIGN_OR_RETURN(coord::JobRecord now, core.GetJob(job.id));
-    if (coord::IsTerminalJobStatus(now.status)) {
-      if (now.status != coord::kJobCompleted) {
-        progress.Finish();
-        return absl::InternalError(absl::StrCat("job ", job.id, " ended ", now.status,
-                                                now.error.empty() ? "" : absl::StrCat(": ", now.error)));
-      }
-      if (seen.size() < items.size()) continue;  // the last records
-      break;
-    }
-    if (stop.load()) {
-      progress.Finish();
-      return absl::AbortedError(absl::StrCat("interrupted; job ", job.id, " is unfinished (",
-                                             a.store.empty() ? "its temporary store is removed"
-                                                             : "rerun with the same --store and --input to resume",
-                                             ")"));
-    }
-    version = core.WaitForChange(version, 200);
+  absl::Status followed = coord::FollowJob(
+      core, job.id, seen, summary,
+      [&](const coord::ItemRecord&, const jobs::JobResult& r) {
+        progress.OnRecord(r, summary.processed, todo);
+        return absl::OkStatus();
+      },
+      [&stop] { return stop.load(); }, 200);
+  if (absl::IsAborted(followed)) {
+    progress.Finish();
+    return absl::AbortedError(absl::StrCat("interrupted; job ", job.id, " is unfinished (",
+                                           a.store.empty() ? "its temporary store is removed"
+                                                           : "rerun with the same --store and --input to resume",
+                                           ")"));
+  }
+  if (!followed.ok()) {
+    progress.Finish();
+    return followed;
   }
   progress.Finish();
   // The records in input order, as `mesa run` leaves its output.
