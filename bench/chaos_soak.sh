@@ -243,14 +243,14 @@ print('none' if total is None else int(total), ','.join(sorted(names)) or '-')
   sleep 3  # releases of the last items' K/V are asynchronous
   kv_total=0; kv_note=""
   for i in $(seq 0 $((NWORKERS - 1))); do
-    read -r v names <<<"$(scrape "${WMETRICS[$i]}" '^mesa_worker_kv_bytes_in_use$')"
+    read -r v kv_names <<<"$(scrape "${WMETRICS[$i]}" '^mesa_worker_kv_bytes_in_use$')"
     kv_note="$kv_note w$i=$v"
     if [ "$v" = none ]; then die "worker w$i: no K/V-in-use metric at ${WMETRICS[$i]}/metrics"; else kv_total=$((kv_total + v)); fi
   done
   read -r done_items names <<<"$(scrape "$COORD_METRICS" '^mesa_items_done_total$')"
   read -r held _ <<<"$(scrape "$COORD_METRICS" '^mesa_scheduler_kv_bytes_held$')"
   [ "$held" = 0 ] || die "the coordinator's scheduler still accounts $held bytes of K/V held"
-  echo "metrics: K/V in use:$kv_note ($names); coordinator items done: $done_items"
+  echo "metrics: K/V in use:$kv_note ($kv_names); coordinator items done ($names): $done_items; scheduler K/V held: $held"
   [ "$kv_total" = 0 ] || die "workers still hold $kv_total bytes of K/V"
   [ "$done_items" = "$RESULTS" ] || die "coordinator items done = $done_items, results read = $RESULTS"
   METRIC_NOTE="K/V in use $kv_total; items done $done_items = results $RESULTS"
