@@ -166,6 +166,53 @@ MESA_ATTN_INLINE float Dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
+// out[k * os] = a_k . b_k for the 4 rows b_k = b + k * bs (n floats each), with a_k =
+// a + k * as (as = 0: one query row against 4 keys): each key row is read once per
+// vector step and the four sums are reduced together (a 4 x 4 transpose-add), not
+// with one horizontal reduction per key. kSame: all a_k are a[0] (loaded once per step:
+// 5 loads per 4 FMAs instead of 8).
+template <bool kSame>
+MESA_ATTN_INLINE void Dot4(const float* const a[4], const float* b, int64_t bs, int64_t n,
+                           float* out, int64_t os) {
+  int64_t d = 0;
+  V4 r{};
+  if (n >= kLanes) {
+    V s0{}, s1{}, s2{}, s3{};
+    for (; d + kLanes <= n; d += kLanes) {
+      const V x0 = Load(a[0] + d);
+      s0 += x0 * Load(b + d);
+      s1 += (kSame ? x0 : Load(a[1] + d)) * Load(b + bs + d);
+      s2 += (kSame ? x0 : Load(a[2] + d)) * Load(b + 2 * bs + d);
+      s3 += (kSame ? x0 : Load(a[3] + d)) * Load(b + 3 * bs + d);
+    }
+    const V4 f0 = Fold(s0, false), f1 = Fold(s1, false), f2 = Fold(s2, false),
+             f3 = Fold(s3, false);
+    const V4 x01 = __builtin_shufflevector(f0, f1, 0, 1, 4, 5) +
+                   __builtin_shufflevector(f0, f1, 2, 3, 6, 7);
+    const V4 x23 = __builtin_shufflevector(f2, f3, 0, 1, 4, 5) +
+                   __builtin_shufflevector(f2, f3, 2, 3, 6, 7);
+    r = __builtin_shufflevector(x01, x23, 0, 2, 4, 6) +
+        __builtin_shufflevector(x01, x23, 1, 3, 5, 7);
+  }
+  for (; d < n; ++d) {
+    r += V4{a[0][d] * b[d], a[1][d] * b[bs + d], a[2][d] * b[2 * bs + d],
+            a[3][d] * b[3 * bs + d]};
+  }
+  out[0] = r[0];
+  out[os] = r[1];
+  out[2 * os] = r[2];
+  out[3 * os] = r[3];
+}
+
+// out[k * os] = a . (b + k * n) for the nk key rows (n floats each, contiguous).
+MESA_ATTN_INLINE void DotKeys(const float* a, const float* b, int64_t n, int64_t nk, float* out,
+                              int64_t os) {
+  const float* const a4[4] = {a, a, a, a};
+  int64_t k = 0;
+  for (; k + 4 <= nk; k += 4) Dot4<true>(a4, b + k * n, n, n, out + k * os, os);
+  for (; k < nk; ++k) out[k * os] = Dot(a, b + k * n, n);
+}
+
 // Relative positions walked in runs: for a query at t and keys at pos, pos + 1, ...
 // (d = t - pos >= 0 falling), rel is constant over runs (a stair level, ReRoPE's
 // clamped region, a Self-Extend group) or rises by one per key (exact windows). A
@@ -221,20 +268,34 @@ MESA_ATTN_INLINE void RotateRow(const Ctx& c, const float* x, int64_t r, float* 
 }
 
 // Raw-key scores of one row (query at t, scaled row qs, pair-swapped copy qw) for keys
-// at positions p0 .. p0 + nvis - 1: the row is rotated once per run of keys sharing a
-// rel, then dotted with each key of the run. out[k * ostride] = Rot(rel) q . key k.
+// at positions p0 .. p0 + nvis - 1 (nvis <= kKb): the row is rotated once per run of
+// keys sharing a rel (into qrot, kKb rows of hd), then every key is dotted with its
+// run's rotated row, four keys at a time whatever the runs' lengths (Stair PE's runs
+// are E keys, often fewer than four). out[k * ostride] = Rot(rel) q . key k.
 MESA_ATTN_INLINE void RopeRowScores(const Ctx& c, const float* qs, const float* qw, int64_t t,
                                     int64_t tg, int64_t p0, int64_t nvis, const float* krows,
-                                    float* qr, float* out, int64_t ostride) {
+                                    float* qrot, float* out, int64_t ostride) {
   const int64_t hd = c.hd;
-  for (int64_t d = c.rd; d < hd; ++d) qr[d] = qs[d];
-  for (int64_t k = 0; k < nvis;) {
+  const float* qa[kKb];
+  float* q = qrot;
+  for (int64_t k = 0; k < nvis; q += hd) {
     int64_t len;
     const int64_t rel = RelRun(c, t, tg, p0 + k, &len);
     const int64_t end = Min(nvis, k + len);
-    RotateSwapped(qs, qw, c.table + rel * 2 * c.rd, c.rd, qr);
-    for (; k < end; ++k) out[k * ostride] = Dot(qr, krows + k * hd, hd);
+    RotateSwapped(qs, qw, c.table + rel * 2 * c.rd, c.rd, q);
+    for (int64_t d = c.rd; d < hd; ++d) q[d] = qs[d];
+    for (; k < end; ++k) qa[k] = q;
   }
+  int64_t k = 0;
+  for (; k + 4 <= nvis; k += 4) {
+    // Runs are contiguous: the first and last of four keys share a row iff all do.
+    if (qa[k] == qa[k + 3]) {
+      Dot4<true>(qa + k, krows + k * hd, hd, hd, out + k * ostride, ostride);
+    } else {
+      Dot4<false>(qa + k, krows + k * hd, hd, hd, out + k * ostride, ostride);
+    }
+  }
+  for (; k < nvis; ++k) out[k * ostride] = Dot(qa[k], krows + k * hd, hd);
 }
 
 // out[k * ostride] -= slope * rel(t, p0 + k) for the nvis visible keys.
@@ -463,7 +524,7 @@ MESA_ATTN_INLINE void RunBlock(const Ctx& c, const Unit& u, const Bufs& w, int64
       for (int64_t r = 0; r < n; ++r) {
         const int64_t nvis = Clamp(w.vis[r] - j0, 0, kn);
         RopeRowScores(c, w.qs + r * c.hdp, w.qw + r * c.hdp, w.t[r], w.tg[r], p0, nvis, krows,
-                      w.qr, st + r, kQb);
+                      w.kb, st + r, kQb);
       }
     }
 
@@ -572,7 +633,6 @@ MESA_ATTN_INLINE void RunRows(const Ctx& c, const Unit& u, const Bufs& w, int64_
   const bool padded = hd % kVw != 0;
   const int64_t dims = padded ? hdp : hd;
   for (int64_t x = 0; x < n * hdp; ++x) w.acc[x] = 0.0f;
-  float* qr = w.qr;
   for (int64_t j0 = u.ja; j0 < jend; j0 += kKb) {
     const int64_t kn = Min(kKb, jend - j0);
     const int64_t p0 = p.kv_pos0 + j0;
@@ -590,9 +650,9 @@ MESA_ATTN_INLINE void RunRows(const Ctx& c, const Unit& u, const Bufs& w, int64_
       const int64_t nvis = Clamp(w.vis[r] - j0, 0, kn);
       const float* qs = w.qs + r * hdp;
       if (!c.rope) {
-        for (int64_t k = 0; k < nvis; ++k) row[k] = Dot(qs, krows + k * hd, hd);
+        DotKeys(qs, krows, hd, nvis, row, 1);
       } else {
-        RopeRowScores(c, qs, w.qw + r * hdp, w.t[r], w.tg[r], p0, nvis, krows, qr, row, 1);
+        RopeRowScores(c, qs, w.qw + r * hdp, w.t[r], w.tg[r], p0, nvis, krows, w.kb, row, 1);
       }
       if (nvis == 0) {
         for (int64_t k = 0; k < kKb; ++k) row[k] = 0.0f;
