@@ -638,6 +638,15 @@ MESA_ATTN_INLINE void RunRows(const Ctx& c, const Unit& u, const Bufs& w, int64_
     const int64_t p0 = p.kv_pos0 + j0;
     const float* krows = kbase + j0 * hd;
     const float* vrows = vbase + j0 * hd;
+    // Decode streams K and V from DRAM: ask for the next tile while this one computes
+    // (the hardware prefetchers alone keep too few lines in flight on one core).
+    if (j0 + kKb < jend) {
+      const int64_t next = Min(kKb, jend - j0 - kKb) * hd;
+      for (int64_t x = 0; x < next; x += 16) {
+        __builtin_prefetch(krows + kKb * hd + x);
+        __builtin_prefetch(vrows + kKb * hd + x);
+      }
+    }
     if (padded) {
       for (int64_t k = 0; k < kn; ++k) {
         for (int64_t d = 0; d < hd; ++d) w.vb[k * hdp + d] = vrows[k * hd + d];
