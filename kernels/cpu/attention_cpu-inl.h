@@ -93,6 +93,7 @@ MESA_ATTN_INLINE V4 Fold(V v, bool max) {
 #elif MESA_ATTN_LANES == 8
   return Fold8(v, max);
 #else
+  (void)max;
   return v;
 #endif
 }
