@@ -6,6 +6,7 @@
 // Every test runs once per ISA variant of the kernel this machine can execute
 // (AVX-512, AVX2, portable), forced through attn_internal::OverrideIsa.
 #include <cmath>
+#include <ostream>
 #include <random>
 #include <string>
 #include <vector>
@@ -16,6 +17,11 @@
 #include "kernels/cpu/attention_cpu_internal.h"
 #include "kernels/cpu/matmul_cpu_internal.h"
 #include "kernels/nn.h"
+
+namespace mesa::cpu::internal {
+// Test names and ctest listings show the ISA by name.
+static void PrintTo(Isa isa, std::ostream* os) { *os << IsaName(isa); }
+}  // namespace mesa::cpu::internal
 
 namespace mesa {
 namespace {
