@@ -3,7 +3,10 @@
 // dims off the vector width), grouped-query heads, both RoPE styles and partial
 // rotary dims, decode-shaped calls that split keys across threads, a long prefill,
 // and thread counts 1 and 3. Outputs start NaN-poisoned so an unwritten row fails.
+// Every test runs once per ISA variant of the kernel this machine can execute
+// (AVX-512, AVX2, portable), forced through attn_internal::OverrideIsa.
 #include <cmath>
+#include <ostream>
 #include <random>
 #include <string>
 #include <vector>
@@ -11,12 +14,33 @@
 #include "common/thread_pool.h"
 #include "gtest/gtest.h"
 #include "kernels/attention.h"
+#include "kernels/cpu/attention_cpu_internal.h"
+#include "kernels/cpu/matmul_cpu_internal.h"
 #include "kernels/nn.h"
+
+namespace mesa::cpu::internal {
+// Test names and ctest listings show the ISA by name.
+static void PrintTo(Isa isa, std::ostream* os) { *os << IsaName(isa); }
+}  // namespace mesa::cpu::internal
 
 namespace mesa {
 namespace {
 
 using Kind = RelativePosition::Kind;
+using cpu::internal::Isa;
+
+// Runs the test body with attention forced to GetParam(); skips ISAs this CPU lacks.
+class AttentionTest : public ::testing::TestWithParam<Isa> {
+ protected:
+  void SetUp() override {
+    if (!cpu::internal::IsaSupported(GetParam())) {
+      GTEST_SKIP() << cpu::internal::IsaName(GetParam()) << " not supported here";
+    }
+    cpu::attn_internal::OverrideIsa(static_cast<int>(GetParam()));
+    ASSERT_EQ(cpu::attn_internal::ActiveIsa(), GetParam());
+  }
+  void TearDown() override { cpu::attn_internal::OverrideIsa(-1); }
+};
 
 struct Shape {
   int64_t n_q, n_past, n_head, n_head_kv, head_dim, slack, kv_pos0;
@@ -135,13 +159,19 @@ std::vector<RelativePosition> RelSettings() {
   return out;
 }
 
-TEST(AttentionTest, CpuMatchesReferenceEveryVariant) {
+TEST_P(AttentionTest, CpuMatchesReferenceEveryVariant) {
   const Shape shapes[] = {
       // n_q, n_past, heads, kv heads, dim, slack, kv_pos0
       {37, 150, 4, 2, 40, 3, 5},  // blocks with tails, padded dim, far tiles, GQA
       {2, 190, 3, 3, 64, 0, 0},   // decode-like: per-key dot path
       {70, 0, 2, 1, 16, 1, 0},    // prefill from zero, several query blocks
       {1, 1500, 2, 1, 32, 0, 9},  // decode over a long cache: keys split across threads
+      // Register-tile tails of every variant (16 / 8 / 4 lanes, 6- to 16-wide tiles):
+      {5, 77, 8, 2, 20, 1, 0},    // 20 rows per unit (2.5 AVX2 vectors), dim 20
+      {3, 101, 12, 3, 12, 0, 2},  // 12 rows, dim 12, GQA 4
+      {1, 300, 8, 1, 8, 0, 0},    // decode with GQA 8: the block path at 8 rows, dim 8
+      {2, 131, 6, 2, 80, 2, 1},   // decode rows 6, dim 80 (5 x 16, 10 x 8)
+      {9, 66, 4, 1, 72, 0, 0},    // 36 rows: two units, the second with 4 rows, dim 72
   };
   const AttentionPositionMode modes[] = {AttentionPositionMode::kNone,
                                          AttentionPositionMode::kAlibi,
@@ -176,7 +206,7 @@ TEST(AttentionTest, CpuMatchesReferenceEveryVariant) {
 
 // Ordinary RoPE attention two ways: raw q/k with kRopeRaw + kExact, and q/k rotated at
 // their own positions beforehand with kNone. Proves the raw-key path.
-TEST(AttentionTest, RopeRawExactEqualsPrerotatedKeys) {
+TEST_P(AttentionTest, RopeRawExactEqualsPrerotatedKeys) {
   const Shape shape = {45, 100, 4, 2, 48, 2, 3};
   for (bool neox : {false, true}) {
     for (int64_t rope_dims : {int64_t{48}, int64_t{32}}) {
@@ -211,7 +241,7 @@ TEST(AttentionTest, RopeRawExactEqualsPrerotatedKeys) {
 
 // MESA_SPEC 5.2 on the fast kernel: Stair PE with E = 1 (any N), or with N beyond
 // every distance, and log-n off, is ordinary attention.
-TEST(AttentionTest, StairWithUnitStepIsExactAttention) {
+TEST_P(AttentionTest, StairWithUnitStepIsExactAttention) {
   const Shape shape = {40, 90, 4, 4, 32, 0, 0};
   Problem prob(shape, 5);
   for (AttentionPositionMode mode :
@@ -231,7 +261,7 @@ TEST(AttentionTest, StairWithUnitStepIsExactAttention) {
 
 // Queries that see no key (positions before the cache) get zero rows; positions need
 // not be consecutive (the last chunk and decode steps after a gap).
-TEST(AttentionTest, InvisibleQueriesAndGappedPositions) {
+TEST_P(AttentionTest, InvisibleQueriesAndGappedPositions) {
   const Shape shape = {9, 30, 2, 1, 24, 0, 20};
   Problem prob(shape, 11);
   std::vector<int64_t>& pos = prob.pos();
@@ -253,7 +283,7 @@ TEST(AttentionTest, InvisibleQueriesAndGappedPositions) {
 
 // A long prefill catches blocking and tail bugs the small cases cannot reach: many
 // query blocks and key tiles, exact-window tiles and woven tiles, log-n past T.
-TEST(AttentionTest, LongPrefillMatchesReference) {
+TEST_P(AttentionTest, LongPrefillMatchesReference) {
   const Shape shape = {2001, 0, 4, 2, 32, 5, 0};
   Problem prob(shape, 21);
   AttentionParams p = prob.params();
@@ -267,7 +297,13 @@ TEST(AttentionTest, LongPrefillMatchesReference) {
   EXPECT_LT(RelErr(RunCpu(p, prob.out_size(), 3), want), 1e-5);
 }
 
-TEST(AttentionTest, AlibiSlopesForPowerOfTwoAndOtherHeadCounts) {
+INSTANTIATE_TEST_SUITE_P(Isa, AttentionTest,
+                         ::testing::Values(Isa::kAvx512, Isa::kAvx2, Isa::kScalar),
+                         [](const ::testing::TestParamInfo<Isa>& info) {
+                           return std::string(cpu::internal::IsaName(info.param));
+                         });
+
+TEST(AttentionSlopesTest, AlibiSlopesForPowerOfTwoAndOtherHeadCounts) {
   std::vector<float> s(8);
   AlibiSlopes(8, 8.0f, s.data());
   for (int h = 0; h < 8; ++h) EXPECT_FLOAT_EQ(s[h], std::pow(2.0f, -(h + 1.0f)));
