@@ -11,6 +11,7 @@
 //         block's max |x|; 2e-2 leaves room for small blocks).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <iterator>
@@ -187,6 +188,35 @@ TEST_P(MatMulTest, ThreadCountDoesNotChangeResults) {
           }
         }
       }
+    }
+  }
+}
+
+// Large batches run in cache blocks of rows and tokens (matmul_x86-inl.h: RunRows,
+// PackedRows) that the shapes above do not reach. Each output must come out as in a
+// small batch, bit for bit, whatever block it falls in; and the small batches match
+// the reference (MatchesReferenceOnAllShapes).
+TEST_P(MatMulTest, LargeBatchEqualsSmallBatches) {
+  const DType type = GetParam();
+  std::mt19937 rng(11);
+  const int64_t cols = ColsFor(type).back();  // the widest: the fewest tokens per block
+  const int64_t rows = 203, m = 613, chunk = 7;
+  const std::vector<uint8_t> wdata = RandomWeights(type, rows, cols, rng);
+  std::vector<float> x(m * cols);
+  for (float& v : x) v = NonZero(rng);
+  ThreadPool pool(2);
+  for (Isa isa : SupportedIsas()) {
+    IsaGuard guard(isa);
+    std::shared_ptr<const uint8_t> packed;
+    for (const WeightView& w : Views(WeightView{type, rows, cols, wdata.data()}, &packed)) {
+      std::vector<float> all(m * rows, std::numeric_limits<float>::quiet_NaN());
+      std::vector<float> parts(m * rows, std::numeric_limits<float>::quiet_NaN());
+      cpu::MatMul(w, x.data(), m, all.data(), pool);
+      for (int64_t t = 0; t < m; t += chunk) {
+        cpu::MatMul(w, x.data() + t * cols, std::min(chunk, m - t), parts.data() + t * rows, pool);
+      }
+      EXPECT_EQ(std::memcmp(all.data(), parts.data(), all.size() * 4), 0)
+          << cpu::internal::IsaName(isa) << (w.packed ? " packed" : "");
     }
   }
 }
