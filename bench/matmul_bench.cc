@@ -1,6 +1,7 @@
 // Benchmarks cpu::MatMul for every weight type at 4096 x 4096: decode (m = 1, memory
 // bound: watch weight_GB/s) and prefill (m = 128, compute bound: watch GFLOP/s).
-// Threads default to 2; set MESA_BENCH_THREADS to change. Numbers on a shared machine
+// Threads default to 2; set MESA_BENCH_THREADS to change, and MESA_CPU_ISA=avx2 to
+// measure the AVX2 kernels on an AVX-512 machine. Numbers on a shared machine
 // are noisy: compare runs taken back to back.
 #include <benchmark/benchmark.h>
 
@@ -62,7 +63,8 @@ void BM_MatMul(benchmark::State& state, DType type) {
       ->UseRealTime()                      \
       ->Unit(benchmark::kMillisecond)
 
-// The matrices of one forward pass of the ~86M-parameter llama of compare_llamacpp.sh
+// The matrices of one forward pass (m = 1: decode; 128, 512, 2048: prefill chunks, whose
+// rate must not fall with m) of the ~86M-parameter llama of compare_llamacpp.sh
 // (12 layers of q, k, v, o: 768x768; gate, up: 2048x768; down: 768x2048), all in one
 // type. The set is larger than L3 (except in Q4_K), so decode (m = 1) streams from
 // DRAM as in `mesa bench`, unlike the 4096 x 4096 cases above which mostly fit L3.
@@ -115,6 +117,8 @@ void BM_LlamaLayers(benchmark::State& state, DType type, bool pack) {
   BENCHMARK_CAPTURE(BM_LlamaLayers, name, type, pack) \
       ->Arg(1)                                        \
       ->Arg(128)                                      \
+      ->Arg(512)                                      \
+      ->Arg(2048)                                     \
       ->UseRealTime()                                 \
       ->Unit(benchmark::kMillisecond)
 

@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <memory>
 
+#include "absl/status/status.h"
+
 #include "kernels/dtype.h"
 
 namespace mesa {
@@ -39,6 +41,16 @@ void MatMul(const WeightView& w, const float* x, int64_t m, float* out);
 }  // namespace ref
 
 namespace cpu {
+// The kernel set the CPU kernels run: "avx512" (AVX-512 VNNI), "avx2" (AVX2 + FMA +
+// F16C) or "scalar". The environment variable MESA_CPU_ISA=avx512|avx2|scalar forces
+// one (e.g. the AVX2 kernels on an AVX-512 machine); unset or "auto" = the best this
+// CPU runs. Read once per process.
+const char* ActiveIsaName();
+// OK, or why MESA_CPU_ISA cannot be honoured (an unknown name, or an ISA this CPU
+// lacks). Programs call it at startup; a kernel run under a bad setting aborts with the
+// same message instead.
+absl::Status CheckIsaSetting();
+
 // Fast dequantization of one row (SIMD where it pays).
 void DequantizeRow(DType type, const void* row, float* out, int64_t n);
 // Fast, multi-threaded product. m == 1 is the decode path (matrix-vector);

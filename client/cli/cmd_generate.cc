@@ -15,6 +15,7 @@
 #include "engine/generate.h"
 #include "engine/long_context.h"
 #include "jobs/batch_runner.h"
+#include "kernels/matmul.h"
 #include "nlohmann/json.hpp"
 
 namespace mesa::cli {
@@ -202,13 +203,15 @@ int RunBench(const BenchArgs& a) {
                       {"threads", pool.size()},
                       {"repetitions", std::max(1, a.reps)},
                       {"weights", model.weights_in_own_memory ? "own" : "mapped"},
+                      {"cpu_isa", cpu::ActiveIsaName()},
                       {"attention", attention}};
   if (a.json) {
     std::cout << j.dump() << "\n";
   } else {
-    std::printf("prefill: %.1f tokens/s (%lld tokens)\ndecode:  %.1f tokens/s (%lld tokens)\npeak RSS: %.1f MiB\n",
+    std::printf("prefill: %.1f tokens/s (%lld tokens)\ndecode:  %.1f tokens/s (%lld tokens)\npeak RSS: %.1f MiB\n"
+                "CPU kernels: %s\n",
                 median(prefill), static_cast<long long>(a.prompt_tokens), median(decode),
-                static_cast<long long>(a.gen_tokens), PeakRssBytes() / 1048576.0);
+                static_cast<long long>(a.gen_tokens), PeakRssBytes() / 1048576.0, cpu::ActiveIsaName());
   }
   return 0;
 }
@@ -273,7 +276,7 @@ void RegisterBench(CLI::App& app) {
   cmd->add_option("--seed", a->seed, "Seed of the random prompt ids");
   AddThreads(cmd, &a->threads);
   AddLongContextFlags(cmd, &a->lc);
-  cmd->add_flag("--json", a->json, "Print {\"prefill_tokens_per_s\", \"decode_tokens_per_s\", \"peak_rss_bytes\"}");
+  cmd->add_flag("--json", a->json, "Print {\"prefill_tokens_per_s\", \"decode_tokens_per_s\", \"peak_rss_bytes\", \"cpu_isa\", ...}");
   cmd->callback([a] { ExitCode() = RunBench(*a); });
 }
 

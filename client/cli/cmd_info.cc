@@ -6,6 +6,7 @@
 #include "client/cli/cli_util.h"
 #include "client/cli/commands.h"
 #include "kernels/cuda/device_query.h"
+#include "kernels/matmul.h"
 #include "nlohmann/json.hpp"
 
 namespace mesa::cli {
@@ -25,6 +26,7 @@ int RunDevices(const InfoArgs& a) {
     j["cuda_runtime_version"] = r.runtime_version;
     j["nccl_version"] = r.nccl_version;
     j["unavailable_reason"] = r.unavailable_reason;
+    j["cpu_isa"] = cpu::ActiveIsaName();
     j["devices"] = nlohmann::json::array();
     for (const auto& d : r.devices) {
       j["devices"].push_back({{"index", d.index}, {"name", d.name},
@@ -44,7 +46,8 @@ int RunDevices(const InfoArgs& a) {
     std::cout << "GPU " << d.index << ": " << d.name << " (sm_" << d.cc_major << d.cc_minor << ", "
               << d.total_memory_bytes / (1 << 20) << " MiB, " << d.multiprocessors << " SMs)\n";
   }
-  std::cout << "CPU threads: " << std::thread::hardware_concurrency() << "\n";
+  std::cout << "CPU threads: " << std::thread::hardware_concurrency() << "\n"
+            << "CPU kernels: " << cpu::ActiveIsaName() << " (MESA_CPU_ISA=avx512|avx2|scalar forces one)\n";
   return 0;
 }
 
@@ -66,7 +69,7 @@ int Run(const InfoArgs& a) {
         {"heads", c.n_head}, {"kv_heads", c.n_head_kv}, {"head_dim", c.head_dim},
         {"feed_forward_length", c.n_ff}, {"positions", pos}, {"rope_freq_base", c.rope_freq_base},
         {"rope_freq_scale", c.rope_freq_scale}, {"tensor_types", m.tensor_types}, {"tokenizer", tok},
-        {"has_chat_template", !m.chat_template.empty()}};
+        {"has_chat_template", !m.chat_template.empty()}, {"cpu_isa", cpu::ActiveIsaName()}};
     std::cout << j.dump(2) << "\n";
     return 0;
   }
@@ -83,7 +86,8 @@ int Run(const InfoArgs& a) {
   }
   std::cout << "\n"
             << "tensor types:   " << absl::StrJoin(m.tensor_types, ", ") << "\n"
-            << "tokenizer:      " << tok << "\n";
+            << "tokenizer:      " << tok << "\n"
+            << "CPU kernels:    " << cpu::ActiveIsaName() << "\n";
   return 0;
 }
 

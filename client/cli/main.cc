@@ -8,6 +8,7 @@
 
 #include "client/cli/cli_util.h"
 #include "client/cli/commands.h"
+#include "kernels/matmul.h"
 
 namespace mesa::cli {
 int& ExitCode() {
@@ -25,6 +26,11 @@ int main(int argc, char** argv) {
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
 #endif
+  // A MESA_CPU_ISA this CPU cannot honour is a usage error before anything runs.
+  if (const absl::Status isa = mesa::cpu::CheckIsaSetting(); !isa.ok()) {
+    std::cerr << "mesa: " << isa.message() << "\n";
+    return 2;
+  }
   CLI::App app{
       "Mesa: run language models on documents far longer than they were trained for.\n"
       "Models are GGUF files (or Hugging Face directories); see `mesa COMMAND --help`."};

@@ -49,13 +49,6 @@
 #include "kernels/cpu/attention_cpu-inl.h"
 
 namespace mesa {
-namespace cpu {
-namespace internal {
-// The ISA cpu::MatMul runs (matmul_cpu.cc). Weak until that file exports it: without
-// it attention follows BestIsa() (and attn_internal::OverrideIsa).
-Isa CurrentIsa() __attribute__((weak));
-}  // namespace internal
-}  // namespace cpu
 
 void AlibiSlopes(int64_t n_head, float max_bias, float* slopes) {
   // The largest power of two <= n_head gets the geometric sequence; extra heads
@@ -82,8 +75,7 @@ void OverrideIsa(int isa) { g_override.store(isa, std::memory_order_relaxed); }
 internal::Isa ActiveIsa() {
   const int forced = g_override.load(std::memory_order_relaxed);
   if (forced >= 0) return static_cast<internal::Isa>(forced);
-  if (&internal::CurrentIsa != nullptr) return internal::CurrentIsa();
-  return internal::BestIsa();
+  return internal::CurrentIsa();  // what cpu::MatMul runs: MESA_CPU_ISA or the best
 }
 
 }  // namespace attn_internal

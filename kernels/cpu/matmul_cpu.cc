@@ -12,10 +12,14 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "common/huge_buffer.h"
 #include "common/thread_pool.h"
+#include "kernels/cpu/isa_setting.h"
 #include "kernels/cpu/matmul_cpu_internal.h"
 #include "kernels/matmul.h"
 #include "kernels/ref/quant_ref.h"
@@ -47,12 +51,48 @@ Isa DetectIsa() {
 
 std::atomic<int> g_forced_isa{-1};
 
-Isa CurrentIsa() {
-  const int forced = g_forced_isa.load(std::memory_order_relaxed);
-  return forced >= 0 ? static_cast<Isa>(forced) : BestIsa();
+// MESA_CPU_ISA, read and checked once per process.
+const absl::StatusOr<Isa>& IsaSetting() {
+  static const absl::StatusOr<Isa> setting = ResolveIsa(std::getenv("MESA_CPU_ISA"), BestIsa());
+  return setting;
 }
 
 }  // namespace
+
+absl::StatusOr<Isa> ResolveIsa(const char* setting, Isa best) {
+  const std::string v = setting == nullptr ? "" : setting;
+  if (v.empty() || v == "auto") return best;
+  Isa isa;
+  if (v == "avx512") {
+    isa = Isa::kAvx512;
+  } else if (v == "avx2") {
+    isa = Isa::kAvx2;
+  } else if (v == "scalar") {
+    isa = Isa::kScalar;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("MESA_CPU_ISA=", v,
+                                                   " is not one of auto, avx512, avx2, scalar"));
+  }
+  if (static_cast<int>(isa) > static_cast<int>(best)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("MESA_CPU_ISA=", v, ": this CPU cannot run the ", IsaName(isa),
+                     " kernels (the best it runs is ", IsaName(best), ")"));
+  }
+  return isa;
+}
+
+Isa CurrentIsa() {
+  const int forced = g_forced_isa.load(std::memory_order_relaxed);
+  if (forced >= 0) return static_cast<Isa>(forced);
+  const absl::StatusOr<Isa>& setting = IsaSetting();
+  if (!setting.ok()) {
+    // Programs check the setting at startup (cpu::CheckIsaSetting); one that did not
+    // stops here, before computing anything with kernels it was told not to use.
+    std::fprintf(stderr, "mesa: %s\n", std::string(setting.status().message()).c_str());
+    std::abort();
+  }
+  return *setting;
+}
 
 Isa BestIsa() {
   static const Isa best = DetectIsa();
@@ -68,6 +108,8 @@ void ForceIsa(Isa isa) {
   }
   g_forced_isa.store(static_cast<int>(isa), std::memory_order_relaxed);
 }
+
+void ClearForcedIsa() { g_forced_isa.store(-1, std::memory_order_relaxed); }
 
 const char* IsaName(Isa isa) {
   switch (isa) {
@@ -215,6 +257,10 @@ constexpr int64_t kChunksPerThread = 4;
 
 }  // namespace
 
+const char* ActiveIsaName() { return internal::IsaName(internal::CurrentIsa()); }
+
+absl::Status CheckIsaSetting() { return internal::IsaSetting().status(); }
+
 void DequantizeRow(DType type, const void* row, float* out, int64_t n) {
   const DTypeInfo& info = GetDTypeInfo(type);
   Require(info.supported, "unsupported type", type);
@@ -233,7 +279,7 @@ void DequantizeRow(DType type, const void* row, float* out, int64_t n) {
 }
 
 int64_t PackedBytes(const WeightView& w) {
-  if (!HasPackedForm(internal::BestIsa(), w.type) || w.rows <= 0) return 0;
+  if (!HasPackedForm(internal::CurrentIsa(), w.type) || w.rows <= 0) return 0;
   const int64_t block = GetDTypeInfo(w.type).block_elems;
   if (w.cols % block != 0) return 0;
   const int64_t groups = (w.rows + internal::kPackRows - 1) / internal::kPackRows;

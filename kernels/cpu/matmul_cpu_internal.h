@@ -94,12 +94,17 @@ struct MatMulJob {
 };
 
 enum class Isa { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
-// The best ISA this machine runs (what cpu::MatMul uses unless forced).
+// The best ISA this machine runs.
 Isa BestIsa();
 bool IsaSupported(Isa isa);
-// Makes cpu::MatMul / cpu::DequantizeRow use `isa` (must be supported); for tests and
-// benchmarks, not thread-safe against concurrent products.
+// The kernel set every CPU kernel (matmul, attention) runs now: the one ForceIsa set,
+// else MESA_CPU_ISA (read once), else BestIsa(). An unusable MESA_CPU_ISA aborts with
+// its message here (programs call cpu::CheckIsaSetting at startup to fail cleanly).
+Isa CurrentIsa();
+// Makes the CPU kernels use `isa` (must be supported) until ClearForcedIsa; for tests
+// and benchmarks, not thread-safe against concurrent products.
 void ForceIsa(Isa isa);
+void ClearForcedIsa();
 const char* IsaName(Isa isa);
 
 // Per-ISA entry points: rows [row_begin, row_end) of the job, all m tokens.

@@ -11,6 +11,7 @@
 //         block's max |x|; 2e-2 leaves room for small blocks).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <iterator>
@@ -22,6 +23,7 @@
 #include <vector>
 
 #include "common/thread_pool.h"
+#include "kernels/cpu/isa_setting.h"
 #include "kernels/cpu/matmul_cpu_internal.h"
 #include "kernels/matmul.h"
 #include "kernels/ref/quant_ref.h"
@@ -85,7 +87,7 @@ std::vector<Isa> SupportedIsas() {
 class IsaGuard {
  public:
   explicit IsaGuard(Isa isa) { cpu::internal::ForceIsa(isa); }
-  ~IsaGuard() { cpu::internal::ForceIsa(cpu::internal::BestIsa()); }
+  ~IsaGuard() { cpu::internal::ClearForcedIsa(); }
 };
 
 std::vector<int64_t> ColsFor(DType type) {
@@ -190,6 +192,35 @@ TEST_P(MatMulTest, ThreadCountDoesNotChangeResults) {
   }
 }
 
+// Large batches run in cache blocks of rows and tokens (matmul_x86-inl.h: RunRows,
+// PackedRows) that the shapes above do not reach. Each output must come out as in a
+// small batch, bit for bit, whatever block it falls in; and the small batches match
+// the reference (MatchesReferenceOnAllShapes).
+TEST_P(MatMulTest, LargeBatchEqualsSmallBatches) {
+  const DType type = GetParam();
+  std::mt19937 rng(11);
+  const int64_t cols = ColsFor(type).back();  // the widest: the fewest tokens per block
+  const int64_t rows = 203, m = 613, chunk = 7;
+  const std::vector<uint8_t> wdata = RandomWeights(type, rows, cols, rng);
+  std::vector<float> x(m * cols);
+  for (float& v : x) v = NonZero(rng);
+  ThreadPool pool(2);
+  for (Isa isa : SupportedIsas()) {
+    IsaGuard guard(isa);
+    std::shared_ptr<const uint8_t> packed;
+    for (const WeightView& w : Views(WeightView{type, rows, cols, wdata.data()}, &packed)) {
+      std::vector<float> all(m * rows, std::numeric_limits<float>::quiet_NaN());
+      std::vector<float> parts(m * rows, std::numeric_limits<float>::quiet_NaN());
+      cpu::MatMul(w, x.data(), m, all.data(), pool);
+      for (int64_t t = 0; t < m; t += chunk) {
+        cpu::MatMul(w, x.data() + t * cols, std::min(chunk, m - t), parts.data() + t * rows, pool);
+      }
+      EXPECT_EQ(std::memcmp(all.data(), parts.data(), all.size() * 4), 0)
+          << cpu::internal::IsaName(isa) << (w.packed ? " packed" : "");
+    }
+  }
+}
+
 // Decode (one token) and prefill (many) run different tile shapes; for quantized
 // weights each output must still come out bit-identical, packed or not, so a token's
 // logits do not depend on whether it was decoded or part of a prompt.
@@ -258,6 +289,47 @@ TEST(PackWeightsTest, Q8_0IsPackedWhereTheKernelsHaveALayout) {
   ASSERT_NE(cpu::PackWeights(w), nullptr);
   const std::vector<uint8_t> f32 = RandomWeights(DType::kF32, 20, 64, rng);
   EXPECT_EQ(cpu::PackWeights(WeightView{DType::kF32, 20, 64, f32.data()}), nullptr);
+}
+
+// MESA_CPU_ISA: every name the CPU can run selects that kernel set; unknown names and
+// ISAs beyond the CPU's are errors that say so (mesa exits with them at startup).
+TEST(IsaSettingTest, ResolvesNamesAndRejectsWhatTheCpuCannotRun) {
+  using cpu::internal::ResolveIsa;
+  EXPECT_EQ(*ResolveIsa(nullptr, Isa::kAvx2), Isa::kAvx2);
+  EXPECT_EQ(*ResolveIsa("", Isa::kAvx512), Isa::kAvx512);
+  EXPECT_EQ(*ResolveIsa("auto", Isa::kAvx512), Isa::kAvx512);
+  EXPECT_EQ(*ResolveIsa("avx2", Isa::kAvx512), Isa::kAvx2);
+  EXPECT_EQ(*ResolveIsa("scalar", Isa::kAvx2), Isa::kScalar);
+  EXPECT_EQ(*ResolveIsa("avx512", Isa::kAvx512), Isa::kAvx512);
+
+  const absl::StatusOr<Isa> beyond = ResolveIsa("avx512", Isa::kAvx2);
+  ASSERT_FALSE(beyond.ok());
+  EXPECT_EQ(beyond.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(beyond.status().message().find("cannot run the avx512 kernels"), std::string_view::npos)
+      << beyond.status();
+  EXPECT_FALSE(ResolveIsa("avx2", Isa::kScalar).ok());
+
+  for (const char* bad : {"AVX2", "sse", "avx-512", " avx2"}) {
+    const absl::StatusOr<Isa> r = ResolveIsa(bad, Isa::kAvx512);
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(r.status().message().find("not one of auto, avx512, avx2, scalar"), std::string_view::npos)
+        << r.status();
+  }
+}
+
+// The forced kernel set is what ActiveIsaName reports and what PackWeights packs for
+// (so a run forced to AVX2 holds the weights an AVX2 machine would).
+TEST(IsaSettingTest, ForcedIsaIsReportedAndPackedFor) {
+  std::mt19937 rng(3);
+  const std::vector<uint8_t> wdata = RandomWeights(DType::kQ8_0, 20, 64, rng);
+  const WeightView w{DType::kQ8_0, 20, 64, wdata.data()};
+  for (Isa isa : SupportedIsas()) {
+    IsaGuard guard(isa);
+    EXPECT_STREQ(cpu::ActiveIsaName(), cpu::internal::IsaName(isa));
+    EXPECT_EQ(cpu::PackedBytes(w) > 0, isa == Isa::kAvx512) << cpu::internal::IsaName(isa);
+  }
+  EXPECT_TRUE(cpu::CheckIsaSetting().ok()) << "the test runs with a usable MESA_CPU_ISA";
 }
 
 // MatMulShared splits the rows of all its targets over the threads at once and

@@ -33,6 +33,12 @@ constexpr bool kVnni = false;
 constexpr int kRegs = 16;
 #endif
 
+#ifndef MESA_WEIGHT_BLOCK_KIB
+#define MESA_WEIGHT_BLOCK_KIB 128
+#endif
+#ifndef MESA_ACT_BLOCK_KIB
+#define MESA_ACT_BLOCK_KIB 256
+#endif
 #define MESA_INLINE inline __attribute__((always_inline))
 // Loops over tile rows/tokens/sub-blocks must unroll fully, or the arrays of vectors
 // they index go to the stack.
@@ -83,6 +89,16 @@ template <int kBytes>
 MESA_INLINE void PrefetchAhead(const uint8_t* p) {
   MESA_UNROLL for (int o = 0; o < kBytes; o += 64)
       _mm_prefetch(reinterpret_cast<const char*>(p + kAhead + o), _MM_HINT_T0);
+}
+
+// Prefill blocks the weight rows (RunRows, PackedRows) into pieces of about this many
+// bytes, which stay in L2 (512 KiB and up on the CPUs we target) while the tokens pass.
+constexpr int64_t kWeightBlockBytes = MESA_WEIGHT_BLOCK_KIB * 1024;
+// ... and the tokens into pieces of about this many bytes of quantized activations.
+constexpr int64_t kActBlockBytes = MESA_ACT_BLOCK_KIB * 1024;
+// Tokens per block: a multiple of the tile's T, at least T.
+MESA_INLINE int64_t TokenBlock(int64_t t, int64_t act_stride) {
+  return t * (t * act_stride < kActBlockBytes ? kActBlockBytes / (t * act_stride) : 1);
 }
 
 // What one tile needs; pointers are already at (row r0, token t0).
@@ -725,19 +741,26 @@ MESA_INLINE void RunPackedTile(int nt, const uint8_t* group, int64_t cols, const
   K::template Run<T>(group, cols, act, act_stride, out, out_stride, nr);
 }
 
-// Rows [row_begin, row_end) of a packed job (row_begin a multiple of 16): each 16-row
-// group against all tokens, K::kTokens at a time.
+// Rows [row_begin, row_end) of a packed job (row_begin a multiple of 16). A tile is
+// 16 rows x K::kTokens tokens: weights are reused over fewer tokens than activations
+// over rows, so a group's weights stay in L1 while the tokens pass, in blocks of about
+// kActBlockBytes of activations that stay in L2 (all tokens at once made the rate fall
+// once the batch outgrew L2).
 template <class K>
 void PackedRows(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
   const int64_t cols = job.w.cols;
   const int64_t group_bytes = K::GroupBytes(cols);
-  for (int64_t r0 = row_begin; r0 < row_end; r0 += kPackRows) {
-    const int nr = static_cast<int>(row_end - r0 < kPackRows ? row_end - r0 : kPackRows);
-    const uint8_t* group = job.packed + (r0 / kPackRows) * group_bytes;
-    for (int64_t t0 = 0; t0 < job.m; t0 += K::kTokens) {
-      const int nt = static_cast<int>(job.m - t0 < K::kTokens ? job.m - t0 : K::kTokens);
-      RunPackedTile<K, K::kTokens>(nt, group, cols, job.act + t0 * job.act_stride, job.act_stride,
-                                   job.out + t0 * job.w.rows + r0, job.w.rows, nr);
+  const int64_t block_tokens = TokenBlock(K::kTokens, job.act_stride);
+  for (int64_t tb = 0; tb < job.m; tb += block_tokens) {
+    const int64_t tb_end = job.m - tb < block_tokens ? job.m : tb + block_tokens;
+    for (int64_t r0 = row_begin; r0 < row_end; r0 += kPackRows) {
+      const int nr = static_cast<int>(row_end - r0 < kPackRows ? row_end - r0 : kPackRows);
+      const uint8_t* group = job.packed + (r0 / kPackRows) * group_bytes;
+      for (int64_t t0 = tb; t0 < tb_end; t0 += K::kTokens) {
+        const int nt = static_cast<int>(tb_end - t0 < K::kTokens ? tb_end - t0 : K::kTokens);
+        RunPackedTile<K, K::kTokens>(nt, group, cols, job.act + t0 * job.act_stride, job.act_stride,
+                                     job.out + t0 * job.w.rows + r0, job.w.rows, nr);
+      }
     }
   }
 }
@@ -758,32 +781,58 @@ MESA_INLINE void RunTile(int nr, int nt, const TileArgs& a) {
   K<R, T>::Run(a);
 }
 
-// Rows in groups of R, all tokens in groups of T for each row group, so the R rows of
-// weights stay in L1 while the activations stream through.
+// Cache blocking of the tiles of rows [row_begin, row_end) x all tokens. Two orders:
+//  rows inner (float weights): per block of about kWeightBlockBytes of weight rows,
+//    each tile of T tokens against every R-row tile of the block. The T tokens'
+//    activations stay in L1 while the block's weights come from L2, so each activation
+//    is read from L3/DRAM once per block rather than once per R rows.
+//  tokens inner (quantized weights, 1 byte or less per element): per block of about
+//    kActBlockBytes of quantized activations, each R-row tile against every T-token
+//    tile of the block: the tile's weights stay in L1, the block's activations in L2.
+// Tiles of R rows against all tokens (before) read the activations from L3 once they
+// outgrew L2 at a few hundred tokens, and the rate fell with the batch. Each output is
+// computed the same way whatever the blocking.
 template <template <int, int> class K, int R, int T>
 void RunRows(const MatMulJob& job, int64_t row_begin, int64_t row_end, bool float_act) {
   const int64_t cols = job.w.cols;
   const int64_t row_bytes = job.row_bytes;
-  for (int64_t r0 = row_begin; r0 < row_end; r0 += R) {
-    const int nr = static_cast<int>(row_end - r0 < R ? row_end - r0 : R);
-    for (int64_t t0 = 0; t0 < job.m; t0 += T) {
-      const int nt = static_cast<int>(job.m - t0 < T ? job.m - t0 : T);
-      TileArgs a;
-      a.w = static_cast<const uint8_t*>(job.w.data) + r0 * row_bytes;
-      a.w_stride = row_bytes;
-      a.cols = cols;
-      if (float_act) {
-        a.x = job.x + t0 * cols;
-        a.act_stride = cols;
-        a.act = nullptr;
+  const bool rows_inner = float_act;
+  const int64_t block_rows = !rows_inner ? row_end - row_begin
+                             : R * (R * row_bytes < kWeightBlockBytes ? kWeightBlockBytes / (R * row_bytes) : 1);
+  const int64_t block_tokens = rows_inner ? job.m : TokenBlock(T, job.act_stride);
+  auto tile = [&](int64_t r0, int nr, int64_t t0, int nt) {
+    TileArgs a;
+    a.w = static_cast<const uint8_t*>(job.w.data) + r0 * row_bytes;
+    a.w_stride = row_bytes;
+    a.cols = cols;
+    if (float_act) {
+      a.x = job.x + t0 * cols;
+      a.act_stride = cols;
+      a.act = nullptr;
+    } else {
+      a.act = job.act + t0 * job.act_stride;
+      a.act_stride = job.act_stride;
+      a.x = nullptr;
+    }
+    a.out = job.out + t0 * job.w.rows + r0;
+    a.out_stride = job.w.rows;
+    RunTile<K, R, T>(nr, nt, a);
+  };
+  for (int64_t tb = 0; tb < job.m; tb += block_tokens) {
+    const int64_t tb_end = job.m - tb < block_tokens ? job.m : tb + block_tokens;
+    for (int64_t rb = row_begin; rb < row_end; rb += block_rows) {
+      const int64_t rb_end = row_end - rb < block_rows ? row_end : rb + block_rows;
+      if (rows_inner) {
+        for (int64_t t0 = tb; t0 < tb_end; t0 += T) {
+          const int nt = static_cast<int>(tb_end - t0 < T ? tb_end - t0 : T);
+          for (int64_t r0 = rb; r0 < rb_end; r0 += R) tile(r0, static_cast<int>(rb_end - r0 < R ? rb_end - r0 : R), t0, nt);
+        }
       } else {
-        a.act = job.act + t0 * job.act_stride;
-        a.act_stride = job.act_stride;
-        a.x = nullptr;
+        for (int64_t r0 = rb; r0 < rb_end; r0 += R) {
+          const int nr = static_cast<int>(rb_end - r0 < R ? rb_end - r0 : R);
+          for (int64_t t0 = tb; t0 < tb_end; t0 += T) tile(r0, nr, t0, static_cast<int>(tb_end - t0 < T ? tb_end - t0 : T));
+        }
       }
-      a.out = job.out + t0 * job.w.rows + r0;
-      a.out_stride = job.w.rows;
-      RunTile<K, R, T>(nr, nt, a);
     }
   }
 }

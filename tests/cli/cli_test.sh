@@ -122,6 +122,9 @@ bad "bad token id" "not a token id" "$MESA" logits --model "$MODEL" --tokens 1,x
 bad "token outside vocab" "outside the vocabulary" "$MESA" logits --model "$MODEL" --tokens 1,99999 --out "$TMP/x.bin"
 bad "unknown attention" "not in" "$MESA" generate --model "$MODEL" --prompt hi --attention nope
 bad "unknown weights" "not in" "$MESA" --weights nope generate --model "$MODEL" --prompt hi
+bad "unknown MESA_CPU_ISA" "not one of auto, avx512, avx2, scalar" env MESA_CPU_ISA=sse9 "$MESA" info --devices
+check "MESA_CPU_ISA=scalar" env MESA_CPU_ISA=scalar "$MESA" bench --model "$MODEL" --prompt-tokens 8 --gen-tokens 2 --json
+check "bench reports the forced ISA" json "assert d['cpu_isa'] == 'scalar', d"
 bad "width cap below 1" "W_cap\|width" "$MESA" plan --train-length 32 --anchor 40 --length 100
 printf 'bad \xff utf8' > "$TMP/bad.txt"
 bad "invalid utf-8" "utf-8" "$MESA" tokenize --model "$MODEL" --file "$TMP/bad.txt"
