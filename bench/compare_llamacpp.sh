@@ -131,7 +131,7 @@ mesa_env() { [ "$1" = native ] && echo "MESA_CPU_ISA=auto" || echo "MESA_CPU_ISA
 for isa in "${ISA_LIST[@]}"; do
   env "$(mesa_env "$isa")" "$MESA" info --devices >/dev/null 2>"$TMP/isa-check.err" ||
     die "mesa cannot run --isa $isa on this CPU: $(cat "$TMP/isa-check.err")"
-  if [ "$isa" = avx512 ] && ! grep -qw avx512vnni /proc/cpuinfo; then
+  if [ "$isa" = avx512 ] && ! grep -qwE 'avx512_?vnni' /proc/cpuinfo; then
     die "--isa avx512: this CPU lacks AVX-512 VNNI"
   fi
 done
