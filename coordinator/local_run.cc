@@ -20,24 +20,22 @@
 #include "worker/in_process_kv.h"
 
 namespace mesa::coord {
+
+void TempDir::Create(const std::string& prefix) {
+  std::string t = (std::filesystem::temp_directory_path() / (prefix + "-XXXXXX")).string();
+  if (mkdtemp(t.data())) path = t;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  if (!path.empty()) std::filesystem::remove_all(path, ec);
+}
+
 namespace {
 
 struct FileCloser {
   void operator()(std::FILE* f) const {
     if (f) std::fclose(f);
-  }
-};
-
-// A temporary directory removed on destruction.
-struct TempDir {
-  std::string path;
-  TempDir() {
-    std::string t = (std::filesystem::temp_directory_path() / "mesa-run-XXXXXX").string();
-    if (mkdtemp(t.data())) path = t;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    if (!path.empty()) std::filesystem::remove_all(path, ec);
   }
 };
 
@@ -149,6 +147,7 @@ absl::StatusOr<jobs::BatchSummary> RunBatchLocal(const std::string& input_path, 
     cores.push_back(std::make_unique<worker::WorkerCore>(model, threads, worker::WorkerCoreOptions{}, &fetcher));
   }
   TempDir store;
+  store.Create("mesa-run");
   if (store.path.empty()) return absl::InternalError("cannot create a temporary job store");
   CoordinatorOptions co;
   co.store_dir = store.path;

@@ -36,6 +36,17 @@ struct LocalRunOptions {
 class CoordinatorCore;
 struct ItemRecord;
 
+// A temporary directory (a throwaway job store), removed with its contents on
+// destruction. `path` stays empty when Create could not make it.
+struct TempDir {
+  std::string path;
+  void Create(const std::string& prefix);  // under the system's temp directory: PREFIX-XXXXXX
+  TempDir() = default;
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  ~TempDir();
+};
+
 // Follows job `job_id` on `core` until it completes: each item that settles (and is not
 // in `seen`) is added to `seen`, counted in `summary` (processed, ok or errors, tokens)
 // and handed to `on_record` with its stored record parsed; an error from `on_record`

@@ -294,33 +294,12 @@ std::string BatchRequestId(const std::string& input_bytes, const ClusterArgs& a)
   return absl::StrFormat("mesa-cluster-%016x-%08x-%d", fnv, crc, input_bytes.size());
 }
 
-absl::StatusOr<std::string> ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read input '", path, "'"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-// A temporary directory removed on destruction (the default --store of a batch).
-struct TempDir {
-  std::string path;
-  void Create() {
-    std::string t = (std::filesystem::temp_directory_path() / "mesa-cluster-XXXXXX").string();
-    if (mkdtemp(t.data())) path = t;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    if (!path.empty()) std::filesystem::remove_all(path, ec);
-  }
-};
-
 // Rank 0's batch: the input file as one job on the coordinator core (found again by its
 // request id when the store already holds it), progress on stderr as `mesa run` shows
 // it, and the records written to --output in input order once the job completes.
 absl::StatusOr<jobs::BatchSummary> RunBatch(coord::CoordinatorCore& core, const ClusterArgs& a,
                                             const std::atomic<bool>& stop) {
-  MESA_ASSIGN_OR_RETURN(std::string bytes, ReadAll(a.input));
+  MESA_ASSIGN_OR_RETURN(std::string bytes, ReadTextFile(a.input));
   std::vector<std::string> lines;
   {
     std::istringstream in(bytes);
@@ -567,7 +546,7 @@ class RankWorker {
 
 int RunRankZero(MpiJob& mpi, const ClusterArgs& a, const Prepared& p, absl::StatusOr<std::unique_ptr<Model>> model,
                 const std::atomic<bool>& stop) {
-  TempDir temp;
+  coord::TempDir temp;
   std::unique_ptr<coord::CoordinatorCore> core;
   std::unique_ptr<coord::CoordinatorServer> server;
   std::string address;
@@ -577,7 +556,7 @@ int RunRankZero(MpiJob& mpi, const ClusterArgs& a, const Prepared& p, absl::Stat
     if (!model.ok()) return model.status();
     if (!(*model)->tokenizer) return absl::FailedPreconditionError("the model has no tokenizer");
     if (a.store.empty()) {
-      temp.Create();
+      temp.Create("mesa-cluster");
       if (temp.path.empty()) return absl::InternalError("cannot create a temporary job store");
     }
     coord::CoordinatorOptions co = CoordinatorOptionsFor(a, p, a.store.empty() ? temp.path : a.store);
