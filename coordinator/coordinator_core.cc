@@ -430,6 +430,11 @@ absl::StatusOr<std::vector<ItemRecord>> CoordinatorCore::Items(const std::string
   return store_->Items(id);
 }
 
+absl::StatusOr<std::vector<ItemRecord>> CoordinatorCore::SettledItems(const std::string& id) {
+  MESA_RETURN_IF_ERROR(GetJob(id).status());
+  return store_->SettledItems(id);
+}
+
 absl::StatusOr<std::vector<JobRecord>> CoordinatorCore::ListJobs(int limit) { return store_->ListJobs(limit); }
 
 absl::StatusOr<JobRecord> CoordinatorCore::CancelJob(const std::string& id) {

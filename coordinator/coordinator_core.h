@@ -72,6 +72,7 @@ class CoordinatorCore {
   absl::StatusOr<std::vector<std::string>> Results(const std::string& id, const std::string& format);
   // The job's items in input order (state, result record, token counts).
   absl::StatusOr<std::vector<ItemRecord>> Items(const std::string& id);
+  absl::StatusOr<std::vector<ItemRecord>> SettledItems(const std::string& id);  // JobStore::SettledItems
   // Blocks until the job changed after `version` (or timeout); returns the new version.
   int64_t WaitForChange(int64_t version, int64_t timeout_ms);
   int64_t version() const;

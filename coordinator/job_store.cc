@@ -591,6 +591,26 @@ absl::StatusOr<std::vector<ItemRecord>> JobStore::Items(const std::string& job_i
   return items;
 }
 
+absl::StatusOr<std::vector<ItemRecord>> JobStore::SettledItems(const std::string& job_id) {
+  const std::string op = absl::StrCat("SettledItems(", job_id, ")");
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt s(db_, op);
+  // kSelectItem's columns, with '' for the input and the plan (documents can be large).
+  MESA_RETURN_IF_ERROR(s.Prepare(
+      "SELECT job_id, idx, line, custom_id, '', state, failures, '', result, prompt_tokens, generated_tokens "
+      "FROM items WHERE job_id = ?1 AND state != 0 ORDER BY idx"));
+  s.Bind(1, job_id);
+  std::vector<ItemRecord> items;
+  for (;;) {
+    MESA_ASSIGN_OR_RETURN(const bool row, s.Step());
+    if (!row) break;
+    MESA_ASSIGN_OR_RETURN(ItemRecord it, ReadItem(s));
+    items.push_back(std::move(it));
+  }
+  if (items.empty()) MESA_RETURN_IF_ERROR(JobExistsLocked(db_, job_id, op));
+  return items;
+}
+
 absl::StatusOr<ItemRecord> JobStore::Item(const std::string& job_id, int64_t idx) {
   const std::string op = absl::StrCat("Item(", job_id, ", ", idx, ")");
   std::lock_guard<std::mutex> lock(mu_);

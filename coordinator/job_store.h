@@ -81,6 +81,9 @@ class JobStore {
   // Number of jobs in each status (statuses without jobs absent), for the metrics.
   absl::StatusOr<std::vector<std::pair<std::string, int64_t>>> CountJobsByStatus();    // status not terminal, oldest first
   absl::StatusOr<std::vector<ItemRecord>> Items(const std::string& job_id);  // idx order; NOT_FOUND
+  // The items that are settled (done or failed), idx order, without their input and plan
+  // (empty): what a follower of a job's results reads again on every change.
+  absl::StatusOr<std::vector<ItemRecord>> SettledItems(const std::string& job_id);
   absl::StatusOr<ItemRecord> Item(const std::string& job_id, int64_t idx);
 
   // Sets the status and stamps the matching *_at field (now, unix seconds) if unset;

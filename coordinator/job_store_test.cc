@@ -245,6 +245,29 @@ TEST(JobStoreTest, FirstCommitWinsAndCountsAreDerived) {
             absl::StatusCode::kNotFound);
 }
 
+// SettledItems: done and failed items in idx order, with results but without inputs.
+TEST(JobStoreTest, SettledItemsLeaveOutPendingItemsAndInputs) {
+  auto store = OpenOrDie(StoreDir("settled"));
+  ASSERT_TRUE(store);
+  ASSERT_TRUE(store->CreateJob(MakeJob("job"), MakeItems(4)).ok());
+  auto none = store->SettledItems("job");
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_TRUE(none->empty());
+  ASSERT_TRUE(store->CommitResult("job", 3, ItemState::kFailed, R"({"error":"bad line"})", 0, 0).ok());
+  ASSERT_TRUE(store->CommitResult("job", 1, ItemState::kDone, R"({"id":"r1"})", 50, 5).ok());
+  auto settled = store->SettledItems("job");
+  ASSERT_TRUE(settled.ok()) << settled.status();
+  ASSERT_EQ(settled->size(), 2u);
+  EXPECT_EQ((*settled)[0].idx, 1);
+  EXPECT_EQ((*settled)[0].state, ItemState::kDone);
+  EXPECT_EQ((*settled)[0].result, R"({"id":"r1"})");
+  EXPECT_EQ((*settled)[0].prompt_tokens, 50);
+  EXPECT_EQ((*settled)[0].input, "");
+  EXPECT_EQ((*settled)[1].idx, 3);
+  EXPECT_EQ((*settled)[1].state, ItemState::kFailed);
+  EXPECT_EQ(store->SettledItems("nope").status().code(), absl::StatusCode::kNotFound);
+}
+
 TEST(JobStoreTest, StatusTimestampsAreStampedOnce) {
   auto store = OpenOrDie(StoreDir("status"));
   ASSERT_TRUE(store);

@@ -67,9 +67,10 @@ absl::Status FollowJob(CoordinatorCore& core, const std::string& job_id, std::se
                        const std::function<bool()>& should_stop, int64_t poll_ms) {
   int64_t version = core.version();
   for (;;) {
-    MESA_ASSIGN_OR_RETURN(std::vector<ItemRecord> items, core.Items(job_id));
-    for (const ItemRecord& item : items) {
-      if (item.state == ItemState::kPending || item.result.empty() || seen.contains(item.idx)) continue;
+    // Settled items only, without their documents: this runs again on every change.
+    MESA_ASSIGN_OR_RETURN(std::vector<ItemRecord> settled, core.SettledItems(job_id));
+    for (const ItemRecord& item : settled) {
+      if (item.result.empty() || seen.contains(item.idx)) continue;
       seen.insert(item.idx);
       ++summary.processed;
       auto parsed = jobs::ResultFromJson(nlohmann::json::parse(item.result, nullptr, false));
@@ -90,7 +91,7 @@ absl::Status FollowJob(CoordinatorCore& core, const std::string& job_id, std::se
         return absl::InternalError(
             absl::StrCat("job ", job_id, " ended ", now.status, now.error.empty() ? "" : absl::StrCat(": ", now.error)));
       }
-      if (seen.size() < items.size()) continue;  // the last records
+      if (static_cast<int64_t>(seen.size()) < now.total) continue;  // the last records
       return absl::OkStatus();
     }
     if (should_stop && should_stop()) return absl::AbortedError(absl::StrCat("job ", job_id, " is unfinished"));
