@@ -50,6 +50,7 @@ std::vector<float> KvBufferPool::Take(size_t elements) {
         free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(i));
         held_bytes_ -= CapacityBytes(v);
         ++reused_;
+        v.resize(elements);  // within capacity: no allocation; shrinking writes nothing
         return v;
       }
     }
@@ -62,7 +63,6 @@ void KvBufferPool::Give(std::vector<float>&& v) {
   std::vector<float> mine = std::move(v);
   const int64_t bytes = CapacityBytes(mine);
   if (bytes == 0 || bytes > max_bytes_) return;  // freed here, outside the lock
-  mine.clear();
   std::vector<std::vector<float>> evicted;  // freed after the lock is released
   std::lock_guard<std::mutex> l(mu_);
   free_.push_back(std::move(mine));

@@ -1,11 +1,12 @@
 // A worker's pool of K/V receive memory: float vectors whose pages are already faulted
-// in, handed out empty (size 0) with room for a chunk, so that filling one by appending
-// writes each byte once and the kernel zeroes nothing. A received chunk's vectors come
+// in, handed out already sized for a chunk (holding an earlier chunk's stale bytes), so
+// that the receiver overwrites each byte once, in place, and neither the kernel nor
+// vector::resize zeroes anything. A received chunk's vectors come
 // back when its last reference drops (Share); a long-running worker then fetches into
 // memory it has used before instead of a fresh mapping per chunk.
 //
-// One way in, one way out: Take hands out a vector, Give takes it back (cleared, its
-// capacity kept), and Share wraps a ChunkKv so that its k and v are given back when the
+// One way in, one way out: Take hands out a vector, Give takes it back (contents and
+// capacity kept, never read), and Share wraps a ChunkKv so that its k and v are given back when the
 // last shared_ptr to it goes, wherever that is: memory is never back in the pool while
 // anyone can still read the chunk. Bounded: at most max_bytes of capacity is kept; past
 // that, the buffers least recently given back are freed. Thread-safe.
@@ -31,12 +32,15 @@ class KvBufferPool {
   KvBufferPool(const KvBufferPool&) = delete;
   KvBufferPool& operator=(const KvBufferPool&) = delete;
 
-  // An empty vector with capacity >= `elements`: the most recently given back one that
-  // fits without wasting more than half of it (capacity <= 2 * elements), else
-  // ReserveFloats(elements).
+  // Memory for `elements` floats, in one of two forms the caller must tell apart by size():
+  //  - reused: the most recently given back vector that fits without wasting more than
+  //    half of it (capacity <= 2 * elements), resized to exactly `elements`; its values
+  //    are an earlier chunk's (stale), to be overwritten in place. Only a part the old
+  //    vector did not cover is zero-filled by the resize.
+  //  - fresh (nothing fits): ReserveFloats(elements), empty, to be filled by appending.
   std::vector<float> Take(size_t elements);
-  // Keeps `v`'s memory for a later Take (its contents are dropped, not zeroed). A vector
-  // without capacity, or larger than max_bytes, is just freed.
+  // Keeps `v`'s memory (and its values, unread) for a later Take. A vector without
+  // capacity, or larger than max_bytes, is just freed.
   void Give(std::vector<float>&& v);
 
   // `kv` as shared, read-only, with a deleter that gives k and v back to `pool` when the

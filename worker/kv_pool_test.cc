@@ -18,7 +18,7 @@ namespace {
 constexpr size_t kN = 1 << 16;  // floats per buffer
 constexpr int64_t kBytes = int64_t{kN} * sizeof(float);
 
-TEST(KvBufferPool, TakeGivesEmptyRoom) {
+TEST(KvBufferPool, AFreshTakeIsEmptyRoom) {
   KvBufferPool pool(8 * kBytes);
   std::vector<float> v = pool.Take(kN);
   EXPECT_TRUE(v.empty());
@@ -40,12 +40,11 @@ TEST(KvBufferPool, ReuseReturnsTheSameMemoryLastInFirstOut) {
   EXPECT_EQ(pool.held_bytes(), 2 * kBytes);
   std::vector<float> c = pool.Take(kN);
   EXPECT_EQ(c.data(), pb);  // the newest first
-  EXPECT_TRUE(c.empty());
-  EXPECT_GE(c.capacity(), kN);
-  c.insert(c.end(), kN, 3.0f);  // appending fills the room without moving it
-  EXPECT_EQ(c.data(), pb);
-  std::vector<float> d = pool.Take(kN);
+  ASSERT_EQ(c.size(), kN);  // reused memory comes sized, for overwriting in place
+  EXPECT_EQ(c[kN - 1], 2.0f) << "stale values are kept, not zeroed";
+  std::vector<float> d = pool.Take(kN / 2 + 1);  // fits within twice: resized down
   EXPECT_EQ(d.data(), pa);
+  EXPECT_EQ(d.size(), kN / 2 + 1);
   EXPECT_EQ(pool.reused(), 2);
   EXPECT_EQ(pool.held_buffers(), 0);
   EXPECT_EQ(pool.held_bytes(), 0);
@@ -63,8 +62,14 @@ TEST(KvBufferPool, OnlyBuffersThatFitAreReused) {
   EXPECT_NE(tiny.data(), p);
   std::vector<float> half = pool.Take(kN / 2);  // fits within twice: reused
   EXPECT_EQ(half.data(), p);
+  EXPECT_EQ(half.size(), kN / 2);
+  pool.Give(std::move(half));
+  std::vector<float> grown = pool.Take(kN);  // the part the old size did not cover: zeros
+  EXPECT_EQ(grown.data(), p);
+  ASSERT_EQ(grown.size(), kN);
+  EXPECT_EQ(grown[kN - 1], 0.0f);
   EXPECT_EQ(pool.allocated(), 3);
-  EXPECT_EQ(pool.reused(), 1);
+  EXPECT_EQ(pool.reused(), 2);
 }
 
 TEST(KvBufferPool, TheCapFreesTheOldestAndRefusesWhatIsTooLarge) {
@@ -132,8 +137,8 @@ TEST(KvBufferPool, ConcurrentTakersNeverShareABuffer) {
       for (int i = 0; i < 200; ++i) {
         const size_t n = (i % 3 == 0) ? kN / 2 : kN;
         std::vector<float> v = pool.Take(n);
-        if (!v.empty() || v.capacity() < n) ++bad;
-        v.insert(v.end(), n, static_cast<float>(t));
+        if (!(v.empty() || v.size() == n) || v.capacity() < n) ++bad;
+        v.assign(n, static_cast<float>(t));
         std::this_thread::yield();
         for (size_t j = 0; j < n; j += 997) {
           if (v[j] != static_cast<float>(t)) ++bad;  // someone else wrote into it

@@ -115,6 +115,32 @@ __attribute__((target("sse4.2"))) uint64_t Crc3Way(uint64_t c0, const ShiftTable
   }
   return c0;
 }
+
+// Crc3Way that also copies what it reads to `dst` with streaming stores (movnti: 8 bytes,
+// no alignment beyond 8, no read of the destination line), so the bytes are loaded once.
+template <size_t kBlock>
+__attribute__((target("sse4.2"))) uint64_t CopyCrc3Way(uint64_t c0, const ShiftTables& shift,
+                                                       uint8_t*& dst, const uint8_t*& p,
+                                                       size_t& size) {
+  while (size >= 3 * kBlock) {
+    uint64_t c1 = 0, c2 = 0;
+    for (size_t i = 0; i < kBlock; i += 8) {
+      const uint64_t w0 = Load64(p + i), w1 = Load64(p + kBlock + i), w2 = Load64(p + 2 * kBlock + i);
+      c0 = _mm_crc32_u64(c0, w0);
+      c1 = _mm_crc32_u64(c1, w1);
+      c2 = _mm_crc32_u64(c2, w2);
+      _mm_stream_si64(reinterpret_cast<long long*>(dst + i), static_cast<long long>(w0));
+      _mm_stream_si64(reinterpret_cast<long long*>(dst + kBlock + i), static_cast<long long>(w1));
+      _mm_stream_si64(reinterpret_cast<long long*>(dst + 2 * kBlock + i), static_cast<long long>(w2));
+    }
+    c0 = Shift(shift, static_cast<uint32_t>(c0)) ^ c1;
+    c0 = Shift(shift, static_cast<uint32_t>(c0)) ^ c2;
+    p += 3 * kBlock;
+    dst += 3 * kBlock;
+    size -= 3 * kBlock;
+  }
+  return c0;
+}
 #endif
 
 // Floats read from bytes at any alignment, as a random-access iterator: lets
@@ -181,18 +207,62 @@ __attribute__((target("sse4.2"))) uint32_t Crc32cSse42(const void* data, size_t 
   for (; size > 0; ++p, --size) c = _mm_crc32_u8(static_cast<uint32_t>(c), *p);
   return ~static_cast<uint32_t>(c);
 }
+
+__attribute__((target("sse4.2"))) uint32_t CopyCrc32cSse42(void* dst_ptr, const void* src,
+                                                           size_t size, uint32_t crc) {
+  // Below this, plain stores: a small copy's lines are as likely to be read soon as not,
+  // and the fence would cost more than the stores.
+  constexpr size_t kStreamMin = 4096;
+  auto* dst = static_cast<uint8_t*>(dst_ptr);
+  const auto* p = static_cast<const uint8_t*>(src);
+  if (size < kStreamMin) {
+    std::memcpy(dst, p, size);
+    return Crc32cSse42(p, size, crc);
+  }
+  uint64_t c = ~crc;
+  for (; (reinterpret_cast<uintptr_t>(dst) & 7) != 0; ++p, ++dst, --size) {  // size >= 8 here
+    *dst = *p;
+    c = _mm_crc32_u8(static_cast<uint32_t>(c), *p);
+  }
+  c = CopyCrc3Way<kLongBlock>(c, kLongShift, dst, p, size);
+  c = CopyCrc3Way<kShortBlock>(c, kShortShift, dst, p, size);
+  for (; size >= 8; p += 8, dst += 8, size -= 8) {
+    const uint64_t w = Load64(p);
+    c = _mm_crc32_u64(c, w);
+    _mm_stream_si64(reinterpret_cast<long long*>(dst), static_cast<long long>(w));
+  }
+  for (; size > 0; ++p, ++dst, --size) {
+    *dst = *p;
+    c = _mm_crc32_u8(static_cast<uint32_t>(c), *p);
+  }
+  _mm_sfence();  // streaming stores are weakly ordered: visible before anyone is told
+  return ~static_cast<uint32_t>(c);
+}
 #else
 bool Crc32cSse42Available() { return false; }
 uint32_t Crc32cSse42(const void* data, size_t size, uint32_t crc) {
   return Crc32cPortable(data, size, crc);
 }
+uint32_t CopyCrc32cSse42(void* dst, const void* src, size_t size, uint32_t crc) {
+  return CopyCrc32cPortable(dst, src, size, crc);
+}
 #endif
+
+uint32_t CopyCrc32cPortable(void* dst, const void* src, size_t size, uint32_t crc) {
+  std::memcpy(dst, src, size);
+  return Crc32cPortable(src, size, crc);
+}
 
 }  // namespace internal
 
 uint32_t Crc32c(const void* data, size_t size, uint32_t crc) {
   return internal::Crc32cSse42Available() ? internal::Crc32cSse42(data, size, crc)
                                           : internal::Crc32cPortable(data, size, crc);
+}
+
+uint32_t CopyCrc32c(void* dst, const void* src, size_t size, uint32_t crc) {
+  return internal::Crc32cSse42Available() ? internal::CopyCrc32cSse42(dst, src, size, crc)
+                                          : internal::CopyCrc32cPortable(dst, src, size, crc);
 }
 
 std::string KvKeyString(const KvKey& key) {
@@ -307,38 +377,44 @@ absl::Status KvAssembler::Add(int64_t offset, absl::Span<const absl::Span<const 
                                             offset, " runs past the announced ",
                                             manifest_.total_bytes, " bytes"));
   }
-  // Per part: the CRC while the bytes are in cache, then appended to the cache.
-  for (absl::Span<const uint8_t> part : parts) {
-    crc_ = Crc32c(part.data(), part.size(), crc_);
-    Append(part.data(), static_cast<int64_t>(part.size()));
-  }
+  for (absl::Span<const uint8_t> part : parts) Write(part.data(), static_cast<int64_t>(part.size()));
   return absl::OkStatus();
 }
 
-void KvAssembler::Append(const uint8_t* src, int64_t size) {
+void KvAssembler::Write(const uint8_t* src, int64_t size) {
   const int64_t k_bytes = manifest_.total_bytes / 2;  // a whole number of floats
   while (size > 0) {
     const bool in_k = received_ < k_bytes;
     std::vector<float>& dst = in_k ? kv_.k : kv_.v;
-    int64_t n = std::min(size, (in_k ? k_bytes : manifest_.total_bytes) - received_);
-    size -= n;
-    received_ += n;
-    if (carry_bytes_ > 0) {  // complete the float begun by the previous piece
-      const int64_t take = std::min<int64_t>(n, 4 - carry_bytes_);
-      std::memcpy(carry_ + carry_bytes_, src, take);
-      carry_bytes_ += static_cast<int>(take), src += take, n -= take;
-      if (carry_bytes_ < 4) continue;
-      float f;
-      std::memcpy(&f, carry_, 4);
-      dst.push_back(f);
-      carry_bytes_ = 0;
+    const int64_t at = in_k ? received_ : received_ - k_bytes;  // byte offset within dst
+    const int64_t n = std::min(size, (in_k ? k_bytes : manifest_.total_bytes) - received_);
+    if (static_cast<int64_t>(dst.size() * sizeof(float)) == k_bytes) {
+      // Memory from the pool, sized: overwrite in place, CRC and copy in one pass.
+      crc_ = CopyCrc32c(reinterpret_cast<uint8_t*>(dst.data()) + at, src, static_cast<size_t>(n), crc_);
+    } else {
+      crc_ = Crc32c(src, static_cast<size_t>(n), crc_);  // while the bytes are in cache
+      Append(dst, src, n);
     }
-    const int64_t whole = n / 4;
-    dst.insert(dst.end(), UnalignedFloats{src}, UnalignedFloats{src + 4 * whole});
-    src += 4 * whole, n -= 4 * whole;
-    std::memcpy(carry_, src, n);
-    carry_bytes_ = static_cast<int>(n), src += n;
+    src += n, size -= n, received_ += n;
   }
+}
+
+void KvAssembler::Append(std::vector<float>& dst, const uint8_t* src, int64_t n) {
+  if (carry_bytes_ > 0) {  // complete the float begun by the previous piece
+    const int64_t take = std::min<int64_t>(n, 4 - carry_bytes_);
+    std::memcpy(carry_ + carry_bytes_, src, take);
+    carry_bytes_ += static_cast<int>(take), src += take, n -= take;
+    if (carry_bytes_ < 4) return;
+    float f;
+    std::memcpy(&f, carry_, 4);
+    dst.push_back(f);
+    carry_bytes_ = 0;
+  }
+  const int64_t whole = n / 4;
+  dst.insert(dst.end(), UnalignedFloats{src}, UnalignedFloats{src + 4 * whole});
+  src += 4 * whole, n -= 4 * whole;
+  std::memcpy(carry_, src, n);
+  carry_bytes_ = static_cast<int>(n);
 }
 
 absl::StatusOr<ChunkKv> KvAssembler::Finish() {

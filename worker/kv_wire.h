@@ -24,12 +24,20 @@ namespace mesa::worker {
 // SSE4.2 crc32 instruction when the CPU has it, else a table-driven loop.
 uint32_t Crc32c(const void* data, size_t size, uint32_t crc = 0);
 
+// Copies `size` bytes from `src` to `dst` (not overlapping) and returns
+// Crc32c(src, size, crc), reading each byte once. Large copies use streaming stores
+// (the destination is not wanted in cache: a received chunk is read again much later),
+// fenced before returning.
+uint32_t CopyCrc32c(void* dst, const void* src, size_t size, uint32_t crc = 0);
+
 namespace internal {
-// Both paths of Crc32c, exposed so tests can compare them. Crc32cSse42 may only be
-// called when Crc32cSse42Available().
+// Both paths of Crc32c and CopyCrc32c, exposed so tests can compare them. The Sse42
+// ones may only be called when Crc32cSse42Available().
 uint32_t Crc32cPortable(const void* data, size_t size, uint32_t crc);
 bool Crc32cSse42Available();
 uint32_t Crc32cSse42(const void* data, size_t size, uint32_t crc);
+uint32_t CopyCrc32cPortable(void* dst, const void* src, size_t size, uint32_t crc);
+uint32_t CopyCrc32cSse42(void* dst, const void* src, size_t size, uint32_t crc);
 }  // namespace internal
 
 struct KvManifestInfo {
@@ -66,9 +74,9 @@ class KvAssembler {
  public:
   // Checks the manifest (positive shapes, range_end > range_begin >= 0, dtype "f32",
   // total == 2 * layers*heads*tokens*dim*4: else INVALID_ARGUMENT; total <= max_bytes:
-  // else RESOURCE_EXHAUSTED) and reserves room for k and v: from `pool` when given (which
-  // must outlive the assembler), else fresh. Room only either way (no zero-fill): the
-  // pieces are appended.
+  // else RESOURCE_EXHAUSTED) and takes memory for k and v: from `pool` when given (which
+  // must outlive the assembler; memory used before, overwritten in place), else fresh
+  // room that the pieces are appended to. No zero-fill either way.
   static absl::StatusOr<KvAssembler> Start(const KvManifestInfo& manifest, int64_t max_bytes,
                                            KvBufferPool* pool = nullptr);
   KvAssembler(KvAssembler&&) = default;
@@ -89,9 +97,11 @@ class KvAssembler {
   const KvManifestInfo& manifest() const { return manifest_; }
 
  private:
-  // Appends checked bytes to k, then v (k's end is a whole float: only a float split
-  // between pieces waits in carry_).
-  void Append(const uint8_t* src, int64_t size);
+  // Writes checked bytes at received_ into k, then v, and takes their CRC on the way:
+  // in place into memory from the pool (sized, stale), or appended to fresh room (k's
+  // end is a whole float: only a float split between pieces waits in carry_).
+  void Write(const uint8_t* src, int64_t size);
+  void Append(std::vector<float>& dst, const uint8_t* src, int64_t size);
 
   KvAssembler() = default;
 

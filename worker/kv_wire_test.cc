@@ -96,6 +96,35 @@ TEST_P(Crc32cPath, ChainsAcrossSplits) {
   }
 }
 
+// The copying form: the CRC of the source and its bytes at the destination, for every
+// size around the 3-way blocks and the streaming threshold, every alignment of source and
+// destination; nothing written outside [dst, dst + n).
+TEST_P(Crc32cPath, CopyingFormCopiesExactlyAndMatches) {
+  using CopyFn = uint32_t (*)(void*, const void*, size_t, uint32_t);
+  const CopyFn copy = GetParam().fn == internal::Crc32cPortable ? internal::CopyCrc32cPortable
+                      : GetParam().fn == internal::Crc32cSse42
+                          ? internal::CopyCrc32cSse42
+                          : [](void* d, const void* s, size_t n, uint32_t c) { return CopyCrc32c(d, s, n, c); };
+  const std::vector<uint8_t> src = RandomBytes(3 * 8192 * 3 + 64, 3);
+  const size_t sizes[] = {0,    1,    7,    8,    9,    255,  4095,  4096,  4097,  4103,
+                          8191, 24575, 24576, 24577, 24583, 25344, 49152, 50000, 3 * 8192 * 3};
+  std::vector<uint8_t> dst(src.size() + 32);
+  for (size_t src_align : {0, 1, 4, 7}) {
+    for (size_t dst_align : {0, 3, 4, 8}) {
+      for (size_t n : sizes) {
+        std::fill(dst.begin(), dst.end(), 0xA5);
+        const uint8_t* s = src.data() + src_align;
+        uint8_t* d = dst.data() + 8 + dst_align;
+        ASSERT_EQ(copy(d, s, n, 0x1234u), Crc32cBitwise(s, n, 0x1234u))
+            << "size " << n << " src align " << src_align << " dst align " << dst_align;
+        ASSERT_EQ(std::memcmp(d, s, n), 0) << "size " << n;
+        for (const uint8_t* q = dst.data(); q < d; ++q) ASSERT_EQ(*q, 0xA5) << "wrote before";
+        for (const uint8_t* q = d + n; q < dst.data() + dst.size(); ++q) ASSERT_EQ(*q, 0xA5) << "wrote after";
+      }
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(
     AllPaths, Crc32cPath,
     ::testing::Values(
@@ -151,13 +180,36 @@ TEST_P(KvWireRoundTrip, PiecesReassembleBitForBit) {
   }
   ASSERT_EQ(next, m.total_bytes);
 
-  absl::StatusOr<KvAssembler> a = KvAssembler::Start(m, m.total_bytes);
-  ASSERT_TRUE(a.ok()) << a.status();
-  for (const KvPiece& p : pieces) ASSERT_TRUE(a->Add(p.offset, p.bytes).ok());
-  EXPECT_EQ(a->received(), m.total_bytes);
-  absl::StatusOr<ChunkKv> out = a->Finish();
-  ASSERT_TRUE(out.ok()) << out.status();
-  EXPECT_TRUE(SameBits(*out, kv));
+  // Fresh memory (appended), then pool memory holding another chunk's stale values
+  // (overwritten in place); each piece also arrives split in two parts at an odd byte,
+  // as a transport's slices cut it.
+  auto pool = std::make_shared<KvBufferPool>(int64_t{1} << 30);
+  for (std::vector<float>* stale : {new std::vector<float>(kv.k.size(), -7.5f),
+                                    new std::vector<float>(kv.v.size(), 1e30f)}) {
+    pool->Give(std::move(*stale));
+    delete stale;
+  }
+  for (KvBufferPool* from : {static_cast<KvBufferPool*>(nullptr), pool.get()}) {
+    for (bool split : {false, true}) {
+      SCOPED_TRACE(testing::Message() << (from ? "pool" : "fresh") << (split ? ", split" : ""));
+      absl::StatusOr<KvAssembler> a = KvAssembler::Start(m, m.total_bytes, from);
+      ASSERT_TRUE(a.ok()) << a.status();
+      for (const KvPiece& p : pieces) {
+        const size_t cut = split ? p.bytes.size() / 3 + (p.bytes.size() > 1 ? 1 : 0) : p.bytes.size();
+        const absl::Span<const uint8_t> parts[2] = {p.bytes.subspan(0, cut), p.bytes.subspan(cut)};
+        ASSERT_TRUE(a->Add(p.offset, absl::MakeConstSpan(parts, cut < p.bytes.size() ? 2 : 1)).ok());
+      }
+      EXPECT_EQ(a->received(), m.total_bytes);
+      absl::StatusOr<ChunkKv> out = a->Finish();
+      ASSERT_TRUE(out.ok()) << out.status();
+      EXPECT_TRUE(SameBits(*out, kv));
+      if (from != nullptr) {
+        pool->Give(std::move(out->k));  // back for the next round, values and all
+        pool->Give(std::move(out->v));
+      }
+    }
+  }
+  EXPECT_GE(pool->reused(), 4);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -185,15 +237,27 @@ Stream MakeStream(int64_t piece_bytes) {
   return s;
 }
 
-// Feeds every piece (stopping at the first refusal), then finishes.
-absl::Status Feed(const Stream& s) {
-  absl::StatusOr<KvAssembler> a = KvAssembler::Start(s.manifest, int64_t{1} << 30);
+// Feeds every piece (stopping at the first refusal), then finishes: into fresh memory
+// and into pool memory that holds the untampered chunk's own bytes (so a check that
+// looked at the cache instead of the bytes received would pass wrongly); both must agree.
+absl::Status FeedInto(const Stream& s, KvBufferPool* pool) {
+  absl::StatusOr<KvAssembler> a = KvAssembler::Start(s.manifest, int64_t{1} << 30, pool);
   if (!a.ok()) return a.status();
   for (const auto& [offset, bytes] : s.pieces) {
     absl::Status st = a->Add(offset, bytes);
     if (!st.ok()) return st;
   }
   return a->Finish().status();
+}
+
+absl::Status Feed(const Stream& s) {
+  KvBufferPool pool(int64_t{1} << 30);
+  const ChunkKv original = RandomChunkKv(2, 2, 9, 16, 0, 5);  // as MakeStream's
+  pool.Give(std::vector<float>(original.k));
+  pool.Give(std::vector<float>(original.v));
+  const absl::Status fresh = FeedInto(s, nullptr), pooled = FeedInto(s, &pool);
+  EXPECT_EQ(fresh, pooled) << "fresh and pooled memory disagree";
+  return fresh;
 }
 
 TEST(KvWireErrors, UntamperedStreamPasses) { EXPECT_TRUE(Feed(MakeStream(500)).ok()); }
