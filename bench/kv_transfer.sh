@@ -10,7 +10,7 @@
 # arguments, each change undone on its own, TCP into fresh memory (--no-tuning skips).
 # The numbers before the pool and before the zero-copy work are kept in the report.
 #
-# Usage: bench/kv_transfer.sh [--sizes-mib 16,64,256] [--rounds 7] [--piece-kib 1024]
+# Usage: bench/kv_transfer.sh [--sizes-mib 16,64,256] [--rounds 7] [--piece-kib 1024] [--lanes N]
 #                             [--build-dir DIR] [--no-tuning]
 # Environment: MESA_BUILD_DIR (default build/release).
 set -euo pipefail
@@ -20,10 +20,13 @@ BUILD_DIR="${MESA_BUILD_DIR:-$ROOT/build/release}"
 OUT_MD="$ROOT/bench/results/kv_transfer.md"
 BENCH_ARGS=()
 TUNING=1
-# Variants measured at 64 MiB (bench arguments; one per line): transport settings, then
-# each of the changes undone on its own (--proto-sender, --crc-per-fetch,
+# Variants measured at 64 MiB (bench arguments; one per line): lanes, transport settings,
+# then each of the changes undone on its own (--lanes 1, --proto-sender, --crc-per-fetch,
 # --default-malloc), then the TCP copy into fresh memory (a diagnostic).
-VARIANTS="--piece-kib 256
+VARIANTS="--lanes 1
+--lanes 2
+--lanes 8
+--piece-kib 256
 --piece-kib 4096
 --arg grpc.http2.max_frame_size=1048576
 --arg grpc.http2.bdp_probe=0 --arg grpc.http2.lookahead_bytes=16777216
@@ -37,7 +40,7 @@ die() { echo "kv_transfer: ERROR: $*" >&2; exit 1; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
-    --sizes-mib|--rounds|--piece-kib) BENCH_ARGS+=("$1" "$2"); shift 2 ;;
+    --sizes-mib|--rounds|--piece-kib|--lanes) BENCH_ARGS+=("$1" "$2"); shift 2 ;;
     --build-dir) BUILD_DIR="$2"; shift 2 ;;
     --no-tuning) TUNING=0; shift ;;
     -h|--help) sed -n '2,15p' "$0"; exit 0 ;;

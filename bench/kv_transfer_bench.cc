@@ -17,7 +17,7 @@
 // what each is worth; --tcp-fresh-sink has the TCP copy receive into fresh memory (as
 // every fetch must: the cache it returns is new), to measure that cost on its own.
 //
-// Usage: kv_transfer_bench [--sizes-mib 16,64,256] [--rounds 7] [--piece-kib 1024]
+// Usage: kv_transfer_bench [--sizes-mib 16,64,256] [--rounds 7] [--piece-kib 1024] [--lanes N]
 //                          [--arg grpc.channel.arg=INT]...  (to server and client)
 //                          [--proto-sender] [--crc-per-fetch] [--default-malloc]
 //                          [--tcp-fresh-sink]
@@ -170,9 +170,9 @@ struct BenchChunk {
 class ProtoWorker final : public mesa::v1::WorkerService::Service {
  public:
   ProtoWorker(const BenchChunk* chunk, int64_t piece_bytes) : chunk_(chunk), piece_bytes_(piece_bytes) {}
-  grpc::Status FetchKv(grpc::ServerContext* ctx, const mesa::v1::FetchKvRequest*,
+  grpc::Status FetchKv(grpc::ServerContext* ctx, const mesa::v1::FetchKvRequest* request,
                        grpc::ServerWriter<mesa::v1::KvMessage>* writer) override {
-    return ServeKvStream(*chunk_->kv, ctx, writer, piece_bytes_, chunk_->crc32c);
+    return ServeKvStream(*chunk_->kv, ctx, writer, piece_bytes_, chunk_->crc32c, LaneAsk(*request));
   }
 
  private:
@@ -184,6 +184,7 @@ struct Args {
   std::vector<int64_t> sizes_mib = {16, 64, 256};
   int rounds = 7;
   int64_t piece_kib = 1024;
+  int lanes = GrpcKvFetcherOptions{}.lanes;
   std::vector<std::pair<std::string, int>> channel_args;
   bool proto_sender = false, crc_per_fetch = false, default_malloc = false, tcp_fresh_sink = false;
 };
@@ -209,6 +210,8 @@ Args Parse(int argc, char** argv) {
       args.rounds = std::stoi(value);
     } else if (flag == "--piece-kib") {
       args.piece_kib = std::stoll(value);
+    } else if (flag == "--lanes") {
+      args.lanes = std::stoi(value);
     } else if (flag == "--arg" && value.find('=') != std::string::npos) {
       const size_t eq = value.find('=');
       args.channel_args.emplace_back(value.substr(0, eq), std::stoi(value.substr(eq + 1)));
@@ -219,7 +222,7 @@ Args Parse(int argc, char** argv) {
   }
   if (args.sizes_mib.empty()) {
     std::fprintf(stderr, "usage: kv_transfer_bench [--sizes-mib 16,64,256] [--rounds 7] "
-                         "[--piece-kib 1024] [--arg grpc.channel.arg=INT]... [--proto-sender] "
+                         "[--piece-kib 1024] [--lanes N] [--arg grpc.channel.arg=INT]... [--proto-sender] "
                          "[--crc-per-fetch] [--default-malloc] [--tcp-fresh-sink]\n");
     std::exit(2);
   }
@@ -248,6 +251,7 @@ int Main(int argc, char** argv) {
     builder.RegisterService(&raw_service);
   }
   GrpcKvFetcherOptions options;
+  options.lanes = args.lanes;
   std::string arg_list;
   for (const auto& [name, value] : args.channel_args) {
     builder.AddChannelArgument(name, value);
@@ -270,10 +274,11 @@ int Main(int argc, char** argv) {
               std::thread::hardware_concurrency(), Isa().c_str());
   std::printf("- gRPC %s on 127.0.0.1, sync server; channel arguments: a %d MiB max "
               "receive message%s%s; K/V pieces of %lld KiB; %d rounds per size, rotating "
-              "the order of TCP, pooled and fresh gRPC, median shown\n",
+              "the order of TCP, pooled and fresh gRPC, median shown; up to %d lanes per fetch "
+              "(streams on connections of their own; the sender uses one per 4 MiB)\n",
               grpc::Version().c_str(), options.max_receive_message_bytes >> 20,
               arg_list.empty() ? ", the rest default" : ", on both sides:", arg_list.c_str(),
-              static_cast<long long>(args.piece_kib), args.rounds);
+              static_cast<long long>(args.piece_kib), args.rounds, args.lanes);
   std::printf("- Receiver: GrpcKvFetcher with a 1 GiB KvBufferPool (as `mesa worker`); every "
               "received chunk is compared with the source and then let go, so its memory goes "
               "back to the pool (steady state, the headline); and a GrpcKvFetcher without a "

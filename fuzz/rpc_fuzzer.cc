@@ -201,6 +201,7 @@ void FuzzFetchKv(const uint8_t* data, size_t size) {
   worker::KvBufferPool pool(kMaxKvBytes);
   worker::KvBufferPool* use_pool = frames[0].size() % 2 ? &pool : nullptr;
   std::optional<worker::KvAssembler> kv;
+  bool lane_manifest[worker::kMaxKvLanes] = {};
   for (size_t i = 1; i < frames.size(); ++i) {
     // One message in up to three slices, as gRPC may hand it over.
     const std::string& f = frames[i];
@@ -210,7 +211,13 @@ void FuzzFetchKv(const uint8_t* data, size_t size) {
     if (cut2 > cut1) slices.emplace_back(f.data() + cut1, cut2 - cut1);
     if (f.size() > cut2) slices.emplace_back(f.data() + cut2, f.size() - cut2);
     grpc::ByteBuffer buffer(slices.data(), slices.size());
-    if (!worker::internal::AcceptKvMessage(buffer, kMaxKvBytes, use_pool, kv).ok()) return;
+    // Once a manifest announced lanes, the frames take turns on them (lane 0 included),
+    // as several streams' messages would arrive.
+    const int lanes = kv ? kv->manifest().lanes : 1;
+    const int lane = static_cast<int>(i % static_cast<size_t>(lanes));
+    const absl::Status st = lane == 0 ? worker::internal::AcceptKvMessage(buffer, kMaxKvBytes, use_pool, kv)
+                                      : worker::internal::AcceptKvLaneMessage(buffer, lane, *kv, lane_manifest[lane]);
+    if (!st.ok()) return;
   }
   if (kv) {
     auto done = kv->Finish();

@@ -10,7 +10,9 @@
 // parsed by protobuf, so any sender of the proto's KvMessage stream is understood.
 #include "worker/grpc_kv.h"
 
+#include <algorithm>
 #include <chrono>
+#include <thread>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -120,41 +122,81 @@ bool ReadPiece(const std::vector<grpc::Slice>& slices, int64_t* offset, std::vec
 
 }  // namespace
 
-// One message of a FetchKv stream into the assembler (created by the manifest).
+namespace {
+
+// One received message, parsed: a manifest, or a piece whose bytes are views into the
+// received slices (or into `msg` when protobuf had to parse it). Keeps what it views.
+struct ReceivedMessage {
+  std::vector<grpc::Slice> slices;
+  KvMessage msg;
+  std::optional<KvManifestInfo> manifest;
+  int64_t offset = 0;
+  std::vector<Bytes> parts;
+};
+
+absl::Status Parse(const grpc::ByteBuffer& buffer, ReceivedMessage& m) {
+  if (!buffer.Dump(&m.slices).ok()) return absl::DataLossError("an unreadable K/V message");
+  if (ReadPiece(m.slices, &m.offset, &m.parts)) return absl::OkStatus();
+  grpc::ByteBuffer copy(buffer);  // the parser consumes its input
+  grpc::ProtoBufferReader reader(&copy);
+  if (!m.msg.ParseFromZeroCopyStream(&reader)) {
+    return absl::DataLossError("a K/V message that does not parse as a KvMessage");
+  }
+  switch (m.msg.part_case()) {
+    case KvMessage::kManifest:
+      m.manifest = FromProto(m.msg.manifest());
+      return absl::OkStatus();
+    case KvMessage::kData: {
+      const std::string& bytes = m.msg.data().data();
+      m.offset = m.msg.data().offset();
+      m.parts = {Bytes(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size())};
+      return absl::OkStatus();
+    }
+    case KvMessage::PART_NOT_SET:
+      break;
+  }
+  return absl::DataLossError("an empty message in the K/V stream");
+}
+
+bool SameManifest(const KvManifestInfo& a, const KvManifestInfo& b) {
+  return a.n_layer == b.n_layer && a.n_head_kv == b.n_head_kv && a.head_dim == b.head_dim &&
+         a.range_begin == b.range_begin && a.range_end == b.range_end && a.dtype == b.dtype &&
+         a.total_bytes == b.total_bytes && a.crc32c == b.crc32c && a.lanes == b.lanes;
+}
+
+}  // namespace
+
+// One message of a FetchKv stream (lane 0) into the assembler (created by the manifest).
 absl::Status internal::AcceptKvMessage(const grpc::ByteBuffer& buffer, int64_t max_bytes, KvBufferPool* pool,
                                        std::optional<KvAssembler>& kv) {
-  std::vector<grpc::Slice> slices;
-  if (!buffer.Dump(&slices).ok()) return absl::DataLossError("an unreadable K/V message");
-  std::vector<Bytes> parts;
-  int64_t offset = 0;
-  KvMessage msg;
-  if (!ReadPiece(slices, &offset, &parts)) {
-    grpc::ByteBuffer copy(buffer);  // the parser consumes its input
-    grpc::ProtoBufferReader reader(&copy);
-    if (!msg.ParseFromZeroCopyStream(&reader)) {
-      return absl::DataLossError("a K/V message that does not parse as a KvMessage");
-    }
-    switch (msg.part_case()) {
-      case KvMessage::kManifest: {
-        if (kv.has_value()) return absl::DataLossError("a second manifest in the K/V stream");
-        absl::StatusOr<KvAssembler> started =
-            KvAssembler::Start(FromProto(msg.manifest()), max_bytes, pool);
-        if (!started.ok()) return started.status();
-        kv.emplace(*std::move(started));
-        return absl::OkStatus();
-      }
-      case KvMessage::kData: {
-        const std::string& bytes = msg.data().data();
-        offset = msg.data().offset();
-        parts = {Bytes(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size())};
-        break;
-      }
-      case KvMessage::PART_NOT_SET:
-        return absl::DataLossError("an empty message in the K/V stream");
-    }
+  ReceivedMessage m;
+  if (absl::Status st = Parse(buffer, m); !st.ok()) return st;
+  if (m.manifest.has_value()) {
+    if (kv.has_value()) return absl::DataLossError("a second manifest in the K/V stream");
+    absl::StatusOr<KvAssembler> started = KvAssembler::Start(*m.manifest, max_bytes, pool);
+    if (!started.ok()) return started.status();
+    kv.emplace(*std::move(started));
+    return absl::OkStatus();
   }
   if (!kv.has_value()) return absl::DataLossError("K/V data before the manifest");
-  return kv->Add(offset, parts);
+  return kv->Add(0, m.offset, m.parts);
+}
+
+// One message of lane `lane` > 0: its manifest must repeat lane 0's, then its pieces.
+absl::Status internal::AcceptKvLaneMessage(const grpc::ByteBuffer& buffer, int lane, KvAssembler& kv,
+                                           bool& manifest_seen) {
+  ReceivedMessage m;
+  if (absl::Status st = Parse(buffer, m); !st.ok()) return st;
+  if (m.manifest.has_value()) {
+    if (manifest_seen) return absl::DataLossError(absl::StrCat("a second manifest on lane ", lane));
+    if (!SameManifest(*m.manifest, kv.manifest())) {
+      return absl::DataLossError(absl::StrCat("lane ", lane, "'s manifest differs from lane 0's"));
+    }
+    manifest_seen = true;
+    return absl::OkStatus();
+  }
+  if (!manifest_seen) return absl::DataLossError(absl::StrCat("K/V data before the manifest on lane ", lane));
+  return kv.Add(lane, m.offset, m.parts);
 }
 
 namespace {
@@ -218,8 +260,8 @@ class RawMessages {
 
 template <class Writer, class Messages>
 grpc::Status WriteKvStream(const ChunkKv& kv, grpc::ServerContext* ctx, Writer* writer,
-                           int64_t piece_bytes,
-                           std::optional<uint32_t> crc32c, Messages& messages) {
+                           int64_t piece_bytes, std::optional<uint32_t> crc32c, KvLaneAsk ask,
+                           Messages& messages) {
   int64_t elements = 1;
   for (int64_t factor : {kv.n_layer, kv.n_head_kv, kv.tokens(), kv.head_dim}) {
     if (factor <= 0 || __builtin_mul_overflow(elements, factor, &elements)) elements = -1;
@@ -232,12 +274,26 @@ grpc::Status WriteKvStream(const ChunkKv& kv, grpc::ServerContext* ctx, Writer* 
                                      " but k has ", kv.k.size(), " and v ", kv.v.size(),
                                      " floats"));
   }
+  // Lane 0 decides how many lanes there are; the other lanes are asked with that number.
+  const int64_t total = static_cast<int64_t>(kv.bytes());
+  int lanes = 1;
+  if (ask.lane == 0) {
+    lanes = KvLanesFor(total, ask.lanes);
+  } else if (ask.lane > 0 && ask.lane < ask.lanes && ask.lanes <= kMaxKvLanes) {
+    lanes = ask.lanes;
+  } else {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        absl::StrCat("FetchKv: lane ", ask.lane, " of ", ask.lanes, " (lanes are 0 to lanes-1, lanes at most ",
+                                     kMaxKvLanes, ")"));
+  }
+  KvManifestInfo manifest = MakeManifest(kv, crc32c);
+  manifest.lanes = lanes;
   const grpc::Status cancelled(grpc::StatusCode::CANCELLED,
                                "the client cancelled or went away during the K/V stream");
-  if (ctx->IsCancelled() || !writer->Write(messages.Manifest(MakeManifest(kv, crc32c)))) {
+  if (ctx->IsCancelled() || !writer->Write(messages.Manifest(manifest))) {
     return cancelled;
   }
-  for (const KvPiece& piece : SplitPieces(kv, piece_bytes)) {
+  for (const KvPiece& piece : SplitPieces(kv, piece_bytes, KvLaneRange(total, lanes, ask.lane))) {
     if (ctx->IsCancelled() || !writer->Write(messages.Piece(piece))) return cancelled;
   }
   return grpc::Status::OK;
@@ -265,6 +321,7 @@ void ToProto(const KvManifestInfo& m, mesa::v1::KvManifest* out) {
   out->set_dtype(m.dtype);
   out->set_total_bytes(m.total_bytes);
   out->set_crc32c(m.crc32c);
+  out->set_lanes(m.lanes);
 }
 
 KvManifestInfo FromProto(const mesa::v1::KvManifest& m) {
@@ -277,23 +334,28 @@ KvManifestInfo FromProto(const mesa::v1::KvManifest& m) {
   info.dtype = m.dtype();
   info.total_bytes = m.total_bytes();
   info.crc32c = m.crc32c();
+  info.lanes = m.lanes() == 0 ? 1 : m.lanes();  // 0: a sender that predates lanes
   return info;
 }
 
 grpc::Status ServeKvStream(const ChunkKv& kv, grpc::ServerContext* ctx,
                            grpc::ServerWriterInterface<KvMessage>* writer, int64_t piece_bytes,
-                           std::optional<uint32_t> crc32c) {
+                           std::optional<uint32_t> crc32c, KvLaneAsk ask) {
   ProtoMessages messages;
-  return WriteKvStream(kv, ctx, writer, piece_bytes, crc32c, messages);
+  return WriteKvStream(kv, ctx, writer, piece_bytes, crc32c, ask, messages);
 }
 
 grpc::Status ServeKvStream(std::shared_ptr<const ChunkKv> kv, grpc::ServerContext* ctx,
                            RawKvStream* writer, int64_t piece_bytes,
-                           std::optional<uint32_t> crc32c) {
+                           std::optional<uint32_t> crc32c, KvLaneAsk ask) {
   if (kv == nullptr) return grpc::Status(grpc::StatusCode::INTERNAL, "no K/V to send");
   const ChunkKv& chunk = *kv;
   RawMessages messages(std::move(kv));
-  return WriteKvStream(chunk, ctx, writer, piece_bytes, crc32c, messages);
+  return WriteKvStream(chunk, ctx, writer, piece_bytes, crc32c, ask, messages);
+}
+
+KvLaneAsk LaneAsk(const mesa::v1::FetchKvRequest& request) {
+  return KvLaneAsk{request.lane(), request.lanes()};
 }
 
 KvStreamingWorkerService::KvStreamingWorkerService(Lookup lookup, int64_t piece_bytes)
@@ -325,23 +387,88 @@ grpc::Status KvStreamingWorkerService::ServeRaw(grpc::ServerContext* ctx, RawKvS
   }
   absl::StatusOr<Held> held = lookup_(FromProto(request.key()));
   if (!held.ok()) return ToGrpcStatus(held.status());
-  return ServeKvStream(std::move(held->kv), ctx, stream, piece_bytes_, held->crc32c);
+  return ServeKvStream(std::move(held->kv), ctx, stream, piece_bytes_, held->crc32c, LaneAsk(request));
 }
 
 GrpcKvFetcher::GrpcKvFetcher(GrpcKvFetcherOptions options) : options_(std::move(options)) {}
 
-std::shared_ptr<grpc::Channel> GrpcKvFetcher::ChannelFor(const std::string& address) {
+std::shared_ptr<grpc::Channel> GrpcKvFetcher::ChannelFor(const std::string& address, int lane) {
   std::lock_guard<std::mutex> lock(mu_);
-  std::shared_ptr<grpc::Channel>& channel = channels_[address];
+  std::shared_ptr<grpc::Channel>& channel = channels_[absl::StrCat(address, "#", lane)];
   if (channel == nullptr) {
     grpc::ChannelArguments args = options_.channel_args;
     args.SetMaxReceiveMessageSize(options_.max_receive_message_bytes);
+    // Each lane's channel gets a connection of its own (gRPC would otherwise share one
+    // subchannel, and so one TCP connection and its reader, between equal channels).
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
     channel = grpc::CreateCustomChannel(
         address, options_.credentials ? options_.credentials : grpc::InsecureChannelCredentials(),
         args);
   }
   return channel;
 }
+
+namespace {
+
+// One lane's call: the FetchKv server stream as raw messages (the generated stub's call,
+// with grpc::ByteBuffer in place of KvMessage).
+std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> StartLane(grpc::Channel* channel,
+                                                               grpc::ClientContext* ctx,
+                                                               const KvKey& key, int lane,
+                                                               int lanes) {
+  mesa::v1::FetchKvRequest request;
+  ToProto(key, request.mutable_key());
+  request.set_lane(lane);
+  request.set_lanes(lanes);
+  const grpc::internal::RpcMethod method(FetchKvMethod(), grpc::internal::RpcMethod::SERVER_STREAMING);
+  return std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>>(
+      grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(channel, method, ctx, request));
+}
+
+// The first error of a fetch's lanes (a lane's own failure, not the CANCELLED it gets
+// when another lane failed first), and the cancelling of the other lanes.
+class LaneErrors {
+ public:
+  explicit LaneErrors(std::vector<std::unique_ptr<grpc::ClientContext>>& contexts) : contexts_(contexts) {}
+  void Fail(absl::Status status) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (first_.ok()) {
+      first_ = std::move(status);
+      for (auto& ctx : contexts_) ctx->TryCancel();
+    }
+  }
+  absl::Status first() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return first_;
+  }
+
+ private:
+  std::vector<std::unique_ptr<grpc::ClientContext>>& contexts_;
+  std::mutex mu_;
+  absl::Status first_;
+};
+
+// Reads a lane's stream to its end: messages to `accept`, then the call's status.
+template <class Accept>
+void ReadLane(grpc::ClientReader<grpc::ByteBuffer>& reader, LaneErrors& errors, absl::string_view what,
+              Accept accept) {
+  grpc::ByteBuffer msg;
+  absl::Status check;
+  while (reader.Read(&msg)) {
+    check = accept(msg);
+    msg.Clear();  // the received slices go back now, not when the next message replaces them
+    if (!check.ok()) break;
+  }
+  if (!check.ok()) {
+    errors.Fail(WithContext(check, what));  // cancels every lane, this one too
+    reader.Finish();
+    return;
+  }
+  const grpc::Status rpc = reader.Finish();
+  if (!rpc.ok()) errors.Fail(FromGrpcStatus(rpc, what));
+}
+
+}  // namespace
 
 absl::StatusOr<std::shared_ptr<const ChunkKv>> GrpcKvFetcher::Fetch(const std::string& address,
                                                                     const KvKey& key,
@@ -350,33 +477,46 @@ absl::StatusOr<std::shared_ptr<const ChunkKv>> GrpcKvFetcher::Fetch(const std::s
   if (timeout_ms <= 0) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": timeout_ms must be positive"));
   }
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms));
-  mesa::v1::FetchKvRequest request;
-  ToProto(key, request.mutable_key());
-  // The stream as raw messages (Accept finds the pieces in them): the generated stub's
-  // call, with grpc::ByteBuffer in place of KvMessage.
-  std::shared_ptr<grpc::Channel> channel = ChannelFor(address);
-  const grpc::internal::RpcMethod method(FetchKvMethod(),
-                                         grpc::internal::RpcMethod::SERVER_STREAMING, channel);
-  std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> reader(
-      grpc::internal::ClientReaderFactory<grpc::ByteBuffer>::Create(channel.get(), method, &ctx,
-                                                                    request));
-
-  std::optional<KvAssembler> assembler;
-  absl::Status check;
-  grpc::ByteBuffer msg;
-  while (reader->Read(&msg)) {
-    check = internal::AcceptKvMessage(msg, options_.max_kv_bytes, options_.kv_pool.get(), assembler);
-    msg.Clear();  // the received slices go back now, not when the next message replaces them
-    if (!check.ok()) {
-      ctx.TryCancel();  // the sender stops; Finish then returns at once
-      break;
-    }
+  const auto deadline = std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms);
+  // One context per lane, all made before any lane starts, so that a failing lane can
+  // cancel every other.
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  for (int i = 0; i < kMaxKvLanes; ++i) {
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    contexts.back()->set_deadline(deadline);
   }
-  const grpc::Status rpc = reader->Finish();
-  if (!check.ok()) return WithContext(check, what);
-  if (!rpc.ok()) return FromGrpcStatus(rpc, what);
+  LaneErrors errors(contexts);
+  std::optional<KvAssembler> assembler;
+  std::vector<std::thread> lanes;
+  const int wanted = std::clamp(options_.lanes, 1, kMaxKvLanes);
+  std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> lane0 =
+      StartLane(ChannelFor(address, 0).get(), contexts[0].get(), key, 0, wanted);
+  // Lane 0: its manifest says how many lanes the sender uses; the others start then.
+  ReadLane(*lane0, errors, what, [&](const grpc::ByteBuffer& msg) {
+    const bool started = assembler.has_value();
+    absl::Status st = internal::AcceptKvMessage(msg, options_.max_kv_bytes, options_.kv_pool.get(), assembler);
+    if (!st.ok() || started || !assembler.has_value()) return st;
+    const int n = assembler->manifest().lanes;
+    if (n > wanted) {
+      return absl::DataLossError(absl::StrCat("the sender uses ", n, " lanes, ", wanted, " were asked for"));
+    }
+    for (int lane = 1; lane < n; ++lane) {
+      lanes.emplace_back([&, lane, n, lane_what = absl::StrCat(what, " (lane ", lane, " of ", n, ")")] {
+        std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> reader =
+            StartLane(ChannelFor(address, lane).get(), contexts[lane].get(), key, lane, n);
+        bool manifest_seen = false;
+        ReadLane(*reader, errors, lane_what, [&](const grpc::ByteBuffer& m) {
+          return internal::AcceptKvLaneMessage(m, lane, *assembler, manifest_seen);
+        });
+        if (errors.first().ok() && !manifest_seen) {
+          errors.Fail(absl::DataLossError(absl::StrCat(lane_what, ": the stream ended without a manifest")));
+        }
+      });
+    }
+    return st;
+  });
+  for (std::thread& t : lanes) t.join();
+  if (absl::Status st = errors.first(); !st.ok()) return st;
   if (!assembler.has_value()) {
     return absl::DataLossError(absl::StrCat(what, ": the stream ended without a manifest"));
   }

@@ -36,9 +36,22 @@ namespace internal {
 // through. Exposed for the RPC fuzzer (fuzz/rpc_fuzzer.cc).
 absl::Status AcceptKvMessage(const grpc::ByteBuffer& buffer, int64_t max_bytes, KvBufferPool* pool,
                              std::optional<KvAssembler>& kv);
+// The same for lane `lane` > 0 of a fetch whose lane 0 started `kv`: the lane's own
+// manifest first (it must equal lane 0's, else DATA_LOSS), then its pieces.
+absl::Status AcceptKvLaneMessage(const grpc::ByteBuffer& buffer, int lane, KvAssembler& kv,
+                                 bool& manifest_seen);
 }  // namespace internal
 
-// Writes `kv` to a FetchKv stream: the manifest, then pieces of `piece_bytes` in order.
+// What a FetchKv request asks for: lane `lane` of up to `lanes` (FetchKvRequest).
+struct KvLaneAsk {
+  int lane = 0;
+  int lanes = 0;
+};
+KvLaneAsk LaneAsk(const mesa::v1::FetchKvRequest& request);
+
+// Writes `kv` to a FetchKv stream: the manifest, then pieces of `piece_bytes` in order:
+// all of them, or the share of the lane asked for (lane 0 decides the number of lanes,
+// KvLanesFor; a lane out of range is INVALID_ARGUMENT).
 // CANCELLED when the client cancels or goes away midway; INTERNAL when `kv`'s vectors do
 // not match its shape (a caller's bug: refuse rather than send what a receiver rejects).
 // `crc32c`, when given, must be KvCrc32c(kv) (computed when the chunk was stored); else
@@ -51,11 +64,11 @@ absl::Status AcceptKvMessage(const grpc::ByteBuffer& buffer, int64_t max_bytes, 
 grpc::Status ServeKvStream(const ChunkKv& kv, grpc::ServerContext* ctx,
                            grpc::ServerWriterInterface<mesa::v1::KvMessage>* writer,
                            int64_t piece_bytes = kKvPieceBytes,
-                           std::optional<uint32_t> crc32c = std::nullopt);
+                           std::optional<uint32_t> crc32c = std::nullopt, KvLaneAsk ask = {});
 using RawKvStream = grpc::ServerReaderWriterInterface<grpc::ByteBuffer, mesa::v1::FetchKvRequest>;
 grpc::Status ServeKvStream(std::shared_ptr<const ChunkKv> kv, grpc::ServerContext* ctx,
                            RawKvStream* writer, int64_t piece_bytes = kKvPieceBytes,
-                           std::optional<uint32_t> crc32c = std::nullopt);
+                           std::optional<uint32_t> crc32c = std::nullopt, KvLaneAsk ask = {});
 
 // A WorkerService whose FetchKv is served by the raw ServeKvStream above (the same
 // messages on the wire as a generated handler sends; clients see no difference): derive
@@ -96,10 +109,15 @@ struct GrpcKvFetcherOptions {
   // back when its last reference drops (KvBufferPool::Share); nullptr: fresh memory per
   // fetch, freed with the chunk.
   std::shared_ptr<KvBufferPool> kv_pool;
+  // The most streams one fetch uses at once, each on its own connection (the sender uses
+  // fewer for small chunks: one per 4 MiB, KvLanesFor). 1 = one stream.
+  int lanes = 4;
 };
 
-// Thread-safe: concurrent Fetch calls share one channel per address (created on first
-// use, kept for the fetcher's lifetime).
+// Thread-safe: concurrent Fetch calls share the channels of an address (one per lane,
+// each its own connection, created on first use, kept for the fetcher's lifetime). A
+// fetch over several lanes reads lane 0 on the calling thread and each other lane on a
+// thread of its own; an error on any lane cancels the others.
 class GrpcKvFetcher : public KvFetcher {
  public:
   explicit GrpcKvFetcher(GrpcKvFetcherOptions options = {});
@@ -112,7 +130,7 @@ class GrpcKvFetcher : public KvFetcher {
                                                        int64_t timeout_ms) override;
 
  private:
-  std::shared_ptr<grpc::Channel> ChannelFor(const std::string& address);
+  std::shared_ptr<grpc::Channel> ChannelFor(const std::string& address, int lane);
 
   const GrpcKvFetcherOptions options_;
   std::mutex mu_;

@@ -45,6 +45,9 @@ enum class Mode {
   kNoManifest,     // data first
   kStall,          // never writes; waits for the client to give up
   kNotFound,       // NOT_FOUND before any message
+  kCorruptLane1,   // lanes: lane 1's share has a byte flipped; the other lanes are served
+  kStallLane2,     // lanes: lane 2 never writes; the other lanes are served
+  kNoLanes,        // a sender that predates lanes: the whole chunk, manifest lanes unset
 };
 
 class FakeKvWorker final : public mesa::v1::WorkerService::Service {
@@ -67,12 +70,17 @@ class FakeKvWorker final : public mesa::v1::WorkerService::Service {
     std::lock_guard<std::mutex> lock(mu_);
     return finished_;
   }
+  std::vector<std::pair<int, int>> lanes_asked() {  // (lane, lanes) of every call so far
+    std::lock_guard<std::mutex> lock(mu_);
+    return lanes_asked_;
+  }
 
   grpc::Status FetchKv(grpc::ServerContext* ctx, const mesa::v1::FetchKvRequest* request,
                        grpc::ServerWriter<KvMessage>* writer) override {
     {
       std::lock_guard<std::mutex> lock(mu_);
       last_key_ = FromProto(request->key());
+      lanes_asked_.emplace_back(request->lane(), request->lanes());
     }
     const grpc::Status status = Serve(ctx, request, writer);
     std::lock_guard<std::mutex> lock(mu_);
@@ -87,7 +95,27 @@ class FakeKvWorker final : public mesa::v1::WorkerService::Service {
                      grpc::ServerWriter<KvMessage>* writer) {
     switch (mode_.load()) {
       case Mode::kServe:
-        return ServeKvStream(kv_, ctx, writer, piece_bytes_);
+        return ServeKvStream(kv_, ctx, writer, piece_bytes_, std::nullopt, LaneAsk(*request));
+      case Mode::kNoLanes: {
+        KvMessage msg;
+        ToProto(MakeManifest(kv_), msg.mutable_manifest());
+        msg.mutable_manifest()->clear_lanes();
+        if (!writer->Write(msg)) return grpc::Status::CANCELLED;
+        for (const KvPiece& p : SplitPieces(kv_, piece_bytes_)) {
+          msg.mutable_data()->set_offset(p.offset);
+          msg.mutable_data()->set_data(p.bytes.data(), p.bytes.size());
+          if (!writer->Write(msg)) return grpc::Status::CANCELLED;
+        }
+        return grpc::Status::OK;
+      }
+      case Mode::kCorruptLane1:
+      case Mode::kStallLane2:
+        if (request->lane() == 2 && mode_ == Mode::kStallLane2) {
+          while (!ctx->IsCancelled()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+          return grpc::Status(grpc::StatusCode::CANCELLED, "stalled until cancelled");
+        }
+        if (request->lane() == 1 && mode_ == Mode::kCorruptLane1) return ServeCorruptLane(*request, writer);
+        return ServeKvStream(kv_, ctx, writer, piece_bytes_, std::nullopt, LaneAsk(*request));
       case Mode::kNotFound:
         return grpc::Status(grpc::StatusCode::NOT_FOUND,
                             "no K/V held for " + KvKeyString(FromProto(request->key())));
@@ -131,9 +159,29 @@ class FakeKvWorker final : public mesa::v1::WorkerService::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status ServeCorruptLane(const mesa::v1::FetchKvRequest& request,
+                                grpc::ServerWriter<KvMessage>* writer) {
+    KvManifestInfo manifest = MakeManifest(kv_);
+    manifest.lanes = request.lanes();
+    KvMessage msg;
+    ToProto(manifest, msg.mutable_manifest());
+    if (!writer->Write(msg)) return grpc::Status::CANCELLED;
+    bool flipped = false;
+    for (const KvPiece& p : SplitPieces(kv_, piece_bytes_,
+                                        KvLaneRange(manifest.total_bytes, request.lanes(), request.lane()))) {
+      std::string bytes(p.bytes.begin(), p.bytes.end());
+      if (!flipped) bytes[bytes.size() / 2] ^= 0x40, flipped = true;
+      msg.mutable_data()->set_offset(p.offset);
+      msg.mutable_data()->set_data(bytes);
+      if (!writer->Write(msg)) return grpc::Status::CANCELLED;
+    }
+    return grpc::Status::OK;
+  }
+
   const ChunkKv kv_;
   const int64_t piece_bytes_;
   std::atomic<Mode> mode_{Mode::kServe};
+  std::vector<std::pair<int, int>> lanes_asked_;  // guarded by mu_
   std::mutex mu_;
   std::condition_variable done_cv_;
   KvKey last_key_;
@@ -353,6 +401,103 @@ TEST_F(GrpcKvTest, StoppedServerIsUnavailable) {
 
 // A client that cancels after the manifest: ServeKvStream stops with CANCELLED rather
 // than writing the rest (24 MiB in 64 KiB pieces cannot all fit in flow-control windows).
+// ---- Lanes: one chunk over several streams at once ----
+
+class GrpcKvLanesTest : public ::testing::Test {
+ protected:
+  // 4 x 4 x 1025 x 128 x 2 x 4 bytes = 16.8 MB: 4 lanes of ~4.2 MB (KvLanesFor).
+  GrpcKvLanesTest() : worker_(RandomChunkKv(4, 4, 1025, 128, 0, 12), kKvPieceBytes), server_(&worker_) {}
+  void SetUp() override { ASSERT_TRUE(server_.ok()); }
+  absl::StatusOr<std::shared_ptr<const ChunkKv>> FetchIn(Mode mode, GrpcKvFetcherOptions options = {},
+                                                         int64_t timeout_ms = 10000) {
+    worker_.set_mode(mode);
+    GrpcKvFetcher fetcher(std::move(options));
+    return fetcher.Fetch(server_.address(), kKey, timeout_ms);
+  }
+  FakeKvWorker worker_;
+  LoopbackServer server_;
+};
+
+TEST_F(GrpcKvLanesTest, FourLanesBringTheChunkBitForBit) {
+  for (bool pooled : {false, true}) {
+    GrpcKvFetcherOptions options;
+    if (pooled) options.kv_pool = std::make_shared<KvBufferPool>(int64_t{64} << 20);
+    const int calls = worker_.finished();
+    absl::StatusOr<std::shared_ptr<const ChunkKv>> kv = FetchIn(Mode::kServe, options);
+    ASSERT_TRUE(kv.ok()) << kv.status();
+    EXPECT_TRUE(SameBits(**kv, worker_.kv()));
+    EXPECT_EQ(worker_.finished() - calls, 4) << "one call per lane";
+  }
+  const std::vector<std::pair<int, int>> asked = worker_.lanes_asked();
+  ASSERT_EQ(asked.size(), 8u);
+  EXPECT_EQ(asked[0], std::make_pair(0, 4));  // lane 0 asks for up to 4
+  std::set<std::pair<int, int>> rest(asked.begin() + 1, asked.begin() + 4);
+  EXPECT_EQ(rest, (std::set<std::pair<int, int>>{{1, 4}, {2, 4}, {3, 4}}));
+}
+
+TEST_F(GrpcKvLanesTest, TheSenderChoosesFewerLanesForSmallChunksAndOneLaneStaysOne) {
+  GrpcKvFetcherOptions one;
+  one.lanes = 1;
+  absl::StatusOr<std::shared_ptr<const ChunkKv>> kv = FetchIn(Mode::kServe, one);
+  ASSERT_TRUE(kv.ok()) << kv.status();
+  EXPECT_TRUE(SameBits(**kv, worker_.kv()));
+  EXPECT_EQ(worker_.lanes_asked(), (std::vector<std::pair<int, int>>{{0, 1}}));
+  // The 4.2 MB chunk of GrpcKvTest: one lane whatever is asked.
+  FakeKvWorker small(RandomChunkKv(4, 4, 257, 128, 0, 13), kKvPieceBytes);
+  LoopbackServer server(&small);
+  ASSERT_TRUE(server.ok());
+  GrpcKvFetcherOptions sixteen;
+  sixteen.lanes = 16;
+  kv = GrpcKvFetcher(sixteen).Fetch(server.address(), kKey, 10000);
+  ASSERT_TRUE(kv.ok()) << kv.status();
+  EXPECT_TRUE(SameBits(**kv, small.kv()));
+  EXPECT_EQ(small.lanes_asked(), (std::vector<std::pair<int, int>>{{0, 16}}));
+}
+
+TEST_F(GrpcKvLanesTest, ASenderThatPredatesLanesIsReadAsOneLane) {
+  absl::StatusOr<std::shared_ptr<const ChunkKv>> kv = FetchIn(Mode::kNoLanes);
+  ASSERT_TRUE(kv.ok()) << kv.status();
+  EXPECT_TRUE(SameBits(**kv, worker_.kv()));
+  EXPECT_EQ(worker_.lanes_asked().size(), 1u);
+}
+
+TEST_F(GrpcKvLanesTest, ACorruptLaneIsDataLossNamingTheLane) {
+  const auto kv = FetchIn(Mode::kCorruptLane1);
+  EXPECT_EQ(kv.status().code(), absl::StatusCode::kDataLoss) << kv.status();
+  EXPECT_THAT(std::string(kv.status().message()), HasSubstr("CRC32C"));
+  EXPECT_THAT(std::string(kv.status().message()), HasSubstr(server_.address()));
+}
+
+// A lane that stalls: the fetch ends by its deadline, every lane's call ends (the
+// others' threads are joined, nothing left running), the error is the deadline's.
+TEST_F(GrpcKvLanesTest, AStalledLaneFailsTheFetchByTheDeadline) {
+  const auto start = Clock::now();
+  const auto kv = FetchIn(Mode::kStallLane2, {}, 600);
+  const auto took = Clock::now() - start;
+  EXPECT_EQ(kv.status().code(), absl::StatusCode::kDeadlineExceeded) << kv.status();
+  EXPECT_THAT(std::string(kv.status().message()), HasSubstr("lane 2 of 4"));
+  EXPECT_LT(took, std::chrono::seconds(5));
+  EXPECT_TRUE(worker_.WaitForHandler(3, std::chrono::seconds(5)).has_value()) << "the stalled handler never ended";
+}
+
+// What a client that asks for a lane the sender cannot have gets.
+TEST_F(GrpcKvLanesTest, ALaneOutOfRangeIsInvalidArgument) {
+  auto channel = grpc::CreateChannel(server_.address(), grpc::InsecureChannelCredentials());
+  auto stub = mesa::v1::WorkerService::NewStub(channel);
+  for (auto [lane, lanes] : {std::pair{3, 3}, std::pair{1, kMaxKvLanes + 1}, std::pair{-1, 4}, std::pair{2, 0}}) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    mesa::v1::FetchKvRequest request;
+    ToProto(kKey, request.mutable_key());
+    request.set_lane(lane);
+    request.set_lanes(lanes);
+    auto reader = stub->FetchKv(&ctx, request);
+    KvMessage msg;
+    EXPECT_FALSE(reader->Read(&msg)) << "lane " << lane << " of " << lanes;
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT) << "lane " << lane << " of " << lanes;
+  }
+}
+
 TEST(ServeKvStream, StopsWhenTheClientCancels) {
   FakeKvWorker worker(RandomChunkKv(4, 8, 768, 128, 0, 12), 64 << 10);
   LoopbackServer server(&worker);

@@ -265,6 +265,35 @@ uint32_t CopyCrc32c(void* dst, const void* src, size_t size, uint32_t crc) {
                                           : internal::CopyCrc32cPortable(dst, src, size, crc);
 }
 
+uint32_t Crc32cCombine(uint32_t crc_a, uint32_t crc_b, int64_t len_b) {
+  // As zlib's crc32_combine: the register after len_b zero bytes is op^(8 len_b) applied
+  // to crc_a (the pre- and post-inversions cancel out between the two halves).
+  Gf2Matrix op{};  // one zero bit
+  op[0] = kPoly;
+  for (int i = 1; i < 32; ++i) op[i] = uint32_t{1} << (i - 1);
+  op = Gf2Square(Gf2Square(Gf2Square(op)));  // one zero byte
+  for (uint64_t n = static_cast<uint64_t>(len_b); n != 0; n >>= 1, op = Gf2Square(op)) {
+    if (n & 1) crc_a = Gf2Times(op, crc_a);
+  }
+  return crc_a ^ crc_b;
+}
+
+KvByteRange KvLaneRange(int64_t total_bytes, int lanes, int lane) {
+  const auto cut = [&](int i) -> int64_t {
+    if (i >= lanes) return total_bytes;
+    // total * i / lanes without overflow (total < 2^63, lanes <= 16), down to 64 bytes
+    const int64_t share = total_bytes / lanes * i + total_bytes % lanes * i / lanes;
+    return share / 64 * 64;
+  };
+  return KvByteRange{cut(lane), cut(lane + 1)};
+}
+
+int KvLanesFor(int64_t total_bytes, int wanted, int64_t min_lane_bytes) {
+  int64_t lanes = std::clamp(wanted, 1, kMaxKvLanes);
+  if (min_lane_bytes > 0) lanes = std::min<int64_t>(lanes, std::max<int64_t>(1, total_bytes / min_lane_bytes));
+  return static_cast<int>(lanes);
+}
+
 std::string KvKeyString(const KvKey& key) {
   return absl::StrCat(key.job_id, "/", key.item, "/", key.chunk, "/", key.attempt);
 }
@@ -288,14 +317,20 @@ KvManifestInfo MakeManifest(const ChunkKv& kv, std::optional<uint32_t> crc32c) {
 }
 
 std::vector<KvPiece> SplitPieces(const ChunkKv& kv, int64_t piece_bytes) {
+  return SplitPieces(kv, piece_bytes, KvByteRange{0, static_cast<int64_t>(kv.bytes())});
+}
+
+std::vector<KvPiece> SplitPieces(const ChunkKv& kv, int64_t piece_bytes, KvByteRange range) {
   if (piece_bytes <= 0) piece_bytes = kKvPieceBytes;
   std::vector<KvPiece> pieces;
-  int64_t offset = 0;
+  int64_t offset = 0;  // of the part's first byte
   for (const std::vector<float>* part : {&kv.k, &kv.v}) {
     const auto* base = reinterpret_cast<const uint8_t*>(part->data());
     const auto size = static_cast<int64_t>(part->size() * sizeof(float));
-    for (int64_t at = 0; at < size; at += piece_bytes) {
-      const int64_t n = std::min(piece_bytes, size - at);
+    const int64_t begin = std::clamp(range.begin - offset, int64_t{0}, size);
+    const int64_t end = std::clamp(range.end - offset, int64_t{0}, size);
+    for (int64_t at = begin; at < end; at += piece_bytes) {
+      const int64_t n = std::min(piece_bytes, end - at);
       pieces.push_back({offset + at, absl::Span<const uint8_t>(base + at, n)});
     }
     offset += size;
@@ -334,9 +369,19 @@ absl::StatusOr<KvAssembler> KvAssembler::Start(const KvManifestInfo& m, int64_t 
     return absl::ResourceExhaustedError(absl::StrCat(
         "K/V manifest announces ", m.total_bytes, " bytes, over the limit of ", max_bytes));
   }
+  const int lanes = m.lanes == 0 ? 1 : m.lanes;
+  if (lanes < 1 || lanes > kMaxKvLanes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("K/V manifest: ", m.lanes, " lanes (1 to ", kMaxKvLanes, ")"));
+  }
   KvAssembler a;
   a.pool_ = pool;
   a.manifest_ = m;
+  a.manifest_.lanes = lanes;
+  for (int i = 0; i < lanes; ++i) {
+    const KvByteRange range = KvLaneRange(m.total_bytes, lanes, i);
+    a.lanes_.push_back(Lane{range, range.begin, 0});
+  }
   a.kv_.n_layer = m.n_layer;
   a.kv_.n_head_kv = m.n_head_kv;
   a.kv_.head_dim = m.head_dim;
@@ -347,6 +392,9 @@ absl::StatusOr<KvAssembler> KvAssembler::Start(const KvManifestInfo& m, int64_t 
   const auto elements = static_cast<size_t>(m.total_bytes / 2 / sizeof(float));
   for (std::vector<float>* part : {&a.kv_.k, &a.kv_.v}) {
     *part = pool != nullptr ? pool->Take(elements) : ReserveFloats(elements);
+    // Lanes fill the memory out of order, so it must be sized: fresh memory is zeroed
+    // here (it is faulted in either way; the cold case only).
+    if (lanes > 1 && part->size() != elements) part->resize(elements);
   }
   return a;
 }
@@ -358,45 +406,65 @@ KvAssembler::~KvAssembler() {
 }
 
 absl::Status KvAssembler::Add(int64_t offset, absl::Span<const uint8_t> bytes) {
-  return Add(offset, absl::MakeConstSpan(&bytes, 1));
+  return Add(0, offset, absl::MakeConstSpan(&bytes, 1));
 }
 
 absl::Status KvAssembler::Add(int64_t offset, absl::Span<const absl::Span<const uint8_t>> parts) {
+  return Add(0, offset, parts);
+}
+
+absl::Status KvAssembler::Add(int lane_index, int64_t offset,
+                              absl::Span<const absl::Span<const uint8_t>> parts) {
   if (finished_) return absl::FailedPreconditionError("K/V stream: piece after Finish");
-  if (offset != received_) {
+  if (lane_index < 0 || lane_index >= static_cast<int>(lanes_.size())) {
+    return absl::DataLossError(absl::StrCat("K/V stream: a piece for lane ", lane_index, " of ",
+                                            lanes_.size()));
+  }
+  Lane& lane = lanes_[lane_index];
+  const std::string where =
+      lanes_.size() > 1 ? absl::StrCat(" (lane ", lane_index, " of ", lanes_.size(), ")") : "";
+  if (offset != lane.next) {
     return absl::DataLossError(absl::StrCat("K/V stream: piece out of order at offset ", offset,
-                                            ", expected offset ", received_));
+                                            ", expected offset ", lane.next, where));
   }
   int64_t size = 0;
   for (absl::Span<const uint8_t> part : parts) size += static_cast<int64_t>(part.size());
   if (size == 0) {
-    return absl::DataLossError(absl::StrCat("K/V stream: empty piece at offset ", offset));
+    return absl::DataLossError(absl::StrCat("K/V stream: empty piece at offset ", offset, where));
   }
-  if (size > manifest_.total_bytes - received_) {
-    return absl::DataLossError(absl::StrCat("K/V stream: piece of ", size, " bytes at offset ",
-                                            offset, " runs past the announced ",
-                                            manifest_.total_bytes, " bytes"));
+  if (size > lane.range.end - lane.next) {
+    return absl::DataLossError(absl::StrCat(
+        "K/V stream: piece of ", size, " bytes at offset ", offset, " runs past ",
+        lanes_.size() > 1 ? absl::StrCat("the lane's end at ", lane.range.end, where)
+                          : absl::StrCat("the announced ", manifest_.total_bytes, " bytes")));
   }
-  for (absl::Span<const uint8_t> part : parts) Write(part.data(), static_cast<int64_t>(part.size()));
+  for (absl::Span<const uint8_t> part : parts) Write(lane, part.data(), static_cast<int64_t>(part.size()));
   return absl::OkStatus();
 }
 
-void KvAssembler::Write(const uint8_t* src, int64_t size) {
+void KvAssembler::Write(Lane& lane, const uint8_t* src, int64_t size) {
   const int64_t k_bytes = manifest_.total_bytes / 2;  // a whole number of floats
   while (size > 0) {
-    const bool in_k = received_ < k_bytes;
+    const bool in_k = lane.next < k_bytes;
     std::vector<float>& dst = in_k ? kv_.k : kv_.v;
-    const int64_t at = in_k ? received_ : received_ - k_bytes;  // byte offset within dst
-    const int64_t n = std::min(size, (in_k ? k_bytes : manifest_.total_bytes) - received_);
+    const int64_t at = in_k ? lane.next : lane.next - k_bytes;  // byte offset within dst
+    const int64_t n = std::min(size, (in_k ? k_bytes : manifest_.total_bytes) - lane.next);
     if (static_cast<int64_t>(dst.size() * sizeof(float)) == k_bytes) {
-      // Memory from the pool, sized: overwrite in place, CRC and copy in one pass.
-      crc_ = CopyCrc32c(reinterpret_cast<uint8_t*>(dst.data()) + at, src, static_cast<size_t>(n), crc_);
+      // Sized memory (from the pool, or for lanes): overwrite in place, CRC and copy in
+      // one pass.
+      lane.crc = CopyCrc32c(reinterpret_cast<uint8_t*>(dst.data()) + at, src, static_cast<size_t>(n), lane.crc);
     } else {
-      crc_ = Crc32c(src, static_cast<size_t>(n), crc_);  // while the bytes are in cache
+      lane.crc = Crc32c(src, static_cast<size_t>(n), lane.crc);  // while the bytes are in cache
       Append(dst, src, n);
     }
-    src += n, size -= n, received_ += n;
+    src += n, size -= n, lane.next += n;
   }
+}
+
+int64_t KvAssembler::received() const {
+  int64_t n = 0;
+  for (const Lane& lane : lanes_) n += lane.next - lane.range.begin;
+  return n;
 }
 
 void KvAssembler::Append(std::vector<float>& dst, const uint8_t* src, int64_t n) {
@@ -419,14 +487,23 @@ void KvAssembler::Append(std::vector<float>& dst, const uint8_t* src, int64_t n)
 
 absl::StatusOr<ChunkKv> KvAssembler::Finish() {
   if (finished_) return absl::FailedPreconditionError("K/V stream: Finish called twice");
-  if (received_ != manifest_.total_bytes) {
-    return absl::DataLossError(absl::StrCat("K/V stream truncated: received ", received_, " of ",
-                                            manifest_.total_bytes, " bytes"));
+  uint32_t crc = 0;
+  for (size_t i = 0; i < lanes_.size(); ++i) {
+    const Lane& lane = lanes_[i];
+    if (lane.next != lane.range.end) {
+      return absl::DataLossError(absl::StrCat(
+          "K/V stream truncated: received ", received(), " of ", manifest_.total_bytes, " bytes",
+          lanes_.size() > 1 ? absl::StrCat(" (lane ", i, " of ", lanes_.size(), " stopped at ",
+                                           lane.next, " of [", lane.range.begin, ", ",
+                                           lane.range.end, "))")
+                            : ""));
+    }
+    crc = Crc32cCombine(crc, lane.crc, lane.range.end - lane.range.begin);
   }
-  if (crc_ != manifest_.crc32c) {
+  if (crc != manifest_.crc32c) {
     return absl::DataLossError(absl::StrFormat(
         "K/V stream corrupt: CRC32C expected 0x%08x (manifest), actual 0x%08x (bytes received)",
-        manifest_.crc32c, crc_));
+        manifest_.crc32c, crc));
   }
   finished_ = true;
   return std::move(kv_);

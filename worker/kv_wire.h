@@ -40,15 +40,36 @@ uint32_t CopyCrc32cPortable(void* dst, const void* src, size_t size, uint32_t cr
 uint32_t CopyCrc32cSse42(void* dst, const void* src, size_t size, uint32_t crc);
 }  // namespace internal
 
+// The CRC32C of a followed by b, from the CRCs of each (b's computed from 0) and b's
+// length: O(log len_b) GF(2) matrix products, no bytes read.
+uint32_t Crc32cCombine(uint32_t crc_a, uint32_t crc_b, int64_t len_b);
+
 struct KvManifestInfo {
   int64_t n_layer = 0, n_head_kv = 0, head_dim = 0;
   int64_t range_begin = 0, range_end = 0;
   std::string dtype = "f32";
   int64_t total_bytes = 0;  // k then v
   uint32_t crc32c = 0;
+  // Streams the bytes move over at once (KvLaneRange); 1 = one stream carries them all.
+  int lanes = 1;
 };
 
 constexpr int64_t kKvPieceBytes = 1 << 20;
+
+// Lanes: one chunk's bytes moved over several streams at once, each stream (lane)
+// carrying one contiguous share of them, so that the receiving and copying of the shares
+// run in parallel. Lane `lane` of `lanes` covers [begin, end): equal shares cut at
+// 64-byte multiples (the last ends at total_bytes; a lane may be empty for tiny chunks).
+// Both ends compute the ranges from the manifest, so they never travel.
+constexpr int kMaxKvLanes = 16;
+struct KvByteRange {
+  int64_t begin = 0, end = 0;
+};
+KvByteRange KvLaneRange(int64_t total_bytes, int lanes, int lane);
+// How many lanes a sender uses for `total_bytes` when asked for up to `wanted`: at most
+// kMaxKvLanes and one per `min_lane_bytes` (a small chunk is not worth the streams).
+constexpr int64_t kKvMinLaneBytes = int64_t{4} << 20;
+int KvLanesFor(int64_t total_bytes, int wanted, int64_t min_lane_bytes = kKvMinLaneBytes);
 
 // The CRC32C of `kv`'s bytes (k then v), as the manifest carries it. A holder that keeps
 // a chunk for a while computes it once when it stores the chunk (WorkerCore does) and
@@ -67,16 +88,22 @@ struct KvPiece {
   absl::Span<const uint8_t> bytes;
 };
 std::vector<KvPiece> SplitPieces(const ChunkKv& kv, int64_t piece_bytes = kKvPieceBytes);
+// The pieces of bytes [range.begin, range.end) only (a lane's share), cut the same way.
+std::vector<KvPiece> SplitPieces(const ChunkKv& kv, int64_t piece_bytes, KvByteRange range);
 
-// Receiver side: one stream's bytes into a ChunkKv. Move-only in effect (owns the
-// buffer); not thread-safe (one stream, one reader).
+// Receiver side: one chunk's streams into a ChunkKv. Move-only in effect (owns the
+// buffer). With manifest.lanes > 1, each lane's pieces go to Add(lane, ...), and
+// different lanes may be added from different threads at once (each writes only its
+// own range and state); one lane's Adds must come from one thread at a time.
 class KvAssembler {
  public:
   // Checks the manifest (positive shapes, range_end > range_begin >= 0, dtype "f32",
   // total == 2 * layers*heads*tokens*dim*4: else INVALID_ARGUMENT; total <= max_bytes:
   // else RESOURCE_EXHAUSTED) and takes memory for k and v: from `pool` when given (which
   // must outlive the assembler; memory used before, overwritten in place), else fresh
-  // room that the pieces are appended to. No zero-fill either way.
+  // room that the pieces are appended to (no zero-fill either way; with lanes, fresh
+  // memory is sized first, since the lanes fill it out of order). lanes must be in
+  // [1, kMaxKvLanes] (0, from a sender that predates lanes, means 1).
   static absl::StatusOr<KvAssembler> Start(const KvManifestInfo& manifest, int64_t max_bytes,
                                            KvBufferPool* pool = nullptr);
   KvAssembler(KvAssembler&&) = default;
@@ -84,23 +111,31 @@ class KvAssembler {
   // An assembler that did not hand its cache over (a failed or abandoned stream) gives
   // the room back to its pool.
   ~KvAssembler();
-  // Pieces must arrive in order (offset == received(), else DATA_LOSS "out of order"),
-  // be non-empty and stay within total_bytes (else DATA_LOSS).
+  // Pieces must arrive in order within their lane (offset == where the lane is, else
+  // DATA_LOSS "out of order"), be non-empty and stay within the lane's range (else
+  // DATA_LOSS). `lane` must be < manifest().lanes.
   absl::Status Add(int64_t offset, absl::Span<const uint8_t> bytes);
   // The same for one piece that lies in several buffers (the slices a transport received
   // it in), `parts` in order: checked as one piece, copied straight into the cache.
   absl::Status Add(int64_t offset, absl::Span<const absl::Span<const uint8_t>> parts);
+  absl::Status Add(int lane, int64_t offset, absl::Span<const absl::Span<const uint8_t>> parts);
   // All bytes there and the CRC32C matches (else DATA_LOSS naming expected and actual).
-  // Hands over the cache: call once.
+  // Hands over the cache: call once, after every lane's last Add.
   absl::StatusOr<ChunkKv> Finish();
-  int64_t received() const { return received_; }
+  int64_t received() const;  // over all lanes; not while lanes are being added
   const KvManifestInfo& manifest() const { return manifest_; }
 
  private:
+  struct Lane {
+    KvByteRange range;
+    int64_t next = 0;  // the next byte expected
+    uint32_t crc = 0;  // of [range.begin, next)
+  };
+
   // Writes checked bytes at received_ into k, then v, and takes their CRC on the way:
   // in place into memory from the pool (sized, stale), or appended to fresh room (k's
   // end is a whole float: only a float split between pieces waits in carry_).
-  void Write(const uint8_t* src, int64_t size);
+  void Write(Lane& lane, const uint8_t* src, int64_t size);
   void Append(std::vector<float>& dst, const uint8_t* src, int64_t size);
 
   KvAssembler() = default;
@@ -108,10 +143,9 @@ class KvAssembler {
   KvBufferPool* pool_ = nullptr;
   KvManifestInfo manifest_;
   ChunkKv kv_;
-  uint8_t carry_[4] = {};
+  std::vector<Lane> lanes_;
+  uint8_t carry_[4] = {};  // the append path (fresh memory, one lane) only
   int carry_bytes_ = 0;
-  int64_t received_ = 0;
-  uint32_t crc_ = 0;
   bool finished_ = false;
 };
 

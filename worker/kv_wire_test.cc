@@ -9,6 +9,8 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <limits>
+#include <thread>
 #include <random>
 #include <string>
 #include <tuple>
@@ -358,6 +360,8 @@ TEST(KvWireErrors, BadManifestsAreInvalidArgument) {
       {"total / 2", [](KvManifestInfo& m) { m.total_bytes /= 2; }},
       {"total 0", [](KvManifestInfo& m) { m.total_bytes = 0; }},
       {"shape overflows", [](KvManifestInfo& m) { m.n_layer = m.head_dim = int64_t{1} << 31; }},
+      {"17 lanes", [](KvManifestInfo& m) { m.lanes = kMaxKvLanes + 1; }},
+      {"negative lanes", [](KvManifestInfo& m) { m.lanes = -1; }},
   };
   for (const Case& c : cases) {
     KvManifestInfo m = good;
@@ -378,6 +382,139 @@ TEST(KvWireErrors, FinishHandsOverOnce) {
   EXPECT_EQ(a->Finish().status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(a->Add(m.total_bytes, SplitPieces(kv)[0].bytes).code(),
             absl::StatusCode::kFailedPrecondition);
+}
+
+// ---- Lanes ----
+
+TEST(KvLanes, RangesTileTheBytesOn64ByteCuts) {
+  for (int64_t total : {int64_t{8}, int64_t{64}, int64_t{1000}, int64_t{4608}, int64_t{1} << 20,
+                        (int64_t{1} << 40) + 8, std::numeric_limits<int64_t>::max() / 4 * 4}) {
+    for (int lanes = 1; lanes <= kMaxKvLanes; ++lanes) {
+      int64_t next = 0;
+      for (int i = 0; i < lanes; ++i) {
+        const KvByteRange r = KvLaneRange(total, lanes, i);
+        ASSERT_EQ(r.begin, next) << total << " bytes, lane " << i << " of " << lanes;
+        ASSERT_GE(r.end, r.begin);
+        if (i + 1 < lanes) ASSERT_EQ(r.end % 64, 0);
+        next = r.end;
+      }
+      ASSERT_EQ(next, total) << lanes << " lanes";
+    }
+  }
+  EXPECT_EQ(KvLanesFor(int64_t{64} << 20, 4), 4);
+  EXPECT_EQ(KvLanesFor(int64_t{6} << 20, 4), 1);  // one lane per 4 MiB at least
+  EXPECT_EQ(KvLanesFor(int64_t{8} << 20, 4), 2);
+  EXPECT_EQ(KvLanesFor(int64_t{1} << 40, 99), kMaxKvLanes);
+  EXPECT_EQ(KvLanesFor(int64_t{1} << 40, 0), 1);
+  EXPECT_EQ(KvLanesFor(4608, 8, 0), 8);
+}
+
+TEST(KvLanes, CombinedCrcEqualsTheWholeCrc) {
+  const std::vector<uint8_t> buf = RandomBytes(70000, 9);
+  for (size_t split : {size_t{0}, size_t{1}, size_t{63}, size_t{4096}, size_t{69999}, buf.size()}) {
+    const uint32_t a = Crc32cBitwise(buf.data(), split);
+    const uint32_t b = Crc32cBitwise(buf.data() + split, buf.size() - split);
+    EXPECT_EQ(Crc32cCombine(a, b, static_cast<int64_t>(buf.size() - split)),
+              Crc32cBitwise(buf.data(), buf.size()))
+        << "split " << split;
+  }
+}
+
+// Each lane's pieces fed by its own thread, all at once, into fresh and pool memory.
+TEST(KvLanes, LanesFedConcurrentlyReassembleBitForBit) {
+  const ChunkKv kv = RandomChunkKv(3, 2, 37, 64, 5, 10);  // 113664 bytes
+  auto pool = std::make_shared<KvBufferPool>(int64_t{1} << 30);
+  for (int lanes : {1, 2, 3, 7, kMaxKvLanes}) {
+    for (KvBufferPool* from : {static_cast<KvBufferPool*>(nullptr), pool.get()}) {
+      SCOPED_TRACE(testing::Message() << lanes << " lanes, " << (from ? "pool" : "fresh"));
+      KvManifestInfo m = MakeManifest(kv);
+      m.lanes = lanes;
+      absl::StatusOr<KvAssembler> a = KvAssembler::Start(m, m.total_bytes, from);
+      ASSERT_TRUE(a.ok()) << a.status();
+      std::vector<std::thread> threads;
+      std::vector<absl::Status> status(lanes);
+      for (int lane = 0; lane < lanes; ++lane) {
+        threads.emplace_back([&, lane] {
+          for (const KvPiece& p : SplitPieces(kv, 1000 + lane, KvLaneRange(m.total_bytes, lanes, lane))) {
+            const absl::Span<const uint8_t> part = p.bytes;
+            status[lane] = a->Add(lane, p.offset, absl::MakeConstSpan(&part, 1));
+            if (!status[lane].ok()) return;
+          }
+        });
+      }
+      for (std::thread& t : threads) t.join();
+      for (const absl::Status& st : status) ASSERT_TRUE(st.ok()) << st;
+      EXPECT_EQ(a->received(), m.total_bytes);
+      absl::StatusOr<ChunkKv> out = a->Finish();
+      ASSERT_TRUE(out.ok()) << out.status();
+      EXPECT_TRUE(SameBits(*out, kv));
+      if (from != nullptr) {
+        pool->Give(std::move(out->k));
+        pool->Give(std::move(out->v));
+      }
+    }
+  }
+}
+
+TEST(KvLanes, EveryWayALaneGoesWrongIsDataLoss) {
+  const ChunkKv kv = RandomChunkKv(2, 2, 9, 64, 0, 11);  // 18432 bytes
+  KvManifestInfo m = MakeManifest(kv);
+  m.lanes = 3;
+  const auto lane_pieces = [&](int lane) {
+    return SplitPieces(kv, 1024, KvLaneRange(m.total_bytes, m.lanes, lane));
+  };
+  const auto add = [](KvAssembler& a, int lane, int64_t offset, absl::Span<const uint8_t> bytes) {
+    return a.Add(lane, offset, absl::MakeConstSpan(&bytes, 1));
+  };
+  const auto start = [&] {
+    absl::StatusOr<KvAssembler> a = KvAssembler::Start(m, m.total_bytes);
+    EXPECT_TRUE(a.ok());
+    return *std::move(a);
+  };
+  {  // lane 1's first piece sent on lane 0
+    KvAssembler a = start();
+    const KvPiece p = lane_pieces(1)[0];
+    absl::Status st = add(a, 0, p.offset, p.bytes);
+    EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss);
+    EXPECT_THAT(st.message(), HasSubstr("lane 0 of 3"));
+  }
+  {  // a piece for a lane that does not exist
+    KvAssembler a = start();
+    const KvPiece p = lane_pieces(0)[0];
+    EXPECT_EQ(add(a, 3, p.offset, p.bytes).code(), absl::StatusCode::kDataLoss);
+    EXPECT_EQ(add(a, -1, p.offset, p.bytes).code(), absl::StatusCode::kDataLoss);
+  }
+  {  // lane 0 runs on past its end into lane 1's bytes
+    KvAssembler a = start();
+    for (const KvPiece& p : lane_pieces(0)) ASSERT_TRUE(add(a, 0, p.offset, p.bytes).ok());
+    const KvPiece next = lane_pieces(1)[0];
+    EXPECT_EQ(add(a, 0, next.offset, next.bytes).code(), absl::StatusCode::kDataLoss);
+  }
+  {  // a lane that stops early: truncated, naming the lane
+    KvAssembler a = start();
+    for (int lane = 0; lane < 3; ++lane) {
+      std::vector<KvPiece> pieces = lane_pieces(lane);
+      if (lane == 1) pieces.pop_back();
+      for (const KvPiece& p : pieces) ASSERT_TRUE(add(a, lane, p.offset, p.bytes).ok());
+    }
+    absl::Status st = a.Finish().status();
+    EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss);
+    EXPECT_THAT(st.message(), HasSubstr("lane 1 of 3"));
+  }
+  {  // a flipped bit in the last lane: the combined CRC disagrees
+    KvAssembler a = start();
+    for (int lane = 0; lane < 3; ++lane) {
+      const std::vector<KvPiece> pieces = lane_pieces(lane);
+      for (size_t i = 0; i < pieces.size(); ++i) {
+        std::vector<uint8_t> bytes(pieces[i].bytes.begin(), pieces[i].bytes.end());
+        if (lane == 2 && i + 1 == pieces.size()) bytes[7] ^= 0x10;
+        ASSERT_TRUE(add(a, lane, pieces[i].offset, bytes).ok());
+      }
+    }
+    absl::Status st = a.Finish().status();
+    EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss);
+    EXPECT_THAT(st.message(), HasSubstr("CRC32C"));
+  }
 }
 
 }  // namespace

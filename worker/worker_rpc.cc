@@ -234,6 +234,7 @@ absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(const Model&
       options.kv_memory_bytes > 0 ? std::min(options.kv_memory_bytes, kMaxPooledKvBytes) : kMaxPooledKvBytes);
   GrpcKvFetcherOptions fetcher_options;
   fetcher_options.kv_pool = kv_pool;
+  fetcher_options.lanes = options.kv_lanes;
   fetcher_options.credentials = options.channels.credentials;
   options.channels.Apply(&fetcher_options.channel_args);
   p->fetcher_ = std::make_unique<GrpcKvFetcher>(std::move(fetcher_options));

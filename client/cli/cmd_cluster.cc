@@ -111,6 +111,7 @@ int RunCoordinator(const CoordinatorArgs& a) {
 struct WorkerArgs {
   std::string coordinator, model, listen, name, kv_memory = "0", address_file;
   int threads = 0;
+  int kv_lanes = 4;
   double register_timeout_s = 0;
   TlsFlags tls;
   OpsFlags ops;  // --metrics-listen, --log-level, --log-format
@@ -141,6 +142,7 @@ int RunWorker(const WorkerArgs& a) {
   options.name = a.name;
   options.threads = a.threads;
   options.kv_memory_bytes = *kv;
+  options.kv_lanes = a.kv_lanes;
   options.register_timeout_ms = static_cast<int64_t>(a.register_timeout_s * 1000);
   options.security = security->server;
   options.channels = security->channels;
@@ -225,6 +227,11 @@ void RegisterClusterCommands(CLI::App& app) {
     cmd->add_option("--kv-memory", a->kv_memory,
                     "Bytes of chunk K/V this worker may hold (suffix K/M/G/T; 0 = no limit); a task beyond it is "
                     "refused and placed elsewhere")
+        ->capture_default_str();
+    cmd->add_option("--kv-lanes", a->kv_lanes,
+                    "Streams (each its own connection) one chunk's K/V is fetched over at once; the sender uses "
+                    "one per 4 MiB at most")
+        ->check(CLI::Range(1, 16))
         ->capture_default_str();
     cmd->add_option("--name", a->name, "Name shown in the coordinator's logs (default: the host name)");
     cmd->add_option("--register-timeout", a->register_timeout_s,
