@@ -461,7 +461,7 @@ MESA_ATTN_INLINE void RunBlock(const Ctx& c, const Unit& u, const Bufs& w, int64
   const float* vbase = p.v + u.kvh * p.kv_stride * hd;
   const RelativePosition& rp = p.rel;
   for (int64_t d = 0; d < hd * kQb; ++d) w.acc[d] = 0.0f;
-  bool have_raw = false, have_abs = false, have_far = false;
+  bool have_raw = false, have_abs = false, have_far = false, have_stair = false;
   for (int64_t j0 = u.ja; j0 < jend; j0 += kKb) {
     const int64_t kn = Min(kKb, jend - j0);
     const int64_t p0 = p.kv_pos0 + j0, plast = p0 + kn - 1;
@@ -472,8 +472,9 @@ MESA_ATTN_INLINE void RunBlock(const Ctx& c, const Unit& u, const Bufs& w, int64
       for (int64_t k = 0; k < kn; ++k) w.pg[k] = (p0 + k) / c.g;
     }
     // Which route: raw keys and queries; rel = d over the tile (rotate both at their
-    // absolute positions); a far region with rel = A(t) - B(p); or per row.
-    enum { kRaw, kAbs, kFar, kPerRow } route = kRaw;
+    // absolute positions); a far region with rel = A(t) - B(p); Stair PE's far region
+    // (two such products and a select); or per row.
+    enum { kRaw, kAbs, kFar, kStairFar, kPerRow } route = kRaw;
     if (c.rope) {
       const int64_t dmax = tmax - p0, dmin = tmin - plast;
       route = kPerRow;
@@ -481,6 +482,7 @@ MESA_ATTN_INLINE void RunBlock(const Ctx& c, const Unit& u, const Bufs& w, int64
         case RelativePosition::Kind::kExact: route = kAbs; break;
         case RelativePosition::Kind::kStair:
           if (rp.e == 1 || dmax < rp.n) route = kAbs;
+          else if (dmin >= rp.n) route = kStairFar;
           break;
         case RelativePosition::Kind::kClamp:
           if (dmax <= rp.window) route = kAbs;
@@ -520,6 +522,33 @@ MESA_ATTN_INLINE void RunBlock(const Ctx& c, const Unit& u, const Bufs& w, int64
         keys = w.kb;
       }
       QkTile(qt, keys, hd, hd, kn, nv, st);
+    } else if (route == kStairFar) {
+      // Every pair of the tile has d = t - p >= n, so with a = t - n >= p >= 0:
+      //   rel = n + floor((a - p) / e) = n + floor(a / e) - floor(p / e) - [a % e < p % e].
+      // Two products against keys rotated by floor(p / e): queries rotated by
+      // n + floor(a / e) (st) and by one less (s1), then per pair the one whose rel
+      // holds. Each row meets a new stair level every e keys: per-row rotations ran at
+      // a fraction of the block products' speed.
+      const int64_t sn = rp.n, se = rp.e;
+      if (!have_stair) {
+        BuildQt(c, w, n, [&](int64_t r) { return sn + (w.t[r] - sn) / se; }, w.qt_far);
+        // rot < 0 (n = 0, first level) leaves the row raw: such rows never pick s1.
+        BuildQt(c, w, n, [&](int64_t r) { return sn + (w.t[r] - sn) / se - 1; }, w.qt_far1);
+        for (int64_t r = 0; r < kQb; ++r) {
+          w.amod[r] = r < n ? static_cast<int32_t>((w.t[r] - sn) % se) : 0;
+        }
+        have_stair = true;
+      }
+      for (int64_t k = 0; k < kn; ++k) RotateRow(c, krows + k * hd, (p0 + k) / se, w.kb + k * hd);
+      QkTile(w.qt_far, w.kb, hd, hd, kn, nv, st);
+      QkTile(w.qt_far1, w.kb, hd, hd, kn, nv, w.s1);
+      for (int64_t k = 0; k < kn; ++k) {
+        const VI pm = VI{} + static_cast<int32_t>((p0 + k) % se);
+        for (int cc = 0; cc < nv; ++cc) {
+          const V s0 = Load(st + k * kQb + cc * kLanes), s1 = Load(w.s1 + k * kQb + cc * kLanes);
+          Store(st + k * kQb + cc * kLanes, LoadI(w.amod + cc * kLanes) < pm ? s1 : s0);
+        }
+      }
     } else {
       // Rotate each row once per run of keys sharing a rel, dot each key.
       for (int64_t r = 0; r < n; ++r) {

@@ -89,27 +89,29 @@ using attn_internal::Bufs;
 
 // Per-thread buffers behind attn_internal::Bufs; grown, never shrunk.
 struct Scratch {
-  std::vector<float> qs, qw, qt_raw, qt_abs, qt_far, kb, vb, s, acc, qr, m, slope, tf;
+  std::vector<float> qs, qw, qt_raw, qt_abs, qt_far, qt_far1, kb, vb, s, s1, acc, qr, m, slope, tf;
   std::vector<double> l;
-  std::vector<int32_t> vis;
+  std::vector<int32_t> vis, amod;
   std::vector<int64_t> t, tg, pg, qi, head;
   Bufs bufs;
   void Reserve(int64_t hdp) {
     auto grow = [](auto& v, size_t n) {
       if (v.size() < n) v.assign(n, 0);
     };
-    for (auto* v : {&qs, &qw, &qt_raw, &qt_abs, &qt_far, &acc}) grow(*v, kQb * hdp);
+    for (auto* v : {&qs, &qw, &qt_raw, &qt_abs, &qt_far, &qt_far1, &acc}) grow(*v, kQb * hdp);
     grow(kb, kKb * hdp);
     grow(vb, kKb * hdp);
     grow(s, kQb * kKb);
+    grow(s1, kQb * kKb);
+    grow(amod, kQb);
     grow(qr, hdp);
     for (auto* v : {&m, &slope, &tf}) grow(*v, kQb);
     grow(l, kQb);
     grow(vis, kQb);
     for (auto* v : {&t, &tg, &qi, &head}) grow(*v, kQb);
     grow(pg, kKb);
-    bufs = Bufs{qs.data(), qw.data(), qt_raw.data(), qt_abs.data(), qt_far.data(),
-                kb.data(), vb.data(), s.data(), acc.data(), qr.data(), l.data(),
+    bufs = Bufs{qs.data(), qw.data(), qt_raw.data(), qt_abs.data(), qt_far.data(), qt_far1.data(),
+                kb.data(), vb.data(), s.data(), s1.data(), amod.data(), acc.data(), qr.data(), l.data(),
                 m.data(), slope.data(), tf.data(), vis.data(), t.data(), tg.data(),
                 qi.data(), head.data(), pg.data()};
   }

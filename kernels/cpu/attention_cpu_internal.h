@@ -48,8 +48,10 @@ struct Unit {
 // Per-thread buffers (owned by the dispatcher, sized for hdp): units never share them.
 struct Bufs {
   float *qs, *qw, *qt_raw, *qt_abs, *qt_far;  // [kQb * hdp]
+  float* qt_far1;                             // [kQb * hdp] (Stair PE's second far query)
   float *kb, *vb;                             // [kKb * hdp]
-  float* s;                                   // [kQb * kKb]
+  float *s, *s1;                              // [kQb * kKb]
+  int32_t* amod;                              // [kQb] (Stair PE: (t - n) mod e per row)
   float* acc;                                 // [kQb * hdp]
   float* qr;                                  // [hdp]
   double* l;                                  // [kQb]
