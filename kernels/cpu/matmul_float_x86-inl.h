@@ -221,9 +221,26 @@ MESA_INLINE void RunFloatTile(int nr, int nt, const TileArgs& a) {
   K<R, T>::Run(a);
 }
 
-// Tile shapes (accumulators + R weight vectors + 1 activation vector <= registers).
-constexpr int kFloatR = kRegs == 32 ? 4 : 2;
-constexpr int kFloatT = 4;
+// Tile shapes (accumulators + R weight vectors + 1 activation vector <= registers) and
+// block size, measured with bench/matmul_bench BM_LlamaLayers (single thread, CPU-time
+// minima, m = 128 / 512; bench/PERF_NOTES.md): AVX-512 4x6 ~ 4x4 ~ 6x4, 3x8 and 2x12
+// 10-30% slower; AVX2 3x4 and 4x3 12% faster than 2x4, 2x6 and 1x8 slower. Blocks of
+// 512 KiB beat 128 KiB by 10% (m = 128) to 30% (m = 2048): every block re-reads all
+// tokens' activations, from L3 once they outgrow L2 (this machine: 2 MiB L2 per core).
+#ifndef MESA_FLOAT_R512
+#define MESA_FLOAT_R512 4
+#define MESA_FLOAT_T512 6
+#endif
+#ifndef MESA_FLOAT_R256
+#define MESA_FLOAT_R256 3
+#define MESA_FLOAT_T256 4
+#endif
+constexpr int kFloatR = kRegs == 32 ? MESA_FLOAT_R512 : MESA_FLOAT_R256;
+constexpr int kFloatT = kRegs == 32 ? MESA_FLOAT_T512 : MESA_FLOAT_T256;
+#ifndef MESA_FLOAT_BLOCK_KIB
+#define MESA_FLOAT_BLOCK_KIB 512
+#endif
+constexpr int64_t kFloatBlockBytes = MESA_FLOAT_BLOCK_KIB * 1024;
 
 // Per-thread f32 copy of a block of converted weight rows.
 struct FloatScratch {
@@ -256,8 +273,9 @@ MESA_INLINE void ConvertRow(const uint8_t* row, int64_t n, float* out) {
 }
 
 // Rows [row_begin, row_end) x all tokens, rows inner: per block of about
-// kWeightBlockBytes of (f32) weight rows, each tile of T tokens against every R-row tile
-// of the block, so the T tokens' activations stay in L1 and the block in L2.
+// kFloatBlockBytes of (f32) weight rows, each tile of T tokens against every R-row tile
+// of the block, so the T tokens' activations stay in L1 and the block in L2 (the
+// activations are read once per block).
 // From kPackTokens tokens on, each block of weight rows is first copied (converted to
 // f32) into a per-thread buffer with 64-byte aligned rows, and so is each group of T
 // tokens whose rows are not 64-byte aligned: a 512-bit load that straddles two cache
@@ -270,7 +288,7 @@ void FloatRows(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
   const int64_t stride = (cols + 15) / 16 * 16;  // floats per packed row
   const int64_t row_f32_bytes = (pack ? stride : cols) * 4;
   const int64_t block_rows =
-      R * (R * row_f32_bytes < kWeightBlockBytes ? kWeightBlockBytes / (R * row_f32_bytes) : 1);
+      R * (R * row_f32_bytes < kFloatBlockBytes ? kFloatBlockBytes / (R * row_f32_bytes) : 1);
   const bool pack_x = pack && ((reinterpret_cast<uintptr_t>(job.x) & 63) != 0 || (cols & 15) != 0);
   float* wbuf = pack ? t_float_scratch.Get((block_rows + T) * stride) : nullptr;
   float* xbuf = pack ? wbuf + block_rows * stride : nullptr;
