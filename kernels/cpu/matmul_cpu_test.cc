@@ -221,6 +221,49 @@ TEST_P(MatMulTest, LargeBatchEqualsSmallBatches) {
   }
 }
 
+// The float prefill tiles (matmul_float_x86-inl.h) step 16 (AVX-512) or 8 (AVX2)
+// columns with a masked last step, run R x T tiles with smaller tiles at the row and
+// token tails, reduce accumulators in groups of 4 rows, and from 2T tokens on copy the
+// weights (converted to f32) and unaligned token rows into aligned buffers. Every
+// combination of those tails, with activations at an offset that is not 64-byte
+// aligned, against the reference.
+TEST(FloatMatMulTest, TileTailsMatchReference) {
+  std::mt19937 rng(77);
+  ThreadPool pool(2);
+  for (DType type : {DType::kF32, DType::kF16, DType::kBF16}) {
+    for (int64_t cols : {1, 5, 8, 15, 16, 17, 31, 40, 100}) {
+      for (int64_t rows : {1, 2, 3, 4, 5, 7, 9, 13, 18}) {
+        const std::vector<uint8_t> wdata = RandomWeights(type, rows, cols, rng);
+        const WeightView w{type, rows, cols, wdata.data()};
+        for (int64_t m : {2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 16, 25}) {
+          for (int64_t offset : {0, 1}) {
+            std::vector<float> xbuf(m * cols + 16);
+            float* x = xbuf.data() + offset;
+            for (int64_t i = 0; i < m * cols; ++i) x[i] = NonZero(rng);
+            const std::vector<float> xv(x, x + m * cols);
+            std::vector<float> want(m * rows);
+            ref::MatMul(w, x, m, want.data());
+            const std::vector<double> scale = AbsDot(w, xv, m);
+            for (Isa isa : SupportedIsas()) {
+              IsaGuard guard(isa);
+              std::vector<float> got(m * rows, std::numeric_limits<float>::quiet_NaN());
+              cpu::MatMul(w, x, m, got.data(), pool);
+              for (int64_t i = 0; i < m * rows; ++i) {
+                const double err = std::fabs(static_cast<double>(got[i]) - want[i]);
+                if (!(err <= 1e-5 * scale[i])) {
+                  FAIL() << cpu::internal::IsaName(isa) << " " << DTypeName(type) << " rows=" << rows
+                         << " cols=" << cols << " m=" << m << " offset=" << offset << " element " << i
+                         << ": got " << got[i] << " want " << want[i] << " (scale " << scale[i] << ")";
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 // Decode (one token) and prefill (many) run different tile shapes; for quantized
 // weights each output must still come out bit-identical, packed or not, so a token's
 // logits do not depend on whether it was decoded or part of a prompt.

@@ -177,34 +177,7 @@ struct LoadBF16 {
   }
 };
 
-template <class L>
-struct FloatTile {
-  template <int R, int T>
-  struct K {
-    static void Run(const TileArgs& a) {
-      __m256 acc[R][T];
-      Fill(acc, _mm256_setzero_ps());
-      const int64_t xs = a.act_stride;  // floats between tokens
-      int64_t k = 0;
-      for (; k + 8 <= a.cols; k += 8) {
-        __m256 wv[R];
-        MESA_UNROLL for (int r = 0; r < R; ++r) wv[r] = L::Load8(a.w + r * a.w_stride, k);
-        MESA_UNROLL for (int t = 0; t < T; ++t) {
-          const __m256 xv = _mm256_loadu_ps(a.x + t * xs + k);
-          MESA_UNROLL for (int r = 0; r < R; ++r) acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
-        }
-      }
-      MESA_UNROLL for (int r = 0; r < R; ++r) {
-        MESA_UNROLL for (int t = 0; t < T; ++t) {
-          float s = HSum(acc[r][t]);
-          for (int64_t j = k; j < a.cols; ++j)
-            s += L::Load1(a.w + r * a.w_stride, j) * a.x[t * xs + j];
-          a.out[t * a.out_stride + r] = s;
-        }
-      }
-    }
-  };
-};
+#include "kernels/cpu/matmul_float_x86-inl.h"  // FloatTile, FloatRows
 
 // ---------------------------------------------------------------------------------
 // Q8_0 x A32: sign trick (|w| as unsigned, sign of w moved onto the activation) so the
@@ -842,19 +815,11 @@ void RunRows(const MatMulJob& job, int64_t row_begin, int64_t row_end, bool floa
 // AVX-512 decode one row for 8 tokens: decoding nibbles and scales costs more than
 // reloading activations (1x8 beat 2x4 by 20%, 2x5 and 2x6 by 6-12%); Q8_0 stays 4x4
 // (2x8, 3x6, 1x12 were 3-13% slower). Measured on bench/matmul_bench BM_LlamaLayers.
-constexpr int kFloatR = kRegs == 32 ? 4 : 2;
-constexpr int kFloatT = 4;
 constexpr int kQ8R = kRegs == 32 ? 4 : 2;
 constexpr int kQ8T = kRegs == 32 ? 4 : 3;
 constexpr int kKR = kRegs == 32 ? 1 : 2;
 constexpr int kKT = kRegs == 32 ? 8 : 2;
 
-template <int R, int T>
-using F32Tile = FloatTile<LoadF32>::K<R, T>;
-template <int R, int T>
-using F16Tile = FloatTile<LoadF16x>::K<R, T>;
-template <int R, int T>
-using BF16Tile = FloatTile<LoadBF16>::K<R, T>;
 template <int R, int T>
 using Q4KTile = TileQ45K<4>::K<R, T>;
 template <int R, int T>
@@ -903,11 +868,11 @@ void MatMulRows(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
   }
   switch (job.w.type) {
     case DType::kF32:
-      return RunRows<F32Tile, kFloatR, kFloatT>(job, row_begin, row_end, true);
+      return FloatRows<LoadF32, kFloatR, kFloatT>(job, row_begin, row_end);
     case DType::kF16:
-      return RunRows<F16Tile, kFloatR, kFloatT>(job, row_begin, row_end, true);
+      return FloatRows<LoadF16x, kFloatR, kFloatT>(job, row_begin, row_end);
     case DType::kBF16:
-      return RunRows<BF16Tile, kFloatR, kFloatT>(job, row_begin, row_end, true);
+      return FloatRows<LoadBF16, kFloatR, kFloatT>(job, row_begin, row_end);
     case DType::kQ8_0:
       return RunRows<TileQ8_0, kQ8R, kQ8T>(job, row_begin, row_end, false);
     case DType::kQ4_0:
