@@ -185,8 +185,13 @@ MESA_INLINE void Q4Kx8Tile(const uint8_t* group, int64_t nb, const uint8_t* act,
 }
 
 // The x8 kernels as types for one driver: Run<T> computes 8 rows x T tokens of a group.
+// Token tiles, single-thread BM_LlamaLayers m = 128 under load (CPU ms, min of 3, 3
+// rounds): Q8_0x8 T=4 276-306, T=5 274-286, T=3 274-320; Q4_Kx8 and Q4_0x8 T=3..6
+// were all within noise (145-250 ms, varying more between rounds than between T),
+// T=4 kept. With T=4 the 4-bit tiles' int16, int32 and float accumulators fill 12 of
+// the 16 registers.
 struct Q8X8 {
-  static constexpr int kTokens = 4;
+  static constexpr int kTokens = 5;
   static int64_t GroupBytes(int64_t cols) { return Q8X8GroupBytes(cols); }
   template <int T>
   static MESA_INLINE void Run(const uint8_t* group, int64_t cols, const uint8_t* act, int64_t act_stride,
