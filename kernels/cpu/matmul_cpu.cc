@@ -254,7 +254,7 @@ bool HasPackedForm(Isa isa, DType type) {
     case Isa::kAvx512:
       return type == DType::kQ8_0 || type == DType::kQ4_K || type == DType::kQ5_K || type == DType::kQ6_K;
     case Isa::kAvx2:
-      return type == DType::kQ8_0 || type == DType::kQ4_0 || type == DType::kQ4_K;
+      return type == DType::kQ8_0 || type == DType::kQ4_0 || type == DType::kQ4_K || type == DType::kQ6_K;
     case Isa::kScalar:
       return false;
   }
@@ -302,8 +302,10 @@ int64_t PackedBytes(const WeightView& w) {
         return groups * internal::Q8X8GroupBytes(w.cols);
       case DType::kQ4_0:
         return groups * internal::Q4X8GroupBytes(w.cols);
-      default:
+      case DType::kQ4_K:
         return groups * internal::Q4KX8GroupBytes(w.cols);
+      default:
+        return groups * internal::Q6KX8GroupBytes(w.cols);
     }
   }
   switch (w.type) {

@@ -117,7 +117,21 @@ inline int64_t Q4X8GroupBytes(int64_t cols) {
 // rows' scales widens and scales them. +2.8% bytes.
 inline constexpr int kQ4KX8BlockBytes = 64 + 64 + 32 + 1024;
 inline int64_t Q4KX8GroupBytes(int64_t cols) { return cols / 256 * kQ4KX8BlockBytes; }
-// Packs rows [8g, 8g + 8) of `w` (Q8_0, Q4_0 or Q4_K) into `dst` (zero-filled, the
+// Q6_Kx8: per 256-block 1696 bytes:
+//   int8 sc[8][8][2]      scales of sub-blocks 2p and 2p+1, row i (word pairs after
+//                         widening: madd against the activations' 16-sums, and
+//                         duplicated per sub-block to scale its int16 sums)
+//   uint16 d[8]; 16 bytes of padding
+//   then per sub-block s (16 elements = 4 steps of 4) three 32-byte vectors, lane i =
+//   row i, byte e = element e of a step:
+//     nib0, nib1  low nibble = low 4 bits of step 2h, high nibble = those of step 2h+1
+//     qh          bits 2j..2j+1 = the top 2 bits of step j
+// The quants stay offset by 32 (0..63); two steps' maddubs sum in int16 (<= 2 * 2 *
+// 63 * 127 = 32004) before a madd with the scales, and -32 * sum_s sc_s * bsum_s
+// removes the offset. +1% bytes.
+inline constexpr int kQ6KX8BlockBytes = 128 + 32 + 16 * 96;
+inline int64_t Q6KX8GroupBytes(int64_t cols) { return cols / 256 * kQ6KX8BlockBytes; }
+// Packs rows [8g, 8g + 8) of `w` (Q8_0, Q4_0, Q4_K or Q6_K) into `dst` (zero-filled, the
 // group's bytes above).
 void PackGroupX8(const WeightView& w, int64_t g, uint8_t* dst);
 

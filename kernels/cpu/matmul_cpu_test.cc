@@ -307,7 +307,7 @@ TEST(PackWeightsTest, EachKernelSetPacksInItsLayout) {
         EXPECT_EQ(cpu::PackedBytes(q8), 3 * (544 + 288));  // 3 groups of 8 rows x (a pair + 1)
         EXPECT_EQ(cpu::PackedBytes(q4), 3 * (288 + 160));
         EXPECT_EQ(cpu::PackedBytes(q4k), 3 * 2 * 1184);
-        EXPECT_EQ(cpu::PackedBytes(q6k), 0);
+        EXPECT_EQ(cpu::PackedBytes(q6k), 3 * 2 * 1696);
         break;
       case Isa::kScalar:
         EXPECT_EQ(cpu::PackWeights(q8), nullptr);
@@ -371,18 +371,18 @@ TEST(MatMulSharedTest, EqualsSeparateProducts) {
     wdata.push_back(RandomWeights(kTypes[i], rows[i], cols, rng));
     views.push_back(WeightView{kTypes[i], rows[i], cols, wdata.back().data()});
   }
-  // Views 8-10: the Q8_0, Q4_0 and Q4_K matrices packed for the kernel set under test,
-  // where it has a packed form (else as is).
-  for (int i : {3, 4, 5}) views.push_back(views[i]);
+  // Views 8-11: the Q8_0, Q4_0, Q4_K and Q6_K matrices packed for the kernel set under
+  // test, where it has a packed form (else as is).
+  for (int i : {3, 4, 5, 7}) views.push_back(views[i]);
   // Mixes: all types; float-only; the q/k/v of a Q4_K_M layer (Q4_K, Q4_K, Q6_K);
   // packed Q8_0 alone and beside others.
   const std::vector<std::vector<int>> mixes = {{0, 1, 2, 3, 4, 5, 6, 7}, {0, 1}, {5, 5, 7}, {3},
-                                               {8}, {8, 4, 8, 1}, {10, 10, 7}, {9, 8, 10, 2}};
+                                               {8}, {8, 4, 8, 1}, {10, 10, 11}, {9, 8, 10, 2}};
   for (Isa isa : SupportedIsas()) {
     IsaGuard guard(isa);
-    std::shared_ptr<const uint8_t> packed[3];
-    for (int j = 0; j < 3; ++j) {
-      packed[j] = cpu::PackWeights(views[3 + j]);
+    std::shared_ptr<const uint8_t> packed[4];
+    for (int j = 0; j < 4; ++j) {
+      packed[j] = cpu::PackWeights(views[8 + j]);
       views[8 + j].packed = packed[j].get();
     }
     for (int64_t m : {1, 5, 40}) {

@@ -1,5 +1,5 @@
-// AVX2 kernels for the "x8" packed layouts (matmul_cpu_internal.h): Q8_0x8, Q4_0x8 and
-// Q4_Kx8 against the A32 / A256 activations. Included by matmul_x86-inl.h inside its
+// AVX2 kernels for the "x8" packed layouts (matmul_cpu_internal.h): Q8_0x8, Q4_0x8,
+// Q4_Kx8 and Q6_Kx8 against the A32 / A256 activations. Included by matmul_x86-inl.h inside its
 // anonymous namespace, in the AVX2 kernel set only (the AVX-512 one reads the x16
 // layouts).
 //
@@ -184,6 +184,69 @@ MESA_INLINE void Q4Kx8Tile(const uint8_t* group, int64_t nb, const uint8_t* act,
   MESA_UNROLL for (int t = 0; t < T; ++t) StoreRows(out + t * out_stride, acc[t], nr);
 }
 
+// Q6_Kx8 x A256: per sub-block of 16 elements, three loads give the 6-bit quants of 8
+// rows for its 4 steps; per token two int16 sums of two steps' maddubs each (<= 32004),
+// each widened and scaled by one madd with the rows' sub-block scales; the +32 offset
+// goes as -32 * sum_s sc_s * bsum_s, one madd per sub-block pair.
+template <int T>
+MESA_INLINE void Q6Kx8Tile(const uint8_t* group, int64_t nb, const uint8_t* act, int64_t act_stride,
+                           float* out, int64_t out_stride, int nr) {
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const __m256i bits45 = _mm256_set1_epi8(0x30);
+  // Byte shuffles that copy word 0 / word 1 of each int32 lane over the lane.
+  const __m256i lane4 = _mm256_setr_epi32(0, 0x04040404, 0x08080808, 0x0C0C0C0C, 0, 0x04040404, 0x08080808,
+                                           0x0C0C0C0C);
+  const __m256i dup0 = _mm256_add_epi8(_mm256_set1_epi32(0x01000100), lane4);
+  const __m256i dup1 = _mm256_add_epi8(_mm256_set1_epi32(0x03020302), lane4);
+  __m256 acc[T];
+  MESA_UNROLL for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+  const uint8_t* blk = group;
+  for (int64_t b = 0; b < nb; ++b, blk += kQ6KX8BlockBytes) {
+    PrefetchDecode<T, 4096, kQ6KX8BlockBytes>(blk);
+    const BlockA256* ab[T];
+    MESA_UNROLL for (int t = 0; t < T; ++t) ab[t] = reinterpret_cast<const BlockA256*>(act + t * act_stride) + b;
+    __m256i isum[T];
+    MESA_UNROLL for (int t = 0; t < T; ++t) isum[t] = _mm256_setzero_si256();
+    for (int p = 0; p < 8; ++p) {
+      const __m256i scp = _mm256_cvtepi8_epi16(_mm_load_si128(reinterpret_cast<const __m128i*>(blk + 16 * p)));
+      MESA_UNROLL for (int t = 0; t < T; ++t) {
+        isum[t] = _mm256_sub_epi32(isum[t], _mm256_slli_epi32(_mm256_madd_epi16(scp, Bcast4(ab[t]->bsums + 2 * p)), 5));
+        Chain(isum[t]);
+      }
+      MESA_UNROLL for (int h = 0; h < 2; ++h) {
+        const int s = 2 * p + h;
+        const __m256i sc = _mm256_shuffle_epi8(scp, h == 0 ? dup0 : dup1);
+        const uint8_t* v = blk + 160 + 96 * s;
+        const __m256i n0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(v));
+        const __m256i n1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(v + 32));
+        const __m256i qh = _mm256_load_si256(reinterpret_cast<const __m256i*>(v + 64));
+        __m256i q[4];
+        q[0] = _mm256_or_si256(_mm256_and_si256(n0, low4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), bits45));
+        q[1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(n0, 4), low4),
+                               _mm256_and_si256(_mm256_slli_epi16(qh, 2), bits45));
+        q[2] = _mm256_or_si256(_mm256_and_si256(n1, low4), _mm256_and_si256(qh, bits45));
+        q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(n1, 4), low4),
+                               _mm256_and_si256(_mm256_srli_epi16(qh, 2), bits45));
+        MESA_UNROLL for (int t = 0; t < T; ++t) {
+          const int8_t* a = ab[t]->qs + 16 * s;
+          const __m256i s01 = _mm256_add_epi16(_mm256_maddubs_epi16(q[0], Bcast4(a)),
+                                               _mm256_maddubs_epi16(q[1], Bcast4(a + 4)));
+          const __m256i s23 = _mm256_add_epi16(_mm256_maddubs_epi16(q[2], Bcast4(a + 8)),
+                                               _mm256_maddubs_epi16(q[3], Bcast4(a + 12)));
+          isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s01, sc));
+          Chain(isum[t]);
+          isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s23, sc));
+          Chain(isum[t]);
+        }
+      }
+    }
+    const __m256 d = _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(blk + 128)));
+    MESA_UNROLL for (int t = 0; t < T; ++t) acc[t] = _mm256_fmadd_ps(
+        _mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, _mm256_set1_ps(ab[t]->d)), acc[t]);
+  }
+  MESA_UNROLL for (int t = 0; t < T; ++t) StoreRows(out + t * out_stride, acc[t], nr);
+}
+
 // The x8 kernels as types for one driver: Run<T> computes 8 rows x T tokens of a group.
 // Token tiles, single-thread BM_LlamaLayers m = 128 under load (CPU ms, min of 3, 3
 // rounds): Q8_0x8 T=4 276-306, T=5 274-286, T=3 274-320; Q4_Kx8 and Q4_0x8 T=3..6
@@ -215,6 +278,16 @@ struct Q4KX8 {
   static MESA_INLINE void Run(const uint8_t* group, int64_t cols, const uint8_t* act, int64_t act_stride,
                               float* out, int64_t out_stride, int nr) {
     Q4Kx8Tile<T>(group, cols / 256, act, act_stride, out, out_stride, nr);
+  }
+};
+
+struct Q6KX8 {
+  static constexpr int kTokens = 4;
+  static int64_t GroupBytes(int64_t cols) { return Q6KX8GroupBytes(cols); }
+  template <int T>
+  static MESA_INLINE void Run(const uint8_t* group, int64_t cols, const uint8_t* act, int64_t act_stride,
+                              float* out, int64_t out_stride, int nr) {
+    Q6Kx8Tile<T>(group, cols / 256, act, act_stride, out, out_stride, nr);
   }
 };
 
@@ -256,8 +329,10 @@ void PackedRowsAvx2(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
       return PackedRowsX8<Q8X8>(job, row_begin, row_end);
     case DType::kQ4_0:
       return PackedRowsX8<Q4X8>(job, row_begin, row_end);
-    default:
+    case DType::kQ4_K:
       return PackedRowsX8<Q4KX8>(job, row_begin, row_end);
+    default:
+      return PackedRowsX8<Q6KX8>(job, row_begin, row_end);
   }
 }
 
