@@ -1,7 +1,7 @@
 // AVX2 kernels for the "x8" packed layouts (matmul_cpu_internal.h): Q8_0x8, Q4_0x8,
-// Q4_Kx8 and Q6_Kx8 against the A32 / A256 activations. Included by matmul_x86-inl.h inside its
-// anonymous namespace, in the AVX2 kernel set only (the AVX-512 one reads the x16
-// layouts).
+// Q4_Kx8 and Q6_Kx8 against the A32 / A256 activations. Included by matmul_x86-inl.h
+// inside its anonymous namespace, in the AVX2 kernel set only (the AVX-512 one reads
+// the x16 layouts).
 //
 // One int32 lane per weight row: a maddubs of a 32-byte weight vector (4 quants of 8
 // rows) with a broadcast of 4 activation quants gives 8 rows' pair sums, so no
@@ -19,10 +19,10 @@ MESA_INLINE __m256i Bcast4(const void* p) {
   return _mm256_set1_epi32(v);
 }
 
-// Decode (T = 1) asks for the weight lines kAheadX8 bytes ahead of the block it reads:
-// with only the hardware prefetchers, one thread streamed 25-45% slower than the
-// unpacked tiles (which prefetch). Measured single-thread on BM_LlamaLayers m = 1 under
-// load (min of 3, 3 rounds, ms): Q8_0x8 none 8.4-10.4, 2048 bytes 4.9-7.7, 4096
+// Decode (T = 1) asks for the weight lines kAhead bytes ahead of the block it reads:
+// with only the hardware prefetchers one thread streamed Q8_0x8 7% slower than the
+// unpacked 1x1 tile (which prefetches). Single-thread BM_LlamaLayers m = 1 under load
+// (ms, min of 3, 3 rounds), none / 2048 / 4096 bytes ahead: Q8_0x8 8.4-10.4 / 4.9-7.7 /
 // 6.1-8.3; Q4_0x8 5.5-7.7 / 2.4-4.7 / 2.1-3.5; Q4_Kx8 3.2-4.8 / 2.0-2.9 / 2.1-2.3.
 // Prefill reuses each group's weights over many token tiles, so it does not prefetch.
 template <int T, int kAhead, int kBytes>
