@@ -128,6 +128,8 @@ MESA_LLAMA_BENCH(f16, DType::kF16, false);
 // plain run where there is none).
 MESA_LLAMA_BENCH(q8_0, DType::kQ8_0, false);
 MESA_LLAMA_BENCH(q8_0_packed, DType::kQ8_0, true);
+MESA_LLAMA_BENCH(q4_0, DType::kQ4_0, false);
+MESA_LLAMA_BENCH(q4_0_packed, DType::kQ4_0, true);
 MESA_LLAMA_BENCH(q4_K, DType::kQ4_K, false);
 MESA_LLAMA_BENCH(q4_K_packed, DType::kQ4_K, true);
 MESA_LLAMA_BENCH(q5_K, DType::kQ5_K, false);

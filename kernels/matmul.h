@@ -72,9 +72,11 @@ void MatMulShared(const MatMulTarget* targets, int count, const float* x, int64_
 
 // A copy of `w` repacked for the kernels of this CPU, to be set as w.packed (and kept
 // alive as long as the view is used), or null when the type has no packed form here.
-// Today: Q8_0, Q4_K, Q5_K and Q6_K on AVX-512 VNNI, as 16 rows interleaved per vector (see
-// matmul_cpu_internal.h). Results are within the same tolerances as the unpacked
-// kernels (not bit-identical to them); decode and prefill agree bit for bit.
+// Today: Q8_0, Q4_K, Q5_K and Q6_K on AVX-512 VNNI, as 16 rows interleaved per vector;
+// Q8_0, Q4_0, Q4_K and Q6_K on AVX2, as 8 rows (see matmul_cpu_internal.h). The form
+// belongs to the kernel set running when it was made (MESA_CPU_ISA, ForceIsa): pack
+// under the one that will run it. Results are within the same tolerances as the
+// unpacked kernels (not bit-identical to them); decode and prefill agree bit for bit.
 std::shared_ptr<const uint8_t> PackWeights(const WeightView& w);
 // Bytes of the packed form of `w` (0: none; else a multiple of 64).
 int64_t PackedBytes(const WeightView& w);

@@ -1,7 +1,7 @@
 # kernels/cpu: SIMD + threaded kernels. The x86 kernel files are compiled once per ISA
 # with that ISA's flags and picked at run time (matmul_cpu.cc), so the library runs on
 # any x86-64; other architectures get the portable fallback only.
-target_sources(mesa_kernels PRIVATE ${CMAKE_CURRENT_LIST_DIR}/matmul_cpu.cc)
+target_sources(mesa_kernels PRIVATE ${CMAKE_CURRENT_LIST_DIR}/matmul_cpu.cc ${CMAKE_CURRENT_LIST_DIR}/pack_x8.cc)
 if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$")
   target_sources(mesa_kernels PRIVATE
     ${CMAKE_CURRENT_LIST_DIR}/matmul_x86_avx2.cc

@@ -244,13 +244,25 @@ void ScalarRows(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
 // and of the packed layouts' row groups, so thread boundaries do not create narrow
 // tail tiles or split a packed group.
 constexpr int64_t kRowGroup = 16;
-static_assert(kRowGroup % internal::kPackRows == 0);
+static_assert(kRowGroup % internal::kPackRows == 0 && kRowGroup % internal::kPackRowsX8 == 0);
 
 // Whether the running kernel set reads a packed form of `type` (PackWeights).
+// AVX-512 reads the x16 layouts, AVX2 the x8 ones (matmul_cpu_internal.h): a packed
+// form is only valid for the kernel set it was made for.
 bool HasPackedForm(Isa isa, DType type) {
-  return isa == Isa::kAvx512 && (type == DType::kQ8_0 || type == DType::kQ4_K || type == DType::kQ5_K ||
-                                  type == DType::kQ6_K);
+  switch (isa) {
+    case Isa::kAvx512:
+      return type == DType::kQ8_0 || type == DType::kQ4_K || type == DType::kQ5_K || type == DType::kQ6_K;
+    case Isa::kAvx2:
+      return type == DType::kQ8_0 || type == DType::kQ4_0 || type == DType::kQ4_K || type == DType::kQ6_K;
+    case Isa::kScalar:
+      return false;
+  }
+  return false;
 }
+
+// Rows per packed group of the running kernel set.
+int64_t PackRows(Isa isa) { return isa == Isa::kAvx2 ? internal::kPackRowsX8 : internal::kPackRows; }
 
 // Work pieces per thread in MatMulShared (see there).
 constexpr int64_t kChunksPerThread = 4;
@@ -279,10 +291,23 @@ void DequantizeRow(DType type, const void* row, float* out, int64_t n) {
 }
 
 int64_t PackedBytes(const WeightView& w) {
-  if (!HasPackedForm(internal::CurrentIsa(), w.type) || w.rows <= 0) return 0;
+  const Isa isa = internal::CurrentIsa();
+  if (!HasPackedForm(isa, w.type) || w.rows <= 0) return 0;
   const int64_t block = GetDTypeInfo(w.type).block_elems;
   if (w.cols % block != 0) return 0;
-  const int64_t groups = (w.rows + internal::kPackRows - 1) / internal::kPackRows;
+  const int64_t groups = (w.rows + PackRows(isa) - 1) / PackRows(isa);
+  if (isa == Isa::kAvx2) {
+    switch (w.type) {
+      case DType::kQ8_0:
+        return groups * internal::Q8X8GroupBytes(w.cols);
+      case DType::kQ4_0:
+        return groups * internal::Q4X8GroupBytes(w.cols);
+      case DType::kQ4_K:
+        return groups * internal::Q4KX8GroupBytes(w.cols);
+      default:
+        return groups * internal::Q6KX8GroupBytes(w.cols);
+    }
+  }
   switch (w.type) {
     case DType::kQ8_0:
       return groups * internal::Q8PackGroupBytes(w.cols);
@@ -403,6 +428,12 @@ void PackQ6KGroup(const WeightView& w, int64_t g, uint8_t* out) {
 void PackWeightsInto(const WeightView& w, uint8_t* dst) {
   const int64_t bytes = PackedBytes(w);
   Require(bytes > 0, "no packed form", w.type);
+  if (internal::CurrentIsa() == Isa::kAvx2) {
+    constexpr int64_t kRows = internal::kPackRowsX8;
+    const int64_t group_bytes = bytes / ((w.rows + kRows - 1) / kRows);
+    for (int64_t g = 0; g * kRows < w.rows; ++g) internal::PackGroupX8(w, g, dst + g * group_bytes);
+    return;
+  }
   const int64_t group_bytes = bytes / ((w.rows + kPackRows - 1) / kPackRows);
   for (int64_t g = 0; g * kPackRows < w.rows; ++g) {
     switch (w.type) {

@@ -75,6 +75,66 @@ inline int64_t Q5KPackGroupBytes(int64_t cols) { return cols / 256 * kQ5KPackBlo
 inline constexpr int kQ6KPackBlockBytes = 2048 + 1024 + 256 + 32 + 32;
 inline int64_t Q6KPackGroupBytes(int64_t cols) { return cols / 256 * kQ6KPackBlockBytes; }
 
+// AVX2 packed layouts ("x8"): 8 rows interleaved, one int32 lane of a 256-bit vector
+// per row, so one maddubs of a weight vector with a broadcast of 4 activation quants
+// advances 8 rows and the float epilogue serves 8 rows per instruction. Rows in groups
+// of 8 (the last padded with zero rows), each group one contiguous run, 32-byte
+// aligned, read front to back. Only the AVX2 kernel set reads them
+// (matmul_packed_avx2-inl.h; packing in pack_avx2.cc). AVX2 has no dpbusd, and maddubs
+// sums two u8 x s8 products into a saturating int16; the layouts are chosen so that
+// every int16 sum the kernels form stays below 2^15 (see each).
+inline constexpr int kPackRowsX8 = 8;
+// Q8_0x8: per pair of 32-blocks (b, b+1), 544 bytes:
+//   uint16 d[2][8]        the rows' f16 scales of both blocks
+//   int8 q[2][8][8][4]    block, step k, row i: quants 4k..4k+3 (as stored, signed)
+// A last unpaired block takes 32 + 256 bytes. Same bytes per row as Q8_0 (34 per 32).
+// The kernel uses the sign trick (|w| times a with w's sign: <= 2 * 128 * 127 per
+// int16) and widens every step with madd.
+inline constexpr int kQ8X8PairBytes = 32 + 512;
+inline int64_t Q8X8GroupBytes(int64_t cols) {
+  const int64_t nb = cols / 32;
+  return nb / 2 * kQ8X8PairBytes + (nb % 2) * (32 + 256);
+}
+// Q4_0x8: per pair of 32-blocks, 288 bytes:
+//   uint16 d[2][8]
+//   uint8 q[2][4][8][4]   block, step k, row i: bytes 4k..4k+3 of the row's qs, whose
+//                         low nibbles are elements 4k.. and high nibbles 16 + 4k..
+// A last unpaired block takes 32 + 128 bytes. A block's 8 maddubs of nibbles (<= 15)
+// and quants (|a| <= 127) sum in int16 (<= 8 * 2 * 15 * 127 = 30480) before widening.
+inline constexpr int kQ4X8PairBytes = 32 + 256;
+inline int64_t Q4X8GroupBytes(int64_t cols) {
+  const int64_t nb = cols / 32;
+  return nb / 2 * kQ4X8PairBytes + (nb % 2) * (32 + 128);
+}
+// Q4_Kx8: per 256-block 1184 bytes:
+//   uint8 sc[8][8]        6-bit scale of sub-block s, row i
+//   uint8 mn[4][8][2]     6-bit mins of sub-blocks 2p and 2p+1, row i (word pairs
+//                         after widening, for madd against the activations' 32-sums)
+//   uint16 d[8], dmin[8]
+//   uint8 q[4][8][8][4]   pair c, step k, row i: bytes 32c + 4k.. of the row's qs; low
+//                         nibbles are sub-block 2c, high nibbles 2c+1
+// A sub-block's 8 maddubs sum in int16 (<= 30480, as Q4_0x8), then one madd with the
+// rows' scales widens and scales them. +2.8% bytes.
+inline constexpr int kQ4KX8BlockBytes = 64 + 64 + 32 + 1024;
+inline int64_t Q4KX8GroupBytes(int64_t cols) { return cols / 256 * kQ4KX8BlockBytes; }
+// Q6_Kx8: per 256-block 1696 bytes:
+//   int8 sc[8][8][2]      scales of sub-blocks 2p and 2p+1, row i (word pairs after
+//                         widening: madd against the activations' 16-sums, and
+//                         duplicated per sub-block to scale its int16 sums)
+//   uint16 d[8]; 16 bytes of padding
+//   then per sub-block s (16 elements = 4 steps of 4) three 32-byte vectors, lane i =
+//   row i, byte e = element e of a step:
+//     nib0, nib1  low nibble = low 4 bits of step 2h, high nibble = those of step 2h+1
+//     qh          bits 2j..2j+1 = the top 2 bits of step j
+// The quants stay offset by 32 (0..63); two steps' maddubs sum in int16 (<= 2 * 2 *
+// 63 * 127 = 32004) before a madd with the scales, and -32 * sum_s sc_s * bsum_s
+// removes the offset. +1% bytes.
+inline constexpr int kQ6KX8BlockBytes = 128 + 32 + 16 * 96;
+inline int64_t Q6KX8GroupBytes(int64_t cols) { return cols / 256 * kQ6KX8BlockBytes; }
+// Packs rows [8g, 8g + 8) of `w` (Q8_0, Q4_0, Q4_K or Q6_K) into `dst` (zero-filled, the
+// group's bytes above).
+void PackGroupX8(const WeightView& w, int64_t g, uint8_t* dst);
+
 // Which activation form a weight type is multiplied with.
 enum class ActKind { kFloat, kA32, kA256 };
 ActKind ActKindFor(DType type);

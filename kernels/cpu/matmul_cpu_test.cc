@@ -93,14 +93,15 @@ class IsaGuard {
 std::vector<int64_t> ColsFor(DType type) {
   const int block = GetDTypeInfo(type).block_elems;
   if (block == 256) return {256, 768, 2304};    // 1, 3 and 9 blocks
-  if (block == 32) return {32, 96, 288, 1056};  // 1, 3, 9 and 33 blocks
+  if (block == 32) return {32, 64, 96, 288, 1056};  // 1, 2, 3, 9 and 33 blocks (x8 layouts pair them)
   return {8, 37, 256, 1029};                    // float rows need no blocks: odd tails
 }
 
 class MatMulTest : public ::testing::TestWithParam<DType> {};
 
-// The view of `wdata` as given and, when this CPU's kernels have a packed form of the
-// type, the same matrix packed (`keep` holds the packed copy).
+// The view of `wdata` as given and, when the running kernel set has a packed form of
+// the type, the same matrix packed (`keep` holds the packed copy). A packed form is
+// only valid for the kernel set it was made for: call under the ISA that runs it.
 std::vector<WeightView> Views(const WeightView& w, std::shared_ptr<const uint8_t>* keep) {
   std::vector<WeightView> views = {w};
   *keep = cpu::PackWeights(w);
@@ -167,10 +168,10 @@ TEST_P(MatMulTest, ThreadCountDoesNotChangeResults) {
   const int64_t cols = GetDTypeInfo(type).block_elems == 256 ? 1024 : 992;
   const int64_t rows = 203;
   const std::vector<uint8_t> wdata = RandomWeights(type, rows, cols, rng);
-  std::shared_ptr<const uint8_t> packed;
-  for (const WeightView& w : Views(WeightView{type, rows, cols, wdata.data()}, &packed)) {
-    for (Isa isa : SupportedIsas()) {
-      IsaGuard guard(isa);
+  for (Isa isa : SupportedIsas()) {
+    IsaGuard guard(isa);
+    std::shared_ptr<const uint8_t> packed;
+    for (const WeightView& w : Views(WeightView{type, rows, cols, wdata.data()}, &packed)) {
       for (int64_t m : {1, 7, 40}) {
         std::vector<float> x(m * cols);
         for (float& v : x) v = NonZero(rng);
@@ -279,14 +280,17 @@ TEST_P(QuantizedMatMulTest, DecodeEqualsPrefill) {
   std::vector<float> x(m * cols);
   for (float& v : x) v = NonZero(rng);
   ThreadPool pool(2);
-  std::shared_ptr<const uint8_t> packed;
-  for (const WeightView& w : Views(WeightView{type, rows, cols, wdata.data()}, &packed)) {
-    std::vector<float> all(m * rows), one(rows);
-    cpu::MatMul(w, x.data(), m, all.data(), pool);
-    for (int64_t t = 0; t < m; ++t) {
-      cpu::MatMul(w, x.data() + t * cols, 1, one.data(), pool);
-      EXPECT_EQ(std::memcmp(one.data(), all.data() + t * rows, rows * 4), 0)
-          << (w.packed ? "packed" : "plain") << " token " << t;
+  for (Isa isa : SupportedIsas()) {
+    IsaGuard guard(isa);
+    std::shared_ptr<const uint8_t> packed;
+    for (const WeightView& w : Views(WeightView{type, rows, cols, wdata.data()}, &packed)) {
+      std::vector<float> all(m * rows), one(rows);
+      cpu::MatMul(w, x.data(), m, all.data(), pool);
+      for (int64_t t = 0; t < m; ++t) {
+        cpu::MatMul(w, x.data() + t * cols, 1, one.data(), pool);
+        EXPECT_EQ(std::memcmp(one.data(), all.data() + t * rows, rows * 4), 0)
+            << cpu::internal::IsaName(isa) << (w.packed ? " packed" : " plain") << " token " << t;
+      }
     }
   }
 }
@@ -319,19 +323,41 @@ INSTANTIATE_TEST_SUITE_P(Quantized, QuantizedMatMulTest,
                            return std::string(DTypeName(info.param));
                          });
 
-// On AVX-512 VNNI machines Q8_0 has a packed form and it is what MatMul runs.
-TEST(PackWeightsTest, Q8_0IsPackedWhereTheKernelsHaveALayout) {
+// Each SIMD kernel set packs the types it has a layout for, in its own layout: x16 on
+// AVX-512 VNNI, x8 on AVX2 (matmul_cpu_internal.h); scalar and float types never.
+TEST(PackWeightsTest, EachKernelSetPacksInItsLayout) {
   std::mt19937 rng(3);
-  const std::vector<uint8_t> wdata = RandomWeights(DType::kQ8_0, 20, 64, rng);
-  const WeightView w{DType::kQ8_0, 20, 64, wdata.data()};
-  if (cpu::internal::BestIsa() != Isa::kAvx512) {
-    EXPECT_EQ(cpu::PackWeights(w), nullptr);
-    GTEST_SKIP() << "no AVX-512 VNNI here: Q8_0 is not packed (checked that PackWeights says so)";
+  const int64_t rows = 20;
+  std::vector<std::vector<uint8_t>> data;
+  auto view = [&](DType type, int64_t cols) {
+    data.push_back(RandomWeights(type, rows, cols, rng));
+    return WeightView{type, rows, cols, data.back().data()};
+  };
+  const WeightView q8 = view(DType::kQ8_0, 96), q4 = view(DType::kQ4_0, 96), q4k = view(DType::kQ4_K, 512),
+                   q6k = view(DType::kQ6_K, 512), f32 = view(DType::kF32, 64);
+  for (Isa isa : SupportedIsas()) {
+    IsaGuard guard(isa);
+    SCOPED_TRACE(cpu::internal::IsaName(isa));
+    EXPECT_EQ(cpu::PackWeights(f32), nullptr);
+    switch (isa) {
+      case Isa::kAvx512:
+        EXPECT_EQ(cpu::PackedBytes(q8), 2 * 3 * 576);  // 2 groups of 16 rows x 3 blocks
+        EXPECT_EQ(cpu::PackedBytes(q4), 0);
+        EXPECT_EQ(cpu::PackedBytes(q4k), 2 * 2 * 2368);
+        EXPECT_GT(cpu::PackedBytes(q6k), 0);
+        break;
+      case Isa::kAvx2:
+        EXPECT_EQ(cpu::PackedBytes(q8), 3 * (544 + 288));  // 3 groups of 8 rows x (a pair + 1)
+        EXPECT_EQ(cpu::PackedBytes(q4), 3 * (288 + 160));
+        EXPECT_EQ(cpu::PackedBytes(q4k), 3 * 2 * 1184);
+        EXPECT_EQ(cpu::PackedBytes(q6k), 3 * 2 * 1696);
+        break;
+      case Isa::kScalar:
+        EXPECT_EQ(cpu::PackWeights(q8), nullptr);
+        break;
+    }
+    if (isa != Isa::kScalar) ASSERT_NE(cpu::PackWeights(q8), nullptr);
   }
-  EXPECT_EQ(cpu::PackedBytes(w), 2 * 2 * 576);  // 2 groups of 16 rows x 2 blocks
-  ASSERT_NE(cpu::PackWeights(w), nullptr);
-  const std::vector<uint8_t> f32 = RandomWeights(DType::kF32, 20, 64, rng);
-  EXPECT_EQ(cpu::PackWeights(WeightView{DType::kF32, 20, 64, f32.data()}), nullptr);
 }
 
 // MESA_CPU_ISA: every name the CPU can run selects that kernel set; unknown names and
@@ -370,7 +396,7 @@ TEST(IsaSettingTest, ForcedIsaIsReportedAndPackedFor) {
   for (Isa isa : SupportedIsas()) {
     IsaGuard guard(isa);
     EXPECT_STREQ(cpu::ActiveIsaName(), cpu::internal::IsaName(isa));
-    EXPECT_EQ(cpu::PackedBytes(w) > 0, isa == Isa::kAvx512) << cpu::internal::IsaName(isa);
+    EXPECT_EQ(cpu::PackedBytes(w) > 0, isa != Isa::kScalar) << cpu::internal::IsaName(isa);
   }
   EXPECT_TRUE(cpu::CheckIsaSetting().ok()) << "the test runs with a usable MESA_CPU_ISA";
 }
@@ -388,16 +414,20 @@ TEST(MatMulSharedTest, EqualsSeparateProducts) {
     wdata.push_back(RandomWeights(kTypes[i], rows[i], cols, rng));
     views.push_back(WeightView{kTypes[i], rows[i], cols, wdata.back().data()});
   }
-  // View 8: the Q8_0 matrix packed, where this CPU has a packed form (else as is).
-  const std::shared_ptr<const uint8_t> packed = cpu::PackWeights(views[3]);
-  views.push_back(views[3]);
-  views.back().packed = packed.get();
+  // Views 8-11: the Q8_0, Q4_0, Q4_K and Q6_K matrices packed for the kernel set under
+  // test, where it has a packed form (else as is).
+  for (int i : {3, 4, 5, 7}) views.push_back(views[i]);
   // Mixes: all types; float-only; the q/k/v of a Q4_K_M layer (Q4_K, Q4_K, Q6_K);
   // packed Q8_0 alone and beside others.
   const std::vector<std::vector<int>> mixes = {{0, 1, 2, 3, 4, 5, 6, 7}, {0, 1}, {5, 5, 7}, {3},
-                                               {8}, {8, 4, 8, 1}};
+                                               {8}, {8, 4, 8, 1}, {10, 10, 11}, {9, 8, 10, 2}};
   for (Isa isa : SupportedIsas()) {
     IsaGuard guard(isa);
+    std::shared_ptr<const uint8_t> packed[4];
+    for (int j = 0; j < 4; ++j) {
+      packed[j] = cpu::PackWeights(views[8 + j]);
+      views[8 + j].packed = packed[j].get();
+    }
     for (int64_t m : {1, 5, 40}) {
       std::vector<float> x(m * cols);
       for (float& v : x) v = NonZero(rng);

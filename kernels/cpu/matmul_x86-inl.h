@@ -739,6 +739,9 @@ void PackedRows(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
 }
 #endif
 
+// AVX2 kernels of the x8 packed layouts (PackedRowsAvx2).
+#include "kernels/cpu/matmul_packed_avx2-inl.h"
+
 // ---------------------------------------------------------------------------------
 // Tiling driver.
 
@@ -841,6 +844,8 @@ void MatMulRows(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
         return PackedRows<Q6KPacked>(job, row_begin, row_end);
     }
   }
+#else
+  if (job.packed != nullptr) return PackedRowsAvx2(job, row_begin, row_end);
 #endif
   if (job.m == 1) {
     // Quantized tiles of one row and one token: the same operations per output as the
