@@ -110,8 +110,9 @@ struct GrpcKvFetcherOptions {
   // fetch, freed with the chunk.
   std::shared_ptr<KvBufferPool> kv_pool;
   // The most streams one fetch uses at once, each on its own connection (the sender uses
-  // fewer for small chunks: one per 4 MiB, KvLanesFor). 1 = one stream.
-  int lanes = 4;
+  // fewer for small chunks: one per 4 MiB, KvLanesFor). 1 = one stream. 2: the best of
+  // 1, 2, 4 and 8 on 2-core loopback (bench/results/kv_transfer.md).
+  int lanes = 2;
 };
 
 // Thread-safe: concurrent Fetch calls share the channels of an address (one per lane,

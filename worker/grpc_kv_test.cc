@@ -408,7 +408,12 @@ class GrpcKvLanesTest : public ::testing::Test {
   // 4 x 4 x 1025 x 128 x 2 x 4 bytes = 16.8 MB: 4 lanes of ~4.2 MB (KvLanesFor).
   GrpcKvLanesTest() : worker_(RandomChunkKv(4, 4, 1025, 128, 0, 12), kKvPieceBytes), server_(&worker_) {}
   void SetUp() override { ASSERT_TRUE(server_.ok()); }
-  absl::StatusOr<std::shared_ptr<const ChunkKv>> FetchIn(Mode mode, GrpcKvFetcherOptions options = {},
+  static GrpcKvFetcherOptions FourLanes() {
+    GrpcKvFetcherOptions options;
+    options.lanes = 4;
+    return options;
+  }
+  absl::StatusOr<std::shared_ptr<const ChunkKv>> FetchIn(Mode mode, GrpcKvFetcherOptions options = FourLanes(),
                                                          int64_t timeout_ms = 10000) {
     worker_.set_mode(mode);
     GrpcKvFetcher fetcher(std::move(options));
@@ -420,7 +425,7 @@ class GrpcKvLanesTest : public ::testing::Test {
 
 TEST_F(GrpcKvLanesTest, FourLanesBringTheChunkBitForBit) {
   for (bool pooled : {false, true}) {
-    GrpcKvFetcherOptions options;
+    GrpcKvFetcherOptions options = FourLanes();
     if (pooled) options.kv_pool = std::make_shared<KvBufferPool>(int64_t{64} << 20);
     const int calls = worker_.finished();
     absl::StatusOr<std::shared_ptr<const ChunkKv>> kv = FetchIn(Mode::kServe, options);
@@ -472,7 +477,7 @@ TEST_F(GrpcKvLanesTest, ACorruptLaneIsDataLossNamingTheLane) {
 // others' threads are joined, nothing left running), the error is the deadline's.
 TEST_F(GrpcKvLanesTest, AStalledLaneFailsTheFetchByTheDeadline) {
   const auto start = Clock::now();
-  const auto kv = FetchIn(Mode::kStallLane2, {}, 600);
+  const auto kv = FetchIn(Mode::kStallLane2, FourLanes(), 600);
   const auto took = Clock::now() - start;
   EXPECT_EQ(kv.status().code(), absl::StatusCode::kDeadlineExceeded) << kv.status();
   EXPECT_THAT(std::string(kv.status().message()), HasSubstr("lane 2 of 4"));

@@ -266,6 +266,7 @@ uint32_t CopyCrc32c(void* dst, const void* src, size_t size, uint32_t crc) {
 }
 
 uint32_t Crc32cCombine(uint32_t crc_a, uint32_t crc_b, int64_t len_b) {
+  if (crc_a == 0) return crc_b;  // zeros shift to zeros: a single lane costs nothing here
   // As zlib's crc32_combine: the register after len_b zero bytes is op^(8 len_b) applied
   // to crc_a (the pre- and post-inversions cancel out between the two halves).
   Gf2Matrix op{};  // one zero bit

@@ -34,7 +34,7 @@ struct WorkerProcessOptions {
   std::string name;             // "" = the host name
   int threads = 0;              // 0 = all hardware threads
   int64_t kv_memory_bytes = 0;  // 0 = no limit
-  int kv_lanes = 4;             // streams per K/V fetch at most (GrpcKvFetcherOptions::lanes)
+  int kv_lanes = 2;             // streams per K/V fetch at most (GrpcKvFetcherOptions::lanes)
   int64_t register_timeout_ms = 0;  // 0 = keep trying; else give up after this long
   bool verbose = true;          // log registration and tasks (ops/log.h)
   std::shared_ptr<ops::Metrics> metrics;  // the core's metrics (worker/worker_metrics.h); null: its own
