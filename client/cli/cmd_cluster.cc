@@ -111,7 +111,7 @@ int RunCoordinator(const CoordinatorArgs& a) {
 struct WorkerArgs {
   std::string coordinator, model, listen, name, kv_memory = "0", address_file;
   int threads = 0;
-  int kv_lanes = 4;
+  int kv_lanes = 2;
   double register_timeout_s = 0;
   TlsFlags tls;
   OpsFlags ops;  // --metrics-listen, --log-level, --log-format

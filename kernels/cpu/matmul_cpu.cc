@@ -136,6 +136,20 @@ ActKind ActKindFor(DType type) {
   }
 }
 
+void UnpackQ6KQuants(const uint8_t* blk, uint8_t* q) {
+  for (int half = 0; half < 2; ++half) {
+    const uint8_t* ql = blk + 64 * half;
+    const uint8_t* qh = blk + 128 + 32 * half;
+    uint8_t* y = q + 128 * half;
+    for (int l = 0; l < 32; ++l) {
+      y[l] = static_cast<uint8_t>((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4));
+      y[l + 32] = static_cast<uint8_t>((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4));
+      y[l + 64] = static_cast<uint8_t>((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4));
+      y[l + 96] = static_cast<uint8_t>((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4));
+    }
+  }
+}
+
 }  // namespace internal
 
 namespace {
@@ -394,18 +408,8 @@ void PackQ6KGroup(const WeightView& w, int64_t g, uint8_t* out) {
       const int64_t r = g * kPackRows + i;
       if (r >= w.rows) break;
       const uint8_t* blk = src + r * row_bytes + b * 210;
-      uint8_t q[256];  // the 6-bit quants (offset by 32), as ref::DequantizeRow reads them
-      for (int half = 0; half < 2; ++half) {
-        const uint8_t* ql = blk + 64 * half;
-        const uint8_t* qh = blk + 128 + 32 * half;
-        uint8_t* y = q + 128 * half;
-        for (int l = 0; l < 32; ++l) {
-          y[l] = static_cast<uint8_t>((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4));
-          y[l + 32] = static_cast<uint8_t>((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4));
-          y[l + 64] = static_cast<uint8_t>((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4));
-          y[l + 96] = static_cast<uint8_t>((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4));
-        }
-      }
+      uint8_t q[256];
+      internal::UnpackQ6KQuants(blk, q);
       for (int sb = 0; sb < 16; ++sb) {
         for (int e = 0; e < 4; ++e) {
           auto at = [&](int step) { return q[16 * sb + 4 * step + e]; };

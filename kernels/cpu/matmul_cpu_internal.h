@@ -135,6 +135,10 @@ inline int64_t Q6KX8GroupBytes(int64_t cols) { return cols / 256 * kQ6KX8BlockBy
 // group's bytes above).
 void PackGroupX8(const WeightView& w, int64_t g, uint8_t* dst);
 
+// The 256 6-bit quants (still offset by 32) of one 210-byte Q6_K block, in element order,
+// as ref::DequantizeRow reads them: what both packers (Q6_Kx16, Q6_Kx8) start from.
+void UnpackQ6KQuants(const uint8_t* blk, uint8_t* q);
+
 // Which activation form a weight type is multiplied with.
 enum class ActKind { kFloat, kA32, kA256 };
 ActKind ActKindFor(DType type);

@@ -255,6 +255,7 @@ MESA_INLINE void Q6Kx8Tile(const uint8_t* group, int64_t nb, const uint8_t* act,
 // the 16 registers.
 struct Q8X8 {
   static constexpr int kTokens = 5;
+  static constexpr int kGroupRows = kPackRowsX8;
   static int64_t GroupBytes(int64_t cols) { return Q8X8GroupBytes(cols); }
   template <int T>
   static MESA_INLINE void Run(const uint8_t* group, int64_t cols, const uint8_t* act, int64_t act_stride,
@@ -264,6 +265,7 @@ struct Q8X8 {
 };
 struct Q4X8 {
   static constexpr int kTokens = 4;
+  static constexpr int kGroupRows = kPackRowsX8;
   static int64_t GroupBytes(int64_t cols) { return Q4X8GroupBytes(cols); }
   template <int T>
   static MESA_INLINE void Run(const uint8_t* group, int64_t cols, const uint8_t* act, int64_t act_stride,
@@ -273,6 +275,7 @@ struct Q4X8 {
 };
 struct Q4KX8 {
   static constexpr int kTokens = 4;
+  static constexpr int kGroupRows = kPackRowsX8;
   static int64_t GroupBytes(int64_t cols) { return Q4KX8GroupBytes(cols); }
   template <int T>
   static MESA_INLINE void Run(const uint8_t* group, int64_t cols, const uint8_t* act, int64_t act_stride,
@@ -283,6 +286,7 @@ struct Q4KX8 {
 
 struct Q6KX8 {
   static constexpr int kTokens = 4;
+  static constexpr int kGroupRows = kPackRowsX8;
   static int64_t GroupBytes(int64_t cols) { return Q6KX8GroupBytes(cols); }
   template <int T>
   static MESA_INLINE void Run(const uint8_t* group, int64_t cols, const uint8_t* act, int64_t act_stride,
@@ -291,48 +295,17 @@ struct Q6KX8 {
   }
 };
 
-// Runs K::Run<nt> (nt <= T) through the instantiated token counts.
-template <class K, int T>
-MESA_INLINE void RunX8Tile(int nt, const uint8_t* group, int64_t cols, const uint8_t* act, int64_t act_stride,
-                           float* out, int64_t out_stride, int nr) {
-  if constexpr (T > 1) {
-    if (nt < T) return RunX8Tile<K, T - 1>(nt, group, cols, act, act_stride, out, out_stride, nr);
-  }
-  K::template Run<T>(group, cols, act, act_stride, out, out_stride, nr);
-}
-
-// Rows [row_begin, row_end) of an x8-packed job (row_begin a multiple of 8), blocked as
-// the x16 driver: per block of about kActBlockBytes of activations (kept in L2), each
-// group's weights (kept in L1) against every T-token tile of the block.
-template <class K>
-void PackedRowsX8(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
-  const int64_t cols = job.w.cols;
-  const int64_t group_bytes = K::GroupBytes(cols);
-  const int64_t block_tokens = TokenBlock(K::kTokens, job.act_stride);
-  for (int64_t tb = 0; tb < job.m; tb += block_tokens) {
-    const int64_t tb_end = job.m - tb < block_tokens ? job.m : tb + block_tokens;
-    for (int64_t r0 = row_begin; r0 < row_end; r0 += kPackRowsX8) {
-      const int nr = static_cast<int>(row_end - r0 < kPackRowsX8 ? row_end - r0 : kPackRowsX8);
-      const uint8_t* group = job.packed + (r0 / kPackRowsX8) * group_bytes;
-      for (int64_t t0 = tb; t0 < tb_end; t0 += K::kTokens) {
-        const int nt = static_cast<int>(tb_end - t0 < K::kTokens ? tb_end - t0 : K::kTokens);
-        RunX8Tile<K, K::kTokens>(nt, group, cols, job.act + t0 * job.act_stride, job.act_stride,
-                                 job.out + t0 * job.w.rows + r0, job.w.rows, nr);
-      }
-    }
-  }
-}
 
 void PackedRowsAvx2(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
   switch (job.w.type) {
     case DType::kQ8_0:
-      return PackedRowsX8<Q8X8>(job, row_begin, row_end);
+      return PackedRows<Q8X8>(job, row_begin, row_end);
     case DType::kQ4_0:
-      return PackedRowsX8<Q4X8>(job, row_begin, row_end);
+      return PackedRows<Q4X8>(job, row_begin, row_end);
     case DType::kQ4_K:
-      return PackedRowsX8<Q4KX8>(job, row_begin, row_end);
+      return PackedRows<Q4KX8>(job, row_begin, row_end);
     default:
-      return PackedRowsX8<Q6KX8>(job, row_begin, row_end);
+      return PackedRows<Q6KX8>(job, row_begin, row_end);
   }
 }
 

@@ -506,6 +506,44 @@ void FloatGemvRows(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
 // integer block sum is exact and the float steps are the same for any T: decode
 // (T = 1) and prefill agree bit for bit.
 
+// ---------------------------------------------------------------------------------
+// Packed layouts (weights in groups of rows, one int32 lane per row): the driver.
+
+// Runs K::Run<nt> (nt <= T) through the instantiated token counts.
+template <class K, int T>
+MESA_INLINE void RunPackedTile(int nt, const uint8_t* group, int64_t cols, const uint8_t* act,
+                               int64_t act_stride, float* out, int64_t out_stride, int nr) {
+  if constexpr (T > 1) {
+    if (nt < T) return RunPackedTile<K, T - 1>(nt, group, cols, act, act_stride, out, out_stride, nr);
+  }
+  K::template Run<T>(group, cols, act, act_stride, out, out_stride, nr);
+}
+
+// Rows [row_begin, row_end) of a packed job (row_begin a multiple of K::kGroupRows: 16
+// in the AVX-512 layouts, 8 in the AVX2 ones). A tile is a group's rows x K::kTokens
+// tokens: weights are reused over fewer tokens than activations
+// over rows, so a group's weights stay in L1 while the tokens pass, in blocks of about
+// kActBlockBytes of activations that stay in L2 (all tokens at once made the rate fall
+// once the batch outgrew L2).
+template <class K>
+void PackedRows(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
+  const int64_t cols = job.w.cols;
+  const int64_t group_bytes = K::GroupBytes(cols);
+  const int64_t block_tokens = TokenBlock(K::kTokens, job.act_stride);
+  for (int64_t tb = 0; tb < job.m; tb += block_tokens) {
+    const int64_t tb_end = job.m - tb < block_tokens ? job.m : tb + block_tokens;
+    for (int64_t r0 = row_begin; r0 < row_end; r0 += K::kGroupRows) {
+      const int nr = static_cast<int>(row_end - r0 < K::kGroupRows ? row_end - r0 : K::kGroupRows);
+      const uint8_t* group = job.packed + (r0 / K::kGroupRows) * group_bytes;
+      for (int64_t t0 = tb; t0 < tb_end; t0 += K::kTokens) {
+        const int nt = static_cast<int>(tb_end - t0 < K::kTokens ? tb_end - t0 : K::kTokens);
+        RunPackedTile<K, K::kTokens>(nt, group, cols, job.act + t0 * job.act_stride, job.act_stride,
+                                     job.out + t0 * job.w.rows + r0, job.w.rows, nr);
+      }
+    }
+  }
+}
+
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 template <int T>
 MESA_INLINE void Q8x16Tile(const uint8_t* group, int64_t nb, const uint8_t* act, int64_t act_stride,
@@ -677,6 +715,7 @@ MESA_INLINE void Q6Kx16Tile(const uint8_t* group, int64_t nb, const uint8_t* act
 // T tokens of a group.
 struct Q8Packed {
   static constexpr int kTokens = 8;
+  static constexpr int kGroupRows = kPackRows;
   static int64_t GroupBytes(int64_t cols) { return Q8PackGroupBytes(cols); }
   template <int T>
   static MESA_INLINE void Run(const uint8_t* group, int64_t cols, const uint8_t* act, int64_t act_stride,
@@ -687,6 +726,7 @@ struct Q8Packed {
 template <int kBits>
 struct Q45KPacked {
   static constexpr int kTokens = 4;
+  static constexpr int kGroupRows = kPackRows;
   static int64_t GroupBytes(int64_t cols) { return kBits == 5 ? Q5KPackGroupBytes(cols) : Q4KPackGroupBytes(cols); }
   template <int T>
   static MESA_INLINE void Run(const uint8_t* group, int64_t cols, const uint8_t* act, int64_t act_stride,
@@ -696,6 +736,7 @@ struct Q45KPacked {
 };
 struct Q6KPacked {
   static constexpr int kTokens = 4;
+  static constexpr int kGroupRows = kPackRows;
   static int64_t GroupBytes(int64_t cols) { return Q6KPackGroupBytes(cols); }
   template <int T>
   static MESA_INLINE void Run(const uint8_t* group, int64_t cols, const uint8_t* act, int64_t act_stride,
@@ -704,39 +745,6 @@ struct Q6KPacked {
   }
 };
 
-// Runs K::Run<nt> (nt <= T) through the instantiated token counts.
-template <class K, int T>
-MESA_INLINE void RunPackedTile(int nt, const uint8_t* group, int64_t cols, const uint8_t* act,
-                               int64_t act_stride, float* out, int64_t out_stride, int nr) {
-  if constexpr (T > 1) {
-    if (nt < T) return RunPackedTile<K, T - 1>(nt, group, cols, act, act_stride, out, out_stride, nr);
-  }
-  K::template Run<T>(group, cols, act, act_stride, out, out_stride, nr);
-}
-
-// Rows [row_begin, row_end) of a packed job (row_begin a multiple of 16). A tile is
-// 16 rows x K::kTokens tokens: weights are reused over fewer tokens than activations
-// over rows, so a group's weights stay in L1 while the tokens pass, in blocks of about
-// kActBlockBytes of activations that stay in L2 (all tokens at once made the rate fall
-// once the batch outgrew L2).
-template <class K>
-void PackedRows(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
-  const int64_t cols = job.w.cols;
-  const int64_t group_bytes = K::GroupBytes(cols);
-  const int64_t block_tokens = TokenBlock(K::kTokens, job.act_stride);
-  for (int64_t tb = 0; tb < job.m; tb += block_tokens) {
-    const int64_t tb_end = job.m - tb < block_tokens ? job.m : tb + block_tokens;
-    for (int64_t r0 = row_begin; r0 < row_end; r0 += kPackRows) {
-      const int nr = static_cast<int>(row_end - r0 < kPackRows ? row_end - r0 : kPackRows);
-      const uint8_t* group = job.packed + (r0 / kPackRows) * group_bytes;
-      for (int64_t t0 = tb; t0 < tb_end; t0 += K::kTokens) {
-        const int nt = static_cast<int>(tb_end - t0 < K::kTokens ? tb_end - t0 : K::kTokens);
-        RunPackedTile<K, K::kTokens>(nt, group, cols, job.act + t0 * job.act_stride, job.act_stride,
-                                     job.out + t0 * job.w.rows + r0, job.w.rows, nr);
-      }
-    }
-  }
-}
 #endif
 
 // AVX2 kernels of the x8 packed layouts (PackedRowsAvx2).
