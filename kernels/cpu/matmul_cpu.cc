@@ -318,8 +318,10 @@ int64_t PackedBytes(const WeightView& w) {
         return groups * internal::Q4X8GroupBytes(w.cols);
       case DType::kQ4_K:
         return groups * internal::Q4KX8GroupBytes(w.cols);
-      default:
+      case DType::kQ6_K:
         return groups * internal::Q6KX8GroupBytes(w.cols);
+      default:
+        return 0;  // HasPackedForm said no above; kept explicit so a new type is no Q6_K
     }
   }
   switch (w.type) {
@@ -329,8 +331,10 @@ int64_t PackedBytes(const WeightView& w) {
       return groups * internal::Q4KPackGroupBytes(w.cols);
     case DType::kQ5_K:
       return groups * internal::Q5KPackGroupBytes(w.cols);
-    default:
+    case DType::kQ6_K:
       return groups * internal::Q6KPackGroupBytes(w.cols);
+    default:
+      return 0;  // as above
   }
 }
 
@@ -448,8 +452,11 @@ void PackWeightsInto(const WeightView& w, uint8_t* dst) {
       case DType::kQ5_K:
         PackQ45KGroup(w, g, dst + g * group_bytes, w.type == DType::kQ5_K);
         break;
-      default:
+      case DType::kQ6_K:
         PackQ6KGroup(w, g, dst + g * group_bytes);
+        break;
+      default:
+        std::abort();  // PackedBytes was 0: nothing to pack into
     }
   }
 }

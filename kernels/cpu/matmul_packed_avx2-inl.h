@@ -304,8 +304,10 @@ void PackedRowsAvx2(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
       return PackedRows<Q4X8>(job, row_begin, row_end);
     case DType::kQ4_K:
       return PackedRows<Q4KX8>(job, row_begin, row_end);
-    default:
+    case DType::kQ6_K:
       return PackedRows<Q6KX8>(job, row_begin, row_end);
+    default:
+      std::abort();  // a packed form of a type without one: the dispatcher's bug
   }
 }
 

@@ -17,6 +17,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 #include "kernels/cpu/matmul_cpu_internal.h"
@@ -848,8 +849,10 @@ void MatMulRows(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
         return PackedRows<Q45KPacked<4>>(job, row_begin, row_end);
       case DType::kQ5_K:
         return PackedRows<Q45KPacked<5>>(job, row_begin, row_end);
-      default:
+      case DType::kQ6_K:
         return PackedRows<Q6KPacked>(job, row_begin, row_end);
+      default:
+        std::abort();  // a packed form of a type without one: the dispatcher's bug
     }
   }
 #else
