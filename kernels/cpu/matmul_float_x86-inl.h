@@ -251,6 +251,7 @@ struct FloatScratch {
     if (n > cap) {
       _mm_free(p);
       p = static_cast<float*>(_mm_malloc(static_cast<size_t>(n) * 4, 64));
+      if (p == nullptr) std::abort();  // a block of rows (about 512 KiB): out of memory
       cap = n;
     }
     return p;
