@@ -574,11 +574,15 @@ absl::StatusOr<std::vector<std::pair<std::string, int64_t>>> JobStore::CountJobs
   }
 }
 
-absl::StatusOr<std::vector<ItemRecord>> JobStore::Items(const std::string& job_id) {
-  const std::string op = absl::StrCat("Items(", job_id, ")");
-  std::lock_guard<std::mutex> lock(mu_);
-  Stmt s(db_, op);
-  MESA_RETURN_IF_ERROR(s.Prepare(absl::StrCat(kSelectItem, "WHERE job_id = ?1 ORDER BY idx")));
+namespace {
+
+// The items of `job_id` that `sql` (selecting kSelectItem's columns, ?1 = the job)
+// returns; NOT_FOUND when there are none because the job does not exist. The caller
+// holds the store's lock.
+absl::StatusOr<std::vector<ItemRecord>> SelectItems(sqlite3* db, const std::string& op, const std::string& sql,
+                                                    const std::string& job_id) {
+  Stmt s(db, op);
+  MESA_RETURN_IF_ERROR(s.Prepare(sql));
   s.Bind(1, job_id);
   std::vector<ItemRecord> items;
   for (;;) {
@@ -587,28 +591,25 @@ absl::StatusOr<std::vector<ItemRecord>> JobStore::Items(const std::string& job_i
     MESA_ASSIGN_OR_RETURN(ItemRecord it, ReadItem(s));
     items.push_back(std::move(it));
   }
-  if (items.empty()) MESA_RETURN_IF_ERROR(JobExistsLocked(db_, job_id, op));
+  if (items.empty()) MESA_RETURN_IF_ERROR(JobExistsLocked(db, job_id, op));
   return items;
 }
 
-absl::StatusOr<std::vector<ItemRecord>> JobStore::SettledItems(const std::string& job_id) {
-  const std::string op = absl::StrCat("SettledItems(", job_id, ")");
+}  // namespace
+
+absl::StatusOr<std::vector<ItemRecord>> JobStore::Items(const std::string& job_id) {
   std::lock_guard<std::mutex> lock(mu_);
-  Stmt s(db_, op);
+  return SelectItems(db_, absl::StrCat("Items(", job_id, ")"),
+                     absl::StrCat(kSelectItem, "WHERE job_id = ?1 ORDER BY idx"), job_id);
+}
+
+absl::StatusOr<std::vector<ItemRecord>> JobStore::SettledItems(const std::string& job_id) {
+  std::lock_guard<std::mutex> lock(mu_);
   // kSelectItem's columns, with '' for the input and the plan (documents can be large).
-  MESA_RETURN_IF_ERROR(s.Prepare(
-      "SELECT job_id, idx, line, custom_id, '', state, failures, '', result, prompt_tokens, generated_tokens "
-      "FROM items WHERE job_id = ?1 AND state != 0 ORDER BY idx"));
-  s.Bind(1, job_id);
-  std::vector<ItemRecord> items;
-  for (;;) {
-    MESA_ASSIGN_OR_RETURN(const bool row, s.Step());
-    if (!row) break;
-    MESA_ASSIGN_OR_RETURN(ItemRecord it, ReadItem(s));
-    items.push_back(std::move(it));
-  }
-  if (items.empty()) MESA_RETURN_IF_ERROR(JobExistsLocked(db_, job_id, op));
-  return items;
+  return SelectItems(db_, absl::StrCat("SettledItems(", job_id, ")"),
+                     "SELECT job_id, idx, line, custom_id, '', state, failures, '', result, prompt_tokens, "
+                     "generated_tokens FROM items WHERE job_id = ?1 AND state != 0 ORDER BY idx",
+                     job_id);
 }
 
 absl::StatusOr<ItemRecord> JobStore::Item(const std::string& job_id, int64_t idx) {

@@ -77,9 +77,9 @@ class JobStore {
   // Derived counts: completed = items in kDone, failed = items in kFailed.
   absl::StatusOr<JobRecord> GetJob(const std::string& id);        // NOT_FOUND
   absl::StatusOr<std::vector<JobRecord>> ListJobs(int limit);     // newest first; 0 = all
-  absl::StatusOr<std::vector<std::string>> UnfinishedJobIds();
+  absl::StatusOr<std::vector<std::string>> UnfinishedJobIds();  // status not terminal, oldest first
   // Number of jobs in each status (statuses without jobs absent), for the metrics.
-  absl::StatusOr<std::vector<std::pair<std::string, int64_t>>> CountJobsByStatus();    // status not terminal, oldest first
+  absl::StatusOr<std::vector<std::pair<std::string, int64_t>>> CountJobsByStatus();
   absl::StatusOr<std::vector<ItemRecord>> Items(const std::string& job_id);  // idx order; NOT_FOUND
   // The items that are settled (done or failed), idx order, without their input and plan
   // (empty): what a follower of a job's results reads again on every change.

@@ -478,17 +478,17 @@ absl::StatusOr<std::shared_ptr<const ChunkKv>> GrpcKvFetcher::Fetch(const std::s
     return absl::InvalidArgumentError(absl::StrCat(what, ": timeout_ms must be positive"));
   }
   const auto deadline = std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms);
-  // One context per lane, all made before any lane starts, so that a failing lane can
-  // cancel every other.
+  // One context per lane that may be used, all made before any lane starts, so that a
+  // failing lane can cancel every other.
+  const int wanted = std::clamp(options_.lanes, 1, kMaxKvLanes);
   std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
-  for (int i = 0; i < kMaxKvLanes; ++i) {
+  for (int i = 0; i < wanted; ++i) {
     contexts.push_back(std::make_unique<grpc::ClientContext>());
     contexts.back()->set_deadline(deadline);
   }
   LaneErrors errors(contexts);
   std::optional<KvAssembler> assembler;
   std::vector<std::thread> lanes;
-  const int wanted = std::clamp(options_.lanes, 1, kMaxKvLanes);
   std::unique_ptr<grpc::ClientReader<grpc::ByteBuffer>> lane0 =
       StartLane(ChannelFor(address, 0).get(), contexts[0].get(), key, 0, wanted);
   // Lane 0: its manifest says how many lanes the sender uses; the others start then.

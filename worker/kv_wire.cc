@@ -422,21 +422,23 @@ absl::Status KvAssembler::Add(int lane_index, int64_t offset,
                                             lanes_.size()));
   }
   Lane& lane = lanes_[lane_index];
-  const std::string where =
-      lanes_.size() > 1 ? absl::StrCat(" (lane ", lane_index, " of ", lanes_.size(), ")") : "";
+  // For error messages only (built on the error path: Add runs once per piece).
+  const auto where = [&]() -> std::string {
+    return lanes_.size() > 1 ? absl::StrCat(" (lane ", lane_index, " of ", lanes_.size(), ")") : "";
+  };
   if (offset != lane.next) {
     return absl::DataLossError(absl::StrCat("K/V stream: piece out of order at offset ", offset,
-                                            ", expected offset ", lane.next, where));
+                                            ", expected offset ", lane.next, where()));
   }
   int64_t size = 0;
   for (absl::Span<const uint8_t> part : parts) size += static_cast<int64_t>(part.size());
   if (size == 0) {
-    return absl::DataLossError(absl::StrCat("K/V stream: empty piece at offset ", offset, where));
+    return absl::DataLossError(absl::StrCat("K/V stream: empty piece at offset ", offset, where()));
   }
   if (size > lane.range.end - lane.next) {
     return absl::DataLossError(absl::StrCat(
         "K/V stream: piece of ", size, " bytes at offset ", offset, " runs past ",
-        lanes_.size() > 1 ? absl::StrCat("the lane's end at ", lane.range.end, where)
+        lanes_.size() > 1 ? absl::StrCat("the lane's end at ", lane.range.end, where())
                           : absl::StrCat("the announced ", manifest_.total_bytes, " bytes")));
   }
   for (absl::Span<const uint8_t> part : parts) Write(lane, part.data(), static_cast<int64_t>(part.size()));
