@@ -1,0 +1,1 @@
+# Attention (ops.h: Attention, AttentionScratchBytes) and its tests.
