@@ -23,6 +23,7 @@ namespace mesa::coord {
 struct LocalRunOptions {
   int workers = 1;
   int threads = 0;                 // all workers together (0: hardware threads)
+  std::string device = "cpu";      // --device: each worker gets its own backend on it
   Placement placement = Placement::kAuto;
   jobs::TaskKind task = jobs::TaskKind::kSummarize;
   std::string chat_template = "auto";

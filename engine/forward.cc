@@ -11,45 +11,109 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "common/thread_pool.h"
 #include "kernels/attention.h"
 
 namespace mesa {
 
-ModelRunner::ModelRunner(const Model& model, ThreadPool& pool, int64_t max_batch)
-    : model_(model), pool_(pool), max_batch_(std::max<int64_t>(max_batch, 1)) {
+ModelRunner::ModelRunner(const Model& model, Backend& backend, int64_t max_batch)
+    : model_(model), backend_(backend), max_batch_(std::max<int64_t>(max_batch, 1)) {
+  init_ = Init();
+}
+
+absl::Status ModelRunner::Init() {
   const ModelConfig& c = model_.config;
   rope_.head_dim = c.head_dim;
   rope_.rope_dims = c.rope_dims > 0 ? c.rope_dims : c.head_dim;
   rope_.freq_base = c.rope_freq_base;
   rope_.freq_scale = c.rope_freq_scale;
   rope_.neox = c.rope_style == RopeStyle::kNeox;
-  if (c.position == PositionType::kAlibi) {
-    alibi_slopes_.resize(c.n_head);
-    AlibiSlopes(c.n_head, c.alibi_bias_max, alibi_slopes_.data());
-  }
-  const int64_t b = max_batch_;
+
+  // Weights: placed once (the CPU uses them where they lie).
+  const ModelWeights& mw = model_.weights;
+  auto place = [&](const WeightView& v, WeightView* out) -> absl::Status {
+    if (!v.data) return absl::OkStatus();
+    absl::StatusOr<WeightView> p = backend_.PlaceWeight(v);
+    if (!p.ok()) return p.status();
+    *out = *p;
+    return absl::OkStatus();
+  };
+  auto place_vec = [&](const float* v, int64_t n, const float** out) -> absl::Status {
+    if (!v) return absl::OkStatus();
+    absl::StatusOr<const float*> p = backend_.PlaceVector(v, n);
+    if (!p.ok()) return p.status();
+    *out = *p;
+    return absl::OkStatus();
+  };
+  w_ = mw;
+  const int64_t d = c.n_embd;
   const int64_t q_width = c.n_head * c.head_dim;
   const int64_t kv_width = c.n_head_kv * c.head_dim;
-  x_.resize(b * c.n_embd);
-  xn_.resize(b * c.n_embd);
-  q_.resize(b * q_width);
-  k_.resize(b * kv_width);
-  v_.resize(b * kv_width);
-  if (!model_.weights.layers.empty() && model_.weights.layers[0].fused_qkv()) {
-    qkv_.resize(b * (q_width + 2 * kv_width));
+  absl::Status s;
+  s.Update(place(mw.token_embd, &w_.token_embd));
+  s.Update(place(mw.output, &w_.output));
+  s.Update(place_vec(mw.output_norm, d, &w_.output_norm));
+  s.Update(place_vec(mw.output_norm_b, d, &w_.output_norm_b));
+  for (size_t l = 0; l < mw.layers.size(); ++l) {
+    const LayerWeights& a = mw.layers[l];
+    LayerWeights& b = w_.layers[l];
+    s.Update(place_vec(a.attn_norm, d, &b.attn_norm));
+    s.Update(place_vec(a.attn_norm_b, d, &b.attn_norm_b));
+    for (auto [from, to] : {std::pair{&a.wq, &b.wq}, {&a.wk, &b.wk}, {&a.wv, &b.wv}, {&a.wqkv, &b.wqkv},
+                            {&a.wo, &b.wo}, {&a.w_gate, &b.w_gate}, {&a.w_up, &b.w_up},
+                            {&a.w_down, &b.w_down}}) {
+      s.Update(place(*from, to));
+    }
+    s.Update(place_vec(a.bq, q_width, &b.bq));
+    s.Update(place_vec(a.bk, kv_width, &b.bk));
+    s.Update(place_vec(a.bv, kv_width, &b.bv));
+    s.Update(place_vec(a.bqkv, q_width + 2 * kv_width, &b.bqkv));
+    s.Update(place_vec(a.bo, d, &b.bo));
+    s.Update(place_vec(a.ffn_norm, d, &b.ffn_norm));
+    s.Update(place_vec(a.ffn_norm_b, d, &b.ffn_norm_b));
+    s.Update(place_vec(a.b_up, c.n_ff, &b.b_up));
+    s.Update(place_vec(a.b_down, d, &b.b_down));
+    if (!s.ok()) return s;
   }
-  attn_.resize(b * q_width);
-  ffn_a_.resize(b * c.n_ff);
-  ffn_b_.resize(b * c.n_ff);
-  rope_cs_.resize(b * rope_.rope_dims);
+  if (!s.ok()) return s;
+
+  // Activations.
+  const int64_t b = max_batch_;
+  auto alloc = [&](BackendBuffer* buf, int64_t bytes) {
+    if (!s.ok()) return;
+    absl::StatusOr<BackendBuffer> r = backend_.Allocate(static_cast<size_t>(bytes));
+    if (r.ok()) {
+      *buf = *std::move(r);
+    } else {
+      s = r.status();
+    }
+  };
+  const int64_t f = sizeof(float);
+  if (c.position == PositionType::kAlibi) {
+    std::vector<float> slopes(c.n_head);
+    AlibiSlopes(c.n_head, c.alibi_bias_max, slopes.data());
+    alloc(&alibi_slopes_, c.n_head * f);
+    if (s.ok()) backend_.CopyIn(alibi_slopes_.data(), slopes.data(), c.n_head * f);
+  }
+  alloc(&x_, b * d * f);
+  alloc(&xn_, b * d * f);
+  alloc(&q_, b * q_width * f);
+  alloc(&k_, b * kv_width * f);
+  alloc(&v_, b * kv_width * f);
+  if (!mw.layers.empty() && mw.layers[0].fused_qkv()) alloc(&qkv_, b * (q_width + 2 * kv_width) * f);
+  alloc(&attn_, b * q_width * f);
+  alloc(&ffn_a_, b * c.n_ff * f);
+  alloc(&ffn_b_, b * c.n_ff * f);
+  alloc(&rope_table_, static_cast<int64_t>(backend_.RopeTableBytes(rope_, b)));
+  alloc(&pos_dev_, b * static_cast<int64_t>(sizeof(int64_t)));
   pos_.resize(b);
+  return s;
 }
 
 absl::Status ModelRunner::Forward(absl::Span<const int32_t> tokens, KvCache& cache,
                                   LogitsMode mode, std::vector<float>* logits,
                                   const AttentionSetup& setup) {
   const ModelConfig& c = model_.config;
+  if (!init_.ok()) return init_;
   if (tokens.empty()) return absl::InvalidArgumentError("no tokens to run");
   for (size_t i = 0; i < tokens.size(); ++i) {
     if (tokens[i] < 0 || tokens[i] >= c.n_vocab) {
@@ -69,8 +133,14 @@ absl::Status ModelRunner::Forward(absl::Span<const int32_t> tokens, KvCache& cac
       c.position == PositionType::kRope) {
     return absl::InvalidArgumentError("relative-position variants need a cache of raw keys");
   }
+  if (&cache.backend() != &backend_) {
+    return absl::InvalidArgumentError(absl::StrCat("the KV cache lives on backend ", cache.backend().Name(),
+                                                   ", this model runs on ", backend_.Name()));
+  }
   setup_ = setup;
-  cache.Reserve(cache.size() + static_cast<int64_t>(tokens.size()));
+  if (absl::Status s = cache.Reserve(cache.size() + static_cast<int64_t>(tokens.size())); !s.ok()) {
+    return s;
+  }
   const int64_t n_total = static_cast<int64_t>(tokens.size());
   if (logits) {
     logits->assign(mode == LogitsMode::kAll ? n_total * c.n_vocab
@@ -85,168 +155,146 @@ absl::Status ModelRunner::Forward(absl::Span<const int32_t> tokens, KvCache& cac
     float* out = nullptr;
     if (want) out = mode == LogitsMode::kAll ? logits->data() + start * c.n_vocab : logits->data();
     RunBatch(tokens.subspan(start, n), cache, want, mode == LogitsMode::kAll, out);
+    if (absl::Status s = backend_.status(); !s.ok()) return s;
   }
-  return absl::OkStatus();
+  return backend_.status();
 }
 
 void ModelRunner::Linear(const WeightView& w, const float* bias, const float* x, int64_t n,
                          float* out) {
-  cpu::MatMul(w, x, n, out, pool_);
-  if (bias) {
-    for (int64_t i = 0; i < n; ++i) cpu::Add(bias, w.rows, out + i * w.rows);
-  }
+  const MatMulTarget target{w, out};
+  backend_.MatMul(&target, 1, x, n);
+  if (bias) backend_.AddRows(bias, w.rows, n, out);
 }
 
 void ModelRunner::Linears(std::initializer_list<LinearOut> outs, const float* x, int64_t n) {
-  cpu::MatMulTarget targets[4];
+  MatMulTarget targets[4];
   int count = 0;
-  for (const LinearOut& o : outs) targets[count++] = cpu::MatMulTarget{o.w, o.out};
-  cpu::MatMulShared(targets, count, x, n, pool_);
+  for (const LinearOut& o : outs) targets[count++] = MatMulTarget{o.w, o.out};
+  backend_.MatMul(targets, count, x, n);
   for (const LinearOut& o : outs) {
-    if (!o.bias) continue;
-    for (int64_t i = 0; i < n; ++i) cpu::Add(o.bias, o.w.rows, o.out + i * o.w.rows);
+    if (o.bias) backend_.AddRows(o.bias, o.w.rows, n, o.out);
   }
 }
 
 void ModelRunner::Norm(const float* w, const float* b, const float* x, int64_t n, float* out) {
   const ModelConfig& c = model_.config;
-  const int64_t d = c.n_embd;
-  pool_.ParallelFor(n, 1, [&](int, int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      if (c.norm == NormType::kRms) {
-        cpu::RmsNorm(x + i * d, w, c.norm_eps, d, out + i * d);
-      } else {
-        cpu::LayerNorm(x + i * d, w, b, c.norm_eps, d, out + i * d);
-      }
-    }
-  });
+  backend_.Norm(c.norm == NormType::kRms ? NormKind::kRms : NormKind::kLayer, w, b, c.norm_eps, x, n,
+                c.n_embd, out);
 }
 
 void ModelRunner::RunBatch(absl::Span<const int32_t> tokens, KvCache& cache, bool want_logits,
                            bool all_logits, float* logits) {
   const ModelConfig& c = model_.config;
-  const ModelWeights& w = model_.weights;
   const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t d = c.n_embd;
   const int64_t first = cache.size();
 
-  // Embedding lookup: dequantize one row per token.
-  pool_.ParallelFor(n, 1, [&](int, int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      cpu::DequantizeRow(w.token_embd.type, w.token_embd.row(tokens[i]), x_.data() + i * d, d);
-    }
-  });
+  backend_.Embed(w_.token_embd, tokens.data(), n, x_.f32());
   for (int64_t i = 0; i < n; ++i) pos_[i] = cache.pos0() + first + i;
+  backend_.CopyIn(pos_dev_.data(), pos_.data(), n * sizeof(int64_t));
   if (c.position == PositionType::kRope && setup_.keys == KeyEncoding::kRotated) {
     // Raw-key setups rotate inside attention instead.
-    for (int64_t i = 0; i < n; ++i) {
-      cpu::RopeCosSin(rope_, static_cast<double>(pos_[i]), rope_cs_.data() + i * rope_.rope_dims);
-    }
+    backend_.RopePrepare(rope_, pos_.data(), n, rope_table_.data());
   }
 
-  for (int64_t l = 0; l < c.n_layer; ++l) Layer(l, n, cache, pos_.data());
+  for (int64_t l = 0; l < c.n_layer; ++l) Layer(l, n, cache);
   cache.Commit(n);
 
   if (!want_logits) return;
   const int64_t rows = all_logits ? n : 1;
-  const float* src = x_.data() + (all_logits ? 0 : (n - 1) * d);
-  Norm(w.output_norm, w.output_norm_b, src, rows, xn_.data());
-  cpu::MatMul(w.output, xn_.data(), rows, logits, pool_);
+  const float* src = x_.f32() + (all_logits ? 0 : (n - 1) * d);
+  Norm(w_.output_norm, w_.output_norm_b, src, rows, xn_.f32());
+  const size_t bytes = static_cast<size_t>(rows * c.n_vocab) * sizeof(float);
+  if (backend_.HostAddressable()) {
+    Linear(w_.output, nullptr, xn_.f32(), rows, logits);
+    return;
+  }
+  if (logits_.bytes() < bytes) {
+    absl::StatusOr<BackendBuffer> buf = backend_.Allocate(static_cast<size_t>(max_batch_ * c.n_vocab) * sizeof(float));
+    if (!buf.ok()) return;  // the backend's status says why
+    logits_ = *std::move(buf);
+  }
+  Linear(w_.output, nullptr, xn_.f32(), rows, logits_.f32());
+  backend_.CopyOut(logits, logits_.data(), bytes);
 }
 
-void ModelRunner::Layer(int64_t l, int64_t n, KvCache& cache, const int64_t* pos) {
+void ModelRunner::Layer(int64_t l, int64_t n, KvCache& cache) {
   const ModelConfig& c = model_.config;
-  const LayerWeights& lw = model_.weights.layers[l];
+  const LayerWeights& lw = w_.layers[l];
   const int64_t d = c.n_embd;
   const int64_t hd = c.head_dim;
   const int64_t q_width = c.n_head * hd;
   const int64_t kv_width = c.n_head_kv * hd;
   const int64_t first = cache.size();
+  constexpr size_t f = sizeof(float);
 
   // --- attention block ---
-  Norm(lw.attn_norm, lw.attn_norm_b, x_.data(), n, xn_.data());
+  Norm(lw.attn_norm, lw.attn_norm_b, x_.f32(), n, xn_.f32());
   if (lw.fused_qkv()) {
     const int64_t width = q_width + 2 * kv_width;
-    Linear(lw.wqkv, lw.bqkv, xn_.data(), n, qkv_.data());
-    for (int64_t i = 0; i < n; ++i) {
-      const float* row = qkv_.data() + i * width;
-      std::memcpy(q_.data() + i * q_width, row, q_width * sizeof(float));
-      std::memcpy(k_.data() + i * kv_width, row + q_width, kv_width * sizeof(float));
-      std::memcpy(v_.data() + i * kv_width, row + q_width + kv_width, kv_width * sizeof(float));
-    }
+    Linear(lw.wqkv, lw.bqkv, xn_.f32(), n, qkv_.f32());
+    const float* row = qkv_.f32();
+    backend_.Copy2D(q_.data(), q_width * f, row, width * f, q_width * f, n);
+    backend_.Copy2D(k_.data(), kv_width * f, row + q_width, width * f, kv_width * f, n);
+    backend_.Copy2D(v_.data(), kv_width * f, row + q_width + kv_width, width * f, kv_width * f, n);
   } else {
-    Linears({{lw.wq, lw.bq, q_.data()}, {lw.wk, lw.bk, k_.data()}, {lw.wv, lw.bv, v_.data()}},
-            xn_.data(), n);
+    Linears({{lw.wq, lw.bq, q_.f32()}, {lw.wk, lw.bk, k_.f32()}, {lw.wv, lw.bv, v_.f32()}}, xn_.f32(), n);
   }
   if (c.clamp_kqv > 0) {
-    auto clamp = [&](std::vector<float>& buf, int64_t count) {
-      for (int64_t i = 0; i < count; ++i) buf[i] = std::clamp(buf[i], -c.clamp_kqv, c.clamp_kqv);
-    };
-    clamp(q_, n * q_width);
-    clamp(k_, n * kv_width);
-    clamp(v_, n * kv_width);
+    backend_.Clamp(q_.f32(), n * q_width, c.clamp_kqv);
+    backend_.Clamp(k_.f32(), n * kv_width, c.clamp_kqv);
+    backend_.Clamp(v_.f32(), n * kv_width, c.clamp_kqv);
   }
   if (c.position == PositionType::kRope && setup_.keys == KeyEncoding::kRotated) {
-    pool_.ParallelFor(n, 1, [&](int, int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const float* cs = rope_cs_.data() + i * rope_.rope_dims;
-        cpu::RopeApply(rope_, cs, c.n_head, q_.data() + i * q_width);
-        cpu::RopeApply(rope_, cs, c.n_head_kv, k_.data() + i * kv_width);
-      }
-    });
+    backend_.Rope(rope_, rope_table_.data(), n, c.n_head, q_.f32());
+    backend_.Rope(rope_, rope_table_.data(), n, c.n_head_kv, k_.f32());
   }
   // Append K/V to the cache: [n][n_head_kv][hd] -> [n_head_kv][capacity][hd].
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t h = 0; h < c.n_head_kv; ++h) {
-      std::memcpy(cache.k_row(l, h, first + i), k_.data() + i * kv_width + h * hd, hd * sizeof(float));
-      std::memcpy(cache.v_row(l, h, first + i), v_.data() + i * kv_width + h * hd, hd * sizeof(float));
-    }
+  for (int64_t h = 0; h < c.n_head_kv; ++h) {
+    backend_.Copy2D(cache.k_row(l, h, first), hd * f, k_.f32() + h * hd, kv_width * f, hd * f, n);
+    backend_.Copy2D(cache.v_row(l, h, first), hd * f, v_.f32() + h * hd, kv_width * f, hd * f, n);
   }
   AttentionParams ap;
-  ap.q = q_.data();
+  ap.q = q_.f32();
   ap.k = cache.k(l);
   ap.v = cache.v(l);
-  ap.out = attn_.data();
+  ap.out = attn_.f32();
   ap.n_q = n;
   ap.n_kv = first + n;
   ap.kv_stride = cache.capacity();
   ap.kv_pos0 = cache.pos0();
-  ap.q_pos = pos;
+  ap.q_pos = static_cast<const int64_t*>(pos_dev_.data());
   ap.n_head = c.n_head;
   ap.n_head_kv = c.n_head_kv;
   ap.head_dim = hd;
   ap.scale = 1.0f / std::sqrt(static_cast<float>(hd));
   if (c.position == PositionType::kAlibi) {
     ap.mode = AttentionPositionMode::kAlibi;
-    ap.alibi_slopes = alibi_slopes_.data();
+    ap.alibi_slopes = alibi_slopes_.f32();
   } else if (setup_.keys == KeyEncoding::kRaw) {
     ap.mode = AttentionPositionMode::kRopeRaw;
   }
   ap.rel = setup_.rel;
   ap.rope = rope_;
   ap.logn_train_length = setup_.logn_train_length;
-  cpu::Attention(ap, pool_);
+  backend_.Attention(ap);
   // Output projection into xn (free now), then the residual add.
-  Linear(lw.wo, lw.bo, attn_.data(), n, xn_.data());
-  cpu::Add(xn_.data(), n * d, x_.data());
+  Linear(lw.wo, lw.bo, attn_.f32(), n, xn_.f32());
+  backend_.Add(xn_.f32(), n * d, x_.f32());
 
   // --- feed-forward block ---
-  Norm(lw.ffn_norm, lw.ffn_norm_b, x_.data(), n, xn_.data());
+  Norm(lw.ffn_norm, lw.ffn_norm_b, x_.f32(), n, xn_.f32());
   const int64_t ff = c.n_ff;
   if (c.ffn == FfnType::kSwiGlu) {
-    Linears({{lw.w_gate, nullptr, ffn_a_.data()}, {lw.w_up, lw.b_up, ffn_b_.data()}},
-            xn_.data(), n);
-    pool_.ParallelFor(n, 1, [&](int, int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        cpu::SwiGlu(ffn_a_.data() + i * ff, ffn_b_.data() + i * ff, ff, ffn_a_.data() + i * ff);
-      }
-    });
+    Linears({{lw.w_gate, nullptr, ffn_a_.f32()}, {lw.w_up, lw.b_up, ffn_b_.f32()}}, xn_.f32(), n);
+    backend_.SwiGlu(ffn_a_.f32(), ffn_b_.f32(), n, ff, ffn_a_.f32());
   } else {
-    Linear(lw.w_up, lw.b_up, xn_.data(), n, ffn_b_.data());
-    cpu::Gelu(ffn_b_.data(), n * ff, ffn_a_.data());
+    Linear(lw.w_up, lw.b_up, xn_.f32(), n, ffn_b_.f32());
+    backend_.Gelu(ffn_b_.f32(), n * ff, ffn_a_.f32());
   }
-  Linear(lw.w_down, lw.b_down, ffn_a_.data(), n, xn_.data());
-  cpu::Add(xn_.data(), n * d, x_.data());
+  Linear(lw.w_down, lw.b_down, ffn_a_.f32(), n, xn_.f32());
+  backend_.Add(xn_.f32(), n * d, x_.f32());
 }
 
 }  // namespace mesa

@@ -17,4 +17,5 @@ target_link_libraries(mesa_engine_ref PUBLIC mesa_engine)
 if(MESA_BUILD_TESTS)
   mesa_test(mesa_phases_test ${CMAKE_CURRENT_LIST_DIR}/mesa_phases_test.cc
             LIBS mesa_engine_ref mesa_testing)
+  mesa_test(backend_seam_test ${CMAKE_CURRENT_LIST_DIR}/backend_seam_test.cc LIBS mesa_engine mesa_testing)
 endif()

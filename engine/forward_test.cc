@@ -9,7 +9,7 @@
 #include <cstring>
 #include <filesystem>
 
-#include "common/thread_pool.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "engine/generate.h"
 #include "engine/model_loader.h"
 #include "gtest/gtest.h"
@@ -39,8 +39,8 @@ const std::vector<int32_t> kTokens = {1, 403, 407, 261, 378, 29, 261, 322, 439, 
 
 TEST(ForwardTest, PrefillEqualsDecodeStepByStep) {
   LOAD_OR_SKIP(model, "stories260K-f32.gguf");
-  ThreadPool pool(2);
-  ModelRunner runner(model, pool);
+  CpuBackend backend(2);
+  ModelRunner runner(model, backend);
   const int64_t v = model.config.n_vocab;
   KvCache batch_cache = runner.NewCache(kTokens.size());
   std::vector<float> all;
@@ -60,15 +60,15 @@ TEST(ForwardTest, MicroBatchAndThreadsDoNotChangeLogits) {
   LOAD_OR_SKIP(model, "stories260K-f32.gguf");
   std::vector<float> want;
   {
-    ThreadPool pool(1);
-    ModelRunner runner(model, pool);
+    CpuBackend backend(1);
+    ModelRunner runner(model, backend);
     KvCache cache = runner.NewCache(kTokens.size());
     ASSERT_TRUE(runner.Forward(kTokens, cache, LogitsMode::kAll, &want).ok());
   }
   for (int threads : {2, 3}) {
     for (int64_t mb : {1, 3, 7, 512}) {
-      ThreadPool pool(threads);
-      ModelRunner runner(model, pool, mb);
+      CpuBackend backend(threads);
+      ModelRunner runner(model, backend, mb);
       KvCache cache = runner.NewCache(kTokens.size());
       std::vector<float> got;
       ASSERT_TRUE(runner.Forward(kTokens, cache, LogitsMode::kAll, &got).ok());
@@ -88,9 +88,9 @@ TEST(ForwardTest, HuggingFaceDirectoryAndGgufOfTheSameModelAgree) {
   auto ids_hf = hf.tokenizer->Encode(text, {});
   ASSERT_TRUE(ids_gguf.ok() && ids_hf.ok());
   ASSERT_EQ(*ids_gguf, *ids_hf);
-  ThreadPool pool(2);
+  CpuBackend backend(2);
   std::vector<float> a, b;
-  ModelRunner ra(gguf, pool), rb(hf, pool);
+  ModelRunner ra(gguf, backend), rb(hf, backend);
   KvCache ca = ra.NewCache(ids_gguf->size()), cb = rb.NewCache(ids_hf->size());
   ASSERT_TRUE(ra.Forward(*ids_gguf, ca, LogitsMode::kAll, &a).ok());
   ASSERT_TRUE(rb.Forward(*ids_hf, cb, LogitsMode::kAll, &b).ok());
@@ -112,9 +112,9 @@ TEST(ForwardTest, OwnAndMappedWeightsGiveIdenticalLogits) {
   EXPECT_TRUE((*own)->weights_in_own_memory);
   EXPECT_FALSE((*mapped)->weights_in_own_memory);
   EXPECT_NE((*own)->weights.layers[0].wq.data, (*mapped)->weights.layers[0].wq.data);
-  ThreadPool pool(2);
+  CpuBackend backend(2);
   std::vector<float> a, b;
-  ModelRunner ra(**own, pool), rb(**mapped, pool);
+  ModelRunner ra(**own, backend), rb(**mapped, backend);
   KvCache ca = ra.NewCache(kTokens.size()), cb = rb.NewCache(kTokens.size());
   ASSERT_TRUE(ra.Forward(kTokens, ca, LogitsMode::kAll, &a).ok());
   ASSERT_TRUE(rb.Forward(kTokens, cb, LogitsMode::kAll, &b).ok());
@@ -124,8 +124,8 @@ TEST(ForwardTest, OwnAndMappedWeightsGiveIdenticalLogits) {
 
 TEST(ForwardTest, RejectsTokensOutsideVocabulary) {
   LOAD_OR_SKIP(model, "stories260K-f32.gguf");
-  ThreadPool pool(1);
-  ModelRunner runner(model, pool);
+  CpuBackend backend(1);
+  ModelRunner runner(model, backend);
   KvCache cache = runner.NewCache(2);
   std::vector<int32_t> bad = {1, 512};
   auto st = runner.Forward(bad, cache, LogitsMode::kLast, nullptr);
@@ -138,8 +138,8 @@ TEST(ForwardTest, GreedyStoryMatchesKnownContinuation) {
   ASSERT_NE(model.tokenizer, nullptr);
   auto prompt = model.tokenizer->Encode("Once upon a time", {});
   ASSERT_TRUE(prompt.ok()) << prompt.status();
-  ThreadPool pool(2);
-  ModelRunner runner(model, pool);
+  CpuBackend backend(2);
+  ModelRunner runner(model, backend);
   GenerateOptions opts;
   opts.max_new_tokens = 40;
   auto r = Generate(runner, *prompt, opts);

@@ -56,7 +56,8 @@ absl::StatusOr<GenerateResult> GenerateWith(const PrefillFn& prefill, const Step
 absl::StatusOr<GenerateResult> Generate(ModelRunner& runner, absl::Span<const int32_t> prompt,
                                         const GenerateOptions& options) {
   if (prompt.empty()) return absl::InvalidArgumentError("the prompt has no tokens");
-  KvCache cache = runner.NewCache(InitialCacheTokens(static_cast<int64_t>(prompt.size()), options.max_new_tokens));
+  MESA_ASSIGN_OR_RETURN(KvCache cache,
+                        runner.MakeCache(InitialCacheTokens(static_cast<int64_t>(prompt.size()), options.max_new_tokens)));
   return GenerateWith(
       [&](std::vector<float>* logits) {
         return runner.Forward(prompt, cache, LogitsMode::kLast, logits);

@@ -2,6 +2,9 @@
 // Layout per layer: K and V are [n_head_kv][capacity][head_dim] f32, so the keys of a
 // kv head are contiguous (attention streams them). Row j holds the token at global
 // position pos0() + j.
+// The memory belongs to a backend (kernels/backend.h): host memory for the CPU (the
+// default), device memory for a GPU. Pointers from k()/v()/k_row()/v_row() are backend
+// memory; the host may dereference them only when on_host().
 // Keys are stored rotated (RoPE applied at their own position: ordinary attention) or
 // raw (pre-rotation: Mesa's Stair PE applies relative positions at attention time).
 // Not thread-safe; copies are explicit (Copy()) because caches are large.
@@ -9,9 +12,10 @@
 
 #include <cstdint>
 #include <memory>
-#include <vector>
-
 #include "engine/model_config.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/backend.h"
 
 namespace mesa {
 
@@ -29,10 +33,14 @@ inline int64_t InitialCacheTokens(int64_t prompt_tokens, int64_t max_new_tokens)
 
 class KvCache {
  public:
+  // Allocates zero-filled memory of `backend` (null: host memory); aborts when the
+  // backend cannot (Make reports it as a status instead).
   KvCache(int64_t n_layer, int64_t n_head_kv, int64_t head_dim, int64_t capacity,
-          KeyEncoding encoding = KeyEncoding::kRotated);
+          KeyEncoding encoding = KeyEncoding::kRotated, Backend* backend = nullptr);
   static KvCache ForModel(const ModelConfig& config, int64_t capacity,
-                          KeyEncoding encoding = KeyEncoding::kRotated);
+                          KeyEncoding encoding = KeyEncoding::kRotated, Backend* backend = nullptr);
+  static absl::StatusOr<KvCache> Make(const ModelConfig& config, int64_t capacity,
+                                      KeyEncoding encoding, Backend& backend);
   KvCache(KvCache&&) = default;
   KvCache& operator=(KvCache&&) = default;
   KvCache(const KvCache&) = delete;
@@ -47,29 +55,34 @@ class KvCache {
   int64_t pos0() const { return pos0_; }
   void set_pos0(int64_t p) { pos0_ = p; }
   KeyEncoding encoding() const { return encoding_; }
-  size_t bytes() const { return (k_.size() + v_.size()) * sizeof(float); }
+  size_t bytes() const { return k_.bytes() + v_.bytes(); }
+  Backend& backend() const { return *backend_; }
+  bool on_host() const { return backend_->HostAddressable(); }
 
-  float* k(int64_t layer) { return k_.data() + layer * LayerFloats(); }
-  float* v(int64_t layer) { return v_.data() + layer * LayerFloats(); }
-  const float* k(int64_t layer) const { return k_.data() + layer * LayerFloats(); }
-  const float* v(int64_t layer) const { return v_.data() + layer * LayerFloats(); }
+  float* k(int64_t layer) { return k_.f32() + layer * LayerFloats(); }
+  float* v(int64_t layer) { return v_.f32() + layer * LayerFloats(); }
+  const float* k(int64_t layer) const { return k_.f32() + layer * LayerFloats(); }
+  const float* v(int64_t layer) const { return v_.f32() + layer * LayerFloats(); }
   // Row of token j (0-based within the cache) of kv head h in layer l.
   float* k_row(int64_t l, int64_t h, int64_t j) { return k(l) + (h * capacity_ + j) * head_dim_; }
   float* v_row(int64_t l, int64_t h, int64_t j) { return v(l) + (h * capacity_ + j) * head_dim_; }
 
   // Grows capacity to at least `n` tokens (keeps contents).
-  void Reserve(int64_t n);
+  absl::Status Reserve(int64_t n);
   // Marks `n` more rows as filled (after the forward pass wrote them).
   void Commit(int64_t n) { size_ += n; }
   void Truncate(int64_t n) { if (n < size_) size_ = n; }
 
  private:
+  KvCache(int64_t n_layer, int64_t n_head_kv, int64_t head_dim, int64_t capacity,
+          KeyEncoding encoding, Backend* backend, bool /*no allocation*/);
   int64_t LayerFloats() const { return n_head_kv_ * capacity_ * head_dim_; }
   int64_t n_layer_, n_head_kv_, head_dim_, capacity_;
   int64_t size_ = 0;
   int64_t pos0_ = 0;
   KeyEncoding encoding_;
-  std::vector<float> k_, v_;
+  Backend* backend_;
+  BackendBuffer k_, v_;
 };
 
 }  // namespace mesa

@@ -11,8 +11,8 @@ namespace mesa {
 
 class LongContextRunner::Impl {
  public:
-  Impl(const Model& model, ThreadPool& pool, LongContextOptions options)
-      : model_(model), pool_(pool), options_(std::move(options)), runner_(model, pool) {}
+  Impl(const Model& model, Backend& backend, LongContextOptions options)
+      : model_(model), backend_(backend), options_(std::move(options)), runner_(model, backend) {}
 
   absl::StatusOr<PrefillInfo> Prefill(absl::Span<const int32_t> prompt, int64_t max_new,
                                       LogitsMode mode, std::vector<float>* logits);
@@ -27,7 +27,7 @@ class LongContextRunner::Impl {
                             std::vector<float>* logits);
 
   const Model& model_;
-  ThreadPool& pool_;
+  Backend& backend_;
   LongContextOptions options_;
   ModelRunner runner_;
   // After Prefill: either a whole-sequence cache (full, self-extend, rerope, or mesa
@@ -42,7 +42,10 @@ absl::Status LongContextRunner::Impl::PrefillWhole(absl::Span<const int32_t> pro
                                                    int64_t max_new, const AttentionSetup& setup,
                                                    LogitsMode mode, std::vector<float>* logits) {
   setup_ = setup;
-  cache_.emplace(runner_.NewCache(InitialCacheTokens(static_cast<int64_t>(prompt.size()), max_new), setup.keys));
+  cache_.reset();
+  MESA_ASSIGN_OR_RETURN(KvCache cache,
+                        runner_.MakeCache(InitialCacheTokens(static_cast<int64_t>(prompt.size()), max_new), setup.keys));
+  cache_.emplace(std::move(cache));
   return runner_.Forward(prompt, *cache_, mode, logits, setup_);
 }
 
@@ -50,7 +53,7 @@ absl::StatusOr<PrefillInfo> LongContextRunner::Impl::PrefillMesa(absl::Span<cons
                                                                  const MesaPlan& plan,
                                                                  LogitsMode mode,
                                                                  std::vector<float>* logits) {
-  phases_ = std::make_unique<MesaPhases>(model_, pool_, plan);
+  phases_ = std::make_unique<MesaPhases>(model_, backend_, plan);
   const bool all = mode == LogitsMode::kAll && logits;
   const int64_t v = model_.config.n_vocab;
   if (all) logits->clear();
@@ -60,7 +63,7 @@ absl::StatusOr<PrefillInfo> LongContextRunner::Impl::PrefillMesa(absl::Span<cons
   if (all) logits->insert(logits->end(), part.begin(), part.end());
   // Each middle chunk's K/V goes into the final cache as soon as it is computed, so
   // the prompt's K/V is held once.
-  MesaState state = phases_->StartFinal(anchor, InitialCacheTokens(plan.n, plan.max_new_tokens));
+  MESA_ASSIGN_OR_RETURN(MesaState state, phases_->StartFinal(anchor, InitialCacheTokens(plan.n, plan.max_new_tokens)));
   for (const TokenRange& r : plan.middle) {
     MESA_ASSIGN_OR_RETURN(ChunkKv kv, phases_->RunMiddle(anchor, tokens(r), r, all ? &part : nullptr));
     if (all) logits->insert(logits->end(), part.begin(), part.end());
@@ -165,9 +168,9 @@ absl::Status LongContextRunner::Impl::DecodeStep(int32_t token, std::vector<floa
   return runner_.Forward({&token, 1}, *cache_, LogitsMode::kLast, logits, setup_);
 }
 
-LongContextRunner::LongContextRunner(const Model& model, ThreadPool& pool,
+LongContextRunner::LongContextRunner(const Model& model, Backend& backend,
                                      LongContextOptions options)
-    : impl_(std::make_unique<Impl>(model, pool, std::move(options))) {}
+    : impl_(std::make_unique<Impl>(model, backend, std::move(options))) {}
 LongContextRunner::~LongContextRunner() = default;
 
 absl::StatusOr<PrefillInfo> LongContextRunner::Prefill(absl::Span<const int32_t> prompt,

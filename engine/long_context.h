@@ -55,7 +55,7 @@ absl::StatusOr<MesaPlan> PlanFor(const Model& model, const LongContextOptions& o
 
 class LongContextRunner {
  public:
-  LongContextRunner(const Model& model, ThreadPool& pool, LongContextOptions options);
+  LongContextRunner(const Model& model, Backend& backend, LongContextOptions options);
   ~LongContextRunner();
 
   // Runs the whole prompt and leaves the state ready for DecodeStep. `max_new_tokens`

@@ -67,8 +67,8 @@ absl::StatusOr<ChunkKv> ChunkKv::Deserialize(absl::Span<const uint8_t> bytes) {
   return kv;
 }
 
-MesaPhases::MesaPhases(const Model& model, ThreadPool& pool, const MesaPlan& plan)
-    : model_(model), plan_(plan), runner_(model, pool) {}
+MesaPhases::MesaPhases(const Model& model, Backend& backend, const MesaPlan& plan)
+    : model_(model), plan_(plan), runner_(model, backend) {}
 
 AttentionSetup MesaPhases::StairSetup(const MesaPlan& plan) {
   AttentionSetup s;
@@ -93,30 +93,32 @@ ChunkKv MesaPhases::Extract(const KvCache& cache, int64_t first_row, TokenRange 
     for (int64_t h = 0; h < kv.n_head_kv; ++h) {
       const int64_t dst = ((l * kv.n_head_kv + h) * t) * hd;
       const int64_t src = ((h * cache.capacity()) + first_row) * hd;
-      std::memcpy(kv.k.data() + dst, cache.k(l) + src, t * hd * sizeof(float));
-      std::memcpy(kv.v.data() + dst, cache.v(l) + src, t * hd * sizeof(float));
+      cache.backend().CopyOut(kv.k.data() + dst, cache.k(l) + src, t * hd * sizeof(float));
+      cache.backend().CopyOut(kv.v.data() + dst, cache.v(l) + src, t * hd * sizeof(float));
     }
   }
   return kv;
 }
 
-void MesaPhases::Append(const ChunkKv& kv, KvCache& cache) const {
+absl::Status MesaPhases::Append(const ChunkKv& kv, KvCache& cache) const {
   const int64_t t = kv.tokens(), hd = kv.head_dim, first = cache.size();
-  cache.Reserve(first + t);
+  MESA_RETURN_IF_ERROR(cache.Reserve(first + t));
   for (int64_t l = 0; l < kv.n_layer; ++l) {
     for (int64_t h = 0; h < kv.n_head_kv; ++h) {
       const int64_t src = ((l * kv.n_head_kv + h) * t) * hd;
-      std::memcpy(cache.k_row(l, h, first), kv.k.data() + src, t * hd * sizeof(float));
-      std::memcpy(cache.v_row(l, h, first), kv.v.data() + src, t * hd * sizeof(float));
+      cache.backend().CopyIn(cache.k_row(l, h, first), kv.k.data() + src, t * hd * sizeof(float));
+      cache.backend().CopyIn(cache.v_row(l, h, first), kv.v.data() + src, t * hd * sizeof(float));
     }
   }
   cache.Commit(t);
+  return cache.backend().status();
 }
 
 absl::StatusOr<ChunkKv> MesaPhases::RunAnchor(absl::Span<const int32_t> anchor_tokens,
                                               std::vector<float>* logits) {
   if (anchor_tokens.empty()) return absl::InvalidArgumentError("the anchor is empty");
-  KvCache cache = runner_.NewCache(static_cast<int64_t>(anchor_tokens.size()), KeyEncoding::kRaw);
+  MESA_ASSIGN_OR_RETURN(KvCache cache,
+                        runner_.MakeCache(static_cast<int64_t>(anchor_tokens.size()), KeyEncoding::kRaw));
   MESA_RETURN_IF_ERROR(runner_.Forward(anchor_tokens, cache,
                                        logits ? LogitsMode::kAll : LogitsMode::kNone, logits,
                                        ExactRaw()));
@@ -135,18 +137,19 @@ absl::StatusOr<ChunkKv> MesaPhases::RunMiddle(const ChunkKv& anchor,
     return absl::InvalidArgumentError("the anchor K/V does not belong to this model's anchor");
   }
   // [anchor, chunk] with positions restarting: anchor at 0..F-1, chunk at F..F+W-1.
-  KvCache cache = runner_.NewCache(anchor.tokens() + global_range.size(), KeyEncoding::kRaw);
-  Append(anchor, cache);
+  MESA_ASSIGN_OR_RETURN(KvCache cache,
+                        runner_.MakeCache(anchor.tokens() + global_range.size(), KeyEncoding::kRaw));
+  MESA_RETURN_IF_ERROR(Append(anchor, cache));
   MESA_RETURN_IF_ERROR(runner_.Forward(chunk_tokens, cache,
                                        logits ? LogitsMode::kAll : LogitsMode::kNone, logits,
                                        ExactRaw()));
   return Extract(cache, anchor.tokens(), global_range);
 }
 
-MesaState MesaPhases::StartFinal(const ChunkKv& anchor, int64_t capacity) {
-  MesaState state{runner_.NewCache(std::max(capacity, anchor.tokens()), KeyEncoding::kRaw),
-                  StairSetup(plan_)};
-  Append(anchor, state.cache);
+absl::StatusOr<MesaState> MesaPhases::StartFinal(const ChunkKv& anchor, int64_t capacity) {
+  MESA_ASSIGN_OR_RETURN(KvCache cache, runner_.MakeCache(std::max(capacity, anchor.tokens()), KeyEncoding::kRaw));
+  MesaState state{std::move(cache), StairSetup(plan_)};
+  MESA_RETURN_IF_ERROR(Append(anchor, state.cache));
   return state;
 }
 
@@ -157,8 +160,7 @@ absl::Status MesaPhases::AddMiddle(MesaState& state, const ChunkKv& m) {
     return absl::InvalidArgumentError(absl::StrCat("middle chunk [", m.range.begin, ", ", m.range.end,
                                                    ") does not continue the prompt at ", expect));
   }
-  Append(m, state.cache);
-  return absl::OkStatus();
+  return Append(m, state.cache);
 }
 
 absl::Status MesaPhases::FinishFinal(MesaState& state, absl::Span<const int32_t> last_tokens,
@@ -173,8 +175,9 @@ absl::StatusOr<MesaState> MesaPhases::RunFinal(const ChunkKv& anchor,
                                                LogitsMode mode, std::vector<float>* logits) {
   int64_t total = anchor.tokens();
   for (const ChunkKv& m : middles) total += m.tokens();
-  MesaState state =
-      StartFinal(anchor, InitialCacheTokens(total + static_cast<int64_t>(last_tokens.size()), plan_.max_new_tokens));
+  MESA_ASSIGN_OR_RETURN(
+      MesaState state,
+      StartFinal(anchor, InitialCacheTokens(total + static_cast<int64_t>(last_tokens.size()), plan_.max_new_tokens)));
   for (const ChunkKv& m : middles) MESA_RETURN_IF_ERROR(AddMiddle(state, m));
   MESA_RETURN_IF_ERROR(FinishFinal(state, last_tokens, mode, logits));
   return state;

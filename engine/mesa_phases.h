@@ -47,7 +47,7 @@ struct MesaState {
 
 class MesaPhases {
  public:
-  MesaPhases(const Model& model, ThreadPool& pool, const MesaPlan& plan);
+  MesaPhases(const Model& model, Backend& backend, const MesaPlan& plan);
 
   // logits (optional): [tokens][n_vocab] of the phase's own tokens.
   absl::StatusOr<ChunkKv> RunAnchor(absl::Span<const int32_t> anchor_tokens,
@@ -61,7 +61,7 @@ class MesaPhases {
   // RunFinal in steps, so a caller that receives chunks one by one can lay each into
   // the final cache and drop it (peak memory: one copy of the prompt's K/V).
   // `capacity`: tokens to reserve (prompt + generation budget).
-  MesaState StartFinal(const ChunkKv& anchor, int64_t capacity);
+  absl::StatusOr<MesaState> StartFinal(const ChunkKv& anchor, int64_t capacity);
   absl::Status AddMiddle(MesaState& state, const ChunkKv& middle);
   absl::Status FinishFinal(MesaState& state, absl::Span<const int32_t> last_tokens,
                            LogitsMode mode, std::vector<float>* logits);
@@ -72,7 +72,7 @@ class MesaPhases {
 
  private:
   ChunkKv Extract(const KvCache& cache, int64_t first_row, TokenRange range) const;
-  void Append(const ChunkKv& kv, KvCache& cache) const;
+  absl::Status Append(const ChunkKv& kv, KvCache& cache) const;
 
   const Model& model_;
   MesaPlan plan_;

@@ -7,7 +7,7 @@
 #include <filesystem>
 #include <random>
 
-#include "common/thread_pool.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "engine/long_context.h"
 #include "engine/model_loader.h"
 #include "engine/reference_forward.h"
@@ -78,15 +78,15 @@ class MesaPhasesTest : public ::testing::TestWithParam<ModelCase> {};
 TEST_P(MesaPhasesTest, ShortInputEqualsBaseModelExactly) {
   auto model = Load(GetParam().spec, GetParam().name);
   ASSERT_NE(model, nullptr);
-  ThreadPool pool(2);
+  CpuBackend backend(2);
   auto tokens = RandomTokens(20, model->config.n_vocab, 1);
   std::vector<float> base, mesa_logits;
-  ModelRunner runner(*model, pool);
+  ModelRunner runner(*model, backend);
   KvCache cache = runner.NewCache(20);
   ASSERT_TRUE(runner.Forward(tokens, cache, LogitsMode::kAll, &base).ok());
   LongContextOptions o;
   o.mesa = ToyOptions();
-  LongContextRunner lc(*model, pool, o);
+  LongContextRunner lc(*model, backend, o);
   auto info = lc.Prefill(tokens, /*max_new_tokens=*/12, LogitsMode::kAll, &mesa_logits);
   ASSERT_TRUE(info.ok()) << info.status();
   EXPECT_FALSE(info->plan.chunked);
@@ -106,8 +106,8 @@ TEST_P(MesaPhasesTest, FastMatchesReferenceOnToyPlanWithDecode) {
     LongContextOptions o;
     o.mesa = ToyOptions();
     o.mesa.logn = logn;
-    ThreadPool pool(3);
-    LongContextRunner lc(*model, pool, o);
+    CpuBackend backend(3);
+    LongContextRunner lc(*model, backend, o);
     std::vector<float> fast, step;
     auto info = lc.Prefill(prompt, 3, LogitsMode::kAll, &fast);
     ASSERT_TRUE(info.ok()) << info.status();
@@ -139,8 +139,8 @@ TEST_P(MesaPhasesTest, StairWithEOneIsOrdinaryAttentionOverTheMesaCache) {
   auto plan = PlanMesa(45, 0, 32, mo);
   ASSERT_TRUE(plan.ok()) << plan.status();
   plan->stair_e = 1;
-  ThreadPool pool(2);
-  MesaPhases phases(*model, pool, *plan);
+  CpuBackend backend(2);
+  MesaPhases phases(*model, backend, *plan);
   auto slice = [&](TokenRange r) { return absl::MakeConstSpan(prompt).subspan(r.begin, r.size()); };
   auto anchor = phases.RunAnchor(slice(plan->anchor), nullptr);
   ASSERT_TRUE(anchor.ok());
@@ -164,8 +164,8 @@ TEST_P(MesaPhasesTest, MiddleChunksAreIndependentOfOrderWorkerAndProcess) {
   ASSERT_TRUE(plan.ok());
   ASSERT_GE(plan->middle.size(), 3u);
   auto slice = [&](TokenRange r) { return absl::MakeConstSpan(prompt).subspan(r.begin, r.size()); };
-  ThreadPool pool_a(1), pool_b(3);
-  MesaPhases a(*model, pool_a, *plan), b(*model, pool_b, *plan);
+  CpuBackend backend_a(1), backend_b(3);
+  MesaPhases a(*model, backend_a, *plan), b(*model, backend_b, *plan);
   auto anchor_a = a.RunAnchor(slice(plan->anchor), nullptr);
   auto anchor_b = b.RunAnchor(slice(plan->anchor), nullptr);
   ASSERT_TRUE(anchor_a.ok() && anchor_b.ok());
@@ -195,7 +195,7 @@ TEST_P(MesaPhasesTest, BaselinesMatchReference) {
   ASSERT_NE(model, nullptr);
   const int64_t v = model->config.n_vocab;
   auto tokens = RandomTokens(70, v, 5);
-  ThreadPool pool(2);
+  CpuBackend backend(2);
   struct Variant {
     AttentionMethod method;
     RelativePosition rel;
@@ -211,7 +211,7 @@ TEST_P(MesaPhasesTest, BaselinesMatchReference) {
     o.rerope_window = 12;
     o.se_window = 8;
     o.se_group = 4;
-    LongContextRunner lc(*model, pool, o);
+    LongContextRunner lc(*model, backend, o);
     std::vector<float> fast;
     auto info = lc.Prefill(tokens, 0, LogitsMode::kAll, &fast);
     ASSERT_TRUE(info.ok()) << info.status();

@@ -11,7 +11,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
-#include "common/thread_pool.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "engine/generate.h"
 #include "engine/model.h"
 #include "gtest/gtest.h"
@@ -58,8 +58,8 @@ TEST(BatchRunModelTest, ThreeLinesOnStories260K) {
       << json{{"custom_id", "long"}, {"document", stories}}.dump() << "\n"
       << json{{"custom_id", "empty"}, {"document", ""}}.dump() << "\n";
   }
-  ThreadPool pool(2);
-  LongContextGenerator gen(**model, pool, LongContextOptions{});
+  CpuBackend backend(2);
+  LongContextGenerator gen(**model, backend, LongContextOptions{});
   BatchOptions options;
   options.max_tokens = 24;
   auto summary = RunBatch(in, out, tok, gen, options);
@@ -89,7 +89,7 @@ TEST(BatchRunModelTest, ThreeLinesOnStories260K) {
   auto prompt = TokenizePrompt(tok, BuildPrompt(ChatTemplate::kRaw, TaskKind::kSummarize, short_in));
   ASSERT_TRUE(prompt.ok());
   EXPECT_EQ(r[0]["prompt_tokens"], prompt->size());
-  ModelRunner runner(**model, pool);
+  ModelRunner runner(**model, backend);
   GenerateOptions go;
   go.max_new_tokens = 24;
   auto base = Generate(runner, *prompt, go);
@@ -121,8 +121,8 @@ TEST(BatchRunModelTest, MixedNativeAndOpenAiLines) {
       << json{{"custom_id", "bad"}, {"method", "POST"}, {"url", "/v1/completions"},
               {"body", {{"prompt", "x"}}}}.dump() << "\n";
   }
-  ThreadPool pool(2);
-  LongContextGenerator gen(**model, pool, LongContextOptions{});
+  CpuBackend backend(2);
+  LongContextGenerator gen(**model, backend, LongContextOptions{});
   BatchOptions options;
   options.chat_template = ChatTemplate::kChatMl;
   options.max_tokens = 8;

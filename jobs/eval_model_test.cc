@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "common/thread_pool.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "engine/forward.h"
 #include "engine/long_context.h"
 #include "engine/model.h"
@@ -50,14 +50,14 @@ class EvalModelTest : public ::testing::Test {
   }
 
   PplPoint Ppl(AttentionMethod method, int64_t length, PplOptions options = {}) {
-    auto p = EvalPerplexity(*model_, pool_, stream_, length, method, options);
+    auto p = EvalPerplexity(*model_, backend_, stream_, length, method, options);
     EXPECT_TRUE(p.ok()) << p.status();
     return p.ok() ? *p : PplPoint{};
   }
 
   std::unique_ptr<Model> model_;
   std::vector<int32_t> stream_;
-  ThreadPool pool_{2};
+  CpuBackend backend_{2};
 };
 
 // exp(mean NLL) with a plain long-double log-sum-exp, written apart from eval_ppl.cc.
@@ -78,7 +78,7 @@ TEST_F(EvalModelTest, FullAttentionPplEqualsExpMeanNllOfRunnerLogits) {
   const std::vector<int32_t> tokens(stream_.begin(), stream_.begin() + n);
   LongContextOptions lc;
   lc.method = AttentionMethod::kFull;
-  LongContextRunner runner(*model_, pool_, lc);
+  LongContextRunner runner(*model_, backend_, lc);
   std::vector<float> logits;
   ASSERT_TRUE(runner.Prefill(tokens, 0, LogitsMode::kAll, &logits).ok());
   const int64_t n_vocab = model_->config.n_vocab;
@@ -91,7 +91,7 @@ TEST_F(EvalModelTest, FullAttentionPplEqualsExpMeanNllOfRunnerLogits) {
   EXPECT_LT(p.ppl, 20.0);  // nor lost (TESTDATA: ~3.5 at 512)
 
   // The base model through ModelRunner gives the same perplexity.
-  ModelRunner base(*model_, pool_);
+  ModelRunner base(*model_, backend_);
   KvCache cache = base.NewCache(n);
   std::vector<float> base_logits;
   ASSERT_TRUE(base.Forward(tokens, cache, LogitsMode::kAll, &base_logits).ok());
@@ -115,7 +115,7 @@ TEST_F(EvalModelTest, EveryMethodRunsPastTheTrainedLength) {
   options.lengths = {1024};
   options.methods = {AttentionMethod::kFull, AttentionMethod::kMesa, AttentionMethod::kSelfExtend,
                      AttentionMethod::kReRope};
-  auto points = RunPerplexityEval(*model_, pool_, stream_, options);
+  auto points = RunPerplexityEval(*model_, backend_, stream_, options);
   ASSERT_TRUE(points.ok()) << points.status();
   ASSERT_EQ(points->size(), 4u);
   for (const PplPoint& p : *points) {
@@ -142,8 +142,8 @@ TEST_F(EvalModelTest, WindowsAddUpAndStartWithBos) {
 
   PplOptions one = two;
   one.windows = 1;
-  auto first = EvalPerplexity(*model_, pool_, stream_, 256, AttentionMethod::kFull, one);
-  auto second = EvalPerplexity(*model_, pool_, absl::MakeConstSpan(stream_).subspan(256), 256,
+  auto first = EvalPerplexity(*model_, backend_, stream_, 256, AttentionMethod::kFull, one);
+  auto second = EvalPerplexity(*model_, backend_, absl::MakeConstSpan(stream_).subspan(256), 256,
                                AttentionMethod::kFull, one);
   ASSERT_TRUE(first.ok() && second.ok());
   const double mean = (first->mean_nll * first->scored_tokens + second->mean_nll * second->scored_tokens) /
@@ -155,7 +155,7 @@ TEST_F(EvalModelTest, TextTooShortIsAClearError) {
   PplOptions options;
   options.lengths = {static_cast<int64_t>(stream_.size()) + 1};
   options.methods = {AttentionMethod::kFull};
-  auto points = RunPerplexityEval(*model_, pool_, stream_, options);
+  auto points = RunPerplexityEval(*model_, backend_, stream_, options);
   ASSERT_FALSE(points.ok());
   EXPECT_NE(points.status().message().find("too few"), std::string::npos) << points.status();
 }
@@ -166,7 +166,7 @@ TEST_F(EvalModelTest, PasskeyRunsTheSamePromptsForEveryMethod) {
   options.methods = {AttentionMethod::kFull, AttentionMethod::kMesa};
   options.samples = 2;
   options.seed = 3;
-  auto points = RunPasskeyEval(*model_, pool_, PasskeyFiller::Classic(), options);
+  auto points = RunPasskeyEval(*model_, backend_, PasskeyFiller::Classic(), options);
   ASSERT_TRUE(points.ok()) << points.status();
   ASSERT_EQ(points->size(), 4u);
   for (size_t l = 0; l < 2; ++l) {

@@ -221,7 +221,7 @@ nlohmann::json PasskeyPoint::ToJson() const {
           {"trials", std::move(trials_json)}};
 }
 
-absl::StatusOr<std::vector<PasskeyPoint>> RunPasskeyEval(const Model& model, ThreadPool& pool,
+absl::StatusOr<std::vector<PasskeyPoint>> RunPasskeyEval(const Model& model, Backend& backend,
                                                          const PasskeyFiller& filler,
                                                          const PasskeyOptions& options) {
   if (!model.tokenizer) return absl::FailedPreconditionError("the model has no tokenizer");
@@ -246,7 +246,7 @@ absl::StatusOr<std::vector<PasskeyPoint>> RunPasskeyEval(const Model& model, Thr
       for (size_t mi = 0; mi < options.methods.size(); ++mi) {
         LongContextOptions lc = options.base;
         lc.method = options.methods[mi];
-        LongContextRunner runner(model, pool, lc);
+        LongContextRunner runner(model, backend, lc);
         GenerateOptions gen;
         gen.max_new_tokens = options.max_new_tokens;
         gen.stop_at_eos = true;

@@ -15,7 +15,7 @@
 // fits the target, so it lands within a word's tokens of it. Depth is the fraction of
 // the filler before the key, snapped to a sentence boundary. Prompts depend only on
 // (seed, length, sample), so every method sees the same prompts.
-// Pure functions are thread-safe; RunPasskeyEval uses the pool (not thread-safe).
+// Pure functions are thread-safe; RunPasskeyEval uses the backend (not thread-safe).
 #pragma once
 
 #include <cstdint>
@@ -26,7 +26,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "common/thread_pool.h"
+#include "kernels/backend.h"
 #include "engine/long_context.h"
 #include "engine/model.h"
 #include "engine/tokenizer.h"
@@ -148,7 +148,7 @@ struct PasskeyDraw {
 PasskeyDraw DrawPasskey(uint64_t seed, int64_t length, int64_t sample, const PasskeyFiller& filler);
 
 // Every length x method; points in that order (lengths outer).
-absl::StatusOr<std::vector<PasskeyPoint>> RunPasskeyEval(const Model& model, ThreadPool& pool,
+absl::StatusOr<std::vector<PasskeyPoint>> RunPasskeyEval(const Model& model, Backend& backend,
                                                          const PasskeyFiller& filler,
                                                          const PasskeyOptions& options);
 

@@ -82,7 +82,7 @@ nlohmann::json PplPoint::ToJson(PplScope scope) const {
           {"prefill", prefill.ToJson()}};
 }
 
-absl::StatusOr<PplPoint> EvalPerplexity(const Model& model, ThreadPool& pool,
+absl::StatusOr<PplPoint> EvalPerplexity(const Model& model, Backend& backend,
                                         absl::Span<const int32_t> stream, int64_t length,
                                         AttentionMethod method, const PplOptions& options) {
   if (length < 2) return absl::InvalidArgumentError("a perplexity window needs at least 2 tokens");
@@ -107,7 +107,7 @@ absl::StatusOr<PplPoint> EvalPerplexity(const Model& model, ThreadPool& pool,
     window.assign(stream.begin() + w * length, stream.begin() + (w + 1) * length);
     if (options.window_bos >= 0) window[0] = options.window_bos;
     // A fresh runner per window: no state can leak from one window into the next.
-    LongContextRunner runner(model, pool, lc);
+    LongContextRunner runner(model, backend, lc);
     MESA_ASSIGN_OR_RETURN(PrefillInfo info,
                           runner.Prefill(window, /*max_new_tokens=*/0, LogitsMode::kAll, &logits));
     if (w == 0) point.prefill = std::move(info);
@@ -126,7 +126,7 @@ absl::StatusOr<PplPoint> EvalPerplexity(const Model& model, ThreadPool& pool,
   return point;
 }
 
-absl::StatusOr<std::vector<PplPoint>> RunPerplexityEval(const Model& model, ThreadPool& pool,
+absl::StatusOr<std::vector<PplPoint>> RunPerplexityEval(const Model& model, Backend& backend,
                                                         absl::Span<const int32_t> stream,
                                                         const PplOptions& options) {
   if (options.lengths.empty()) return absl::InvalidArgumentError("no lengths given");
@@ -142,7 +142,7 @@ absl::StatusOr<std::vector<PplPoint>> RunPerplexityEval(const Model& model, Thre
   std::vector<PplPoint> points;
   for (int64_t length : options.lengths) {
     for (AttentionMethod method : options.methods) {
-      absl::StatusOr<PplPoint> p = EvalPerplexity(model, pool, stream, length, method, options);
+      absl::StatusOr<PplPoint> p = EvalPerplexity(model, backend, stream, length, method, options);
       if (!p.ok()) {
         return absl::Status(p.status().code(),
                             absl::StrCat(AttentionMethodName(method), " at length ", length, ": ",

@@ -9,7 +9,7 @@
 // Window w is tokens [w*L, (w+1)*L) of the stream; with `window_bos` set its first token
 // is replaced by BOS, as llama-perplexity does (window 0 of a text tokenized with BOS is
 // unchanged). ppl = exp(sum of NLL / number of scored tokens) over all windows.
-// Log-softmax in double with the max subtracted. Not thread-safe (uses the pool).
+// Log-softmax in double with the max subtracted. Not thread-safe (uses the backend).
 #pragma once
 
 #include <cstdint>
@@ -20,7 +20,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "common/thread_pool.h"
+#include "kernels/backend.h"
 #include "engine/long_context.h"
 #include "engine/model.h"
 #include "nlohmann/json.hpp"
@@ -81,13 +81,13 @@ struct PplOptions {
 };
 
 // One (method, length) point over `options.windows` windows of `stream`.
-absl::StatusOr<PplPoint> EvalPerplexity(const Model& model, ThreadPool& pool,
+absl::StatusOr<PplPoint> EvalPerplexity(const Model& model, Backend& backend,
                                         absl::Span<const int32_t> stream, int64_t length,
                                         AttentionMethod method, const PplOptions& options);
 
 // Every length x method, lengths outer. Fails before any work when the stream is too
 // short for the longest length.
-absl::StatusOr<std::vector<PplPoint>> RunPerplexityEval(const Model& model, ThreadPool& pool,
+absl::StatusOr<std::vector<PplPoint>> RunPerplexityEval(const Model& model, Backend& backend,
                                                         absl::Span<const int32_t> stream,
                                                         const PplOptions& options);
 

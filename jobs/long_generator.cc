@@ -5,9 +5,9 @@
 
 namespace mesa::jobs {
 
-LongContextGenerator::LongContextGenerator(const Model& model, ThreadPool& pool, LongContextOptions options,
+LongContextGenerator::LongContextGenerator(const Model& model, Backend& backend, LongContextOptions options,
                                            SamplingParams sampling)
-    : runner_(model, pool, std::move(options)), sampling_(sampling) {}
+    : runner_(model, backend, std::move(options)), sampling_(sampling) {}
 
 absl::StatusOr<GenerationOutput> LongContextGenerator::Generate(absl::Span<const int32_t> prompt,
                                                                 int64_t max_new_tokens) {

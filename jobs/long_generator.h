@@ -2,7 +2,7 @@
 // default): the model side of `mesa run`. Not thread-safe (one runner).
 #pragma once
 
-#include "common/thread_pool.h"
+#include "kernels/backend.h"
 #include "engine/long_context.h"
 #include "engine/sampling.h"
 #include "jobs/batch_runner.h"
@@ -11,8 +11,8 @@ namespace mesa::jobs {
 
 class LongContextGenerator : public DocumentGenerator {
  public:
-  // `model` and `pool` must outlive the generator.
-  LongContextGenerator(const Model& model, ThreadPool& pool, LongContextOptions options,
+  // `model` and `backend` must outlive the generator.
+  LongContextGenerator(const Model& model, Backend& backend, LongContextOptions options,
                        SamplingParams sampling = {});
   absl::StatusOr<GenerationOutput> Generate(absl::Span<const int32_t> prompt, int64_t max_new_tokens) override;
 

@@ -33,6 +33,12 @@ struct WeightView {
   }
 };
 
+// One product of several that read the same input.
+struct MatMulTarget {
+  WeightView w;
+  float* out = nullptr;  // [m][w.rows]
+};
+
 namespace ref {
 // The specification of each format: element i of a row, decoded exactly.
 void DequantizeRow(DType type, const void* row, float* out, int64_t n);
@@ -58,11 +64,7 @@ void DequantizeRow(DType type, const void* row, float* out, int64_t n);
 // to f32 as a whole.
 void MatMul(const WeightView& w, const float* x, int64_t m, float* out, ThreadPool& pool);
 
-// One product of several that read the same input.
-struct MatMulTarget {
-  WeightView w;
-  float* out = nullptr;  // [m][w.rows]
-};
+using mesa::MatMulTarget;
 // out_i = x W_i^T for every target (all with the same cols), in one pass over the pool:
 // one hand-off to the threads instead of one per matrix, and the activations quantized
 // once per activation form. For the q/k/v and gate/up projections of a layer. Results

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "engine/generate.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "worker/kv_wire.h"
 #include "worker/task_check.h"
 
@@ -68,13 +69,17 @@ absl::Status CheckChunk(const ChunkKv& kv, const ModelConfig& c, TokenRange r, i
 
 WorkerCore::WorkerCore(const Model& model, int threads, WorkerCoreOptions options,
                        KvFetcher* fetcher, Clock clock)
+    : WorkerCore(model, std::make_unique<CpuBackend>(threads), options, fetcher, std::move(clock)) {}
+
+WorkerCore::WorkerCore(const Model& model, std::unique_ptr<Backend> backend, WorkerCoreOptions options,
+                       KvFetcher* fetcher, Clock clock)
     : model_(model),
       options_(options),
       metrics_(options_.metrics ? options_.metrics : ops::Metrics::Create()),
       instruments_(*metrics_),
       fetcher_(fetcher),
       clock_(clock ? std::move(clock) : Clock(SteadyMs)),
-      pool_(std::make_unique<ThreadPool>(threads)) {
+      backend_(std::move(backend)) {
   using Samples = std::vector<ops::Metrics::Sample>;
   gauges_.push_back(metrics_->AddGaugeCallback(
       "mesa_worker_kv_bytes_in_use", "Chunk K/V bytes this worker holds (computed here or loaded).",
@@ -152,7 +157,7 @@ absl::StatusOr<ChunkResult> WorkerCore::RunChunkLocked(const ChunkTask& task, co
 
   if (Cancelled(cancel)) return CancelledStatus(task.key);
   const auto t0 = std::chrono::steady_clock::now();
-  MesaPhases phases(model_, *pool_, plan);
+  MesaPhases phases(model_, *backend_, plan);
   MESA_ASSIGN_OR_RETURN(const ChunkKv anchor, phases.RunAnchor(anchor_tokens, nullptr));
   if (Cancelled(cancel)) return CancelledStatus(task.key);
   MESA_ASSIGN_OR_RETURN(ChunkKv kv, phases.RunMiddle(anchor, chunk_tokens, r, nullptr));
@@ -202,7 +207,7 @@ absl::StatusOr<FinalResult> WorkerCore::RunFinalLocked(const FinalTask& task, co
 
   if (!plan || !plan->chunked || task.sources.empty()) {
     // Everything here: exactly jobs::LongContextGenerator.
-    LongContextRunner runner(model_, *pool_, task.options);
+    LongContextRunner runner(model_, *backend_, task.options);
     out.prefill_tokens = n;
     MESA_ASSIGN_OR_RETURN(LongGenerateResult r, GenerateLong(runner, task.prompt, gen));
     out.attention = AttentionMethodName(r.prefill.method);
@@ -214,13 +219,14 @@ absl::StatusOr<FinalResult> WorkerCore::RunFinalLocked(const FinalTask& task, co
   const MesaPlan& p = *plan;
   const absl::Span<const int32_t> prompt(task.prompt);
   auto tokens = [&](TokenRange r) { return prompt.subspan(r.begin, r.size()); };
-  MesaPhases phases(model_, *pool_, p);
+  MesaPhases phases(model_, *backend_, p);
   std::optional<MesaState> state;
   out.prefill_tokens = p.anchor.size() + p.last.size();
 
   auto prefill = [&](std::vector<float>* logits) -> absl::Status {
     MESA_ASSIGN_OR_RETURN(const ChunkKv anchor, phases.RunAnchor(tokens(p.anchor), nullptr));
-    state.emplace(phases.StartFinal(anchor, InitialCacheTokens(p.n, p.max_new_tokens)));
+    MESA_ASSIGN_OR_RETURN(MesaState started, phases.StartFinal(anchor, InitialCacheTokens(p.n, p.max_new_tokens)));
+    state.emplace(std::move(started));
     for (size_t i = 0; i < p.middle.size(); ++i) {
       if (Cancelled(cancel)) return CancelledStatus(task.key);
       const KvSourceRef& s = task.sources[i];

@@ -19,7 +19,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "common/thread_pool.h"
+#include "kernels/backend.h"
 #include "engine/long_context.h"
 #include "engine/mesa_phases.h"
 #include "engine/model.h"
@@ -95,6 +95,10 @@ class WorkerCore {
   // `model` must outlive the core. `fetcher` may be null when no remote sources are used.
   WorkerCore(const Model& model, int threads, WorkerCoreOptions options, KvFetcher* fetcher,
              Clock clock = nullptr);
+  // Runs the model on `backend` (--device); the int form runs on a CPU backend of
+  // `threads` threads.
+  WorkerCore(const Model& model, std::unique_ptr<Backend> backend, WorkerCoreOptions options,
+             KvFetcher* fetcher, Clock clock = nullptr);
   ~WorkerCore();
 
   // RESOURCE_EXHAUSTED when the chunk's K/V would exceed the budget (nothing kept);
@@ -146,7 +150,7 @@ class WorkerCore {
   KvFetcher* fetcher_;
   Clock clock_;
   std::mutex task_mu_;             // one task at a time on the engine
-  std::unique_ptr<ThreadPool> pool_;
+  std::unique_ptr<Backend> backend_;  // where the model runs (--device)
   mutable std::mutex kv_mu_;
   absl::flat_hash_map<KvKey, std::shared_ptr<Entry>> kv_;
   int64_t kv_bytes_ = 0;

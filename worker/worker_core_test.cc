@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/mesa_phases.h"
 #include "engine/model.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "gtest/gtest.h"
 #include "jobs/long_generator.h"
 #include "worker/in_process_kv.h"
@@ -118,8 +119,8 @@ class WorkerCoreTest : public ::testing::Test {
 
   jobs::GenerationOutput Reference(const std::vector<int32_t>& prompt, int64_t max_new,
                                    const SamplingParams& sampling, LongContextOptions options = {}) {
-    ThreadPool pool(2);
-    jobs::LongContextGenerator gen(model(), pool, options, sampling);
+    CpuBackend backend(2);
+    jobs::LongContextGenerator gen(model(), backend, options, sampling);
     auto r = gen.Generate(prompt, max_new);
     EXPECT_TRUE(r.ok()) << r.status();
     return r.ok() ? *std::move(r) : jobs::GenerationOutput{};
@@ -194,8 +195,8 @@ class WorkerCoreTest : public ::testing::Test {
       if (!s.ok()) return s;
     }
     // What each core holds is bit for bit the chunk MesaPhases computes on its own.
-    ThreadPool pool(2);
-    MesaPhases phases(model(), pool, plan);
+    CpuBackend backend(2);
+    MesaPhases phases(model(), backend, plan);
     const absl::Span<const int32_t> tokens(prompt);
     auto anchor = phases.RunAnchor(tokens.subspan(0, plan.anchor.end), nullptr);
     EXPECT_TRUE(anchor.ok()) << anchor.status();

@@ -15,6 +15,7 @@
 #include "client/cli/attention_flags.h"
 #include "client/cli/cli_util.h"
 #include "client/cli/commands.h"
+#include "client/cli/device_flags.h"
 #include "client/cli/server_util.h"
 #include "client/cli/security_flags.h"
 #include "client/cli/ops_flags.h"
@@ -111,6 +112,7 @@ int RunCoordinator(const CoordinatorArgs& a) {
 struct WorkerArgs {
   std::string coordinator, model, listen, name, kv_memory = "0", address_file;
   int threads = 0;
+  std::string device = "cpu";
   int kv_lanes = 2;
   double register_timeout_s = 0;
   TlsFlags tls;
@@ -141,6 +143,7 @@ int RunWorker(const WorkerArgs& a) {
   options.listen = a.listen;
   options.name = a.name;
   options.threads = a.threads;
+  options.device = a.device;
   options.kv_memory_bytes = *kv;
   options.kv_lanes = a.kv_lanes;
   options.register_timeout_ms = static_cast<int64_t>(a.register_timeout_s * 1000);
@@ -224,6 +227,7 @@ void RegisterClusterCommands(CLI::App& app) {
                     "HOST:PORT to serve on (default: an ephemeral port on the address that reaches the coordinator)");
     cmd->add_option("--threads", a->threads, "CPU threads (default: all hardware threads)")
         ->check(CLI::NonNegativeNumber);
+    AddDeviceFlag(cmd, &a->device);
     cmd->add_option("--kv-memory", a->kv_memory,
                     "Bytes of chunk K/V this worker may hold (suffix K/M/G/T; 0 = no limit); a task beyond it is "
                     "refused and placed elsewhere")

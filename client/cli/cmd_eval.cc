@@ -17,7 +17,7 @@
 #include "client/cli/cli_util.h"
 #include "client/cli/commands.h"
 #include "client/cli/eval_plot.h"
-#include "common/thread_pool.h"
+#include "client/cli/device_flags.h"
 #include "jobs/eval_common.h"
 #include "jobs/eval_passkey.h"
 #include "jobs/eval_ppl.h"
@@ -31,6 +31,7 @@ struct EvalArgs {
   std::string model, lengths, attention = "full,mesa", plot;
   LongContextFlags long_context;
   int threads = 0;
+  std::string device = "cpu";
   bool json = false;
 };
 
@@ -39,6 +40,7 @@ void AddEvalFlags(CLI::App* cmd, EvalArgs* a, const std::string& lengths_help) {
   cmd->add_option("--lengths", a->lengths, lengths_help)->required();
   cmd->add_option("--threads", a->threads, "CPU threads (default: all hardware threads)")
       ->check(CLI::NonNegativeNumber);
+  AddDeviceFlag(cmd, &a->device);
   cmd->add_flag("--json", a->json, "Print a JSON list instead of the table");
   cmd->add_option("--plot", a->plot, "Also write a PNG plot here (needs gnuplot; the data and the "
                                      "gnuplot script are written beside it as .dat and .gp)");
@@ -151,8 +153,9 @@ int RunPpl(const PplArgs& a) {
                  static_cast<long long>(p.length), AttentionMethodName(p.method), p.ppl,
                  static_cast<long long>(p.scored_tokens), p.seconds);
   };
-  ThreadPool pool(a.threads);
-  auto points = RunPerplexityEval(*s.model, pool, stream, options);
+  auto backend = OpenDevice(a.device, a.threads);
+  if (!backend.ok()) return Fail(backend.status());
+  auto points = RunPerplexityEval(*s.model, **backend, stream, options);
   if (!points.ok()) return Fail(points.status());
   if (a.json) {
     nlohmann::json list = nlohmann::json::array();
@@ -219,8 +222,9 @@ int RunPasskey(const PasskeyArgs& a) {
                  AttentionMethodName(t.method), static_cast<long long>(t.key), t.depth,
                  t.hit ? "hit " : "miss", absl::CHexEscape(t.answer).c_str());
   };
-  ThreadPool pool(a.threads);
-  auto points = RunPasskeyEval(*s.model, pool, filler, options);
+  auto backend = OpenDevice(a.device, a.threads);
+  if (!backend.ok()) return Fail(backend.status());
+  auto points = RunPasskeyEval(*s.model, **backend, filler, options);
   if (!points.ok()) return Fail(points.status());
   if (a.json) {
     nlohmann::json list = nlohmann::json::array();

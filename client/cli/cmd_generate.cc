@@ -11,7 +11,8 @@
 #include "client/cli/attention_flags.h"
 #include "client/cli/cli_util.h"
 #include "client/cli/commands.h"
-#include "common/thread_pool.h"
+#include "client/cli/device_flags.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "engine/generate.h"
 #include "engine/long_context.h"
 #include "jobs/batch_runner.h"
@@ -21,9 +22,16 @@
 namespace mesa::cli {
 namespace {
 
-void AddThreads(CLI::App* cmd, int* threads) {
+// CPU threads the backend computes with (0 for a GPU backend).
+int ThreadCount(Backend& backend) {
+  auto* cpu = dynamic_cast<CpuBackend*>(&backend);
+  return cpu ? cpu->pool().size() : 0;
+}
+
+void AddThreads(CLI::App* cmd, int* threads, std::string* device) {
   cmd->add_option("--threads", *threads, "CPU threads (default: all hardware threads)")
       ->check(CLI::NonNegativeNumber);
+  AddDeviceFlag(cmd, device);
 }
 
 // ---------------------------------------------------------------- generate
@@ -34,6 +42,7 @@ struct GenerateArgs {
   int top_k = 0;
   uint64_t seed = 0;
   int threads = 0;
+  std::string device = "cpu";
   bool json = false, ignore_eos = false;
   LongContextFlags lc;
 };
@@ -56,8 +65,9 @@ int RunGenerate(const GenerateArgs& a, bool have_prompt) {
   if (prompt.empty()) return Fail(absl::InvalidArgumentError("the prompt is empty"));
   auto lc_options = ToLongContextOptions(a.lc);
   if (!lc_options.ok()) return Fail(lc_options.status());
-  ThreadPool pool(a.threads);
-  LongContextRunner runner(model, pool, *lc_options);
+  auto backend = OpenDevice(a.device, a.threads);
+  if (!backend.ok()) return Fail(backend.status());
+  LongContextRunner runner(model, **backend, *lc_options);
   GenerateOptions opts;
   opts.max_new_tokens = a.n;
   opts.sampling = {a.temperature, a.top_k, a.top_p, a.seed};
@@ -121,6 +131,7 @@ struct LogitsArgs {
   int64_t max_tokens = 0, max_new = 0;
   bool all = false;
   int threads = 0;
+  std::string device = "cpu";
   LongContextFlags lc;
 };
 
@@ -134,8 +145,9 @@ int RunLogits(const LogitsArgs& a) {
   if (!model_or.ok()) return Fail(model_or.status());
   auto lc_options = ToLongContextOptions(a.lc);
   if (!lc_options.ok()) return Fail(lc_options.status());
-  ThreadPool pool(a.threads);
-  LongContextRunner runner(**model_or, pool, *lc_options);
+  auto backend = OpenDevice(a.device, a.threads);
+  if (!backend.ok()) return Fail(backend.status());
+  LongContextRunner runner(**model_or, **backend, *lc_options);
   std::vector<float> logits;
   auto info = runner.Prefill(ids, a.max_new, a.all ? LogitsMode::kAll : LogitsMode::kLast, &logits);
   if (!info.ok()) return Fail(info.status());
@@ -154,6 +166,7 @@ struct BenchArgs {
   std::string model;
   int64_t prompt_tokens = 128, gen_tokens = 32;
   int threads = 0, reps = 1;
+  std::string device = "cpu";
   uint64_t seed = 1;
   bool json = false;
   LongContextFlags lc;
@@ -170,8 +183,9 @@ int RunBench(const BenchArgs& a) {
   for (auto& t : prompt) t = dist(rng);
   auto lc_options = ToLongContextOptions(a.lc);
   if (!lc_options.ok()) return Fail(lc_options.status());
-  ThreadPool pool(a.threads);
-  LongContextRunner runner(model, pool, *lc_options);
+  auto backend = OpenDevice(a.device, a.threads);
+  if (!backend.ok()) return Fail(backend.status());
+  LongContextRunner runner(model, **backend, *lc_options);
   GenerateOptions opts;
   opts.max_new_tokens = a.gen_tokens + 1;  // the first token comes from the prefill
   opts.stop_at_eos = false;
@@ -200,7 +214,8 @@ int RunBench(const BenchArgs& a) {
                       {"peak_rss_bytes", PeakRssBytes()},
                       {"prompt_tokens", a.prompt_tokens},
                       {"gen_tokens", a.gen_tokens},
-                      {"threads", pool.size()},
+                      {"threads", ThreadCount(**backend)},
+                      {"device", (*backend)->Name()},
                       {"repetitions", std::max(1, a.reps)},
                       {"weights", model.weights_in_own_memory ? "own" : "mapped"},
                       {"cpu_isa", cpu::ActiveIsaName()},
@@ -231,7 +246,7 @@ void RegisterGenerate(CLI::App& app) {
   cmd->add_option("--top-p", a->top_p, "Nucleus sampling threshold (1 = off)")->check(CLI::Range(0.0f, 1.0f));
   cmd->add_option("--seed", a->seed, "Random seed for sampling");
   cmd->add_flag("--ignore-eos", a->ignore_eos, "Keep generating past the end-of-sequence token");
-  AddThreads(cmd, &a->threads);
+  AddThreads(cmd, &a->threads, &a->device);
   AddLongContextFlags(cmd, &a->lc);
   cmd->add_flag("--json", a->json, "Print {\"tokens\", \"text\", \"prefill_tokens_per_s\", \"decode_tokens_per_s\"}");
   cmd->callback([a, prompt, tokens] {
@@ -255,7 +270,7 @@ void RegisterLogits(CLI::App& app) {
   cmd->add_flag("--all", a->all, "Write every token's logits (default: the last token's only)");
   cmd->add_option("--max-new", a->max_new, "Tokens the plan leaves room for after the prompt (mesa)")
       ->check(CLI::NonNegativeNumber);
-  AddThreads(cmd, &a->threads);
+  AddThreads(cmd, &a->threads, &a->device);
   AddLongContextFlags(cmd, &a->lc);
   cmd->callback([a, tokens, file] {
     if (tokens->count() == 0 && file->count() == 0) {
@@ -274,7 +289,7 @@ void RegisterBench(CLI::App& app) {
   cmd->add_option("--gen-tokens,-g", a->gen_tokens, "Tokens to decode (may be 0)")->check(CLI::NonNegativeNumber);
   cmd->add_option("--reps,-r", a->reps, "Repetitions; the median is reported")->check(CLI::PositiveNumber);
   cmd->add_option("--seed", a->seed, "Seed of the random prompt ids");
-  AddThreads(cmd, &a->threads);
+  AddThreads(cmd, &a->threads, &a->device);
   AddLongContextFlags(cmd, &a->lc);
   cmd->add_flag("--json", a->json, "Print {\"prefill_tokens_per_s\", \"decode_tokens_per_s\", \"peak_rss_bytes\", \"cpu_isa\", ...}");
   cmd->callback([a] { ExitCode() = RunBench(*a); });

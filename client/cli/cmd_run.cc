@@ -10,6 +10,7 @@
 #include "client/cli/attention_flags.h"
 #include "client/cli/cli_util.h"
 #include "client/cli/commands.h"
+#include "client/cli/device_flags.h"
 #include "coordinator/local_run.h"
 #include "jobs/batch_runner.h"
 #include "jobs/progress.h"
@@ -26,6 +27,7 @@ struct RunArgs {
   int64_t max_doc_bytes = 16 << 20;
   bool no_retry_errors = false;
   int threads = 0;
+  std::string device = "cpu";
   int workers = 1;
   std::string placement = "auto";
   LongContextFlags lc;
@@ -61,6 +63,7 @@ int RunRun(const RunArgs& a) {
   coord::LocalRunOptions local;
   local.workers = a.workers;
   local.threads = a.threads;
+  local.device = a.device;
   coord::ParsePlacement(a.placement, &local.placement);
   local.task = options.task;
   local.chat_template = a.chat_template;
@@ -121,6 +124,7 @@ void RegisterRun(CLI::App& app) {
                 "When resuming, keep earlier error records instead of retrying those lines");
   cmd->add_option("--threads", a->threads, "CPU threads (default: all hardware threads)")
       ->check(CLI::NonNegativeNumber);
+  AddDeviceFlag(cmd, &a->device);
   cmd->add_option("--workers", a->workers,
                   "In-process workers sharing the model and the --threads (the same coordinator core and "
                   "scheduler as a cluster): documents run in parallel, or one long document's chunks do")

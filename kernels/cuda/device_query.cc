@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <mutex>
 #include <string>
 
 #include "kernels/cuda/device_query_abi.h"
@@ -14,7 +15,7 @@
 namespace mesa {
 namespace {
 
-std::string ExecutableDir() {
+[[maybe_unused]] std::string ExecutableDir() {
   char buf[4096];
   ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
   if (n <= 0) return ".";
@@ -24,6 +25,31 @@ std::string ExecutableDir() {
 
 }  // namespace
 
+void* LoadCudaPlugin(std::string* why) {
+#ifndef MESA_CUDA_PLUGIN_PATH
+  *why = "this build of mesa was compiled without CUDA (MESA_WITH_CUDA=OFF or no toolkit found)";
+  return nullptr;
+#else
+  static std::mutex mu;
+  static void* handle = nullptr;
+  static std::string failure;
+  std::lock_guard<std::mutex> lock(mu);
+  if (handle) return handle;
+  std::string tried;
+  std::string candidates[] = {std::getenv("MESA_CUDA_PLUGIN") ? std::getenv("MESA_CUDA_PLUGIN") : "",
+                              ExecutableDir() + "/libmesa_cuda.so", MESA_CUDA_PLUGIN_PATH};
+  for (const std::string& c : candidates) {
+    if (c.empty()) continue;
+    handle = dlopen(c.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (handle) return handle;  // stays loaded: the CUDA runtime does not like dlclose
+    const char* e = dlerror();
+    tried += "\n  " + c + ": " + (e ? e : "not loadable");
+  }
+  *why = "the CUDA plugin could not be loaded:" + tried;
+  return nullptr;
+#endif
+}
+
 CudaDeviceReport QueryCudaDevices() {
   CudaDeviceReport report;
 #ifndef MESA_CUDA_PLUGIN_PATH
@@ -32,21 +58,8 @@ CudaDeviceReport QueryCudaDevices() {
   return report;
 #else
   report.compiled_with_cuda = true;
-  std::string tried;
-  void* handle = nullptr;
-  std::string candidates[] = {std::getenv("MESA_CUDA_PLUGIN") ? std::getenv("MESA_CUDA_PLUGIN") : "",
-                              ExecutableDir() + "/libmesa_cuda.so", MESA_CUDA_PLUGIN_PATH};
-  for (const std::string& c : candidates) {
-    if (c.empty()) continue;
-    handle = dlopen(c.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (handle) break;
-    const char* e = dlerror();
-    tried += "\n  " + c + ": " + (e ? e : "not loadable");
-  }
-  if (!handle) {
-    report.unavailable_reason = "the CUDA plugin could not be loaded:" + tried;
-    return report;
-  }
+  void* handle = LoadCudaPlugin(&report.unavailable_reason);
+  if (!handle) return report;
   using QueryFn = int (*)(MesaCudaReportC*);
   auto fn = reinterpret_cast<QueryFn>(dlsym(handle, "MesaCudaQueryDevices"));
   if (!fn) {
@@ -69,7 +82,7 @@ CudaDeviceReport QueryCudaDevices() {
     d.multiprocessors = c.devices[i].multiprocessors;
     report.devices.push_back(d);
   }
-  return report;  // the plugin stays loaded: the CUDA runtime does not like dlclose
+  return report;
 #endif
 }
 

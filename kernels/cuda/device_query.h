@@ -27,4 +27,9 @@ struct CudaDeviceReport {
 
 CudaDeviceReport QueryCudaDevices();
 
+// The loaded plugin (dlopen handle; loaded once per process, never unloaded), or null
+// with the reason in `why`. Looked for at $MESA_CUDA_PLUGIN, beside the executable,
+// then where the build put it.
+void* LoadCudaPlugin(std::string* why);
+
 }  // namespace mesa

@@ -33,7 +33,7 @@
 #include "absl/time/time.h"
 #include "client/lib/client.h"
 #include "client/lib/grpc_connection.h"
-#include "common/thread_pool.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "coordinator/coordinator_core.h"
 #include "coordinator/coordinator_service.h"
 #include "engine/model.h"
@@ -323,8 +323,8 @@ class CoordinatorRpcTest : public ::testing::Test {
       std::ofstream f(in);
       for (size_t i = 0; i < docs.size(); ++i) f << JobLine(absl::StrCat("d", i), docs[i]) << "\n";
     }
-    ThreadPool pool(2);
-    jobs::LongContextGenerator gen(model(), pool, LongContextOptions{}, SamplingParams{});
+    CpuBackend backend(2);
+    jobs::LongContextGenerator gen(model(), backend, LongContextOptions{}, SamplingParams{});
     jobs::BatchOptions bo;
     bo.chat_template = jobs::ResolveChatTemplate(jobs::ChatTemplate::kAuto, model().chat_template);
     bo.max_tokens = max_tokens;

@@ -1,0 +1,70 @@
+// The CUDA backend's op table: what libmesa_cuda.so exports for kernels/backend.h.
+// The host side (cuda_backend.cc, in every build) finds it with dlsym and checks the
+// ABI version and the sizes of the C++ parameter structs it passes by pointer (both
+// sides are compiled from this tree's headers; a plugin from another build is refused
+// rather than misread).
+//
+// Every function takes the context made by create(). Memory pointers are device
+// memory unless named host_. Ops enqueue on the context's stream and never block,
+// except copy_out and synchronize. A failure (a launch error, an out-of-memory) is
+// recorded in the context: status() returns it from then on.
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/attention.h"
+#include "kernels/matmul.h"
+#include "kernels/nn.h"
+
+extern "C" {
+
+#define MESA_CUDA_BACKEND_ABI 1
+
+struct MesaCudaBackendOps {
+  uint32_t abi_version;             // MESA_CUDA_BACKEND_ABI
+  uint32_t attention_params_size;   // sizeof(mesa::AttentionParams)
+  uint32_t rope_params_size;        // sizeof(mesa::RopeParams)
+  uint32_t weight_view_size;        // sizeof(mesa::WeightView)
+
+  // A context on device `device`: its own stream, cuBLAS handle and scratch. Null on
+  // failure, with the reason in err.
+  void* (*create)(int device, char* err, size_t err_len);
+  void (*destroy)(void* ctx);
+  // 0 when no failure was recorded; else 1 with the first failure's text in err.
+  int (*status)(void* ctx, char* err, size_t err_len);
+  // Device name and memory ("NVIDIA H200, 139 GiB").
+  void (*describe)(void* ctx, char* out, size_t out_len);
+
+  // Zero-filled device memory (null and a recorded failure when it cannot).
+  void* (*alloc)(void* ctx, size_t bytes);
+  void (*free)(void* ctx, void* p);
+  void (*copy_in)(void* ctx, void* dst, const void* host_src, size_t bytes);
+  void (*copy_out)(void* ctx, void* host_dst, const void* src, size_t bytes);
+  void (*copy)(void* ctx, void* dst, const void* src, size_t bytes);
+  void (*copy_2d)(void* ctx, void* dst, size_t dst_stride, const void* src, size_t src_stride,
+                  size_t width, size_t rows);
+  void (*synchronize)(void* ctx);
+  // 1 when the kernels read weights of this DType (a ggml type id).
+  int (*weight_type_supported)(uint32_t type);
+
+  // The ops of kernels/backend.h, same arguments (weights: views of device memory).
+  void (*embed)(void* ctx, const mesa::WeightView* table, const int32_t* host_tokens, int64_t n,
+                float* out);
+  void (*norm)(void* ctx, int layer_norm, const float* w, const float* b, float eps, const float* x,
+               int64_t n, int64_t d, float* out);
+  void (*matmul)(void* ctx, const mesa::WeightView* w, const float* x, int64_t m, float* out);
+  void (*add_rows)(void* ctx, const float* bias, int64_t width, int64_t n, float* out);
+  void (*add)(void* ctx, const float* x, int64_t n, float* y);
+  void (*swiglu)(void* ctx, const float* gate, const float* up, int64_t n, float* out);
+  void (*gelu)(void* ctx, const float* x, int64_t n, float* out);
+  void (*clamp)(void* ctx, float* x, int64_t n, float limit);
+  // Positions (device int64, n of them) -> rotation of n rows of n_heads heads.
+  void (*rope)(void* ctx, const mesa::RopeParams* p, const int64_t* pos, int64_t n, int64_t n_heads,
+               float* x);
+  void (*attention)(void* ctx, const mesa::AttentionParams* p);
+};
+
+// The table (static storage; never null in a plugin that exports it).
+const MesaCudaBackendOps* MesaCudaBackend(void);
+}
