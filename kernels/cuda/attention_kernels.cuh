@@ -43,6 +43,11 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #define MESA_ATTN_SMEM(name) extern __shared__ __align__(16) float name[]
+#define MESA_ATTN_UNROLL _Pragma("unroll")
+#define MESA_ATTN_UNROLL2 _Pragma("unroll 2")
+#else
+#define MESA_ATTN_UNROLL
+#define MESA_ATTN_UNROLL2
 #endif
 
 #include <algorithm>
@@ -189,12 +194,12 @@ __device__ __forceinline__ int64_t RelOf(const AttnArgs& a, int64_t t, int64_t p
 }
 
 __device__ __forceinline__ float WarpMax(float v) {
-#pragma unroll
+MESA_ATTN_UNROLL
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
 __device__ __forceinline__ float WarpSum(float v) {
-#pragma unroll
+MESA_ATTN_UNROLL
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
@@ -204,13 +209,13 @@ template <int NC>
 __device__ __forceinline__ void Dots(const float* smem, const int (&qoff)[kRowsPerWarp],
                                      int koff, int nm, float (&out)[kRowsPerWarp]) {
   constexpr int kHdp = 32 * NC;
-#pragma unroll
+MESA_ATTN_UNROLL
   for (int m = 0; m < kRowsPerWarp; ++m) out[m] = 0.0f;
-#pragma unroll 2
+MESA_ATTN_UNROLL2
   for (int d = 0; d < kHdp; d += 4) {
     const float k0 = smem[koff + d], k1 = smem[koff + d + 1];
     const float k2 = smem[koff + d + 2], k3 = smem[koff + d + 3];
-#pragma unroll
+MESA_ATTN_UNROLL
     for (int m = 0; m < kRowsPerWarp; ++m) {
       if (m < nm) {
         const float4 qv = *reinterpret_cast<const float4*>(smem + qoff[m] + d);
@@ -335,15 +340,15 @@ __global__ void __launch_bounds__(kThreads) AttnKernel(const __grid_constant__ A
 
   float acc[kRowsPerWarp][NC];
   float row_m[kRowsPerWarp], row_l[kRowsPerWarp];
-#pragma unroll
+MESA_ATTN_UNROLL
   for (int m = 0; m < kRowsPerWarp; ++m) {
     row_m[m] = -INFINITY;
     row_l[m] = 0.0f;
-#pragma unroll
+MESA_ATTN_UNROLL
     for (int c = 0; c < NC; ++c) acc[m][c] = 0.0f;
   }
   int qoff_near[kRowsPerWarp];
-#pragma unroll
+MESA_ATTN_UNROLL
   for (int m = 0; m < kRowsPerWarp; ++m) qoff_near[m] = q_base + (warp + kWarps * m) * kHdp;
 
   // 3. Key tiles of this split, up to the last key any row of the block sees.
@@ -412,12 +417,12 @@ __global__ void __launch_bounds__(kThreads) AttnKernel(const __grid_constant__ A
     const bool key_in = lane < kn;
     const int64_t kb = s_kb[lane], kmod = s_kmod[lane];
     float sn[kRowsPerWarp], sf[kRowsPerWarp];
-#pragma unroll
+MESA_ATTN_UNROLL
     for (int m = 0; m < kRowsPerWarp; ++m) sn[m] = sf[m] = 0.0f;
     if (need_near) Dots<NC>(smem, qoff_near, k_base + lane * kKs, nm, sn);
     if (need_far) {
       int qoff_far[kRowsPerWarp];
-#pragma unroll
+MESA_ATTN_UNROLL
       for (int m = 0; m < kRowsPerWarp; ++m) {
         const int row = warp + kWarps * m;
         const bool second = stair && m < nm && s_amod[row] < kmod;
@@ -427,7 +432,7 @@ __global__ void __launch_bounds__(kThreads) AttnKernel(const __grid_constant__ A
     }
 
     // Online softmax per row (warp-wide), P into shared memory for PV.
-#pragma unroll
+MESA_ATTN_UNROLL
     for (int m = 0; m < kRowsPerWarp; ++m) {
       if (m < nm) {
         const int row = warp + kWarps * m;
@@ -450,7 +455,7 @@ __global__ void __launch_bounds__(kThreads) AttnKernel(const __grid_constant__ A
         row_l[m] = row_l[m] * corr + WarpSum(e);
         row_m[m] = m_new;
         sp[row * kKeys + lane] = e;
-#pragma unroll
+MESA_ATTN_UNROLL
         for (int c = 0; c < NC; ++c) acc[m][c] *= corr;
       }
     }
@@ -459,16 +464,16 @@ __global__ void __launch_bounds__(kThreads) AttnKernel(const __grid_constant__ A
     // acc += P V (keys past kn have P = 0 and V = 0).
     for (int kj = 0; kj < kn; kj += 4) {
       float vv[4][NC];
-#pragma unroll
+MESA_ATTN_UNROLL
       for (int u = 0; u < 4; ++u) {
-#pragma unroll
+MESA_ATTN_UNROLL
         for (int c = 0; c < NC; ++c) vv[u][c] = sv[(kj + u) * kHdp + lane + 32 * c];
       }
-#pragma unroll
+MESA_ATTN_UNROLL
       for (int m = 0; m < kRowsPerWarp; ++m) {
         if (m < nm) {
           const float4 pv = *reinterpret_cast<const float4*>(sp + (warp + kWarps * m) * kKeys + kj);
-#pragma unroll
+MESA_ATTN_UNROLL
           for (int c = 0; c < NC; ++c) {
             float x = acc[m][c];
             x = fmaf(pv.x, vv[0][c], x);
@@ -483,14 +488,14 @@ __global__ void __launch_bounds__(kThreads) AttnKernel(const __grid_constant__ A
   }
 
   // 4. Output rows (a row that saw no key: l = 0, acc = 0, a zero row) or partials.
-#pragma unroll
+MESA_ATTN_UNROLL
   for (int m = 0; m < kRowsPerWarp; ++m) {
     if (m < nm) {
       const int64_t oi = s_oi[warp + kWarps * m];
       if (a.part_acc == nullptr) {
         const float inv = row_l[m] > 0.0f ? 1.0f / row_l[m] : 0.0f;
         float* o = a.out + oi * hd;
-#pragma unroll
+MESA_ATTN_UNROLL
         for (int c = 0; c < NC; ++c) {
           const int d = lane + 32 * c;
           if (d < hd) o[d] = acc[m][c] * inv;
@@ -498,7 +503,7 @@ __global__ void __launch_bounds__(kThreads) AttnKernel(const __grid_constant__ A
       } else {
         const int64_t pi = static_cast<int64_t>(split) * a.n_q * a.n_head + oi;
         float* o = a.part_acc + pi * hd;
-#pragma unroll
+MESA_ATTN_UNROLL
         for (int c = 0; c < NC; ++c) {
           const int d = lane + 32 * c;
           if (d < hd) o[d] = acc[m][c];
