@@ -7,6 +7,7 @@
 #   mesa_cuda      the plugin: device query + the backend's op table
 target_sources(mesa_kernels PRIVATE ${CMAKE_CURRENT_LIST_DIR}/device_query.cc)
 target_link_libraries(mesa_kernels PUBLIC ${CMAKE_DL_LIBS})
+include(${CMAKE_CURRENT_LIST_DIR}/attention_emu.cmake)  # attention kernels on the CPU
 if(MESA_HAVE_CUDA)
   add_library(mesa_cuda_ops STATIC ${CMAKE_CURRENT_LIST_DIR}/ops_common.cu)
   set_target_properties(mesa_cuda_ops PROPERTIES POSITION_INDEPENDENT_CODE ON

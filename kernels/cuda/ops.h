@@ -80,5 +80,8 @@ cudaError_t MatMul(const DeviceWeight& w, const float* x, int64_t m, float* out,
 // the split-K decode path comes from `scratch` (AttentionScratchBytes of it).
 size_t AttentionScratchBytes(const AttentionParams& p);
 cudaError_t Attention(const AttentionParams& p, void* scratch, cudaStream_t stream);
+// How many key ranges Attention splits p's keys into (split-K decode path when > 1: the
+// partials go through `scratch` and a combine kernel). For tests and benchmarks.
+int AttentionKeySplits(const AttentionParams& p);
 
 }  // namespace mesa::cuda
