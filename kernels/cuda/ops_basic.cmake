@@ -6,3 +6,9 @@ if(MESA_BUILD_TESTS)
   mesa_test(cuda_ops_basic_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/ops_basic_test.cc
             LIBS mesa_cuda_ops mesa_kernels mesa_random_weights LABELS gpu)
 endif()
+if(MESA_BUILD_TESTS)
+  # The decoders and matrix-vector lane loops compiled for the host: runs everywhere.
+  mesa_test(cuda_device_code_host_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/ops_basic_sim_test.cc
+            LIBS mesa_kernels mesa_random_weights)
+  target_compile_definitions(cuda_device_code_host_test PRIVATE MESA_CUDA_HOST_SIM=1)
+endif()

@@ -15,12 +15,13 @@
 namespace mesa::cuda {
 namespace {
 
-constexpr int kThreads = 256;        // every kernel here: a multiple of 32
+constexpr int kThreads = 256;         // every kernel here: a multiple of 32
 constexpr int64_t kMaxBlocks = 8192;  // grid-stride beyond this
 
 // Blocks for `total` threads' worth of work, at least 1.
 unsigned GridFor(int64_t total) {
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min(kMaxBlocks, (total + kThreads - 1) / kThreads)));
+  return static_cast<unsigned>(
+      std::max<int64_t>(1, std::min(kMaxBlocks, (total + kThreads - 1) / kThreads)));
 }
 
 __device__ __forceinline__ int64_t GlobalIndex() {
@@ -154,11 +155,11 @@ __global__ void EmbedKernel(const uint8_t* table, int64_t row_bytes, const int32
 }
 
 template <DType T>
-cudaError_t LaunchEmbed(const void* table, const int32_t* tokens, int64_t n, int64_t d,
-                        float* out, cudaStream_t stream) {
+cudaError_t LaunchEmbed(const void* table, const int32_t* tokens, int64_t n, int64_t d, float* out,
+                        cudaStream_t stream) {
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(n, 65535));
-  EmbedKernel<T><<<blocks, kThreads, 0, stream>>>(static_cast<const uint8_t*>(table), RowBytes(T, d),
-                                                  tokens, n, d, out);
+  EmbedKernel<T><<<blocks, kThreads, 0, stream>>>(static_cast<const uint8_t*>(table),
+                                                  RowBytes(T, d), tokens, n, d, out);
   return cudaGetLastError();
 }
 
@@ -235,15 +236,24 @@ cudaError_t Embed(DType type, const void* table, const int32_t* tokens, int64_t 
   if (n == 0 || d == 0) return cudaSuccess;
   if (!internal::IsAligned(table, type)) return cudaErrorMisalignedAddress;
   switch (type) {
-    case DType::kF32: return LaunchEmbed<DType::kF32>(table, tokens, n, d, out, stream);
-    case DType::kF16: return LaunchEmbed<DType::kF16>(table, tokens, n, d, out, stream);
-    case DType::kBF16: return LaunchEmbed<DType::kBF16>(table, tokens, n, d, out, stream);
-    case DType::kQ8_0: return LaunchEmbed<DType::kQ8_0>(table, tokens, n, d, out, stream);
-    case DType::kQ4_0: return LaunchEmbed<DType::kQ4_0>(table, tokens, n, d, out, stream);
-    case DType::kQ4_K: return LaunchEmbed<DType::kQ4_K>(table, tokens, n, d, out, stream);
-    case DType::kQ5_K: return LaunchEmbed<DType::kQ5_K>(table, tokens, n, d, out, stream);
-    case DType::kQ6_K: return LaunchEmbed<DType::kQ6_K>(table, tokens, n, d, out, stream);
-    default: return cudaErrorInvalidValue;
+    case DType::kF32:
+      return LaunchEmbed<DType::kF32>(table, tokens, n, d, out, stream);
+    case DType::kF16:
+      return LaunchEmbed<DType::kF16>(table, tokens, n, d, out, stream);
+    case DType::kBF16:
+      return LaunchEmbed<DType::kBF16>(table, tokens, n, d, out, stream);
+    case DType::kQ8_0:
+      return LaunchEmbed<DType::kQ8_0>(table, tokens, n, d, out, stream);
+    case DType::kQ4_0:
+      return LaunchEmbed<DType::kQ4_0>(table, tokens, n, d, out, stream);
+    case DType::kQ4_K:
+      return LaunchEmbed<DType::kQ4_K>(table, tokens, n, d, out, stream);
+    case DType::kQ5_K:
+      return LaunchEmbed<DType::kQ5_K>(table, tokens, n, d, out, stream);
+    case DType::kQ6_K:
+      return LaunchEmbed<DType::kQ6_K>(table, tokens, n, d, out, stream);
+    default:
+      return cudaErrorInvalidValue;
   }
 }
 

@@ -96,7 +96,8 @@ std::vector<double> RowMaxBound(const std::vector<float>& want, int64_t row, dou
   std::vector<double> bound(want.size());
   for (size_t r0 = 0; r0 < want.size(); r0 += row) {
     double mx = 0;
-    for (int64_t i = 0; i < row; ++i) mx = std::max(mx, std::fabs(static_cast<double>(want[r0 + i])));
+    for (int64_t i = 0; i < row; ++i)
+      mx = std::max(mx, std::fabs(static_cast<double>(want[r0 + i])));
     for (int64_t i = 0; i < row; ++i) bound[r0 + i] = tol * mx;
   }
   return bound;
@@ -107,7 +108,8 @@ std::vector<double> ElementBound(const std::vector<float>& want, double tol) {
   double mx = 0;
   for (float v : want) mx = std::max(mx, std::fabs(static_cast<double>(v)));
   std::vector<double> bound(want.size());
-  for (size_t i = 0; i < want.size(); ++i) bound[i] = tol * (std::fabs(static_cast<double>(want[i])) + 1e-3 * mx);
+  for (size_t i = 0; i < want.size(); ++i)
+    bound[i] = tol * (std::fabs(static_cast<double>(want[i])) + 1e-3 * mx);
   return bound;
 }
 
@@ -132,7 +134,8 @@ class CudaOpsTest : public ::testing::Test {
     if (launch != cudaSuccess)
       return ::testing::AssertionFailure() << "launch: " << cudaGetErrorString(launch);
     const cudaError_t err = cudaStreamSynchronize(stream_);
-    if (err != cudaSuccess) return ::testing::AssertionFailure() << "run: " << cudaGetErrorString(err);
+    if (err != cudaSuccess)
+      return ::testing::AssertionFailure() << "run: " << cudaGetErrorString(err);
     return ::testing::AssertionSuccess();
   }
 
@@ -140,8 +143,9 @@ class CudaOpsTest : public ::testing::Test {
   // `ws_bytes` of workspace (default: MatMulWorkspaceBytes for exactly this shape) and
   // compares with ref::MatMul.
   void CheckMatMul(DType type, int64_t rows, int64_t cols, int64_t m, int64_t ws_bytes = -1) {
-    SCOPED_TRACE(std::string(DTypeName(type)) + " rows=" + std::to_string(rows) + " cols=" +
-                 std::to_string(cols) + " m=" + std::to_string(m) + " ws=" + std::to_string(ws_bytes));
+    SCOPED_TRACE(std::string(DTypeName(type)) + " rows=" + std::to_string(rows) +
+                 " cols=" + std::to_string(cols) + " m=" + std::to_string(m) +
+                 " ws=" + std::to_string(ws_bytes));
     const std::vector<uint8_t> wdata = mt::RandomWeights(type, rows, cols, rng_);
     std::uniform_real_distribution<float> any(-1.0f, 1.0f);
     std::vector<float> x(m * cols);
@@ -156,7 +160,8 @@ class CudaOpsTest : public ::testing::Test {
       ref::DequantizeRow(type, view.row(r), wrow.data(), cols);
       for (int64_t i = 0; i < m; ++i) {
         double sum = 0;
-        for (int64_t c = 0; c < cols; ++c) sum += std::fabs(static_cast<double>(wrow[c]) * x[i * cols + c]);
+        for (int64_t c = 0; c < cols; ++c)
+          sum += std::fabs(static_cast<double>(wrow[c]) * x[i * cols + c]);
         s[i * rows + r] = sum;
       }
     }
@@ -165,7 +170,8 @@ class CudaOpsTest : public ::testing::Test {
     std::vector<double> bound(s.size());
     for (size_t i = 0; i < s.size(); ++i) bound[i] = tol * s[i];
 
-    const size_t bytes = ws_bytes >= 0 ? static_cast<size_t>(ws_bytes) : MatMulWorkspaceBytes(rows, cols, m);
+    const size_t bytes =
+        ws_bytes >= 0 ? static_cast<size_t>(ws_bytes) : MatMulWorkspaceBytes(rows, cols, m);
     DeviceArray<uint8_t> dw(wdata), ws_buf(bytes);
     DeviceArray<float> dx(x), dout(m * rows);
     dout.Poison();
@@ -187,14 +193,15 @@ TEST_F(CudaOpsTest, RmsNormMatchesRef) {
     for (int64_t n : {1, 3, 17}) {
       for (bool with_w : {false, true}) {
         for (bool in_place : {false, true}) {
-          SCOPED_TRACE("d=" + std::to_string(d) + " n=" + std::to_string(n) + " w=" +
-                       std::to_string(with_w) + " in_place=" + std::to_string(in_place));
+          SCOPED_TRACE("d=" + std::to_string(d) + " n=" + std::to_string(n) +
+                       " w=" + std::to_string(with_w) + " in_place=" + std::to_string(in_place));
           const std::vector<float> x = Normal(rng_, n * d, 2.0f);
           const std::vector<float> w = Normal(rng_, d);
           const float eps = 1e-5f;
           std::vector<float> want(n * d);
           for (int64_t i = 0; i < n; ++i)
-            ref::RmsNorm(x.data() + i * d, with_w ? w.data() : nullptr, eps, d, want.data() + i * d);
+            ref::RmsNorm(x.data() + i * d, with_w ? w.data() : nullptr, eps, d,
+                         want.data() + i * d);
           DeviceArray<float> dx(x), dw(w), dout(n * d);
           dout.Poison();
           float* out = in_place ? dx.ptr : dout.ptr;
@@ -211,19 +218,20 @@ TEST_F(CudaOpsTest, LayerNormMatchesRef) {
   for (int64_t d : {1, 7, 33, 4096 + 5}) {
     for (int64_t n : {1, 3, 17}) {
       for (int variant = 0; variant < 3; ++variant) {  // no w/b; w only; w and b
-        SCOPED_TRACE("d=" + std::to_string(d) + " n=" + std::to_string(n) + " variant=" +
-                     std::to_string(variant));
+        SCOPED_TRACE("d=" + std::to_string(d) + " n=" + std::to_string(n) +
+                     " variant=" + std::to_string(variant));
         const std::vector<float> x = Normal(rng_, n * d, 2.0f, 3.0f);  // a mean to remove
         const std::vector<float> w = Normal(rng_, d), b = Normal(rng_, d);
         const float* hw = variant >= 1 ? w.data() : nullptr;
         const float* hb = variant >= 2 ? b.data() : nullptr;
         const float eps = 1e-5f;
         std::vector<float> want(n * d);
-        for (int64_t i = 0; i < n; ++i) ref::LayerNorm(x.data() + i * d, hw, hb, eps, d, want.data() + i * d);
+        for (int64_t i = 0; i < n; ++i)
+          ref::LayerNorm(x.data() + i * d, hw, hb, eps, d, want.data() + i * d);
         DeviceArray<float> dx(x), dw(w), db(b), dout(n * d);
         dout.Poison();
-        ASSERT_TRUE(Finish(LayerNorm(dx.ptr, hw ? dw.ptr : nullptr, hb ? db.ptr : nullptr, eps, n, d,
-                                     dout.ptr, stream_)));
+        ASSERT_TRUE(Finish(LayerNorm(dx.ptr, hw ? dw.ptr : nullptr, hb ? db.ptr : nullptr, eps, n,
+                                     d, dout.ptr, stream_)));
         // d = 1 normalizes to exactly 0 (+ b): a row max of 0 would allow no error at all,
         // which the kernel meets (x - mean is exactly 0).
         EXPECT_TRUE(Within(dout.ToHost(), want, RowMaxBound(want, d, 1e-5)));
@@ -323,20 +331,20 @@ struct RopeCase {
 
 TEST_F(CudaOpsTest, RopeMatchesRef) {
   const RopeCase cases[] = {
-      {64, 64, false, 10000.0f, 1.0f},      // Llama style, every dim rotated
-      {128, 128, true, 500000.0f, 1.0f},    // NeoX / Qwen2 style
-      {64, 32, false, 10000.0f, 1.0f},      // half the dims pass through
-      {96, 64, true, 10000.0f, 0.25f},      // NeoX with pass-through and linear scaling
-      {6, 4, false, 10000.0f, 1.0f},        // tiny head
+      {64, 64, false, 10000.0f, 1.0f},    // Llama style, every dim rotated
+      {128, 128, true, 500000.0f, 1.0f},  // NeoX / Qwen2 style
+      {64, 32, false, 10000.0f, 1.0f},    // half the dims pass through
+      {96, 64, true, 10000.0f, 0.25f},    // NeoX with pass-through and linear scaling
+      {6, 4, false, 10000.0f, 1.0f},      // tiny head
       {128, 128, false, 1000000.0f, 0.125f},
   };
   for (const RopeCase& rc : cases) {
     for (int64_t n : {1, 3, 17}) {
       for (int64_t n_heads : {1, 3, 8}) {
-        SCOPED_TRACE("head_dim=" + std::to_string(rc.head_dim) + " rope_dims=" +
-                     std::to_string(rc.rope_dims) + " neox=" + std::to_string(rc.neox) +
-                     " scale=" + std::to_string(rc.scale) + " n=" + std::to_string(n) +
-                     " heads=" + std::to_string(n_heads));
+        SCOPED_TRACE("head_dim=" + std::to_string(rc.head_dim) +
+                     " rope_dims=" + std::to_string(rc.rope_dims) +
+                     " neox=" + std::to_string(rc.neox) + " scale=" + std::to_string(rc.scale) +
+                     " n=" + std::to_string(n) + " heads=" + std::to_string(n_heads));
         RopeParams p;
         p.head_dim = rc.head_dim;
         p.rope_dims = rc.rope_dims;
@@ -351,7 +359,8 @@ TEST_F(CudaOpsTest, RopeMatchesRef) {
         const int64_t row = n_heads * rc.head_dim;
         const std::vector<float> x = Normal(rng_, n * row);
         std::vector<float> want = x;
-        for (int64_t i = 0; i < n; ++i) ref::Rope(p, static_cast<double>(pos[i]), n_heads, want.data() + i * row);
+        for (int64_t i = 0; i < n; ++i)
+          ref::Rope(p, static_cast<double>(pos[i]), n_heads, want.data() + i * row);
         DeviceArray<float> dx(x);
         DeviceArray<int64_t> dpos(pos);
         ASSERT_TRUE(Finish(Rope(p, dpos.ptr, n, n_heads, dx.ptr, stream_)));
@@ -373,7 +382,8 @@ TEST_F(CudaOpsTest, EmbedMatchesRefForEveryType) {
   for (DType type : kWeightTypes) {
     for (int64_t d : LengthsFor(type)) {
       for (int64_t n : {1, 3, 17}) {
-        SCOPED_TRACE(std::string(DTypeName(type)) + " d=" + std::to_string(d) + " n=" + std::to_string(n));
+        SCOPED_TRACE(std::string(DTypeName(type)) + " d=" + std::to_string(d) +
+                     " n=" + std::to_string(n));
         const std::vector<uint8_t> table = mt::RandomWeights(type, vocab, d, rng_);
         std::uniform_int_distribution<int32_t> any_tok(0, vocab - 1);
         std::vector<int32_t> tokens(n);
@@ -384,7 +394,8 @@ TEST_F(CudaOpsTest, EmbedMatchesRefForEveryType) {
         }
         const WeightView view{type, vocab, d, table.data()};
         std::vector<float> want(n * d);
-        for (int64_t i = 0; i < n; ++i) ref::DequantizeRow(type, view.row(tokens[i]), want.data() + i * d, d);
+        for (int64_t i = 0; i < n; ++i)
+          ref::DequantizeRow(type, view.row(tokens[i]), want.data() + i * d, d);
         DeviceArray<uint8_t> dtable(table);
         DeviceArray<int32_t> dtok(tokens);
         DeviceArray<float> dout(n * d);
@@ -416,7 +427,8 @@ TEST_P(MatMulTest, TilesTheRowsToTheWorkspace) {
   const DType type = GetParam();
   const int64_t cols = LengthsFor(type)[1], m = 20, rows = 300;
   const int64_t x_bytes = (m * cols * 2 + 255) / 256 * 256;
-  for (int64_t tile_rows : {128, 50}) CheckMatMul(type, rows, cols, m, x_bytes + tile_rows * cols * 2 + cols);
+  for (int64_t tile_rows : {128, 50})
+    CheckMatMul(type, rows, cols, m, x_bytes + tile_rows * cols * 2 + cols);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllTypes, MatMulTest, ::testing::ValuesIn(kWeightTypes),
@@ -433,8 +445,10 @@ TEST_F(CudaOpsTest, MatMulRefusesAMissingOrSmallWorkspace) {
   DeviceArray<uint8_t> dw(wdata), small(64);
   DeviceArray<float> dx(m * cols), dout(m * rows);
   const DeviceWeight w{DType::kQ8_0, rows, cols, dw.ptr};
-  EXPECT_EQ(MatMul(w, dx.ptr, m, dout.ptr, MatMulWorkspace{cublas_, nullptr, 0}, stream_), cudaErrorInvalidValue);
-  EXPECT_EQ(MatMul(w, dx.ptr, m, dout.ptr, MatMulWorkspace{cublas_, small.ptr, 64}, stream_), cudaErrorInvalidValue);
+  EXPECT_EQ(MatMul(w, dx.ptr, m, dout.ptr, MatMulWorkspace{cublas_, nullptr, 0}, stream_),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(MatMul(w, dx.ptr, m, dout.ptr, MatMulWorkspace{cublas_, small.ptr, 64}, stream_),
+            cudaErrorInvalidValue);
   // A handle bound to another stream than the kernels': refused, not raced.
   cudaStream_t other = nullptr;
   MESA_CUDA_OK(cudaStreamCreate(&other));
@@ -460,13 +474,17 @@ TEST(CudaOpsArgs, MatMulRejectsBadWeights) {
   EXPECT_EQ(MatMul({DType::kF32, -1, 8, fake}, x, 1, out, none, nullptr), cudaErrorInvalidValue);
   EXPECT_EQ(MatMul({DType::kF32, 4, 8, fake}, x, -1, out, none, nullptr), cudaErrorInvalidValue);
   EXPECT_EQ(MatMul({DType::kF32, 4, 8, nullptr}, x, 1, out, none, nullptr), cudaErrorInvalidValue);
-  EXPECT_EQ(MatMul({DType::kF32, 4, 8, fake}, nullptr, 1, out, none, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(MatMul({DType::kF32, 4, 8, fake}, nullptr, 1, out, none, nullptr),
+            cudaErrorInvalidValue);
   // Misaligned data: 4-byte words for F32, Q4_K and Q5_K; 2-byte scales everywhere.
   const auto* odd2 = reinterpret_cast<const void*>(uintptr_t{0x10002});
   const auto* odd1 = reinterpret_cast<const void*>(uintptr_t{0x10001});
-  EXPECT_EQ(MatMul({DType::kQ4_K, 4, 256, odd2}, x, 1, out, none, nullptr), cudaErrorMisalignedAddress);
-  EXPECT_EQ(MatMul({DType::kF32, 4, 8, odd2}, x, 1, out, none, nullptr), cudaErrorMisalignedAddress);
-  EXPECT_EQ(MatMul({DType::kQ8_0, 4, 32, odd1}, x, 1, out, none, nullptr), cudaErrorMisalignedAddress);
+  EXPECT_EQ(MatMul({DType::kQ4_K, 4, 256, odd2}, x, 1, out, none, nullptr),
+            cudaErrorMisalignedAddress);
+  EXPECT_EQ(MatMul({DType::kF32, 4, 8, odd2}, x, 1, out, none, nullptr),
+            cudaErrorMisalignedAddress);
+  EXPECT_EQ(MatMul({DType::kQ8_0, 4, 32, odd1}, x, 1, out, none, nullptr),
+            cudaErrorMisalignedAddress);
   // Nothing to do: success without touching anything.
   EXPECT_EQ(MatMul({DType::kQ8_0, 4, 32, fake}, x, 0, out, none, nullptr), cudaSuccess);
   EXPECT_EQ(MatMul({DType::kQ8_0, 0, 32, fake}, x, 3, out, none, nullptr), cudaSuccess);
@@ -505,7 +523,8 @@ TEST(CudaOpsArgs, RowOpsRejectBadShapes) {
   EXPECT_EQ(Add(p, 0, p, nullptr), cudaSuccess);
   EXPECT_EQ(Embed(DType::kQ4_1, p, nullptr, 1, 32, p, nullptr), cudaErrorInvalidValue);
   EXPECT_EQ(Embed(DType::kQ4_K, p, nullptr, 1, 100, p, nullptr), cudaErrorInvalidValue);
-  EXPECT_EQ(Embed(DType::kF32, reinterpret_cast<const void*>(uintptr_t{0x10002}), nullptr, 1, 8, p, nullptr),
+  EXPECT_EQ(Embed(DType::kF32, reinterpret_cast<const void*>(uintptr_t{0x10002}), nullptr, 1, 8, p,
+                  nullptr),
             cudaErrorMisalignedAddress);
 }
 

@@ -23,202 +23,22 @@
 #include <cstdint>
 
 #include "kernels/cuda/dequant.cuh"
+#include "kernels/cuda/matvec_lanes.cuh"
 #include "kernels/cuda/ops.h"
 
 namespace mesa::cuda {
 namespace {
 
-using internal::LoadBF16;
-using internal::LoadF16;
+using internal::LaneDot;
 
-constexpr int64_t kMatVecMaxM = 8;       // tokens per matrix-vector launch, and the switch-over
-constexpr int kWarpsPerBlock = 8;        // matrix-vector: rows per 256-thread block
-constexpr int64_t kXChunkElems = 1 << 24;  // GEMM: x elements converted to bf16 per round
-constexpr int64_t kTileElems = 1 << 24;    // GEMM: preferred dequantized tile (32 MiB of bf16)
+constexpr int64_t kMatVecMaxM = 8;          // tokens per matrix-vector launch, and the switch-over
+constexpr int kWarpsPerBlock = 8;           // matrix-vector: rows per 256-thread block
+constexpr int64_t kXChunkElems = 1 << 24;   // GEMM: x elements converted to bf16 per round
+constexpr int64_t kTileElems = 1 << 24;     // GEMM: preferred dequantized tile (32 MiB of bf16)
 constexpr int64_t kMaxGemmElems = 1 << 30;  // every operand of one cuBLAS call, so int indexes hold
 constexpr size_t kWsAlign = 256;
 
 size_t AlignUp(size_t v) { return (v + kWsAlign - 1) / kWsAlign * kWsAlign; }
-
-// acc[i] += w * x[i][c] for the i < m tokens (m <= M; M a compile-time bound).
-template <int M>
-__device__ __forceinline__ void Fma(float w, const float* x, int64_t cols, int64_t c, int m,
-                                   float* acc) {
-#pragma unroll
-  for (int i = 0; i < M; ++i) {
-    if (i < m) acc[i] = fmaf(w, __ldg(x + i * cols + c), acc[i]);
-  }
-}
-
-// Each format's share of one row for lane `lane` of the row's warp.
-template <DType T, int M>
-struct LaneDot;
-
-// Plain floats: lane handles elements lane, lane + 32, ... (coalesced).
-template <int M>
-struct LaneDot<DType::kF32, M> {
-  static __device__ __forceinline__ void Run(const uint8_t* row, int64_t cols, const float* x,
-                                             int m, int lane, float* acc) {
-    const float* w = reinterpret_cast<const float*>(row);
-    for (int64_t c = lane; c < cols; c += 32) Fma<M>(w[c], x, cols, c, m, acc);
-  }
-};
-
-template <int M>
-struct LaneDot<DType::kF16, M> {
-  static __device__ __forceinline__ void Run(const uint8_t* row, int64_t cols, const float* x,
-                                             int m, int lane, float* acc) {
-    for (int64_t c = lane; c < cols; c += 32) Fma<M>(LoadF16(row + 2 * c), x, cols, c, m, acc);
-  }
-};
-
-template <int M>
-struct LaneDot<DType::kBF16, M> {
-  static __device__ __forceinline__ void Run(const uint8_t* row, int64_t cols, const float* x,
-                                             int m, int lane, float* acc) {
-    for (int64_t c = lane; c < cols; c += 32) Fma<M>(LoadBF16(row + 2 * c), x, cols, c, m, acc);
-  }
-};
-
-// Q8_0: 4 lanes per block (8 blocks per warp step), lane part p takes quants 8p..8p+7.
-template <int M>
-struct LaneDot<DType::kQ8_0, M> {
-  static __device__ __forceinline__ void Run(const uint8_t* row, int64_t cols, const float* x,
-                                             int m, int lane, float* acc) {
-    const int64_t nb = cols / 32;
-    const int part = lane & 3;
-    for (int64_t b = lane >> 2; b < nb; b += 8) {
-      const uint8_t* blk = row + b * internal::kQ8_0Bytes;
-      const float d = LoadF16(blk);
-      const int8_t* qs = reinterpret_cast<const int8_t*>(blk + 2 + 8 * part);
-      const int64_t c0 = b * 32 + 8 * part;
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-        Fma<M>(__fmul_rn(d, static_cast<float>(qs[j])), x, cols, c0 + j, m, acc);
-    }
-  }
-};
-
-// Q4_0: 4 lanes per block, lane part p takes bytes 4p..4p+3: elements 4p+j (low
-// nibbles) and 16+4p+j (high nibbles).
-template <int M>
-struct LaneDot<DType::kQ4_0, M> {
-  static __device__ __forceinline__ void Run(const uint8_t* row, int64_t cols, const float* x,
-                                             int m, int lane, float* acc) {
-    const int64_t nb = cols / 32;
-    const int part = lane & 3;
-    for (int64_t b = lane >> 2; b < nb; b += 8) {
-      const uint8_t* blk = row + b * internal::kQ4_0Bytes;
-      const float d = LoadF16(blk);
-      const uint8_t* qs = blk + 2 + 4 * part;
-      const int64_t c0 = b * 32 + 4 * part;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int q = qs[j];
-        Fma<M>(__fmul_rn(d, static_cast<float>((q & 0xF) - 8)), x, cols, c0 + j, m, acc);
-        Fma<M>(__fmul_rn(d, static_cast<float>((q >> 4) - 8)), x, cols, c0 + 16 + j, m, acc);
-      }
-    }
-  }
-};
-
-// Q4_K / Q5_K: 16 lanes per block (2 blocks per warp step). Lane hl = 4 * chunk + t takes
-// bytes 8t..8t+7 of the chunk's 32 quant bytes: elements 64 chunk + 8t + j (low nibbles,
-// sub-block 2 chunk) and 64 chunk + 32 + 8t + j (high nibbles, sub-block 2 chunk + 1).
-// Q5_K's fifth bits are bits 2 chunk / 2 chunk + 1 of qh[8t + j]. Blocks are multiples
-// of 16 bytes and the quants sit at 16-byte offsets: 4-byte loads are aligned.
-template <bool kFiveBits, int M>
-__device__ __forceinline__ void LaneDotQ45_K(const uint8_t* row, int64_t cols, const float* x,
-                                             int m, int lane, float* acc) {
-  const int64_t nb = cols / 256;
-  const int hl = lane & 15, chunk = hl >> 2, t = hl & 3;
-  const int block_bytes = kFiveBits ? internal::kQ5_KBytes : internal::kQ4_KBytes;
-  for (int64_t b = lane >> 4; b < nb; b += 2) {
-    const uint8_t* blk = row + b * block_bytes;
-    const float d = LoadF16(blk), dmin = LoadF16(blk + 2);
-    int sc1, m1, sc2, m2;
-    internal::ScaleMinK4(2 * chunk, blk + 4, &sc1, &m1);
-    internal::ScaleMinK4(2 * chunk + 1, blk + 4, &sc2, &m2);
-    const float d1 = __fmul_rn(d, static_cast<float>(sc1)), dm1 = __fmul_rn(dmin, static_cast<float>(m1));
-    const float d2 = __fmul_rn(d, static_cast<float>(sc2)), dm2 = __fmul_rn(dmin, static_cast<float>(m2));
-    const uint32_t* ql =
-        reinterpret_cast<const uint32_t*>(blk + (kFiveBits ? 48 : 16) + 32 * chunk + 8 * t);
-    const uint32_t q[2] = {ql[0], ql[1]};
-    uint32_t h[2] = {0, 0};
-    if (kFiveBits) {
-      const uint32_t* qh = reinterpret_cast<const uint32_t*>(blk + 16 + 8 * t);
-      h[0] = qh[0];
-      h[1] = qh[1];
-    }
-    const int64_t c0 = b * 256 + 64 * chunk + 8 * t;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const uint32_t byte = (q[j >> 2] >> (8 * (j & 3))) & 0xFF;
-      int lo = static_cast<int>(byte & 0xF), hi = static_cast<int>(byte >> 4);
-      if (kFiveBits) {
-        const uint32_t hb = (h[j >> 2] >> (8 * (j & 3))) & 0xFF;
-        lo += static_cast<int>((hb >> (2 * chunk)) & 1) << 4;
-        hi += static_cast<int>((hb >> (2 * chunk + 1)) & 1) << 4;
-      }
-      Fma<M>(__fsub_rn(__fmul_rn(d1, static_cast<float>(lo)), dm1), x, cols, c0 + j, m, acc);
-      Fma<M>(__fsub_rn(__fmul_rn(d2, static_cast<float>(hi)), dm2), x, cols, c0 + 32 + j, m, acc);
-    }
-  }
-}
-
-template <int M>
-struct LaneDot<DType::kQ4_K, M> {
-  static __device__ __forceinline__ void Run(const uint8_t* row, int64_t cols, const float* x,
-                                             int m, int lane, float* acc) {
-    LaneDotQ45_K<false, M>(row, cols, x, m, lane, acc);
-  }
-};
-
-template <int M>
-struct LaneDot<DType::kQ5_K, M> {
-  static __device__ __forceinline__ void Run(const uint8_t* row, int64_t cols, const float* x,
-                                             int m, int lane, float* acc) {
-    LaneDotQ45_K<true, M>(row, cols, x, m, lane, acc);
-  }
-};
-
-// Q6_K: 16 lanes per block (2 blocks per warp step). Lane hl = 8 h + t takes half h
-// (128 elements) at l = 4t..4t+3: the four elements l, l+32, l+64, l+96 of that half
-// (ref::DequantizeRow's q1..q4), scales sc[l/16 + 0, 2, 4, 6] (l / 16 = t / 4 for all four l).
-template <int M>
-struct LaneDot<DType::kQ6_K, M> {
-  static __device__ __forceinline__ void Run(const uint8_t* row, int64_t cols, const float* x,
-                                             int m, int lane, float* acc) {
-    const int64_t nb = cols / 256;
-    const int hl = lane & 15, h = hl >> 3, t = hl & 7;
-    const int is = t >> 2;
-    for (int64_t b = lane >> 4; b < nb; b += 2) {
-      const uint8_t* blk = row + b * internal::kQ6_KBytes;
-      const uint8_t* ql = blk + 64 * h;
-      const uint8_t* qh = blk + 128 + 32 * h;
-      const int8_t* sc = reinterpret_cast<const int8_t*>(blk + 192) + 8 * h;
-      const float d = LoadF16(blk + 208);
-      const float s1 = __fmul_rn(d, static_cast<float>(sc[is]));
-      const float s2 = __fmul_rn(d, static_cast<float>(sc[is + 2]));
-      const float s3 = __fmul_rn(d, static_cast<float>(sc[is + 4]));
-      const float s4 = __fmul_rn(d, static_cast<float>(sc[is + 6]));
-      const int64_t c0 = b * 256 + 128 * h + 4 * t;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int l = 4 * t + j;
-        const int a = ql[l], a32 = ql[l + 32], hb = qh[l];
-        const int q1 = ((a & 0xF) | (((hb >> 0) & 3) << 4)) - 32;
-        const int q2 = ((a32 & 0xF) | (((hb >> 2) & 3) << 4)) - 32;
-        const int q3 = ((a >> 4) | (((hb >> 4) & 3) << 4)) - 32;
-        const int q4 = ((a32 >> 4) | (((hb >> 6) & 3) << 4)) - 32;
-        Fma<M>(__fmul_rn(s1, static_cast<float>(q1)), x, cols, c0 + j, m, acc);
-        Fma<M>(__fmul_rn(s2, static_cast<float>(q2)), x, cols, c0 + 32 + j, m, acc);
-        Fma<M>(__fmul_rn(s3, static_cast<float>(q3)), x, cols, c0 + 64 + j, m, acc);
-        Fma<M>(__fmul_rn(s4, static_cast<float>(q4)), x, cols, c0 + 96 + j, m, acc);
-      }
-    }
-  }
-};
 
 // One warp per output row r: out[i * rows + r] for i < m (m <= M).
 template <DType T, int M>
@@ -251,13 +71,17 @@ cudaError_t LaunchMatVec(const DeviceWeight& w, const float* x, int64_t m, float
     const float* xg = x + i0 * w.cols;
     float* og = out + i0 * w.rows;
     if (mg == 1) {
-      MatVecKernel<T, 1><<<blocks, threads, 0, stream>>>(data, w.rows, w.cols, row_bytes, xg, mg, og);
+      MatVecKernel<T, 1>
+          <<<blocks, threads, 0, stream>>>(data, w.rows, w.cols, row_bytes, xg, mg, og);
     } else if (mg == 2) {
-      MatVecKernel<T, 2><<<blocks, threads, 0, stream>>>(data, w.rows, w.cols, row_bytes, xg, mg, og);
+      MatVecKernel<T, 2>
+          <<<blocks, threads, 0, stream>>>(data, w.rows, w.cols, row_bytes, xg, mg, og);
     } else if (mg <= 4) {
-      MatVecKernel<T, 4><<<blocks, threads, 0, stream>>>(data, w.rows, w.cols, row_bytes, xg, mg, og);
+      MatVecKernel<T, 4>
+          <<<blocks, threads, 0, stream>>>(data, w.rows, w.cols, row_bytes, xg, mg, og);
     } else {
-      MatVecKernel<T, 8><<<blocks, threads, 0, stream>>>(data, w.rows, w.cols, row_bytes, xg, mg, og);
+      MatVecKernel<T, 8>
+          <<<blocks, threads, 0, stream>>>(data, w.rows, w.cols, row_bytes, xg, mg, og);
     }
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
@@ -268,15 +92,24 @@ cudaError_t LaunchMatVec(const DeviceWeight& w, const float* x, int64_t m, float
 cudaError_t MatVec(const DeviceWeight& w, const float* x, int64_t m, float* out,
                    cudaStream_t stream) {
   switch (w.type) {
-    case DType::kF32: return LaunchMatVec<DType::kF32>(w, x, m, out, stream);
-    case DType::kF16: return LaunchMatVec<DType::kF16>(w, x, m, out, stream);
-    case DType::kBF16: return LaunchMatVec<DType::kBF16>(w, x, m, out, stream);
-    case DType::kQ8_0: return LaunchMatVec<DType::kQ8_0>(w, x, m, out, stream);
-    case DType::kQ4_0: return LaunchMatVec<DType::kQ4_0>(w, x, m, out, stream);
-    case DType::kQ4_K: return LaunchMatVec<DType::kQ4_K>(w, x, m, out, stream);
-    case DType::kQ5_K: return LaunchMatVec<DType::kQ5_K>(w, x, m, out, stream);
-    case DType::kQ6_K: return LaunchMatVec<DType::kQ6_K>(w, x, m, out, stream);
-    default: return cudaErrorInvalidValue;
+    case DType::kF32:
+      return LaunchMatVec<DType::kF32>(w, x, m, out, stream);
+    case DType::kF16:
+      return LaunchMatVec<DType::kF16>(w, x, m, out, stream);
+    case DType::kBF16:
+      return LaunchMatVec<DType::kBF16>(w, x, m, out, stream);
+    case DType::kQ8_0:
+      return LaunchMatVec<DType::kQ8_0>(w, x, m, out, stream);
+    case DType::kQ4_0:
+      return LaunchMatVec<DType::kQ4_0>(w, x, m, out, stream);
+    case DType::kQ4_K:
+      return LaunchMatVec<DType::kQ4_K>(w, x, m, out, stream);
+    case DType::kQ5_K:
+      return LaunchMatVec<DType::kQ5_K>(w, x, m, out, stream);
+    case DType::kQ6_K:
+      return LaunchMatVec<DType::kQ6_K>(w, x, m, out, stream);
+    default:
+      return cudaErrorInvalidValue;
   }
 }
 
@@ -294,7 +127,8 @@ __global__ void DequantTileKernel(const uint8_t* w, int64_t row_bytes, int64_t r
                                   __nv_bfloat16* tile) {
   const int64_t total = rows * cols;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += stride) {
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
+       e += stride) {
     const int64_t r = e / cols, c = e % cols;
     tile[e] = __float2bfloat16_rn(internal::DecodeAt<T>(w + r * row_bytes, c));
   }
@@ -307,31 +141,45 @@ unsigned ElementGrid(int64_t total) {
 template <DType T>
 cudaError_t LaunchDequantTile(const uint8_t* w, int64_t row_bytes, int64_t rows, int64_t cols,
                               __nv_bfloat16* tile, cudaStream_t stream) {
-  DequantTileKernel<T><<<ElementGrid(rows * cols), 256, 0, stream>>>(w, row_bytes, rows, cols, tile);
+  DequantTileKernel<T>
+      <<<ElementGrid(rows * cols), 256, 0, stream>>>(w, row_bytes, rows, cols, tile);
   return cudaGetLastError();
 }
 
 cudaError_t DequantTile(DType type, const uint8_t* w, int64_t row_bytes, int64_t rows, int64_t cols,
                         __nv_bfloat16* tile, cudaStream_t stream) {
   switch (type) {
-    case DType::kF16: return LaunchDequantTile<DType::kF16>(w, row_bytes, rows, cols, tile, stream);
-    case DType::kQ8_0: return LaunchDequantTile<DType::kQ8_0>(w, row_bytes, rows, cols, tile, stream);
-    case DType::kQ4_0: return LaunchDequantTile<DType::kQ4_0>(w, row_bytes, rows, cols, tile, stream);
-    case DType::kQ4_K: return LaunchDequantTile<DType::kQ4_K>(w, row_bytes, rows, cols, tile, stream);
-    case DType::kQ5_K: return LaunchDequantTile<DType::kQ5_K>(w, row_bytes, rows, cols, tile, stream);
-    case DType::kQ6_K: return LaunchDequantTile<DType::kQ6_K>(w, row_bytes, rows, cols, tile, stream);
-    default: return cudaErrorInvalidValue;  // F32 and BF16 are used in place
+    case DType::kF16:
+      return LaunchDequantTile<DType::kF16>(w, row_bytes, rows, cols, tile, stream);
+    case DType::kQ8_0:
+      return LaunchDequantTile<DType::kQ8_0>(w, row_bytes, rows, cols, tile, stream);
+    case DType::kQ4_0:
+      return LaunchDequantTile<DType::kQ4_0>(w, row_bytes, rows, cols, tile, stream);
+    case DType::kQ4_K:
+      return LaunchDequantTile<DType::kQ4_K>(w, row_bytes, rows, cols, tile, stream);
+    case DType::kQ5_K:
+      return LaunchDequantTile<DType::kQ5_K>(w, row_bytes, rows, cols, tile, stream);
+    case DType::kQ6_K:
+      return LaunchDequantTile<DType::kQ6_K>(w, row_bytes, rows, cols, tile, stream);
+    default:
+      return cudaErrorInvalidValue;  // F32 and BF16 are used in place
   }
 }
 
 cudaError_t FromCublas(cublasStatus_t s) {
   switch (s) {
-    case CUBLAS_STATUS_SUCCESS: return cudaSuccess;
-    case CUBLAS_STATUS_INVALID_VALUE: return cudaErrorInvalidValue;
-    case CUBLAS_STATUS_ALLOC_FAILED: return cudaErrorMemoryAllocation;
-    case CUBLAS_STATUS_NOT_INITIALIZED: return cudaErrorInitializationError;
-    case CUBLAS_STATUS_NOT_SUPPORTED: return cudaErrorNotSupported;
-    default: return cudaErrorUnknown;
+    case CUBLAS_STATUS_SUCCESS:
+      return cudaSuccess;
+    case CUBLAS_STATUS_INVALID_VALUE:
+      return cudaErrorInvalidValue;
+    case CUBLAS_STATUS_ALLOC_FAILED:
+      return cudaErrorMemoryAllocation;
+    case CUBLAS_STATUS_NOT_INITIALIZED:
+      return cudaErrorInitializationError;
+    case CUBLAS_STATUS_NOT_SUPPORTED:
+      return cudaErrorNotSupported;
+    default:
+      return cudaErrorUnknown;
   }
 }
 
@@ -359,7 +207,8 @@ cudaError_t GemmPath(const DeviceWeight& w, const float* x, int64_t m, float* ou
   if (!in_place) {
     const size_t need = x_bytes + static_cast<size_t>(cols) * 2;
     if (!ws.buffer || ws.bytes < need) return cudaErrorInvalidValue;  // see MatMulWorkspaceBytes
-    tr = std::min<int64_t>(tr, static_cast<int64_t>((ws.bytes - x_bytes) / (static_cast<size_t>(cols) * 2)));
+    tr = std::min<int64_t>(
+        tr, static_cast<int64_t>((ws.bytes - x_bytes) / (static_cast<size_t>(cols) * 2)));
   } else if (!x_f32 && (!ws.buffer || ws.bytes < x_bytes)) {
     return cudaErrorInvalidValue;
   }
@@ -390,8 +239,8 @@ cudaError_t GemmPath(const DeviceWeight& w, const float* x, int64_t m, float* ou
       }
       err = FromCublas(cublasGemmEx(ws.cublas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(nr),
                                     static_cast<int>(nt), static_cast<int>(cols), &one, a, type_ab,
-                                    static_cast<int>(cols), b, type_ab, static_cast<int>(cols), &zero,
-                                    out + i0 * rows + r0, CUDA_R_32F, static_cast<int>(rows),
+                                    static_cast<int>(cols), b, type_ab, static_cast<int>(cols),
+                                    &zero, out + i0 * rows + r0, CUDA_R_32F, static_cast<int>(rows),
                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
       if (err != cudaSuccess) return err;
     }
@@ -412,11 +261,13 @@ size_t MatMulWorkspaceBytes(int64_t max_rows, int64_t max_cols, int64_t max_m) {
 
 cudaError_t MatMul(const DeviceWeight& w, const float* x, int64_t m, float* out,
                    const MatMulWorkspace& ws, cudaStream_t stream) {
-  if (!SupportedWeightType(w.type) || w.rows < 0 || w.cols < 0 || m < 0) return cudaErrorInvalidValue;
+  if (!SupportedWeightType(w.type) || w.rows < 0 || w.cols < 0 || m < 0)
+    return cudaErrorInvalidValue;
   if (w.cols % GetDTypeInfo(w.type).block_elems != 0) return cudaErrorInvalidValue;
   if (m == 0 || w.rows == 0) return cudaSuccess;
   if (!x || !out) return cudaErrorInvalidValue;
-  if (w.cols == 0) return cudaMemsetAsync(out, 0, static_cast<size_t>(m * w.rows) * sizeof(float), stream);
+  if (w.cols == 0)
+    return cudaMemsetAsync(out, 0, static_cast<size_t>(m * w.rows) * sizeof(float), stream);
   if (!w.data) return cudaErrorInvalidValue;
   if (!internal::IsAligned(w.data, w.type)) return cudaErrorMisalignedAddress;
   // cuBLAS takes int sizes; a row or a weight matrix that large is a caller's error.
