@@ -2,18 +2,20 @@
 //
 // m <= kMatVecMaxM (decode): matrix-vector kernels that read each format's blocks in
 // place. One warp per output row; the lanes of a warp split the row's blocks between
-// them (whole blocks or fixed parts of a block, so a warp reads a contiguous run of the
-// row), decode each weight exactly as ref::DequantizeRow does, and accumulate
-// w * x[i][c] for the (up to 8) tokens in f32 registers; a shuffle reduction ends the row.
-// Memory-bound by design: each weight byte is read once per call, x comes from L1/L2.
+// them (matvec_lanes.cuh), decode each weight exactly as ref::DequantizeRow does, and
+// accumulate w * x[i][c] for up to 8 tokens in f32 registers; a shuffle reduction ends
+// the row. Memory-bound by design: each weight byte is read once per 8 tokens, x comes
+// from L1/L2.
 //
-// m > kMatVecMaxM (prefill): cuBLAS. x is converted to bf16 in chunks of tokens, the
+// m > kMatVecMaxM (prefill): cuBLAS. x is converted to bf16 in chunks of tokens and the
 // weight rows are dequantized to bf16 a tile at a time into the workspace (BF16 weights
-// are used in place, F32 weights and x stay f32), and cublasGemmEx runs with f32
-// accumulation. cuBLAS is column-major: the row-major out[m][rows] is the column-major
-// rows x m matrix C = W * x^T, i.e. C = op(A) * B with A = the row-major W tile seen as a
-// column-major cols x rows matrix (op = transpose, lda = cols), B = the row-major x seen
-// as a column-major cols x m matrix (ldb = cols), ldc = rows.
+// are used in place; F32 weights and x stay f32, with CUBLAS_COMPUTE_32F_PEDANTIC so no
+// handle setting turns on TF32); cublasGemmEx accumulates in f32. cuBLAS is
+// column-major: the row-major out[m][rows] is the column-major rows x m matrix
+// C = W * x^T = op(A) * B with A = the row-major W tile seen as a column-major
+// cols x rows matrix (op = transpose, lda = cols), B = the row-major x seen as a
+// column-major cols x m matrix (ldb = cols), and ldc = rows (a tile of rows r0.. writes
+// C starting at out + r0; a chunk of tokens i0.. at out + i0 * rows).
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -229,6 +231,8 @@ cudaError_t GemmPath(const DeviceWeight& w, const float* x, int64_t m, float* ou
       b = xb;
     }
     const cudaDataType type_ab = x_f32 ? CUDA_R_32F : CUDA_R_16BF;
+    // F32 weights: pedantic f32, so a handle set to TF32 math cannot round the operands.
+    const cublasComputeType_t compute = x_f32 ? CUBLAS_COMPUTE_32F_PEDANTIC : CUBLAS_COMPUTE_32F;
     for (int64_t r0 = 0; r0 < rows; r0 += tr) {
       const int64_t nr = std::min(tr, rows - r0);
       const void* a = data + r0 * row_bytes;
@@ -241,7 +245,7 @@ cudaError_t GemmPath(const DeviceWeight& w, const float* x, int64_t m, float* ou
                                     static_cast<int>(nt), static_cast<int>(cols), &one, a, type_ab,
                                     static_cast<int>(cols), b, type_ab, static_cast<int>(cols),
                                     &zero, out + i0 * rows + r0, CUDA_R_32F, static_cast<int>(rows),
-                                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                                    compute, CUBLAS_GEMM_DEFAULT));
       if (err != cudaSuccess) return err;
     }
   }
