@@ -14,6 +14,7 @@
 
 #define MESA_DEVICE inline
 #define MESA_UNROLL
+#define MESA_UNROLL4
 
 namespace mesa::cuda::internal {
 // Aligned loads of little-endian words (memcpy: no aliasing questions on the host).
@@ -61,6 +62,7 @@ inline float F32FromBits(uint32_t u) {
 
 #define MESA_DEVICE __device__ __forceinline__
 #define MESA_UNROLL _Pragma("unroll")
+#define MESA_UNROLL4 _Pragma("unroll 4")  // several loads in flight per lane
 
 namespace mesa::cuda::internal {
 // Aligned loads (the callers guarantee the alignment; see RequiredAlignment).

@@ -33,6 +33,7 @@ template <int M>
 struct LaneDot<DType::kF32, M> {
   static MESA_DEVICE void Run(const uint8_t* row, int64_t cols, const float* x, int m, int lane,
                               float* acc) {
+    MESA_UNROLL4
     for (int64_t c = lane; c < cols; c += 32) Fma<M>(LoadF32(row + 4 * c), x, cols, c, m, acc);
   }
 };
@@ -41,6 +42,7 @@ template <int M>
 struct LaneDot<DType::kF16, M> {
   static MESA_DEVICE void Run(const uint8_t* row, int64_t cols, const float* x, int m, int lane,
                               float* acc) {
+    MESA_UNROLL4
     for (int64_t c = lane; c < cols; c += 32) Fma<M>(LoadF16(row + 2 * c), x, cols, c, m, acc);
   }
 };
@@ -49,6 +51,7 @@ template <int M>
 struct LaneDot<DType::kBF16, M> {
   static MESA_DEVICE void Run(const uint8_t* row, int64_t cols, const float* x, int m, int lane,
                               float* acc) {
+    MESA_UNROLL4
     for (int64_t c = lane; c < cols; c += 32) Fma<M>(LoadBF16(row + 2 * c), x, cols, c, m, acc);
   }
 };
