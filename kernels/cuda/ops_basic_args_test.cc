@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <string>
 
+#include "kernels/cuda/matmul_plan.h"
 #include "kernels/cuda/ops.h"
 
 namespace mesa::cuda {
@@ -74,6 +76,73 @@ TEST(CudaOpsArgs, RowOpsRejectBadShapes) {
   EXPECT_EQ(Embed(DType::kF32, reinterpret_cast<const void*>(uintptr_t{0x10002}), nullptr, 1, 8, p,
                   nullptr),
             cudaErrorMisalignedAddress);
+}
+
+// The GEMM plan against the workspace MatMulWorkspaceBytes promises: for every shape up to
+// the bounds it was asked for, the plan fits (x chunk + tile <= workspace), every cuBLAS
+// operand stays under 2^30 elements, and tiles are multiples of 128 rows unless they are
+// the whole matrix or fewer than 128 rows fit.
+TEST(CudaOpsArgs, GemmPlanFitsTheWorkspaceOfAnySmallerShape) {
+  using internal::kMaxGemmElems;
+  const DType types[] = {DType::kF32,  DType::kF16,  DType::kBF16, DType::kQ8_0,
+                         DType::kQ4_0, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K};
+  const int64_t row_counts[] = {1, 37, 300, 4096, 152064};
+  const int64_t col_counts[] = {1, 7, 256, 4096, 5000, 14336};
+  const int64_t token_counts[] = {9, 64, 4100, 131072};
+  for (int64_t max_rows : row_counts) {
+    for (int64_t max_cols : col_counts) {
+      for (int64_t max_m : token_counts) {
+        const size_t ws = MatMulWorkspaceBytes(max_rows, max_cols, max_m);
+        for (int64_t rows : row_counts) {
+          for (int64_t cols : col_counts) {
+            for (int64_t m : token_counts) {
+              if (rows > max_rows || cols > max_cols || m > max_m) continue;
+              for (DType type : types) {
+                SCOPED_TRACE(std::string(DTypeName(type)) + " max " + std::to_string(max_rows) +
+                             "x" + std::to_string(max_cols) + " m " + std::to_string(max_m) +
+                             ", shape " + std::to_string(rows) + "x" + std::to_string(cols) +
+                             " m " + std::to_string(m));
+                const internal::GemmPlan p = internal::PlanGemm(type, rows, cols, m, true, ws);
+                ASSERT_TRUE(p.ok);
+                ASSERT_GE(p.tokens, 1);
+                ASSERT_LE(p.tokens, m);
+                ASSERT_GE(p.rows, 1);
+                ASSERT_LE(p.rows, rows);
+                ASSERT_LE(p.tokens * cols, kMaxGemmElems);
+                ASSERT_LE(p.tokens * rows, std::max<int64_t>(rows, kMaxGemmElems));
+                ASSERT_LE(p.rows * cols, kMaxGemmElems);
+                ASSERT_EQ(p.x_bytes % 256, 0u);
+                const size_t tile = p.w_in_place ? 0 : static_cast<size_t>(p.rows * cols) * 2;
+                ASSERT_LE(p.x_bytes + tile, ws);
+                if (!p.x_in_place) ASSERT_GE(p.x_bytes, static_cast<size_t>(p.tokens * cols) * 2);
+                if (p.rows < rows && p.rows >= 128) ASSERT_EQ(p.rows % 128, 0);
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaOpsArgs, GemmPlanRefusesTooLittleWorkspace) {
+  // F32 needs none; BF16 needs the x chunk; the others the x chunk and one row.
+  EXPECT_TRUE(internal::PlanGemm(DType::kF32, 64, 64, 9, false, 0).ok);
+  EXPECT_FALSE(internal::PlanGemm(DType::kBF16, 64, 64, 9, false, 0).ok);
+  const size_t x_bytes = 1280;  // 9 * 64 bf16, rounded up to 256
+  EXPECT_TRUE(internal::PlanGemm(DType::kBF16, 64, 64, 9, true, x_bytes).ok);
+  EXPECT_FALSE(internal::PlanGemm(DType::kBF16, 64, 64, 9, true, x_bytes - 1).ok);
+  EXPECT_FALSE(internal::PlanGemm(DType::kQ8_0, 64, 64, 9, true, x_bytes).ok);
+  EXPECT_FALSE(internal::PlanGemm(DType::kQ8_0, 64, 64, 9, true, x_bytes + 127).ok);
+  const internal::GemmPlan one_row =
+      internal::PlanGemm(DType::kQ8_0, 64, 64, 9, true, x_bytes + 128);
+  EXPECT_TRUE(one_row.ok);
+  EXPECT_EQ(one_row.rows, 1);
+  const internal::GemmPlan all = internal::PlanGemm(DType::kQ8_0, 64, 64, 9, true, 1 << 20);
+  EXPECT_EQ(all.rows, 64);
+  EXPECT_EQ(all.tokens, 9);
+  // A prefill longer than one chunk: 2^24 / 4096 = 4096 tokens per round.
+  EXPECT_EQ(internal::PlanGemm(DType::kQ4_K, 8, 4096, 5000, true, size_t{1} << 30).tokens, 4096);
 }
 
 }  // namespace

@@ -25,6 +25,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/dequant.cuh"
+#include "kernels/cuda/matmul_plan.h"
 #include "kernels/cuda/matvec_lanes.cuh"
 #include "kernels/cuda/ops.h"
 
@@ -33,14 +34,8 @@ namespace {
 
 using internal::LaneDot;
 
-constexpr int64_t kMatVecMaxM = 8;          // tokens per matrix-vector launch, and the switch-over
-constexpr int kWarpsPerBlock = 8;           // matrix-vector: rows per 256-thread block
-constexpr int64_t kXChunkElems = 1 << 24;   // GEMM: x elements converted to bf16 per round
-constexpr int64_t kTileElems = 1 << 24;     // GEMM: preferred dequantized tile (32 MiB of bf16)
-constexpr int64_t kMaxGemmElems = 1 << 30;  // every operand of one cuBLAS call, so int indexes hold
-constexpr size_t kWsAlign = 256;
-
-size_t AlignUp(size_t v) { return (v + kWsAlign - 1) / kWsAlign * kWsAlign; }
+using internal::kMatVecMaxM;
+constexpr int kWarpsPerBlock = 8;  // matrix-vector: rows per 256-thread block
 
 // One warp per output row r: out[i * rows + r] for i < m (m <= M).
 template <DType T, int M>
@@ -195,27 +190,12 @@ cudaError_t GemmPath(const DeviceWeight& w, const float* x, int64_t m, float* ou
   if (err != cudaSuccess) return err;
 
   const int64_t rows = w.rows, cols = w.cols;
-  const bool in_place = w.type == DType::kF32 || w.type == DType::kBF16;  // A = the weights
-  const bool x_f32 = w.type == DType::kF32;                               // B = x itself
-  // Tokens per round: every cuBLAS operand under kMaxGemmElems; converted x chunks
-  // under kXChunkElems (at least one token).
-  int64_t mc = std::max<int64_t>(1, std::min(kMaxGemmElems / rows, kMaxGemmElems / cols));
-  if (!x_f32) mc = std::min(mc, std::max<int64_t>(1, kXChunkElems / cols));
-  mc = std::min(mc, m);
-  const size_t x_bytes = x_f32 ? 0 : AlignUp(static_cast<size_t>(mc * cols) * 2);
-  // Rows per round: the weights in place in slices under kMaxGemmElems, or as many
-  // dequantized rows as the rest of the workspace holds (multiples of 128 when tiling).
-  int64_t tr = std::max<int64_t>(1, kMaxGemmElems / cols);
-  if (!in_place) {
-    const size_t need = x_bytes + static_cast<size_t>(cols) * 2;
-    if (!ws.buffer || ws.bytes < need) return cudaErrorInvalidValue;  // see MatMulWorkspaceBytes
-    tr = std::min<int64_t>(
-        tr, static_cast<int64_t>((ws.bytes - x_bytes) / (static_cast<size_t>(cols) * 2)));
-  } else if (!x_f32 && (!ws.buffer || ws.bytes < x_bytes)) {
-    return cudaErrorInvalidValue;
-  }
-  tr = std::min(tr, rows);
-  if (tr < rows && tr >= 128) tr -= tr % 128;
+  const internal::GemmPlan plan =
+      internal::PlanGemm(w.type, rows, cols, m, ws.buffer != nullptr, ws.bytes);
+  if (!plan.ok) return cudaErrorInvalidValue;  // see MatMulWorkspaceBytes
+  const bool in_place = plan.w_in_place, x_f32 = plan.x_in_place;
+  const int64_t mc = plan.tokens, tr = plan.rows;
+  const size_t x_bytes = plan.x_bytes;
 
   auto* xb = static_cast<__nv_bfloat16*>(ws.buffer);
   auto* tile = reinterpret_cast<__nv_bfloat16*>(static_cast<uint8_t*>(ws.buffer) + x_bytes);
@@ -255,12 +235,7 @@ cudaError_t GemmPath(const DeviceWeight& w, const float* x, int64_t m, float* ou
 }  // namespace
 
 size_t MatMulWorkspaceBytes(int64_t max_rows, int64_t max_cols, int64_t max_m) {
-  if (max_m <= kMatVecMaxM || max_rows <= 0 || max_cols <= 0) return 0;
-  // GemmPath's x chunk (mc * cols <= max(cols, kXChunkElems), and <= m * cols) and at
-  // least one weight row of tile; the tile gets up to kTileElems so prefill runs few rounds.
-  const int64_t x_elems = std::min(max_m * max_cols, std::max(max_cols, kXChunkElems));
-  const int64_t tile_elems = std::min(max_rows * max_cols, std::max(max_cols, kTileElems));
-  return AlignUp(static_cast<size_t>(x_elems) * 2) + AlignUp(static_cast<size_t>(tile_elems) * 2);
+  return internal::WorkspaceBytes(max_rows, max_cols, max_m);
 }
 
 cudaError_t MatMul(const DeviceWeight& w, const float* x, int64_t m, float* out,
@@ -275,7 +250,7 @@ cudaError_t MatMul(const DeviceWeight& w, const float* x, int64_t m, float* out,
   if (!w.data) return cudaErrorInvalidValue;
   if (!internal::IsAligned(w.data, w.type)) return cudaErrorMisalignedAddress;
   // cuBLAS takes int sizes; a row or a weight matrix that large is a caller's error.
-  if (w.rows > INT_MAX || w.cols > kMaxGemmElems) return cudaErrorInvalidValue;
+  if (w.rows > INT_MAX || w.cols > internal::kMaxGemmElems) return cudaErrorInvalidValue;
   if (m <= kMatVecMaxM) return MatVec(w, x, m, out, stream);
   return GemmPath(w, x, m, out, ws, stream);
 }
