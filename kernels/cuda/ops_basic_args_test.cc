@@ -114,8 +114,12 @@ TEST(CudaOpsArgs, GemmPlanFitsTheWorkspaceOfAnySmallerShape) {
                 ASSERT_EQ(p.x_bytes % 256, 0u);
                 const size_t tile = p.w_in_place ? 0 : static_cast<size_t>(p.rows * cols) * 2;
                 ASSERT_LE(p.x_bytes + tile, ws);
-                if (!p.x_in_place) ASSERT_GE(p.x_bytes, static_cast<size_t>(p.tokens * cols) * 2);
-                if (p.rows < rows && p.rows >= 128) ASSERT_EQ(p.rows % 128, 0);
+                if (!p.x_in_place) {
+                  ASSERT_GE(p.x_bytes, static_cast<size_t>(p.tokens * cols) * 2);
+                }
+                if (p.rows < rows && p.rows >= 128) {
+                  ASSERT_EQ(p.rows % 128, 0);
+                }
               }
             }
           }
