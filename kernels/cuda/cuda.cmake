@@ -9,7 +9,9 @@ target_sources(mesa_kernels PRIVATE ${CMAKE_CURRENT_LIST_DIR}/device_query.cc)
 target_link_libraries(mesa_kernels PUBLIC ${CMAKE_DL_LIBS})
 include(${CMAKE_CURRENT_LIST_DIR}/attention_emu.cmake)  # attention kernels on the CPU
 if(MESA_HAVE_CUDA)
-  add_library(mesa_cuda_ops STATIC ${CMAKE_CURRENT_LIST_DIR}/ops_common.cu)
+  # dtype.cc: the block sizes the kernels plan with (also in mesa_kernels; the plugin
+  # links no other part of Mesa).
+  add_library(mesa_cuda_ops STATIC ${CMAKE_CURRENT_LIST_DIR}/ops_common.cu ${CMAKE_SOURCE_DIR}/kernels/dtype.cc)
   set_target_properties(mesa_cuda_ops PROPERTIES POSITION_INDEPENDENT_CODE ON
                                                  CUDA_SEPARABLE_COMPILATION OFF)
   target_include_directories(mesa_cuda_ops PUBLIC ${CMAKE_SOURCE_DIR})
@@ -18,7 +20,10 @@ if(MESA_HAVE_CUDA)
   include(${CMAKE_CURRENT_LIST_DIR}/ops_basic.cmake)      # norms, rope, embed, matmul
   include(${CMAKE_CURRENT_LIST_DIR}/ops_attention.cmake)  # attention
 
-  add_library(mesa_cuda SHARED ${CMAKE_CURRENT_LIST_DIR}/device_query.cu)
+  add_library(mesa_cuda SHARED ${CMAKE_CURRENT_LIST_DIR}/device_query.cu
+                               ${CMAKE_CURRENT_LIST_DIR}/backend_plugin.cc)
+  # Every symbol resolved when the plugin is linked, not when a GPU machine loads it.
+  target_link_options(mesa_cuda PRIVATE -Wl,--no-undefined)
   target_include_directories(mesa_cuda PRIVATE ${CMAKE_SOURCE_DIR})
   target_include_directories(mesa_cuda SYSTEM PRIVATE ${CUDAToolkit_INCLUDE_DIRS} ${CUDAToolkit_INCLUDE_DIRS}/cccl)
   target_link_libraries(mesa_cuda PRIVATE mesa_cuda_ops CUDA::cudart CUDA::cublas ${MESA_NCCL_LIBRARY})
