@@ -276,5 +276,22 @@ INSTANTIATE_TEST_SUITE_P(Architectures, BackendSeamTest,
                                            Case{"mpt", Spec("mpt", 0)}),
                          [](const ::testing::TestParamInfo<Case>& i) { return std::string(i.param.name); });
 
+// Asking for a device that does not exist is an error naming it, never a crash.
+TEST(BackendTest, UnusableDevicesAreClearErrors) {
+  absl::StatusOr<std::unique_ptr<Backend>> b = MakeBackend("cuda:99", 0);
+  ASSERT_FALSE(b.ok());
+  EXPECT_NE(std::string(b.status().message()).find("cuda:99"), std::string::npos) << b.status();
+  for (const char* bad : {"tpu", "cuda:", "cuda:-1", "cuda:x", "CPU", ""}) {
+    absl::StatusOr<std::unique_ptr<Backend>> r = MakeBackend(bad, 1);
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_FALSE(DeviceSyntaxError(bad).empty()) << bad;
+  }
+  absl::StatusOr<std::unique_ptr<Backend>> cpu = MakeBackend("cpu", 1);
+  ASSERT_TRUE(cpu.ok());
+  EXPECT_EQ((*cpu)->Name(), "cpu");
+  EXPECT_TRUE(DeviceSyntaxError("cuda:3").empty());
+}
+
 }  // namespace
 }  // namespace mesa

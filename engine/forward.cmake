@@ -18,4 +18,7 @@ if(MESA_BUILD_TESTS)
   mesa_test(mesa_phases_test ${CMAKE_CURRENT_LIST_DIR}/mesa_phases_test.cc
             LIBS mesa_engine_ref mesa_testing)
   mesa_test(backend_seam_test ${CMAKE_CURRENT_LIST_DIR}/backend_seam_test.cc LIBS mesa_engine mesa_testing)
+  # The CUDA backend end to end (needs a GPU; built in every build, skipped without one).
+  mesa_test(cuda_backend_test ${CMAKE_CURRENT_LIST_DIR}/cuda_backend_test.cc LIBS mesa_engine mesa_testing
+            LABELS gpu)
 endif()

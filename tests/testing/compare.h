@@ -8,7 +8,8 @@
 
 namespace mesa::testing {
 
-// max over rows r of ||got_r - want_r|| / ||want_r||, rows of `row` floats.
+// max over rows r of ||got_r - want_r|| / ||want_r||, rows of `row` floats; infinity
+// when a NaN or Inf appears (std::max would silently skip a NaN).
 inline double MaxRowRelError(const std::vector<float>& got, const std::vector<float>& want,
                              int64_t row) {
   double worst = 0;
@@ -20,7 +21,9 @@ inline double MaxRowRelError(const std::vector<float>& got, const std::vector<fl
       num += d * d;
       den += double(want[r * row + i]) * want[r * row + i];
     }
-    worst = std::max(worst, std::sqrt(num / std::max(den, 1e-300)));
+    const double e = std::sqrt(num / std::max(den, 1e-300));
+    if (!std::isfinite(e)) return INFINITY;  // NaN or Inf in either side never passes
+    worst = std::max(worst, e);
   }
   return worst;
 }
