@@ -145,7 +145,7 @@ absl::StatusOr<jobs::BatchSummary> RunBatchLocal(const std::string& input_path, 
   const int total_threads = options.threads > 0 ? options.threads : hw;
   for (int i = 0; i < options.workers; ++i) {
     const int threads = std::max(1, total_threads / options.workers + (i < total_threads % options.workers ? 1 : 0));
-    MESA_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, MakeBackend(options.device, threads));
+    MESA_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, MakeBackend(options.device, threads, options.kv_type));
     cores.push_back(std::make_unique<worker::WorkerCore>(model, std::move(backend), worker::WorkerCoreOptions{},
                                                          &fetcher));
   }

@@ -24,6 +24,7 @@ struct LocalRunOptions {
   int workers = 1;
   int threads = 0;                 // all workers together (0: hardware threads)
   std::string device = "cpu";      // --device: each worker gets its own backend on it
+  std::string kv_type = "auto";    // --kv-type
   Placement placement = Placement::kAuto;
   jobs::TaskKind task = jobs::TaskKind::kSummarize;
   std::string chat_template = "auto";

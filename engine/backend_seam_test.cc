@@ -10,6 +10,7 @@
 // biases, MPT with ALiBi and fused qkv) and through Mesa's phases.
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -22,6 +23,7 @@
 #include "engine/model_loader.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "tests/testing/compare.h"
 #include "tests/testing/random_model.h"
 #include "tests/testing/temp_path.h"
 
@@ -59,6 +61,11 @@ class OpaqueBackend final : public Backend {
     cpu_.Copy2D(Flip(dst), ds, Flip(src), ss, w, rows);
   }
   void Synchronize() override {}
+  // Keeps f16/bf16 K/V like a GPU (its attention widens them to f32 first).
+  bool SupportsKvType(DType) const override { return true; }
+  void StoreRows(DType type, void* dst, int64_t ds, const float* src, int64_t ss, int64_t w, int64_t rows) override {
+    cpu_.StoreRows(type, Flip(dst), ds, Flip(src), ss, w, rows);
+  }
 
   absl::StatusOr<WeightView> PlaceWeight(const WeightView& host) override {
     // A copy in "device" memory, so the host view must not be used by the forward pass.
@@ -129,6 +136,22 @@ class OpaqueBackend final : public Backend {
     h.out = Flip(p.out);
     h.q_pos = Flip(p.q_pos);
     h.alibi_slopes = Flip(p.alibi_slopes);
+    std::vector<float> k32, v32;
+    if (p.kv_type != DType::kF32) {
+      const int64_t count = p.n_head_kv * p.kv_stride * p.head_dim;
+      k32.resize(count);
+      v32.resize(count);
+      const auto* k16 = static_cast<const uint16_t*>(h.k);
+      const auto* v16 = static_cast<const uint16_t*>(h.v);
+      const bool bf16 = p.kv_type == DType::kBF16;
+      for (int64_t i = 0; i < count; ++i) {
+        k32[i] = bf16 ? BF16ToF32(k16[i]) : F16ToF32(k16[i]);
+        v32[i] = bf16 ? BF16ToF32(v16[i]) : F16ToF32(v16[i]);
+      }
+      h.k = k32.data();
+      h.v = v32.data();
+      h.kv_type = DType::kF32;
+    }
     cpu_.Attention(h);
   }
 
@@ -239,6 +262,41 @@ TEST_P(BackendSeamTest, LongContextIsBitIdenticalOnAnOpaqueBackend) {
   ASSERT_EQ(a.size(), (prompt.size() + 3) * model_->config.n_vocab);
   ASSERT_EQ(a.size(), b.size());
   EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
+}
+
+// A backend that keeps K/V as f16 or bf16 (as a GPU does by default): the forward pass
+// stores rounded keys and values and Mesa's phases move them through f32 chunks; the
+// logits stay within the rounding's reach of the f32 ones.
+TEST_P(BackendSeamTest, HalfPrecisionKvStaysCloseToF32) {
+  const std::vector<int32_t> prompt = Tokens(300, model_->config.n_vocab, 11);
+  const bool rope = model_->config.position == PositionType::kRope;
+  LongContextOptions o;
+  o.method = rope ? AttentionMethod::kMesa : AttentionMethod::kFull;
+  o.mesa.train_length = 128;
+  o.mesa.anchor = 16;
+  o.mesa.last_chunk = 40;
+  auto run = [&](Backend& backend) {
+    LongContextRunner runner(*model_, backend, o);
+    std::vector<float> logits;
+    auto info = runner.Prefill(prompt, 4, LogitsMode::kAll, &logits);
+    EXPECT_TRUE(info.ok()) << info.status();
+    return logits;
+  };
+  CpuBackend cpu(2);
+  const std::vector<float> want = run(cpu);
+  for (DType t : {DType::kF16, DType::kBF16}) {
+    OpaqueBackend opaque(2);
+    ASSERT_TRUE(opaque.set_kv_type(t).ok());
+    const std::vector<float> got = run(opaque);
+    ASSERT_EQ(got.size(), want.size());
+    const double err = testing::MaxRowRelError(got, want, model_->config.n_vocab);
+    std::printf("%s K/V: max row relative error of the logits %.2e\n", std::string(DTypeName(t)).c_str(), err);
+    EXPECT_GT(err, 0.0) << "the K/V was not rounded";
+    EXPECT_LT(err, t == DType::kBF16 ? 1e-2 : 2e-3) << DTypeName(t);
+  }
+  // The CPU backend refuses what its attention cannot read.
+  EXPECT_FALSE(cpu.set_kv_type(DType::kBF16).ok());
+  EXPECT_EQ(cpu.kv_type(), DType::kF32);
 }
 
 // Every buffer the engine allocates on a backend is given back.

@@ -27,10 +27,11 @@ KvCache::KvCache(int64_t n_layer, int64_t n_head_kv, int64_t head_dim, int64_t c
       head_dim_(head_dim),
       capacity_(std::max<int64_t>(capacity, 1)),
       encoding_(encoding),
-      backend_(backend ? backend : &HostBackend()) {
-  const size_t bytes = static_cast<size_t>(n_layer_ * LayerFloats()) * sizeof(float);
-  k_ = AllocateOrDie(*backend_, bytes);
-  v_ = AllocateOrDie(*backend_, bytes);
+      backend_(backend ? backend : &HostBackend()),
+      kv_type_(backend_->kv_type()),
+      elem_(static_cast<size_t>(GetDTypeInfo(kv_type_).block_bytes)) {
+  k_ = AllocateOrDie(*backend_, BufferBytes(capacity_));
+  v_ = AllocateOrDie(*backend_, BufferBytes(capacity_));
 }
 
 KvCache KvCache::ForModel(const ModelConfig& c, int64_t capacity, KeyEncoding encoding,
@@ -41,14 +42,11 @@ KvCache KvCache::ForModel(const ModelConfig& c, int64_t capacity, KeyEncoding en
 absl::StatusOr<KvCache> KvCache::Make(const ModelConfig& c, int64_t capacity, KeyEncoding encoding,
                                       Backend& backend) {
   // Check the allocation first so a cache too large for the device is a status.
-  const int64_t cap = std::max<int64_t>(capacity, 1);
-  const size_t bytes = static_cast<size_t>(c.n_layer * c.n_head_kv * cap * c.head_dim) * sizeof(float);
-  absl::StatusOr<BackendBuffer> k = backend.Allocate(bytes);
+  KvCache cache(c.n_layer, c.n_head_kv, c.head_dim, capacity, encoding, &backend, /*allocate=*/false);
+  absl::StatusOr<BackendBuffer> k = backend.Allocate(cache.BufferBytes(cache.capacity_));
   if (!k.ok()) return k.status();
-  absl::StatusOr<BackendBuffer> v = backend.Allocate(bytes);
+  absl::StatusOr<BackendBuffer> v = backend.Allocate(cache.BufferBytes(cache.capacity_));
   if (!v.ok()) return v.status();
-  KvCache cache(c.n_layer, c.n_head_kv, c.head_dim, 0, encoding, &backend, /*allocate=*/false);
-  cache.capacity_ = cap;
   cache.k_ = *std::move(k);
   cache.v_ = *std::move(v);
   return cache;
@@ -61,10 +59,16 @@ KvCache::KvCache(int64_t n_layer, int64_t n_head_kv, int64_t head_dim, int64_t c
       head_dim_(head_dim),
       capacity_(std::max<int64_t>(capacity, 1)),
       encoding_(encoding),
-      backend_(backend) {}
+      backend_(backend),
+      kv_type_(backend->kv_type()),
+      elem_(static_cast<size_t>(GetDTypeInfo(kv_type_).block_bytes)) {}
 
 KvCache KvCache::Copy() const {
-  KvCache c(n_layer_, n_head_kv_, head_dim_, capacity_, encoding_, backend_);
+  KvCache c(n_layer_, n_head_kv_, head_dim_, capacity_, encoding_, backend_, /*allocate=*/false);
+  c.kv_type_ = kv_type_;  // the same element type even if the backend's default changed
+  c.elem_ = elem_;
+  c.k_ = AllocateOrDie(*backend_, BufferBytes(capacity_));
+  c.v_ = AllocateOrDie(*backend_, BufferBytes(capacity_));
   backend_->Copy(c.k_.data(), k_.data(), k_.bytes());
   backend_->Copy(c.v_.data(), v_.data(), v_.bytes());
   c.size_ = size_;
@@ -75,16 +79,16 @@ KvCache KvCache::Copy() const {
 absl::Status KvCache::Reserve(int64_t n) {
   if (n <= capacity_) return absl::OkStatus();
   const int64_t new_cap = std::max(n, capacity_ + capacity_ / 2);
-  const size_t bytes = static_cast<size_t>(n_layer_ * n_head_kv_ * new_cap * head_dim_) * sizeof(float);
+  const size_t bytes = BufferBytes(new_cap);
   absl::StatusOr<BackendBuffer> nk = backend_->Allocate(bytes);
   if (!nk.ok()) return nk.status();
   absl::StatusOr<BackendBuffer> nv = backend_->Allocate(bytes);
   if (!nv.ok()) return nv.status();
   // Each (layer, kv head) block of rows moves from stride capacity_ to new_cap rows.
-  const size_t row_bytes = static_cast<size_t>(size_ * head_dim_) * sizeof(float);
+  const size_t row_bytes = static_cast<size_t>(size_ * head_dim_) * elem_;
   if (row_bytes) {
-    const size_t old_block = static_cast<size_t>(capacity_ * head_dim_) * sizeof(float);
-    const size_t new_block = static_cast<size_t>(new_cap * head_dim_) * sizeof(float);
+    const size_t old_block = static_cast<size_t>(capacity_ * head_dim_) * elem_;
+    const size_t new_block = static_cast<size_t>(new_cap * head_dim_) * elem_;
     const size_t blocks = static_cast<size_t>(n_layer_ * n_head_kv_);
     backend_->Copy2D(nk->data(), new_block, k_.data(), old_block, row_bytes, blocks);
     backend_->Copy2D(nv->data(), new_block, v_.data(), old_block, row_bytes, blocks);

@@ -1,5 +1,6 @@
 // Per-layer key/value cache of one sequence.
-// Layout per layer: K and V are [n_head_kv][capacity][head_dim] f32, so the keys of a
+// Layout per layer: K and V are [n_head_kv][capacity][head_dim] (f32, or f16/bf16 on a
+// backend that keeps them so), so the keys of a
 // kv head are contiguous (attention streams them). Row j holds the token at global
 // position pos0() + j.
 // The memory belongs to a backend (kernels/backend.h): host memory for the CPU (the
@@ -33,8 +34,9 @@ inline int64_t InitialCacheTokens(int64_t prompt_tokens, int64_t max_new_tokens)
 
 class KvCache {
  public:
-  // Allocates zero-filled memory of `backend` (null: host memory); aborts when the
-  // backend cannot (Make reports it as a status instead).
+  // Allocates zero-filled memory of `backend` (null: host memory) with elements of the
+  // backend's K/V type (Backend::kv_type(): f32 on the CPU; bf16 by default on a GPU);
+  // aborts when the backend cannot (Make reports it as a status instead).
   KvCache(int64_t n_layer, int64_t n_head_kv, int64_t head_dim, int64_t capacity,
           KeyEncoding encoding = KeyEncoding::kRotated, Backend* backend = nullptr);
   static KvCache ForModel(const ModelConfig& config, int64_t capacity,
@@ -55,17 +57,20 @@ class KvCache {
   int64_t pos0() const { return pos0_; }
   void set_pos0(int64_t p) { pos0_ = p; }
   KeyEncoding encoding() const { return encoding_; }
+  DType kv_type() const { return kv_type_; }
+  size_t elem_bytes() const { return elem_; }
   size_t bytes() const { return k_.bytes() + v_.bytes(); }
   Backend& backend() const { return *backend_; }
   bool on_host() const { return backend_->HostAddressable(); }
 
-  float* k(int64_t layer) { return k_.f32() + layer * LayerFloats(); }
-  float* v(int64_t layer) { return v_.f32() + layer * LayerFloats(); }
-  const float* k(int64_t layer) const { return k_.f32() + layer * LayerFloats(); }
-  const float* v(int64_t layer) const { return v_.f32() + layer * LayerFloats(); }
+  // Layer l's K or V: [n_head_kv][capacity][head_dim] elements of kv_type().
+  void* k(int64_t layer) const { return At(k_, layer, 0, 0); }
+  void* v(int64_t layer) const { return At(v_, layer, 0, 0); }
   // Row of token j (0-based within the cache) of kv head h in layer l.
-  float* k_row(int64_t l, int64_t h, int64_t j) { return k(l) + (h * capacity_ + j) * head_dim_; }
-  float* v_row(int64_t l, int64_t h, int64_t j) { return v(l) + (h * capacity_ + j) * head_dim_; }
+  void* k_row(int64_t l, int64_t h, int64_t j) const { return At(k_, l, h, j); }
+  void* v_row(int64_t l, int64_t h, int64_t j) const { return At(v_, l, h, j); }
+  // Bytes of one row (head_dim elements).
+  size_t row_bytes() const { return static_cast<size_t>(head_dim_) * elem_; }
 
   // Grows capacity to at least `n` tokens (keeps contents).
   absl::Status Reserve(int64_t n);
@@ -76,12 +81,20 @@ class KvCache {
  private:
   KvCache(int64_t n_layer, int64_t n_head_kv, int64_t head_dim, int64_t capacity,
           KeyEncoding encoding, Backend* backend, bool /*no allocation*/);
-  int64_t LayerFloats() const { return n_head_kv_ * capacity_ * head_dim_; }
+  void* At(const BackendBuffer& b, int64_t l, int64_t h, int64_t j) const {
+    return static_cast<uint8_t*>(b.data()) +
+           static_cast<size_t>(((l * n_head_kv_ + h) * capacity_ + j) * head_dim_) * elem_;
+  }
+  size_t BufferBytes(int64_t capacity) const {
+    return static_cast<size_t>(n_layer_ * n_head_kv_ * capacity * head_dim_) * elem_;
+  }
   int64_t n_layer_, n_head_kv_, head_dim_, capacity_;
   int64_t size_ = 0;
   int64_t pos0_ = 0;
   KeyEncoding encoding_;
   Backend* backend_;
+  DType kv_type_;
+  size_t elem_;
   BackendBuffer k_, v_;
 };
 

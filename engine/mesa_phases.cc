@@ -80,6 +80,35 @@ AttentionSetup MesaPhases::StairSetup(const MesaPlan& plan) {
   return s;
 }
 
+namespace {
+
+// One contiguous run of cache rows (`count` elements of the cache's type) to f32 on the
+// host, and back. f16/bf16 -> f32 is exact; f32 -> f16/bf16 rounds to nearest even (as
+// the forward pass stores them).
+void RowsToHost(const KvCache& cache, const void* src, int64_t count, float* dst, std::vector<uint16_t>& tmp) {
+  if (cache.kv_type() == DType::kF32) {
+    cache.backend().CopyOut(dst, src, count * sizeof(float));
+    return;
+  }
+  tmp.resize(count);
+  cache.backend().CopyOut(tmp.data(), src, count * sizeof(uint16_t));
+  const bool bf16 = cache.kv_type() == DType::kBF16;
+  for (int64_t i = 0; i < count; ++i) dst[i] = bf16 ? BF16ToF32(tmp[i]) : F16ToF32(tmp[i]);
+}
+
+void RowsFromHost(KvCache& cache, const float* src, int64_t count, void* dst, std::vector<uint16_t>& tmp) {
+  if (cache.kv_type() == DType::kF32) {
+    cache.backend().CopyIn(dst, src, count * sizeof(float));
+    return;
+  }
+  tmp.resize(count);
+  const bool bf16 = cache.kv_type() == DType::kBF16;
+  for (int64_t i = 0; i < count; ++i) tmp[i] = bf16 ? F32ToBF16(src[i]) : F32ToF16(src[i]);
+  cache.backend().CopyIn(dst, tmp.data(), count * sizeof(uint16_t));
+}
+
+}  // namespace
+
 ChunkKv MesaPhases::Extract(const KvCache& cache, int64_t first_row, TokenRange range) const {
   ChunkKv kv;
   kv.n_layer = cache.n_layer();
@@ -89,12 +118,12 @@ ChunkKv MesaPhases::Extract(const KvCache& cache, int64_t first_row, TokenRange 
   const int64_t t = range.size(), hd = kv.head_dim;
   kv.k.resize(kv.n_layer * kv.n_head_kv * t * hd);
   kv.v.resize(kv.k.size());
+  std::vector<uint16_t> tmp;
   for (int64_t l = 0; l < kv.n_layer; ++l) {
     for (int64_t h = 0; h < kv.n_head_kv; ++h) {
       const int64_t dst = ((l * kv.n_head_kv + h) * t) * hd;
-      const int64_t src = ((h * cache.capacity()) + first_row) * hd;
-      cache.backend().CopyOut(kv.k.data() + dst, cache.k(l) + src, t * hd * sizeof(float));
-      cache.backend().CopyOut(kv.v.data() + dst, cache.v(l) + src, t * hd * sizeof(float));
+      RowsToHost(cache, cache.k_row(l, h, first_row), t * hd, kv.k.data() + dst, tmp);
+      RowsToHost(cache, cache.v_row(l, h, first_row), t * hd, kv.v.data() + dst, tmp);
     }
   }
   return kv;
@@ -103,11 +132,12 @@ ChunkKv MesaPhases::Extract(const KvCache& cache, int64_t first_row, TokenRange 
 absl::Status MesaPhases::Append(const ChunkKv& kv, KvCache& cache) const {
   const int64_t t = kv.tokens(), hd = kv.head_dim, first = cache.size();
   MESA_RETURN_IF_ERROR(cache.Reserve(first + t));
+  std::vector<uint16_t> tmp;
   for (int64_t l = 0; l < kv.n_layer; ++l) {
     for (int64_t h = 0; h < kv.n_head_kv; ++h) {
       const int64_t src = ((l * kv.n_head_kv + h) * t) * hd;
-      cache.backend().CopyIn(cache.k_row(l, h, first), kv.k.data() + src, t * hd * sizeof(float));
-      cache.backend().CopyIn(cache.v_row(l, h, first), kv.v.data() + src, t * hd * sizeof(float));
+      RowsFromHost(cache, kv.k.data() + src, t * hd, cache.k_row(l, h, first), tmp);
+      RowsFromHost(cache, kv.v.data() + src, t * hd, cache.v_row(l, h, first), tmp);
     }
   }
   cache.Commit(t);

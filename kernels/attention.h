@@ -7,9 +7,11 @@
 //     ReRoPE (kClamp) and Self-Extend (kSelfExtend) are the same kernel;
 //   - optional log-n query scaling for queries past the trained length.
 //
-// Layouts (f32):
+// Layouts (f32, except k and v: elements of kv_type):
 //   q:   [n_q][n_head][head_dim]          query rows, contiguous per token
 //   k,v: [n_head_kv][kv_stride][head_dim] per kv head, key/value j at row j
+// The CPU and ref kernels read f32 K/V only; the CUDA kernels read f32, f16 and bf16
+// (converted to f32 on load; all arithmetic in f32).
 //   out: [n_q][n_head][head_dim]
 // Key j sits at global position kv_pos0 + j; query i at q_pos[i]. Causal: query i sees
 // keys with position <= q_pos[i]; a query that sees no key gets a zero output row.
@@ -26,6 +28,7 @@
 
 #include <cstdint>
 
+#include "kernels/dtype.h"
 #include "kernels/nn.h"
 
 namespace mesa {
@@ -66,8 +69,9 @@ struct RelativePosition {
 
 struct AttentionParams {
   const float* q = nullptr;
-  const float* k = nullptr;
-  const float* v = nullptr;
+  const void* k = nullptr;   // kv_type elements
+  const void* v = nullptr;
+  DType kv_type = DType::kF32;  // kF32, kF16 or kBF16
   float* out = nullptr;
   int64_t n_q = 0;
   int64_t n_kv = 0;          // keys 0..n_kv-1 are present in k/v

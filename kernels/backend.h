@@ -85,6 +85,18 @@ class Backend {
   // Waits for all enqueued work.
   virtual void Synchronize() = 0;
 
+  // --- K/V element type ---
+  // The element type of the K/V caches made on this backend: kF32, kF16 or kBF16 (the
+  // CPU reads f32 only; a GPU defaults to bf16). set_kv_type refuses what the
+  // backend's attention cannot read.
+  virtual bool SupportsKvType(DType type) const = 0;
+  DType kv_type() const { return kv_type_; }
+  absl::Status set_kv_type(DType type);
+  // rows x width f32 values (src, row stride src_stride elements) stored as `type`
+  // elements at dst (row stride dst_stride elements), rounded to nearest even.
+  virtual void StoreRows(DType type, void* dst, int64_t dst_stride, const float* src, int64_t src_stride,
+                         int64_t width, int64_t rows) = 0;
+
   // --- weights ---
   // The view of host weights the backend's MatMul and Embed read: the CPU returns `host`
   // itself (packed forms included); a GPU uploads once and keeps the copy until the
@@ -124,6 +136,7 @@ class Backend {
  protected:
   friend class BackendBuffer;
   virtual void Free(void* data) = 0;
+  DType kv_type_ = DType::kF32;
 };
 
 inline BackendBuffer& BackendBuffer::operator=(BackendBuffer&& o) noexcept {
@@ -149,8 +162,13 @@ Backend& HostBackend();
 
 // Makes the backend for a --device value: "cpu", "cuda" (= cuda:0) or "cuda:N".
 // `threads`: CPU threads (the CPU backend's pool; <= 0 = all hardware threads).
-// A CUDA device where none is usable is an error that says why.
-absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& device, int threads);
+// `kv_type` (--kv-type): "auto" (the backend's default: f32 on the CPU, bf16 on a GPU),
+// "f32", "f16" or "bf16". A CUDA device where none is usable, or a K/V type the device
+// cannot attend over, is an error that says why.
+absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(const std::string& device, int threads,
+                                                     const std::string& kv_type = "auto");
+// Checks the form of a --kv-type value ("" if fine).
+std::string KvTypeSyntaxError(const std::string& kv_type);
 // Checks the form of a --device value without making anything ("" if fine).
 std::string DeviceSyntaxError(const std::string& device);
 

@@ -242,7 +242,7 @@ absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(const Model&
   core_options.kv_memory_bytes = options.kv_memory_bytes;
   core_options.kv_pool = std::move(kv_pool);
   core_options.metrics = options.metrics;
-  absl::StatusOr<std::unique_ptr<Backend>> backend = MakeBackend(options.device, options.threads);
+  absl::StatusOr<std::unique_ptr<Backend>> backend = MakeBackend(options.device, options.threads, options.kv_type);
   if (!backend.ok()) return backend.status();
   p->core_ = std::make_unique<WorkerCore>(model, *std::move(backend), core_options, p->fetcher_.get());
   p->service_ = std::make_unique<Service>(p.get());

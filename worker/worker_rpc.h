@@ -34,6 +34,7 @@ struct WorkerProcessOptions {
   std::string name;             // "" = the host name
   int threads = 0;              // 0 = all hardware threads
   std::string device = "cpu";   // where the model runs (kernels/backend.h MakeBackend)
+  std::string kv_type = "auto"; // the K/V cache element type (MakeBackend)
   int64_t kv_memory_bytes = 0;  // 0 = no limit
   int kv_lanes = 2;             // streams per K/V fetch at most (GrpcKvFetcherOptions::lanes)
   int64_t register_timeout_ms = 0;  // 0 = keep trying; else give up after this long

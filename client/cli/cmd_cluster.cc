@@ -112,7 +112,7 @@ int RunCoordinator(const CoordinatorArgs& a) {
 struct WorkerArgs {
   std::string coordinator, model, listen, name, kv_memory = "0", address_file;
   int threads = 0;
-  std::string device = "cpu";
+  DeviceFlags device;
   int kv_lanes = 2;
   double register_timeout_s = 0;
   TlsFlags tls;
@@ -143,7 +143,8 @@ int RunWorker(const WorkerArgs& a) {
   options.listen = a.listen;
   options.name = a.name;
   options.threads = a.threads;
-  options.device = a.device;
+  options.device = a.device.device;
+  options.kv_type = a.device.kv_type;
   options.kv_memory_bytes = *kv;
   options.kv_lanes = a.kv_lanes;
   options.register_timeout_ms = static_cast<int64_t>(a.register_timeout_s * 1000);
@@ -227,7 +228,7 @@ void RegisterClusterCommands(CLI::App& app) {
                     "HOST:PORT to serve on (default: an ephemeral port on the address that reaches the coordinator)");
     cmd->add_option("--threads", a->threads, "CPU threads (default: all hardware threads)")
         ->check(CLI::NonNegativeNumber);
-    AddDeviceFlag(cmd, &a->device);
+    AddDeviceFlags(cmd, &a->device);
     cmd->add_option("--kv-memory", a->kv_memory,
                     "Bytes of chunk K/V this worker may hold (suffix K/M/G/T; 0 = no limit); a task beyond it is "
                     "refused and placed elsewhere")

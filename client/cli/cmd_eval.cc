@@ -31,7 +31,7 @@ struct EvalArgs {
   std::string model, lengths, attention = "full,mesa", plot;
   LongContextFlags long_context;
   int threads = 0;
-  std::string device = "cpu";
+  DeviceFlags device;
   bool json = false;
 };
 
@@ -40,7 +40,7 @@ void AddEvalFlags(CLI::App* cmd, EvalArgs* a, const std::string& lengths_help) {
   cmd->add_option("--lengths", a->lengths, lengths_help)->required();
   cmd->add_option("--threads", a->threads, "CPU threads (default: all hardware threads)")
       ->check(CLI::NonNegativeNumber);
-  AddDeviceFlag(cmd, &a->device);
+  AddDeviceFlags(cmd, &a->device);
   cmd->add_flag("--json", a->json, "Print a JSON list instead of the table");
   cmd->add_option("--plot", a->plot, "Also write a PNG plot here (needs gnuplot; the data and the "
                                      "gnuplot script are written beside it as .dat and .gp)");

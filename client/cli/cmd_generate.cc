@@ -28,10 +28,10 @@ int ThreadCount(Backend& backend) {
   return cpu ? cpu->pool().size() : 0;
 }
 
-void AddThreads(CLI::App* cmd, int* threads, std::string* device) {
+void AddThreads(CLI::App* cmd, int* threads, DeviceFlags* device) {
   cmd->add_option("--threads", *threads, "CPU threads (default: all hardware threads)")
       ->check(CLI::NonNegativeNumber);
-  AddDeviceFlag(cmd, device);
+  AddDeviceFlags(cmd, device);
 }
 
 // ---------------------------------------------------------------- generate
@@ -42,7 +42,7 @@ struct GenerateArgs {
   int top_k = 0;
   uint64_t seed = 0;
   int threads = 0;
-  std::string device = "cpu";
+  DeviceFlags device;
   bool json = false, ignore_eos = false;
   LongContextFlags lc;
 };
@@ -131,7 +131,7 @@ struct LogitsArgs {
   int64_t max_tokens = 0, max_new = 0;
   bool all = false;
   int threads = 0;
-  std::string device = "cpu";
+  DeviceFlags device;
   LongContextFlags lc;
 };
 
@@ -166,7 +166,7 @@ struct BenchArgs {
   std::string model;
   int64_t prompt_tokens = 128, gen_tokens = 32;
   int threads = 0, reps = 1;
-  std::string device = "cpu";
+  DeviceFlags device;
   uint64_t seed = 1;
   bool json = false;
   LongContextFlags lc;

@@ -77,7 +77,7 @@ struct ClusterArgs {
   int64_t max_tokens = 256;
   int64_t max_doc_bytes = 16 << 20;
   int threads = 0;
-  std::string device = "cpu";
+  DeviceFlags device;
   int max_attempts = 3;
   double heartbeat_timeout_s = 5;
   LongContextFlags lc;
@@ -173,7 +173,8 @@ worker::WorkerProcessOptions WorkerOptionsFor(const ClusterArgs& a, const Prepar
   o.coordinator = coordinator;
   o.name = name;
   o.threads = a.threads;
-  o.device = a.device;
+  o.device = a.device.device;
+  o.kv_type = a.device.kv_type;
   o.kv_memory_bytes = p.kv_memory_bytes;
   o.security = p.worker_security.server;
   o.channels = p.worker_security.channels;
@@ -751,7 +752,7 @@ void RegisterMpiCluster(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--threads", a->threads, "CPU threads of each rank's worker (default: all hardware threads)")
       ->check(CLI::NonNegativeNumber);
-  AddDeviceFlag(cmd, &a->device);
+  AddDeviceFlags(cmd, &a->device);
   cmd->add_option("--placement", a->placement, "auto, whole or spread (as `mesa coordinator`)")
       ->check(CLI::IsMember({"auto", "whole", "spread"}))
       ->capture_default_str();

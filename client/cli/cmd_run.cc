@@ -27,7 +27,7 @@ struct RunArgs {
   int64_t max_doc_bytes = 16 << 20;
   bool no_retry_errors = false;
   int threads = 0;
-  std::string device = "cpu";
+  DeviceFlags device;
   int workers = 1;
   std::string placement = "auto";
   LongContextFlags lc;
@@ -63,7 +63,8 @@ int RunRun(const RunArgs& a) {
   coord::LocalRunOptions local;
   local.workers = a.workers;
   local.threads = a.threads;
-  local.device = a.device;
+  local.device = a.device.device;
+  local.kv_type = a.device.kv_type;
   coord::ParsePlacement(a.placement, &local.placement);
   local.task = options.task;
   local.chat_template = a.chat_template;
@@ -124,7 +125,7 @@ void RegisterRun(CLI::App& app) {
                 "When resuming, keep earlier error records instead of retrying those lines");
   cmd->add_option("--threads", a->threads, "CPU threads (default: all hardware threads)")
       ->check(CLI::NonNegativeNumber);
-  AddDeviceFlag(cmd, &a->device);
+  AddDeviceFlags(cmd, &a->device);
   cmd->add_option("--workers", a->workers,
                   "In-process workers sharing the model and the --threads (the same coordinator core and "
                   "scheduler as a cluster): documents run in parallel, or one long document's chunks do")

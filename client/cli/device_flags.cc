@@ -2,17 +2,22 @@
 
 namespace mesa::cli {
 
-void AddDeviceFlag(CLI::App* cmd, std::string* device) {
-  cmd->add_option("--device", *device,
-                  "Where the model runs: cpu, cuda (= cuda:0) or cuda:N (default cpu). CUDA needs a build "
-                  "with the toolkit, the CUDA plugin next to the binary and a usable GPU; `mesa info` says "
-                  "what this machine has")
+void AddDeviceFlags(CLI::App* cmd, DeviceFlags* flags) {
+  cmd->add_option("--device", flags->device,
+                  "Where the model runs: cpu, cuda (= cuda:0) or cuda:N. CUDA needs a build with the toolkit, "
+                  "the CUDA plugin next to the binary and a usable GPU; `mesa info --devices` says what this "
+                  "machine has")
       ->check([](const std::string& v) { return DeviceSyntaxError(v); })
+      ->capture_default_str();
+  cmd->add_option("--kv-type", flags->kv_type,
+                  "Element type of the K/V cache: auto (f32 on the CPU, bf16 on a GPU), f32, f16 or bf16 "
+                  "(the CPU keeps f32 only)")
+      ->check([](const std::string& v) { return KvTypeSyntaxError(v); })
       ->capture_default_str();
 }
 
-absl::StatusOr<std::unique_ptr<Backend>> OpenDevice(const std::string& device, int threads) {
-  return MakeBackend(device, threads);
+absl::StatusOr<std::unique_ptr<Backend>> OpenDevice(const DeviceFlags& flags, int threads) {
+  return MakeBackend(flags.device, threads, flags.kv_type);
 }
 
 }  // namespace mesa::cli

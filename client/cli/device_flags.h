@@ -1,6 +1,6 @@
-// --device, shared by every command that runs the model (generate, logits, bench, run,
-// eval, worker, cluster): where the forward pass runs. One definition so the commands
-// cannot drift.
+// --device and --kv-type, shared by every command that runs the model (generate,
+// logits, bench, run, eval, worker, cluster): where the forward pass runs and how the
+// K/V cache keeps its numbers. One definition so the commands cannot drift.
 #pragma once
 
 #include <memory>
@@ -12,10 +12,17 @@
 
 namespace mesa::cli {
 
-// Adds --device cpu|cuda|cuda:N (default cpu); a malformed value is a usage error.
-void AddDeviceFlag(CLI::App* cmd, std::string* device);
-// The backend for --device with --threads CPU threads; a clear error when the device
-// cannot be used (no CUDA in this build, no driver, no such device).
-absl::StatusOr<std::unique_ptr<Backend>> OpenDevice(const std::string& device, int threads);
+struct DeviceFlags {
+  std::string device = "cpu";
+  std::string kv_type = "auto";
+};
+
+// Adds --device cpu|cuda|cuda:N (default cpu) and --kv-type auto|f32|f16|bf16; a
+// malformed value is a usage error.
+void AddDeviceFlags(CLI::App* cmd, DeviceFlags* flags);
+// The backend for the flags with `threads` CPU threads; a clear error when the device
+// cannot be used (no CUDA in this build, no driver, no such device) or cannot keep the
+// K/V type asked for.
+absl::StatusOr<std::unique_ptr<Backend>> OpenDevice(const DeviceFlags& flags, int threads);
 
 }  // namespace mesa::cli

@@ -457,8 +457,8 @@ MESA_ATTN_INLINE void RunBlock(const Ctx& c, const Unit& u, const Bufs& w, int64
   const AttentionParams& p = *c.p;
   const int64_t hd = c.hd;
   const int nv = static_cast<int>((n + kLanes - 1) / kLanes);
-  const float* kbase = p.k + u.kvh * p.kv_stride * hd;
-  const float* vbase = p.v + u.kvh * p.kv_stride * hd;
+  const float* kbase = static_cast<const float*>(p.k) + u.kvh * p.kv_stride * hd;
+  const float* vbase = static_cast<const float*>(p.v) + u.kvh * p.kv_stride * hd;
   const RelativePosition& rp = p.rel;
   for (int64_t d = 0; d < hd * kQb; ++d) w.acc[d] = 0.0f;
   bool have_raw = false, have_abs = false, have_far = false, have_stair = false;
@@ -655,8 +655,8 @@ MESA_ATTN_INLINE void RunRows(const Ctx& c, const Unit& u, const Bufs& w, int64_
                               int64_t jend) {
   const AttentionParams& p = *c.p;
   const int64_t hd = c.hd, hdp = c.hdp;
-  const float* kbase = p.k + u.kvh * p.kv_stride * hd;
-  const float* vbase = p.v + u.kvh * p.kv_stride * hd;
+  const float* kbase = static_cast<const float*>(p.k) + u.kvh * p.kv_stride * hd;
+  const float* vbase = static_cast<const float*>(p.v) + u.kvh * p.kv_stride * hd;
   // V rows are read in whole vectors of 8 (or kLanes < 8) floats: copied to zero-padded
   // rows only when hd is not a multiple of that.
   constexpr int kVw = kLanes < 8 ? kLanes : 8;

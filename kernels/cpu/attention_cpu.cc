@@ -206,6 +206,7 @@ void Attention(const AttentionParams& p, ThreadPool& pool) {
   Check(p.head_dim > 0 && p.n_kv <= p.kv_stride && p.kv_pos0 >= 0, "head_dim / kv_stride");
   Check(p.mode != AttentionPositionMode::kAlibi || p.alibi_slopes != nullptr, "alibi slopes");
   Check(p.rel.kind != RelativePosition::Kind::kStair || p.rel.e >= 1, "stair e >= 1");
+  Check(p.kv_type == DType::kF32, "f32 K/V (the CPU kernels read no other K/V type)");
   Check(p.rel.kind != RelativePosition::Kind::kSelfExtend || p.rel.group >= 1, "group >= 1");
   if (p.n_q <= 0) return;
   const bool rope = p.mode == AttentionPositionMode::kRopeRaw;

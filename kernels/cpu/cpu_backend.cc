@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstdio>
 #include <cstring>
+#include <string>
 
 namespace mesa {
 
@@ -38,6 +40,31 @@ void CpuBackend::Copy2D(void* dst, size_t dst_stride, const void* src, size_t sr
   auto* d = static_cast<uint8_t*>(dst);
   const auto* s = static_cast<const uint8_t*>(src);
   for (size_t r = 0; r < rows; ++r) std::memcpy(d + r * dst_stride, s + r * src_stride, width);
+}
+
+void CpuBackend::StoreRows(DType type, void* dst, int64_t dst_stride, const float* src,
+                           int64_t src_stride, int64_t width, int64_t rows) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* s = src + r * src_stride;
+    switch (type) {
+      case DType::kF32:
+        std::memcpy(static_cast<float*>(dst) + r * dst_stride, s, width * sizeof(float));
+        break;
+      case DType::kF16: {
+        uint16_t* d = static_cast<uint16_t*>(dst) + r * dst_stride;
+        for (int64_t i = 0; i < width; ++i) d[i] = F32ToF16(s[i]);
+        break;
+      }
+      case DType::kBF16: {
+        uint16_t* d = static_cast<uint16_t*>(dst) + r * dst_stride;
+        for (int64_t i = 0; i < width; ++i) d[i] = F32ToBF16(s[i]);
+        break;
+      }
+      default:
+        std::fprintf(stderr, "CpuBackend::StoreRows: K/V type %s\n", std::string(DTypeName(type)).c_str());
+        std::abort();
+    }
+  }
 }
 
 void CpuBackend::Embed(const WeightView& table, const int32_t* host_tokens, int64_t n, float* out) {

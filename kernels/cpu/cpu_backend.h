@@ -31,6 +31,9 @@ class CpuBackend final : public Backend {
   void Copy2D(void* dst, size_t dst_stride, const void* src, size_t src_stride, size_t width,
               size_t rows) override;
   void Synchronize() override {}
+  bool SupportsKvType(DType type) const override { return type == DType::kF32; }
+  void StoreRows(DType type, void* dst, int64_t dst_stride, const float* src, int64_t src_stride,
+                 int64_t width, int64_t rows) override;
 
   absl::StatusOr<WeightView> PlaceWeight(const WeightView& host) override { return host; }
   absl::StatusOr<const float*> PlaceVector(const float* host, int64_t) override { return host; }

@@ -549,6 +549,7 @@ inline bool ValidParams(const AttentionParams& p) {
   if (p.head_dim <= 0 || p.head_dim > kMaxHeadDim) return false;
   if (p.q == nullptr || p.out == nullptr || p.q_pos == nullptr) return false;
   if (p.n_kv > 0 && (p.k == nullptr || p.v == nullptr)) return false;
+  if (p.kv_type != DType::kF32 && p.kv_type != DType::kF16 && p.kv_type != DType::kBF16) return false;
   if (p.mode == AttentionPositionMode::kAlibi && p.alibi_slopes == nullptr) return false;
   if (p.rel.kind == RelativePosition::Kind::kStair && p.rel.e < 1) return false;
   if (p.rel.kind == RelativePosition::Kind::kSelfExtend && p.rel.group < 1) return false;

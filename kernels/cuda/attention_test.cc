@@ -209,7 +209,8 @@ TEST(CudaAttention, RejectsBadParameters) {
   DeviceArray<float> buf(4096);
   DeviceArray<int64_t> pos(std::vector<int64_t>{0, 1});
   AttentionParams good;
-  good.q = good.k = good.v = buf.ptr;
+  good.q = buf.ptr;
+  good.k = good.v = buf.ptr;
   good.out = buf.ptr;
   good.q_pos = pos.ptr;
   good.n_q = 1;

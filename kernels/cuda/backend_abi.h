@@ -19,7 +19,7 @@
 
 extern "C" {
 
-#define MESA_CUDA_BACKEND_ABI 1
+#define MESA_CUDA_BACKEND_ABI 2
 
 struct MesaCudaBackendOps {
   uint32_t abi_version;             // MESA_CUDA_BACKEND_ABI
@@ -63,6 +63,9 @@ struct MesaCudaBackendOps {
   void (*rope)(void* ctx, const mesa::RopeParams* p, const int64_t* pos, int64_t n, int64_t n_heads,
                float* x);
   void (*attention)(void* ctx, const mesa::AttentionParams* p);
+  // f32 rows stored as `type` (a ggml type id: f32, f16 or bf16); strides in elements.
+  void (*store_rows)(void* ctx, uint32_t type, void* dst, int64_t dst_stride, const float* src,
+                     int64_t src_stride, int64_t width, int64_t rows);
 };
 
 // The table (static storage; never null in a plugin that exports it).

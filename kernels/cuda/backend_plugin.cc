@@ -243,6 +243,13 @@ void AttentionOp(void* ctx, const AttentionParams* p) {
   c->Check(cuda::Attention(*p, scratch, c->stream), "attention");
 }
 
+void StoreRowsOp(void* ctx, uint32_t type, void* dst, int64_t dst_stride, const float* src, int64_t src_stride,
+                 int64_t width, int64_t rows) {
+  Context* c = Ctx(ctx);
+  c->Check(cuda::StoreRows(static_cast<DType>(type), dst, dst_stride, src, src_stride, width, rows, c->stream),
+           "K/V store");
+}
+
 const MesaCudaBackendOps kOps = {
     MESA_CUDA_BACKEND_ABI,
     sizeof(AttentionParams),
@@ -270,6 +277,7 @@ const MesaCudaBackendOps kOps = {
     ClampOp,
     RopeOp,
     AttentionOp,
+    StoreRowsOp,
 };
 
 }  // namespace

@@ -11,7 +11,8 @@ include(${CMAKE_CURRENT_LIST_DIR}/attention_emu.cmake)  # attention kernels on t
 if(MESA_HAVE_CUDA)
   # dtype.cc: the block sizes the kernels plan with (also in mesa_kernels; the plugin
   # links no other part of Mesa).
-  add_library(mesa_cuda_ops STATIC ${CMAKE_CURRENT_LIST_DIR}/ops_common.cu ${CMAKE_SOURCE_DIR}/kernels/dtype.cc)
+  add_library(mesa_cuda_ops STATIC ${CMAKE_CURRENT_LIST_DIR}/ops_common.cu ${CMAKE_CURRENT_LIST_DIR}/ops_kv.cu
+                                   ${CMAKE_SOURCE_DIR}/kernels/dtype.cc)
   set_target_properties(mesa_cuda_ops PROPERTIES POSITION_INDEPENDENT_CODE ON
                                                  CUDA_SEPARABLE_COMPILATION OFF)
   target_include_directories(mesa_cuda_ops PUBLIC ${CMAKE_SOURCE_DIR})

@@ -20,7 +20,9 @@ namespace {
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(const MesaCudaBackendOps* ops, void* ctx, int index) : ops_(ops), ctx_(ctx), index_(index) {}
+  CudaBackend(const MesaCudaBackendOps* ops, void* ctx, int index) : ops_(ops), ctx_(ctx), index_(index) {
+    kv_type_ = DType::kBF16;  // half the K/V memory and bandwidth; --kv-type f32 for exactness
+  }
   ~CudaBackend() override {
     placed_.clear();  // frees through ops_ while ctx_ lives
     ops_->destroy(ctx_);
@@ -51,6 +53,13 @@ class CudaBackend final : public Backend {
     ops_->copy_2d(ctx_, dst, dst_stride, src, src_stride, width, rows);
   }
   void Synchronize() override { ops_->synchronize(ctx_); }
+  bool SupportsKvType(DType t) const override {
+    return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16;
+  }
+  void StoreRows(DType type, void* dst, int64_t dst_stride, const float* src, int64_t src_stride, int64_t width,
+                 int64_t rows) override {
+    ops_->store_rows(ctx_, static_cast<uint32_t>(type), dst, dst_stride, src, src_stride, width, rows);
+  }
 
   absl::StatusOr<WeightView> PlaceWeight(const WeightView& host) override {
     if (!ops_->weight_type_supported(static_cast<uint32_t>(host.type))) {

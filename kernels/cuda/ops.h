@@ -84,4 +84,11 @@ cudaError_t Attention(const AttentionParams& p, void* scratch, cudaStream_t stre
 // partials go through `scratch` and a combine kernel). For tests and benchmarks.
 int AttentionKeySplits(const AttentionParams& p);
 
+// --- K/V stores ---
+// rows x width f32 values (src, row stride src_stride elements) stored as `type`
+// (kF32, kF16 or kBF16; round to nearest even) at dst (row stride dst_stride elements).
+// The twin of CpuBackend::StoreRows.
+cudaError_t StoreRows(DType type, void* dst, int64_t dst_stride, const float* src, int64_t src_stride,
+                      int64_t width, int64_t rows, cudaStream_t stream);
+
 }  // namespace mesa::cuda

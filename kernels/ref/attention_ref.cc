@@ -72,6 +72,7 @@ void Attention(const AttentionParams& p) {
   Check(p.head_dim > 0 && p.n_kv <= p.kv_stride, "head_dim / kv_stride");
   Check(p.mode != AttentionPositionMode::kAlibi || p.alibi_slopes != nullptr, "alibi slopes");
   Check(p.rel.kind != RelativePosition::Kind::kStair || p.rel.e >= 1, "stair e >= 1");
+  Check(p.kv_type == DType::kF32, "f32 K/V (the reference reads no other K/V type)");
   Check(p.rel.kind != RelativePosition::Kind::kSelfExtend || p.rel.group >= 1, "group >= 1");
   const bool rope = p.mode == AttentionPositionMode::kRopeRaw;
   if (rope) {
@@ -101,7 +102,7 @@ void Attention(const AttentionParams& p) {
           continue;
         }
         const int64_t r = p.rel(t, kpos);
-        const float* k = p.k + (kvh * p.kv_stride + j) * hd;
+        const float* k = static_cast<const float*>(p.k) + (kvh * p.kv_stride + j) * hd;
         if (rope) {
           rot.Rotate(q, r, qrot.data());
         } else {
@@ -128,7 +129,7 @@ void Attention(const AttentionParams& p) {
         if (scores[j] == -INFINITY) continue;
         const double w = std::exp(scores[j] - mx);
         sum += w;
-        const float* v = p.v + (kvh * p.kv_stride + j) * hd;
+        const float* v = static_cast<const float*>(p.v) + (kvh * p.kv_stride + j) * hd;
         for (int64_t d = 0; d < hd; ++d) acc[d] += w * v[d];
       }
       for (int64_t d = 0; d < hd; ++d) out[d] = static_cast<float>(acc[d] / sum);
