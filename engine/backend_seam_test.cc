@@ -176,16 +176,6 @@ class OpaqueBackend final : public Backend {
   int64_t live_ = 0;
 };
 
-std::vector<int32_t> Tokens(int64_t n, int64_t vocab, uint32_t seed) {
-  std::vector<int32_t> t(n);
-  uint32_t s = seed;
-  for (auto& x : t) {
-    s = s * 1664525u + 1013904223u;
-    x = static_cast<int32_t>((s >> 8) % static_cast<uint32_t>(vocab));
-  }
-  return t;
-}
-
 struct Case {
   const char* name;
   testing::RandomModelSpec spec;
@@ -203,6 +193,30 @@ class BackendSeamTest : public ::testing::TestWithParam<Case> {
     model_ = *std::move(m);
   }
   void TearDown() override { std::remove(path_.c_str()); }
+
+  // A 300-token prompt through LongContextRunner (Mesa with a trained length of 128, or
+  // full attention for an ALiBi model: Stair PE needs RoPE), every token's logits, then
+  // `decode_steps` decode steps' logits.
+  static constexpr int64_t kLongPrompt = 300;
+  std::vector<float> RunLong(Backend& backend, int decode_steps) {
+    const std::vector<int32_t> prompt = testing::RandomTokens(kLongPrompt, model_->config.n_vocab, 11);
+    LongContextOptions o;
+    o.method = model_->config.position == PositionType::kRope ? AttentionMethod::kMesa : AttentionMethod::kFull;
+    o.mesa.train_length = 128;
+    o.mesa.anchor = 16;
+    o.mesa.last_chunk = 40;
+    LongContextRunner runner(*model_, backend, o);
+    std::vector<float> logits, step;
+    auto info = runner.Prefill(prompt, 4, LogitsMode::kAll, &logits);
+    EXPECT_TRUE(info.ok()) << info.status();
+    if (info.ok()) EXPECT_EQ(info->method, o.method);
+    for (int i = 0; i < decode_steps; ++i) {
+      EXPECT_TRUE(runner.DecodeStep(3 + 2 * i, &step).ok());
+      logits.insert(logits.end(), step.begin(), step.end());
+    }
+    return logits;
+  }
+
   std::string path_;
   std::unique_ptr<Model> model_;
 };
@@ -210,7 +224,7 @@ class BackendSeamTest : public ::testing::TestWithParam<Case> {
 // Prefill in micro-batches, then decode steps (the cache grows through Reserve on the
 // backend), logits of every token: identical on both backends.
 TEST_P(BackendSeamTest, ForwardIsBitIdenticalOnAnOpaqueBackend) {
-  const std::vector<int32_t> tokens = Tokens(45, model_->config.n_vocab, 7);
+  const std::vector<int32_t> tokens = testing::RandomTokens(45, model_->config.n_vocab, 7);
   auto run = [&](Backend& backend) {
     ModelRunner runner(*model_, backend, /*max_batch=*/16);
     EXPECT_TRUE(runner.status().ok()) << runner.status();
@@ -235,31 +249,11 @@ TEST_P(BackendSeamTest, ForwardIsBitIdenticalOnAnOpaqueBackend) {
 // Mesa's phases (anchor, middle chunks, the final chunk with Stair PE, decode) move K/V
 // between the host and the backend only through its copies.
 TEST_P(BackendSeamTest, LongContextIsBitIdenticalOnAnOpaqueBackend) {
-  const std::vector<int32_t> prompt = Tokens(300, model_->config.n_vocab, 11);
-  const bool rope = model_->config.position == PositionType::kRope;
-  LongContextOptions o;
-  // Stair PE needs RoPE: an ALiBi model (MPT) takes the whole-sequence path instead.
-  o.method = rope ? AttentionMethod::kMesa : AttentionMethod::kFull;
-  o.mesa.train_length = 128;
-  o.mesa.anchor = 16;
-  o.mesa.last_chunk = 40;
-  auto run = [&](Backend& backend) {
-    LongContextRunner runner(*model_, backend, o);
-    std::vector<float> logits, step;
-    auto info = runner.Prefill(prompt, 4, LogitsMode::kAll, &logits);
-    EXPECT_TRUE(info.ok()) << info.status();
-    if (info.ok()) EXPECT_EQ(info->method, o.method);
-    for (int32_t t : {3, 5, 7}) {
-      EXPECT_TRUE(runner.DecodeStep(t, &step).ok());
-      logits.insert(logits.end(), step.begin(), step.end());
-    }
-    return logits;
-  };
   CpuBackend cpu(2);
   OpaqueBackend opaque(2);
-  const std::vector<float> a = run(cpu);
-  const std::vector<float> b = run(opaque);
-  ASSERT_EQ(a.size(), (prompt.size() + 3) * model_->config.n_vocab);
+  const std::vector<float> a = RunLong(cpu, /*decode_steps=*/3);
+  const std::vector<float> b = RunLong(opaque, 3);
+  ASSERT_EQ(a.size(), (kLongPrompt + 3) * model_->config.n_vocab);
   ASSERT_EQ(a.size(), b.size());
   EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
 }
@@ -268,26 +262,12 @@ TEST_P(BackendSeamTest, LongContextIsBitIdenticalOnAnOpaqueBackend) {
 // stores rounded keys and values and Mesa's phases move them through f32 chunks; the
 // logits stay within the rounding's reach of the f32 ones.
 TEST_P(BackendSeamTest, HalfPrecisionKvStaysCloseToF32) {
-  const std::vector<int32_t> prompt = Tokens(300, model_->config.n_vocab, 11);
-  const bool rope = model_->config.position == PositionType::kRope;
-  LongContextOptions o;
-  o.method = rope ? AttentionMethod::kMesa : AttentionMethod::kFull;
-  o.mesa.train_length = 128;
-  o.mesa.anchor = 16;
-  o.mesa.last_chunk = 40;
-  auto run = [&](Backend& backend) {
-    LongContextRunner runner(*model_, backend, o);
-    std::vector<float> logits;
-    auto info = runner.Prefill(prompt, 4, LogitsMode::kAll, &logits);
-    EXPECT_TRUE(info.ok()) << info.status();
-    return logits;
-  };
   CpuBackend cpu(2);
-  const std::vector<float> want = run(cpu);
+  const std::vector<float> want = RunLong(cpu, 0);
   for (DType t : {DType::kF16, DType::kBF16}) {
     OpaqueBackend opaque(2);
     ASSERT_TRUE(opaque.set_kv_type(t).ok());
-    const std::vector<float> got = run(opaque);
+    const std::vector<float> got = RunLong(opaque, 0);
     ASSERT_EQ(got.size(), want.size());
     const double err = testing::MaxRowRelError(got, want, model_->config.n_vocab);
     std::printf("%s K/V: max row relative error of the logits %.2e\n", std::string(DTypeName(t)).c_str(), err);
@@ -306,7 +286,7 @@ TEST_P(BackendSeamTest, NothingLeaksOnTheBackend) {
     ModelRunner runner(*model_, opaque);
     KvCache cache = runner.NewCache(4);
     std::vector<float> logits;
-    const std::vector<int32_t> t = Tokens(9, model_->config.n_vocab, 3);
+    const std::vector<int32_t> t = testing::RandomTokens(9, model_->config.n_vocab, 3);
     ASSERT_TRUE(runner.Forward(t, cache, LogitsMode::kLast, &logits).ok());
     KvCache copy = cache.Copy();
     EXPECT_EQ(copy.size(), cache.size());

@@ -44,41 +44,6 @@ std::unique_ptr<Backend> GpuOrSkipReason(std::string* why, const char* kv_type =
   std::unique_ptr<Backend> var = GpuOrSkipReason(&var##_why); \
   if (!var) GTEST_SKIP() << var##_why
 
-std::vector<int32_t> Tokens(int64_t n, int64_t vocab, uint32_t seed) {
-  std::vector<int32_t> t(n);
-  uint32_t s = seed;
-  for (auto& x : t) {
-    s = s * 1664525u + 1013904223u;
-    x = static_cast<int32_t>((s >> 8) % static_cast<uint32_t>(vocab));
-  }
-  return t;
-}
-
-TEST(CudaBackendTest, DefaultKvTypeIsBf16AndStoresRoundLikeTheCpu) {
-  std::string why;
-  std::unique_ptr<Backend> gpu = GpuOrSkipReason(&why, "auto");
-  if (!gpu) GTEST_SKIP() << why;
-  EXPECT_EQ(gpu->kv_type(), DType::kBF16);
-  // StoreRows on the GPU gives the CPU's bits for every type (odd width, strides).
-  const int64_t w = 37, rows = 5, ss = 41, ds = 40;
-  std::vector<float> src(rows * ss);
-  for (size_t i = 0; i < src.size(); ++i) src[i] = std::sin(0.37 * i) * std::pow(10.0, (i % 9) - 4.0);
-  CpuBackend cpu(1);
-  for (DType t : {DType::kF32, DType::kF16, DType::kBF16}) {
-    const size_t eb = t == DType::kF32 ? 4 : 2;
-    std::vector<uint8_t> want(rows * ds * eb, 0), got(rows * ds * eb, 0);
-    cpu.StoreRows(t, want.data(), ds, src.data(), ss, w, rows);
-    auto dsrc = gpu->Allocate(src.size() * sizeof(float));
-    auto ddst = gpu->Allocate(got.size());
-    ASSERT_TRUE(dsrc.ok() && ddst.ok());
-    gpu->CopyIn(dsrc->data(), src.data(), src.size() * sizeof(float));
-    gpu->StoreRows(t, ddst->data(), ds, dsrc->f32(), ss, w, rows);
-    gpu->CopyOut(got.data(), ddst->data(), got.size());
-    ASSERT_TRUE(gpu->status().ok()) << gpu->status();
-    EXPECT_EQ(got, want) << DTypeName(t);
-  }
-}
-
 // Prefill (micro-batches of 64) then 4 decode steps; every token's logits.
 std::vector<float> RunAll(const Model& model, Backend& backend, const std::vector<int32_t>& tokens) {
   ModelRunner runner(model, backend, 64);
@@ -118,7 +83,7 @@ TEST(CudaBackendTest, RealModelsMatchTheCpu) {
     if (path.empty()) GTEST_SKIP() << "shared model " << name << " not found (set MESA_SHARED_DIR=../shared)";
     auto model = LoadModel(path);
     ASSERT_TRUE(model.ok()) << model.status();
-    const std::vector<int32_t> tokens = Tokens(200, (*model)->config.n_vocab, 5);
+    const std::vector<int32_t> tokens = testing::RandomTokens(200, (*model)->config.n_vocab, 5);
     CpuBackend cpu(2);
     const std::vector<float> want = RunAll(**model, cpu, tokens);
     const std::vector<float> got = RunAll(**model, *gpu, tokens);
@@ -157,7 +122,7 @@ TEST_P(CudaRandomModelTest, LogitsMatchTheCpu) {
   std::remove(path.c_str());
   ASSERT_TRUE(model.ok()) << model.status();
   const int64_t v = (*model)->config.n_vocab;
-  const std::vector<int32_t> tokens = Tokens(150, v, 9);
+  const std::vector<int32_t> tokens = testing::RandomTokens(150, v, 9);
   CpuBackend cpu(2);
   const std::vector<float> want = RunAll(**model, cpu, tokens);
   const std::vector<float> got = RunAll(**model, *gpu, tokens);
@@ -193,7 +158,7 @@ TEST(CudaBackendTest, Bf16KvStaysCloseToTheCpu) {
   auto model = LoadModel(path);
   ASSERT_TRUE(model.ok()) << model.status();
   const int64_t v = (*model)->config.n_vocab;
-  const std::vector<int32_t> tokens = Tokens(300, v, 21);
+  const std::vector<int32_t> tokens = testing::RandomTokens(300, v, 21);
   CpuBackend cpu(2);
   const std::vector<float> want = RunAll(**model, cpu, tokens);
   const std::vector<float> got = RunAll(**model, *gpu, tokens);
@@ -217,7 +182,7 @@ TEST(CudaBackendTest, MesaChunksInAnyOrderAreBitIdentical) {
   MesaOptions mo;
   mo.anchor = 16;
   mo.last_chunk = 64;
-  const std::vector<int32_t> prompt = Tokens(900, (*model)->config.n_vocab, 13);
+  const std::vector<int32_t> prompt = testing::RandomTokens(900, (*model)->config.n_vocab, 13);
   auto plan = PlanMesa(static_cast<int64_t>(prompt.size()), 8, /*train_length=*/256, mo);
   ASSERT_TRUE(plan.ok()) << plan.status();
   ASSERT_GE(plan->middle.size(), 2u);
@@ -253,7 +218,7 @@ TEST(CudaBackendTest, ShortInputsUnderMesaEqualFullAttention) {
   if (path.empty()) GTEST_SKIP() << "shared model stories260K-f32.gguf not found";
   auto model = LoadModel(path);
   ASSERT_TRUE(model.ok()) << model.status();
-  const std::vector<int32_t> prompt = Tokens(100, (*model)->config.n_vocab, 17);
+  const std::vector<int32_t> prompt = testing::RandomTokens(100, (*model)->config.n_vocab, 17);
   auto run = [&](AttentionMethod m) {
     LongContextOptions o;
     o.method = m;

@@ -1,4 +1,4 @@
-// Comparing logits in tests: the worst relative L2 error over rows.
+// Comparing logits in tests: the worst relative L2 error over rows; random token ids.
 #pragma once
 
 #include <algorithm>
@@ -26,6 +26,18 @@ inline double MaxRowRelError(const std::vector<float>& got, const std::vector<fl
     worst = std::max(worst, e);
   }
   return worst;
+}
+
+// n token ids in [0, vocab), deterministic from `seed` (a linear congruential
+// generator: the same ids on every platform and library).
+inline std::vector<int32_t> RandomTokens(int64_t n, int64_t vocab, uint32_t seed) {
+  std::vector<int32_t> t(n);
+  uint32_t s = seed;
+  for (auto& x : t) {
+    s = s * 1664525u + 1013904223u;
+    x = static_cast<int32_t>((s >> 8) % static_cast<uint32_t>(vocab));
+  }
+  return t;
 }
 
 }  // namespace mesa::testing
