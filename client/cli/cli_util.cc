@@ -62,9 +62,15 @@ LoadOptions::WeightMemory& WeightMemoryChoice() {
   return choice;
 }
 
-absl::StatusOr<std::unique_ptr<Model>> LoadModelForCli(const std::string& path, bool compute) {
+absl::StatusOr<std::unique_ptr<Model>> LoadModelForCli(const std::string& path, bool compute,
+                                                       const std::string& device) {
   LoadOptions options;
   options.weight_memory = compute ? WeightMemoryChoice() : LoadOptions::WeightMemory::kMapped;
+  // A GPU reads its own copy of the weights: a host copy (and CPU packing) would only
+  // double the memory, unless --weights asked for it.
+  if (device != "cpu" && options.weight_memory == LoadOptions::WeightMemory::kAuto) {
+    options.weight_memory = LoadOptions::WeightMemory::kMapped;
+  }
   auto model = LoadModel(path, options);
   if (!model.ok()) {
     return absl::Status(model.status().code(),

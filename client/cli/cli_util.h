@@ -26,8 +26,10 @@ absl::StatusOr<std::string> ReadTextFile(const std::string& path);
 LoadOptions::WeightMemory& WeightMemoryChoice();
 // Loads a model, naming the path in errors. `compute`: the command runs the model (the
 // --weights choice applies); false: it only reads metadata or the tokenizer (weights
-// stay mapped, nothing is copied).
-absl::StatusOr<std::unique_ptr<Model>> LoadModelForCli(const std::string& path, bool compute = true);
+// stay mapped, nothing is copied). `device` (--device): off the CPU, weights stay
+// mapped unless --weights says otherwise (the GPU uploads its own copy).
+absl::StatusOr<std::unique_ptr<Model>> LoadModelForCli(const std::string& path, bool compute = true,
+                                                       const std::string& device = "cpu");
 
 // Peak resident set size of this process in bytes.
 int64_t PeakRssBytes();

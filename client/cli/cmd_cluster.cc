@@ -136,7 +136,7 @@ int RunWorker(const WorkerArgs& a) {
   auto security = ToServerSecurity(a.tls, rpc::ClientCertMode::kRequire);
   if (!security.ok()) return Fail(security.status());
   std::fputs(SecurityWarnings(*security, a.listen.empty() ? "(an address of this host)" : a.listen).c_str(), stderr);
-  auto model = LoadModelForCli(a.model);
+  auto model = LoadModelForCli(a.model, /*compute=*/true, a.device.device);
   if (!model.ok()) return Fail(model.status());
   worker::WorkerProcessOptions options;
   options.coordinator = coordinator;

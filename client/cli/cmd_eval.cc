@@ -78,7 +78,7 @@ absl::StatusOr<Setup> Prepare(const EvalArgs& a) {
   if (!a.plot.empty()) {
     if (absl::Status st = CheckGnuplot(); !st.ok()) return st;
   }
-  auto model = LoadModelForCli(a.model);
+  auto model = LoadModelForCli(a.model, /*compute=*/true, a.device.device);
   if (!model.ok()) return model.status();
   s.model = *std::move(model);
   s.train_length = s.base.mesa.train_length > 0 ? s.base.mesa.train_length : s.model->config.context_length;

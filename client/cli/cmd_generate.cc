@@ -48,7 +48,7 @@ struct GenerateArgs {
 };
 
 int RunGenerate(const GenerateArgs& a, bool have_prompt) {
-  auto model_or = LoadModelForCli(a.model);
+  auto model_or = LoadModelForCli(a.model, /*compute=*/true, a.device.device);
   if (!model_or.ok()) return Fail(model_or.status());
   const Model& model = **model_or;
   std::vector<int32_t> prompt;
@@ -141,7 +141,7 @@ int RunLogits(const LogitsArgs& a) {
   std::vector<int32_t> ids = *std::move(ids_or);
   if (a.max_tokens > 0 && static_cast<int64_t>(ids.size()) > a.max_tokens) ids.resize(a.max_tokens);
   if (ids.empty()) return Fail(absl::InvalidArgumentError("no token ids given"));
-  auto model_or = LoadModelForCli(a.model);
+  auto model_or = LoadModelForCli(a.model, /*compute=*/true, a.device.device);
   if (!model_or.ok()) return Fail(model_or.status());
   auto lc_options = ToLongContextOptions(a.lc);
   if (!lc_options.ok()) return Fail(lc_options.status());
@@ -173,7 +173,7 @@ struct BenchArgs {
 };
 
 int RunBench(const BenchArgs& a) {
-  auto model_or = LoadModelForCli(a.model);
+  auto model_or = LoadModelForCli(a.model, /*compute=*/true, a.device.device);
   if (!model_or.ok()) return Fail(model_or.status());
   const Model& model = **model_or;
   if (a.prompt_tokens < 1) return Fail(absl::InvalidArgumentError("--prompt-tokens must be >= 1"));

@@ -689,7 +689,7 @@ int RunCluster(const ClusterArgs& a) {
                    mpi.local_rank(), " (", mpi.local_rank_source(), "; CPU build: no GPU to select)"));
   // Every rank loads the model at once; errors wait until after the broadcast, which
   // every rank must join.
-  auto model = LoadModelForCli(a.model);
+  auto model = LoadModelForCli(a.model, /*compute=*/true, a.device.device);
   const int code = mpi.rank() == 0 ? RunRankZero(mpi, a, *prepared, std::move(model), stop)
                                    : RunOtherRank(mpi, a, *prepared, std::move(model), stop);
   return mpi.Finalize(code);

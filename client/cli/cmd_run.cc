@@ -41,7 +41,7 @@ int RunRun(const RunArgs& a) {
   auto lc = ToLongContextOptions(a.lc);
   if (!lc.ok()) return Fail(lc.status());
   if (a.input == a.output) return Fail(absl::InvalidArgumentError("--input and --output must differ"));
-  auto model = LoadModelForCli(a.model);
+  auto model = LoadModelForCli(a.model, /*compute=*/true, a.device.device);
   if (!model.ok()) return Fail(model.status());
   if (!(*model)->tokenizer) return Fail(absl::FailedPreconditionError("the model has no tokenizer"));
 

@@ -126,6 +126,21 @@ bad "unknown MESA_CPU_ISA" "not one of auto, avx512, avx2, scalar" env MESA_CPU_
 check "MESA_CPU_ISA=scalar" env MESA_CPU_ISA=scalar "$MESA" bench --model "$MODEL" --prompt-tokens 8 --gen-tokens 2 --json
 check "bench reports the forced ISA" json "assert d['cpu_isa'] == 'scalar', d"
 bad "width cap below 1" "W_cap\|width" "$MESA" plan --train-length 32 --anchor 40 --length 100
+# --device and --kv-type on every command that runs the model; a device that cannot run
+# is a clear error (where a GPU is usable, the same commands must run instead).
+for cmd in generate logits bench run eval worker; do
+  check "$cmd has --device and --kv-type" bash -c "'$MESA' $( [ $cmd = eval ] && echo 'eval ppl' || echo $cmd) --help | grep -q -- '--device' && '$MESA' $( [ $cmd = eval ] && echo 'eval ppl' || echo $cmd) --help | grep -q -- '--kv-type'"
+done
+bad "unknown device" "unknown device 'tpu'" "$MESA" generate --model "$MODEL" --prompt hi --device tpu
+bad "unknown kv type" "unknown K/V type" "$MESA" generate --model "$MODEL" --prompt hi --kv-type q8
+bad "cpu keeps f32 K/V" "cannot keep K/V as bf16" "$MESA" generate --model "$MODEL" --prompt hi --kv-type bf16
+if "$MESA" info --devices 2>&1 | grep -q "^cuda:0\|cuda:0 "; then
+  check "generate on cuda" "$MESA" generate --model "$MODEL" --prompt hi -n 4 --device cuda
+else
+  bad "no GPU here" "cannot be used\|compiled without CUDA" "$MESA" generate --model "$MODEL" --prompt hi --device cuda
+fi
+check "bench reports the device" "$MESA" bench --model "$MODEL" --prompt-tokens 8 --gen-tokens 2 --json --device cpu
+check "bench device cpu" json "assert d['device'] == 'cpu', d"
 printf 'bad \xff utf8' > "$TMP/bad.txt"
 bad "invalid utf-8" "utf-8" "$MESA" tokenize --model "$MODEL" --file "$TMP/bad.txt"
 
