@@ -134,7 +134,7 @@ done
 bad "unknown device" "unknown device 'tpu'" "$MESA" generate --model "$MODEL" --prompt hi --device tpu
 bad "unknown kv type" "unknown K/V type" "$MESA" generate --model "$MODEL" --prompt hi --kv-type q8
 bad "cpu keeps f32 K/V" "cannot keep K/V as bf16" "$MESA" generate --model "$MODEL" --prompt hi --kv-type bf16
-if "$MESA" info --devices 2>&1 | grep -q "^cuda:0\|cuda:0 "; then
+if "$MESA" info --devices 2>&1 | grep -q "^GPU 0:"; then
   check "generate on cuda" "$MESA" generate --model "$MODEL" --prompt hi -n 4 --device cuda
 else
   bad "no GPU here" "cannot be used\|compiled without CUDA" "$MESA" generate --model "$MODEL" --prompt hi --device cuda
