@@ -5,3 +5,9 @@ add_executable(gpu_bench ${CMAKE_CURRENT_LIST_DIR}/gpu_bench.cc ${CMAKE_CURRENT_
                ${CMAKE_SOURCE_DIR}/tests/testing/random_weights.cc)
 target_include_directories(gpu_bench PRIVATE ${CMAKE_SOURCE_DIR})
 target_link_libraries(gpu_bench PRIVATE mesa_cuda_ops mesa_kernels CUDA::cudart CUDA::cublas)
+if(MESA_BUILD_TESTS)
+  # The backend's peak device memory (mesa bench --json's peak_device_bytes).
+  mesa_test(cuda_backend_peak_test SOURCES ${CMAKE_SOURCE_DIR}/kernels/cuda/backend_peak_test.cc
+            LIBS mesa_kernels absl::flat_hash_map CUDA::cudart LABELS gpu)
+  target_include_directories(cuda_backend_peak_test SYSTEM PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
+endif()

@@ -19,7 +19,7 @@
 
 extern "C" {
 
-#define MESA_CUDA_BACKEND_ABI 1
+#define MESA_CUDA_BACKEND_ABI 2
 
 struct MesaCudaBackendOps {
   uint32_t abi_version;             // MESA_CUDA_BACKEND_ABI
@@ -63,6 +63,9 @@ struct MesaCudaBackendOps {
   void (*rope)(void* ctx, const mesa::RopeParams* p, const int64_t* pos, int64_t n, int64_t n_heads,
                float* x);
   void (*attention)(void* ctx, const mesa::AttentionParams* p);
+  // ABI 2: the most device memory this context held at once (alloc'd buffers and its
+  // own scratch; not the CUDA context or cuBLAS's internal workspace), in bytes.
+  int64_t (*peak_memory_bytes)(void* ctx);
 };
 
 // The table (static storage; never null in a plugin that exports it).
