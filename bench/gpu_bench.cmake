@@ -11,3 +11,9 @@ if(MESA_BUILD_TESTS)
             LIBS mesa_kernels absl::flat_hash_map CUDA::cudart LABELS gpu)
   target_include_directories(cuda_backend_peak_test SYSTEM PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
 endif()
+if(MESA_BUILD_TESTS)
+  # The device session's plumbing without a GPU (bundle + device_check.sh --cpu-check).
+  add_test(NAME device_check_plumbing COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/device_check_test.sh ${CMAKE_BINARY_DIR})
+  set_tests_properties(device_check_plumbing PROPERTIES LABELS "unit" TIMEOUT 400
+                       ENVIRONMENT "MESA_SHARED_DIR=${MESA_SHARED_DIR}")
+endif()
