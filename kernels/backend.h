@@ -70,6 +70,10 @@ class Backend {
   virtual bool HostAddressable() const = 0;
   // The first run-time failure, or OK.
   virtual absl::Status status() const = 0;
+  // The most backend memory held at once so far (weights, caches, activations, scratch
+  // allocated through this backend); 0 where the backend does not count (the CPU: its
+  // memory is the process's RSS).
+  virtual int64_t PeakMemoryBytes() const { return 0; }
 
   // --- memory ---
   // `bytes` of zero-filled memory, 64-byte aligned.

@@ -212,6 +212,7 @@ int RunBench(const BenchArgs& a) {
   nlohmann::json j = {{"prefill_tokens_per_s", median(prefill)},
                       {"decode_tokens_per_s", median(decode)},
                       {"peak_rss_bytes", PeakRssBytes()},
+                      {"peak_device_bytes", (*backend)->PeakMemoryBytes()},
                       {"prompt_tokens", a.prompt_tokens},
                       {"gen_tokens", a.gen_tokens},
                       {"threads", ThreadCount(**backend)},
@@ -227,6 +228,10 @@ int RunBench(const BenchArgs& a) {
                 "CPU kernels: %s\n",
                 median(prefill), static_cast<long long>(a.prompt_tokens), median(decode),
                 static_cast<long long>(a.gen_tokens), PeakRssBytes() / 1048576.0, cpu::ActiveIsaName());
+    if ((*backend)->PeakMemoryBytes() > 0) {
+      std::printf("peak device memory: %.1f MiB (%s)\n", (*backend)->PeakMemoryBytes() / 1048576.0,
+                  (*backend)->Name().c_str());
+    }
   }
   return 0;
 }
@@ -291,7 +296,7 @@ void RegisterBench(CLI::App& app) {
   cmd->add_option("--seed", a->seed, "Seed of the random prompt ids");
   AddThreads(cmd, &a->threads, &a->device);
   AddLongContextFlags(cmd, &a->lc);
-  cmd->add_flag("--json", a->json, "Print {\"prefill_tokens_per_s\", \"decode_tokens_per_s\", \"peak_rss_bytes\", \"cpu_isa\", ...}");
+  cmd->add_flag("--json", a->json, "Print {\"prefill_tokens_per_s\", \"decode_tokens_per_s\", \"peak_rss_bytes\", \"peak_device_bytes\", \"cpu_isa\", ...}");
   cmd->callback([a] { ExitCode() = RunBench(*a); });
 }
 

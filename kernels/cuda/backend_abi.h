@@ -19,7 +19,7 @@
 
 extern "C" {
 
-#define MESA_CUDA_BACKEND_ABI 2
+#define MESA_CUDA_BACKEND_ABI 3
 
 struct MesaCudaBackendOps {
   uint32_t abi_version;             // MESA_CUDA_BACKEND_ABI
@@ -66,6 +66,9 @@ struct MesaCudaBackendOps {
   // f32 rows stored as `type` (a ggml type id: f32, f16 or bf16); strides in elements.
   void (*store_rows)(void* ctx, uint32_t type, void* dst, int64_t dst_stride, const float* src,
                      int64_t src_stride, int64_t width, int64_t rows);
+  // ABI 3: the most device memory this context held at once (alloc'd buffers and its
+  // own scratch; not the CUDA context or cuBLAS's internal workspace), in bytes.
+  int64_t (*peak_memory_bytes)(void* ctx);
 };
 
 // The table (static storage; never null in a plugin that exports it).

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 
 #include "kernels/cuda/backend_abi.h"
 #include "kernels/cuda/ops.h"
@@ -28,6 +29,15 @@ struct Context {
   size_t attn_scratch_bytes = 0;
   int32_t* tokens = nullptr;
   size_t tokens_cap = 0;
+  // Device memory held through this context (PeakMemoryBytes): alloc/free and scratch.
+  std::mutex mem_mu;
+  std::unordered_map<void*, size_t> sizes;
+  int64_t held = 0, peak = 0;
+  void Held(int64_t delta) {
+    std::lock_guard<std::mutex> lock(mem_mu);
+    held += delta;
+    peak = std::max(peak, held);
+  }
 
   bool Ok() const { return error.empty(); }
   void Fail(const std::string& what) {
@@ -42,11 +52,15 @@ struct Context {
   }
   void* Grow(void** buf, size_t* have, size_t need, const char* what) {
     if (need <= *have) return *buf;
-    if (*buf) cudaFree(*buf);
+    if (*buf) {
+      cudaFree(*buf);
+      Held(-static_cast<int64_t>(*have));
+    }
     *buf = nullptr;
     *have = 0;
     if (!Check(cudaMalloc(buf, need), what)) return nullptr;
     *have = need;
+    Held(static_cast<int64_t>(need));
     return *buf;
   }
 };
@@ -123,6 +137,11 @@ void* Alloc(void* ctx, size_t bytes) {
     cudaFree(p);
     return nullptr;
   }
+  {
+    std::lock_guard<std::mutex> lock(c->mem_mu);
+    c->sizes[p] = n;
+  }
+  c->Held(static_cast<int64_t>(n));
   return p;
 }
 
@@ -131,6 +150,22 @@ void Free(void* ctx, void* p) {
   // Work that may still read `p` is on the stream: finish it first.
   cudaStreamSynchronize(c->stream);
   cudaFree(p);
+  size_t n = 0;
+  {
+    std::lock_guard<std::mutex> lock(c->mem_mu);
+    auto it = c->sizes.find(p);
+    if (it != c->sizes.end()) {
+      n = it->second;
+      c->sizes.erase(it);
+    }
+  }
+  c->Held(-static_cast<int64_t>(n));
+}
+
+int64_t PeakMemoryBytes(void* ctx) {
+  Context* c = Ctx(ctx);
+  std::lock_guard<std::mutex> lock(c->mem_mu);
+  return c->peak;
 }
 
 void CopyIn(void* ctx, void* dst, const void* src, size_t bytes) {
@@ -278,6 +313,7 @@ const MesaCudaBackendOps kOps = {
     RopeOp,
     AttentionOp,
     StoreRowsOp,
+    PeakMemoryBytes,
 };
 
 }  // namespace

@@ -36,6 +36,8 @@ class CudaBackend final : public Backend {
     return absl::InternalError(absl::StrCat(Name(), ": ", err));
   }
 
+  int64_t PeakMemoryBytes() const override { return ops_->peak_memory_bytes(ctx_); }
+
   absl::StatusOr<BackendBuffer> Allocate(size_t bytes) override {
     void* p = ops_->alloc(ctx_, bytes);
     if (!p) {

@@ -211,4 +211,76 @@ void QuantizeRowQ4_0(const float* x, void* out, int64_t n) {
   }
 }
 
+namespace {
+// f16 of a positive f at least f (round up by one f16 ulp when rounding went down),
+// so a scale derived from it never makes a 6-bit level exceed 63.
+float F16AtLeast(float f, uint16_t* h) {
+  *h = F32ToF16(f);
+  if (F16ToF32(*h) < f) ++*h;  // positive finite f16: the next bit pattern is the next value
+  return F16ToF32(*h);
+}
+}  // namespace
+
+void QuantizeRowQ4_K(const float* x, void* out, int64_t n) {
+  Require(n % 256 == 0, "row length not a multiple of 256", DType::kQ4_K);
+  auto* b = static_cast<uint8_t*>(out);
+  for (int64_t i = 0; i < n / 256; ++i, x += 256, b += kQ4_KBytes) {
+    // Per sub-block: m = -min(0, min x) >= 0, so x + m >= 0.
+    double mins[8], maxs[8];
+    double max_m = 0;
+    for (int j = 0; j < 8; ++j) {
+      double lo = 0, hi = -INFINITY;
+      for (int l = 0; l < 32; ++l) {
+        lo = std::min(lo, static_cast<double>(x[32 * j + l]));
+        hi = std::max(hi, static_cast<double>(x[32 * j + l]));
+      }
+      mins[j] = -lo;
+      maxs[j] = hi;
+      max_m = std::max(max_m, mins[j]);
+    }
+    uint16_t dmin_h = 0, d_h = 0;
+    const float dmin = max_m > 0 ? F16AtLeast(static_cast<float>(max_m / 63), &dmin_h) : 0.0f;
+    int lm[8], ls[8];
+    double m1[8], step[8], max_step = 0;
+    for (int j = 0; j < 8; ++j) {
+      lm[j] = dmin > 0 ? std::min(63, static_cast<int>(std::ceil(mins[j] / dmin))) : 0;
+      m1[j] = static_cast<double>(dmin) * lm[j];
+      step[j] = std::max(0.0, (maxs[j] + m1[j]) / 15);  // the step that reaches max from -m1
+      max_step = std::max(max_step, step[j]);
+    }
+    const float d = max_step > 0 ? F16AtLeast(static_cast<float>(max_step / 63), &d_h) : 0.0f;
+    for (int j = 0; j < 8; ++j) ls[j] = d > 0 ? std::min(63, static_cast<int>(std::ceil(step[j] / d))) : 0;
+    std::memcpy(b, &d_h, 2);
+    std::memcpy(b + 2, &dmin_h, 2);
+    uint8_t* scales = b + 4;
+    std::memset(scales, 0, 12);
+    for (int j = 0; j < 8; ++j) {  // the packing ScaleMinK4 reads
+      if (j < 4) {
+        scales[j] = static_cast<uint8_t>(ls[j]);
+        scales[j + 4] = static_cast<uint8_t>(lm[j]);
+      } else {
+        scales[j + 4] = static_cast<uint8_t>((ls[j] & 0xF) | ((lm[j] & 0xF) << 4));
+        scales[j - 4] |= static_cast<uint8_t>((ls[j] >> 4) << 6);
+        scales[j] |= static_cast<uint8_t>((lm[j] >> 4) << 6);
+      }
+    }
+    // The decoder computes d * sc * q - dmin * m in f32: quantize against those values.
+    uint8_t q[256];
+    for (int j = 0; j < 8; ++j) {
+      const float d1 = d * static_cast<float>(ls[j]);
+      const float dm1 = dmin * static_cast<float>(lm[j]);
+      for (int l = 0; l < 32; ++l) {
+        const float v = d1 > 0 ? std::nearbyint((x[32 * j + l] + dm1) / d1) : 0.0f;
+        q[32 * j + l] = static_cast<uint8_t>(std::clamp(v, 0.0f, 15.0f));
+      }
+    }
+    uint8_t* qs = b + 16;
+    for (int c = 0; c < 4; ++c) {  // chunk c of 64: sub-block 2c in the low nibbles, 2c+1 high
+      for (int l = 0; l < 32; ++l) {
+        qs[32 * c + l] = static_cast<uint8_t>(q[64 * c + l] | (q[64 * c + 32 + l] << 4));
+      }
+    }
+  }
+}
+
 }  // namespace mesa::ref

@@ -2,6 +2,10 @@
 // and benchmarks, e.g. a ~100M-parameter llama:
 //   mesa_make_random_model --arch llama --n-embd 768 --n-layer 12 --n-head 12
 //       --n-head-kv 4 --n-ff 3072 --ctx 2048 --type f16 --out /tmp/llama100m.gguf
+// or a Llama-3-8B-shaped one with 4 of its 32 layers (the GPU benchmarks):
+//   mesa_make_random_model --n-embd 4096 --n-layer 4 --n-head 32 --n-head-kv 8
+//       --n-ff 14336 --n-vocab 128256 --ctx 8192 --rope-base 500000 --type q4_k
+//       --tokenizer-from synthetic --out /tmp/llama3-8b-4l-q4_k.gguf
 #include <cstdio>
 #include <string>
 
@@ -27,12 +31,18 @@ int main(int argc, char** argv) {
   app.add_option("--max-alibi-bias", spec.max_alibi_bias, "mpt ALiBi max bias");
   app.add_option("--clamp-kqv", spec.clamp_kqv, "mpt clamp_kqv (0: none)");
   app.add_flag("--tied", spec.tied_output, "omit output.weight (tied embeddings)");
-  app.add_option("--type", type, "f32 or f16")->check(CLI::IsMember({"f32", "f16"}));
+  app.add_option("--type", type, "f32, f16, bf16, q8_0 or q4_k (the last three: rows drawn in parallel)")
+      ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_k"}));
   app.add_option("--tokenizer-from", spec.tokenizer_source,
                  "GGUF to copy tokenizer metadata from (default: $MESA_SHARED_DIR/models/stories260K-f32.gguf)");
   app.add_option("--out", out, "output path")->required();
   CLI11_PARSE(app, argc, argv);
-  spec.type = type == "f16" ? mesa::DType::kF16 : mesa::DType::kF32;
+  absl::StatusOr<mesa::DType> dtype = mesa::testing::RandomModelType(type);
+  if (!dtype.ok()) {
+    std::fprintf(stderr, "mesa_make_random_model: %s\n", std::string(dtype.status().message()).c_str());
+    return 2;
+  }
+  spec.type = *dtype;
   absl::Status s = mesa::testing::WriteRandomGguf(spec, out);
   if (!s.ok()) {
     std::fprintf(stderr, "mesa_make_random_model: %s\n", s.ToString().c_str());

@@ -4,15 +4,18 @@
 // not one-hot). Norm weights ~1 + N(0, 0.1^2), biases ~N(0, 0.1^2).
 #include "tests/testing/random_model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "engine/gguf.h"
+#include "kernels/ref/quant_ref.h"
 
 namespace mesa::testing {
 namespace {
@@ -52,6 +55,10 @@ class ModelBuilder {
 
   // A [rows x cols] matrix (ggml shape {cols, rows}) in the spec's type.
   void Matrix(const std::string& name, int64_t rows, int64_t cols, double stddev) {
+    ++matrix_index_;
+    if (spec_.type != DType::kF32 && spec_.type != DType::kF16) {
+      return ParallelMatrix(name, rows, cols, stddev);
+    }
     const int64_t n = rows * cols;
     std::vector<uint8_t> bytes;
     if (spec_.type == DType::kF16) {
@@ -80,9 +87,48 @@ class ModelBuilder {
   }
 
  private:
+  // BF16 / Q8_0 / Q4_K: row r of matrix k from Rng(seed, k, r), rows split over threads
+  // (the bytes do not depend on the thread count).
+  void ParallelMatrix(const std::string& name, int64_t rows, int64_t cols, double stddev) {
+    const DType type = spec_.type;
+    const int64_t row_bytes = RowBytes(type, cols);
+    std::vector<uint8_t> bytes(static_cast<size_t>(rows * row_bytes));
+    const uint64_t tensor_seed = spec_.seed * 0xD1B54A32D192ED03ull + matrix_index_ * 0x8CB92BA72F3D8DD7ull;
+    auto fill = [&](int64_t r0, int64_t r1) {
+      std::vector<float> row(cols);
+      for (int64_t r = r0; r < r1; ++r) {
+        Rng rng(tensor_seed ^ (static_cast<uint64_t>(r) * 0x9FB21C651E98DF25ull));
+        for (int64_t c = 0; c < cols; ++c) row[c] = static_cast<float>(rng.Normal() * stddev);
+        uint8_t* dst = bytes.data() + r * row_bytes;
+        switch (type) {
+          case DType::kBF16:
+            for (int64_t c = 0; c < cols; ++c) {
+              const uint16_t h = F32ToBF16(row[c]);
+              std::memcpy(dst + 2 * c, &h, 2);
+            }
+            break;
+          case DType::kQ8_0: ref::QuantizeRowQ8_0(row.data(), dst, cols); break;
+          case DType::kQ4_K: ref::QuantizeRowQ4_K(row.data(), dst, cols); break;
+          default: std::abort();  // WriteRandomGguf checked the type
+        }
+      }
+    };
+    const int64_t threads = std::clamp<int64_t>(std::thread::hardware_concurrency(), 1, 64);
+    const int64_t per = (rows + threads - 1) / threads;
+    if (rows * cols < (int64_t{1} << 20) || threads == 1) {
+      fill(0, rows);
+    } else {
+      std::vector<std::thread> pool;
+      for (int64_t r0 = 0; r0 < rows; r0 += per) pool.emplace_back(fill, r0, std::min(rows, r0 + per));
+      for (auto& t : pool) t.join();
+    }
+    w_.AddTensor(name, type, {cols, rows}, std::move(bytes));
+  }
+
   const RandomModelSpec& spec_;
   GgufWriter& w_;
   Rng rng_;
+  uint64_t matrix_index_ = 0;
 };
 
 // Copies tokenizer.* metadata from `source`, truncating or padding the per-token
@@ -159,6 +205,16 @@ absl::StatusOr<int64_t> SyntheticTokenizer(int64_t n_vocab, GgufWriter* w) {
 
 }  // namespace
 
+absl::StatusOr<DType> RandomModelType(const std::string& name) {
+  if (name == "f32") return DType::kF32;
+  if (name == "f16") return DType::kF16;
+  if (name == "bf16") return DType::kBF16;
+  if (name == "q8_0") return DType::kQ8_0;
+  if (name == "q4_k") return DType::kQ4_K;
+  return absl::InvalidArgumentError(absl::StrCat("random model: unknown type '", name,
+                                                 "' (f32, f16, bf16, q8_0 or q4_k)"));
+}
+
 std::string DefaultTokenizerSource() {
   const char* shared = std::getenv("MESA_SHARED_DIR");
   const std::string dir = shared != nullptr && *shared != '\0' ? shared : "../shared";
@@ -170,8 +226,9 @@ absl::Status WriteRandomGguf(const RandomModelSpec& spec, const std::string& pat
   if (a != "llama" && a != "qwen2" && a != "mpt") {
     return absl::InvalidArgumentError(absl::StrCat("random model: unsupported arch '", a, "'"));
   }
-  if (spec.type != DType::kF32 && spec.type != DType::kF16) {
-    return absl::InvalidArgumentError("random model: type must be f32 or f16");
+  if (spec.type != DType::kF32 && spec.type != DType::kF16 && spec.type != DType::kBF16 &&
+      spec.type != DType::kQ8_0 && spec.type != DType::kQ4_K) {
+    return absl::InvalidArgumentError("random model: type must be f32, f16, bf16, q8_0 or q4_k");
   }
   const int64_t n_head_kv = spec.n_head_kv > 0 ? spec.n_head_kv : spec.n_head;
   if (spec.n_embd <= 0 || spec.n_layer <= 0 || spec.n_head <= 0 || spec.n_ff <= 0 ||
@@ -184,11 +241,27 @@ absl::Status WriteRandomGguf(const RandomModelSpec& spec, const std::string& pat
   }
   const int64_t q_dim = spec.n_head * head_dim;
   const int64_t kv_dim = n_head_kv * head_dim;
+  // Every matrix row (n_embd, q_dim, n_ff columns) must hold whole blocks.
+  const int64_t block = GetDTypeInfo(spec.type).block_elems;
+  for (int64_t cols : {spec.n_embd, q_dim, spec.n_ff}) {
+    if (cols % block != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("random model: ", std::string(DTypeName(spec.type)),
+                                                     " needs rows of whole ", block, "-element blocks; ",
+                                                     cols, " is not a multiple of ", block));
+    }
+  }
 
   GgufWriter w;
   w.SetString("general.architecture", a);
   w.SetString("general.name", absl::StrCat("random-", a, "-seed", spec.seed));
-  w.SetUint32("general.file_type", spec.type == DType::kF16 ? 1 : 0);
+  // llama.cpp's LLAMA_FTYPE: ALL_F32 0, MOSTLY_F16 1, MOSTLY_Q8_0 7, MOSTLY_Q4_K_S 14
+  // (every matrix Q4_K), MOSTLY_BF16 32.
+  const uint32_t file_type = spec.type == DType::kF16    ? 1
+                             : spec.type == DType::kQ8_0 ? 7
+                             : spec.type == DType::kQ4_K ? 14
+                             : spec.type == DType::kBF16 ? 32
+                                                         : 0;
+  w.SetUint32("general.file_type", file_type);
   w.SetUint32(a + ".context_length", static_cast<uint32_t>(spec.context_length));
   w.SetUint32(a + ".embedding_length", static_cast<uint32_t>(spec.n_embd));
   w.SetUint32(a + ".block_count", static_cast<uint32_t>(spec.n_layer));

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "kernels/dtype.h"
 
 namespace mesa::testing {
@@ -24,7 +25,12 @@ struct RandomModelSpec {
   int64_t context_length = 512;
   int64_t n_vocab = 0;          // 0: the tokenizer's vocab; otherwise truncated/padded to it
   uint64_t seed = 1;
-  DType type = DType::kF32;     // matrices: kF32 or kF16 (norms and biases stay f32)
+  // Matrices: kF32, kF16, kBF16, kQ8_0 or kQ4_K (norms and biases stay f32). F32/F16
+  // draw from one sequential stream (as they always have); BF16/Q8_0/Q4_K draw each row
+  // from its own stream (seed, tensor, row) on all hardware threads, so a Llama-3-8B-
+  // shaped model is written in seconds; the quantized types round those f32 rows with
+  // ref::QuantizeRowQ8_0 / QuantizeRowQ4_K (rows must be multiples of 32 / 256).
+  DType type = DType::kF32;
   bool tied_output = false;     // omit output.weight
   float rope_freq_base = 10000.0f;
   float max_alibi_bias = 8.0f;  // mpt
@@ -38,6 +44,9 @@ struct RandomModelSpec {
 
 // The default tokenizer source path (may not exist).
 std::string DefaultTokenizerSource();
+
+// "f32", "f16", "bf16", "q8_0", "q4_k" -> the DType (InvalidArgument otherwise).
+absl::StatusOr<DType> RandomModelType(const std::string& name);
 
 absl::Status WriteRandomGguf(const RandomModelSpec& spec, const std::string& path);
 
