@@ -8,7 +8,7 @@ target_link_libraries(gpu_bench PRIVATE mesa_cuda_ops mesa_kernels CUDA::cudart 
 if(MESA_BUILD_TESTS)
   # The backend's peak device memory (mesa bench --json's peak_device_bytes).
   mesa_test(cuda_backend_peak_test SOURCES ${CMAKE_SOURCE_DIR}/kernels/cuda/backend_peak_test.cc
-            LIBS mesa_kernels absl::flat_hash_map CUDA::cudart LABELS gpu)
+            LIBS mesa_kernels CUDA::cudart LABELS gpu)
   target_include_directories(cuda_backend_peak_test SYSTEM PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
 endif()
 if(MESA_BUILD_TESTS)
