@@ -16,8 +16,8 @@
 //            8192) in TFLOP/s, counting 4 * head_dim flops per visible (query, key, head);
 //            decode (one query over N keys, both variants) in GB/s of K/V read, each call
 //            on another of >= 1 GiB of K/V "layers" so the L2 holds nothing from the last.
-//            K/V are f32 in Mesa's CUDA cache today (every line says kv_type f32; the
-//            issue's comparison, PyTorch's SDPA in bench/torch_sdpa.py, is bf16).
+//            Each with K/V in bf16 (the CUDA cache's default, like for like with PyTorch's
+//            SDPA in bench/torch_sdpa.py) and in f32 (--kv-type f32); every line names it.
 // matmul     mesa::cuda::MatMul per weight type on a 14336 x 4096 matrix (Llama-3-8B's
 //            ffn_gate/up): m = 1 in GB/s of weights read (matrix-vector kernels on the
 //            blocks), m = 512 in TFLOP/s (dequantized bf16 tiles + cuBLAS); the weights
@@ -150,6 +150,7 @@ class Json {
 struct Options {
   std::set<std::string> parts = {"ceilings", "attention", "matmul"};
   std::vector<int64_t> keys = {4096, 16384, 65536};
+  std::vector<DType> kv_types = {DType::kBF16, DType::kF32};  // K/V element types of the attention parts
   std::vector<std::string> types = {"f32", "f16", "bf16", "q4_0", "q8_0", "q4_k", "q5_k", "q6_k"};
   int64_t mm_rows = 14336, mm_cols = 4096;
   double budget_s = 2.0;
@@ -289,6 +290,18 @@ void SetVariant(AttentionParams* p, Variant v) {
 
 const char* VariantName(Variant v) { return v == Variant::kCausal ? "causal" : "stair"; }
 
+// K/V of `n` elements of `kv` (f32 or bf16), uniform in [-1, 1).
+struct KvBuf {
+  Dev<uint8_t> bytes;
+  KvBuf(DType kv, size_t n, uint64_t seed, cudaStream_t stream) : bytes(n * (kv == DType::kF32 ? 4 : 2)) {
+    if (kv == DType::kF32) {
+      Check(FillUniformF32(reinterpret_cast<float*>(bytes.get()), n, seed, -1.0f, 1.0f, stream), "fill K/V");
+    } else {
+      Check(FillUniformBf16(reinterpret_cast<uint16_t*>(bytes.get()), n, seed, -1.0f, 1.0f, stream), "fill K/V");
+    }
+  }
+};
+
 Json AttentionLine(const char* phase, Variant v, int64_t n_q, int64_t n_kv, const AttentionParams& p,
                    const Timing& t) {
   Json j;
@@ -300,7 +313,7 @@ Json AttentionLine(const char* phase, Variant v, int64_t n_q, int64_t n_kv, cons
       .Int("n_head", kHeads)
       .Int("n_head_kv", kKvHeads)
       .Int("head_dim", kHeadDim)
-      .Str("kv_type", "f32")
+      .Str("kv_type", std::string(DTypeName(p.kv_type)))
       .Int("splits", cuda::AttentionKeySplits(p))
       .Num("ms", t.median_ms)
       .Num("min_ms", t.min_ms)
@@ -308,18 +321,17 @@ Json AttentionLine(const char* phase, Variant v, int64_t n_q, int64_t n_kv, cons
   return j;
 }
 
-void AttentionPrefill(const Options& o, int64_t n, Variant v, cudaStream_t stream) {
-  Dev<float> q(n * kHeads * kHeadDim), k(n * kKvHeads * kHeadDim), val(n * kKvHeads * kHeadDim),
-      out(n * kHeads * kHeadDim);
+void AttentionPrefill(const Options& o, int64_t n, Variant v, DType kv, cudaStream_t stream) {
+  Dev<float> q(n * kHeads * kHeadDim), out(n * kHeads * kHeadDim);
+  KvBuf k(kv, n * kKvHeads * kHeadDim, 20 + n, stream), val(kv, n * kKvHeads * kHeadDim, 30 + n, stream);
   Dev<int64_t> pos(n);
   Check(FillUniformF32(q.get(), q.size(), 10 + n, -1.0f, 1.0f, stream), "fill q");
-  Check(FillUniformF32(k.get(), k.size(), 20 + n, -1.0f, 1.0f, stream), "fill k");
-  Check(FillUniformF32(val.get(), val.size(), 30 + n, -1.0f, 1.0f, stream), "fill v");
   Check(FillIota64(pos.get(), n, 0, stream), "fill positions");
   AttentionParams p;
   p.q = q.get();
-  p.k = k.get();
-  p.v = val.get();
+  p.k = k.bytes.get();
+  p.v = val.bytes.get();
+  p.kv_type = kv;
   p.out = out.get();
   p.n_q = n;
   p.n_kv = n;
@@ -340,18 +352,19 @@ void AttentionPrefill(const Options& o, int64_t n, Variant v, cudaStream_t strea
   AttentionLine("prefill", v, n, n, p, t).Num("tflops", flops / (t.median_ms * 1e9)).Emit();
 }
 
-void AttentionDecode(const Options& o, int64_t n, Variant v, cudaStream_t stream) {
+void AttentionDecode(const Options& o, int64_t n, Variant v, DType kv, cudaStream_t stream) {
   const size_t layer_elems = static_cast<size_t>(n) * kKvHeads * kHeadDim;
-  const size_t kv_bytes = 2 * layer_elems * sizeof(float);  // K and V of one layer
+  const size_t elem = kv == DType::kF32 ? 4 : 2;
+  const size_t kv_bytes = 2 * layer_elems * elem;  // K and V of one layer
   const int layers = static_cast<int>(std::clamp<size_t>((kGiB + kv_bytes - 1) / kv_bytes, 2, 64));
-  Dev<float> k(layer_elems * layers), val(layer_elems * layers), q(kHeads * kHeadDim), out(kHeads * kHeadDim);
+  KvBuf k(kv, layer_elems * layers, 40 + n, stream), val(kv, layer_elems * layers, 50 + n, stream);
+  Dev<float> q(kHeads * kHeadDim), out(kHeads * kHeadDim);
   Dev<int64_t> pos(1);
-  Check(FillUniformF32(k.get(), k.size(), 40 + n, -1.0f, 1.0f, stream), "fill k");
-  Check(FillUniformF32(val.get(), val.size(), 50 + n, -1.0f, 1.0f, stream), "fill v");
   Check(FillUniformF32(q.get(), q.size(), 60 + n, -1.0f, 1.0f, stream), "fill q");
   Check(FillIota64(pos.get(), 1, n - 1, stream), "fill position");
   AttentionParams p;
   p.q = q.get();
+  p.kv_type = kv;
   p.out = out.get();
   p.n_q = 1;
   p.n_kv = n;
@@ -367,8 +380,8 @@ void AttentionDecode(const Options& o, int64_t n, Variant v, cudaStream_t stream
   Poison(out.get(), out.bytes(), stream);
   Timing t = Time(stream, o.budget_s, [&](int rep) {
     AttentionParams pl = p;
-    pl.k = k.get() + (rep % layers) * layer_elems;
-    pl.v = val.get() + (rep % layers) * layer_elems;
+    pl.k = k.bytes.get() + (rep % layers) * layer_elems * elem;
+    pl.v = val.bytes.get() + (rep % layers) * layer_elems * elem;
     Check(cuda::Attention(pl, scratch.get(), stream), "Attention");
   });
   CheckFinite(out.get(), out.size(), out.size(), "attention decode");
@@ -584,14 +597,22 @@ int Main(int argc, char** argv) {
   if (o.parts.count("attention")) {
     for (int64_t n : o.keys) {
       for (Variant v : {Variant::kCausal, Variant::kStair}) {
-        Attempt("attention", {{"phase", "decode"}, {"variant", VariantName(v)}, {"n_kv", std::to_string(n)}},
-                [&] { AttentionDecode(o, n, v, stream); });
+        for (DType kv : o.kv_types) {
+          Attempt("attention",
+                  {{"phase", "decode"}, {"variant", VariantName(v)}, {"n_kv", std::to_string(n)},
+                   {"kv_type", std::string(DTypeName(kv))}},
+                  [&] { AttentionDecode(o, n, v, kv, stream); });
+        }
       }
     }
     for (int64_t n : o.keys) {  // the longest prefill last: it takes the most time
       for (Variant v : {Variant::kCausal, Variant::kStair}) {
-        Attempt("attention", {{"phase", "prefill"}, {"variant", VariantName(v)}, {"n_kv", std::to_string(n)}},
-                [&] { AttentionPrefill(o, n, v, stream); });
+        for (DType kv : o.kv_types) {
+          Attempt("attention",
+                  {{"phase", "prefill"}, {"variant", VariantName(v)}, {"n_kv", std::to_string(n)},
+                   {"kv_type", std::string(DTypeName(kv))}},
+                  [&] { AttentionPrefill(o, n, v, kv, stream); });
+        }
       }
     }
   }

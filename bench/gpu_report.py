@@ -131,9 +131,10 @@ def model_shape(obj):
     return d
 
 
-def decode_bytes_per_token(shape, t, prompt, gen):
+def decode_bytes_per_token(shape, t, prompt, gen, kv_elem=2):
     """Bytes one decode step reads: every matrix but the embedding table (one row of it),
-    the f32 norms, and the f32 K/V of the context (its mean length over the decode)."""
+    the f32 norms, and the K/V of the context (its mean length over the decode; bf16 by
+    default on the GPU: kv_elem bytes per element)."""
     e, ff, v, L = shape["n_embd"], shape["n_ff"], shape["n_vocab"], shape["n_layer"]
     hd = e // shape["n_head"]
     q, kv = shape["n_head"] * hd, shape["n_head_kv"] * hd
@@ -141,7 +142,7 @@ def decode_bytes_per_token(shape, t, prompt, gen):
                  2 * ff * row_bytes(t, e) + e * row_bytes(t, ff) + 2 * e * 4)
     weights = L * per_layer + v * row_bytes(t, e) + row_bytes(t, e) + e * 4
     ctx = prompt + gen / 2.0
-    kv_read = L * 2 * kv * 4 * ctx
+    kv_read = L * 2 * kv * kv_elem * ctx
     return weights + kv_read, weights
 
 
@@ -183,35 +184,37 @@ def report(run):
     md.append("")
 
     md += ["## Attention (32 query heads, 8 kv heads, head dim 128)", "",
-           "Mesa's kernel reads **f32 K/V** (the CUDA cache is f32 today); PyTorch's SDPA runs bf16 (the issue's "
-           "comparison) and f32 (like for like). FLOPs: 4 x head_dim per visible (query, key, head). Stair PE: "
-           "raw keys, N = 512, E = 50, log-n at 8192.", "",
+           "Mesa's kernel reads bf16 K/V (the CUDA cache's default; all arithmetic in f32 on CUDA cores) and "
+           "f32 K/V; PyTorch's SDPA runs bf16 (the issue's comparison) and f32. FLOPs: 4 x head_dim per visible "
+           "(query, key, head). Stair PE: raw keys, N = 512, E = 50, log-n at 8192.", "",
            "Prefill (n_q = n_kv, causal), TFLOP/s:", "",
-           "| keys | mesa causal | mesa Stair PE | Stair / causal (goal >= 0.6) | torch bf16 | "
-           "mesa / torch bf16 (goal >= 1.0) | torch f32 | mesa / torch f32 |",
-           "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "| keys | mesa causal bf16 | mesa Stair PE bf16 | Stair / causal (goal >= 0.6) | torch bf16 | "
+           "mesa / torch bf16 (goal >= 1.0) | torch f32 | mesa causal f32 | mesa f32 / torch f32 |",
+           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     keys = sorted({o["n_kv"] for o in run.lines.get("attention", []) + run.lines.get("torch_sdpa", [])
                    if "n_kv" in o and "error" not in o and isinstance(o["n_kv"], int)})
     for n in keys:
-        c = run.find("attention", phase="prefill", variant="causal", n_kv=n)
-        s = run.find("attention", phase="prefill", variant="stair", n_kv=n)
+        c = run.find("attention", phase="prefill", variant="causal", n_kv=n, kv_type="bf16")
+        s = run.find("attention", phase="prefill", variant="stair", n_kv=n, kv_type="bf16")
+        c32 = run.find("attention", phase="prefill", variant="causal", n_kv=n, kv_type="f32")
         tb = run.find("torch_sdpa", phase="prefill", n_kv=n, kv_type="bf16")
         tf = run.find("torch_sdpa", phase="prefill", n_kv=n, kv_type="f32")
         g = lambda o: o["tflops"] if o else None  # noqa: E731
         md.append(f"| {n:,} | {fmt(g(c))} | {fmt(g(s))} | {ratio(g(s), g(c))} | {fmt(g(tb))} | "
-                  f"{ratio(g(c), g(tb))} | {fmt(g(tf))} | {ratio(g(c), g(tf))} |")
+                  f"{ratio(g(c), g(tb))} | {fmt(g(tf))} | {fmt(g(c32))} | {ratio(g(c32), g(tf))} |")
     md += ["", "Decode (one query over n_kv keys), GB/s of K/V read (K/V cycled over >= 1 GiB):", "",
-           "| keys | mesa causal (f32) | of copy bandwidth (goal >= 75%) | mesa Stair PE | key splits | "
-           "torch bf16 | torch f32 |",
-           "|---:|---:|---:|---:|---:|---:|---:|"]
+           "| keys | mesa causal bf16 | of copy bandwidth (goal >= 75%) | mesa Stair PE bf16 | key splits | "
+           "torch bf16 | mesa causal f32 | torch f32 |",
+           "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n in keys:
-        c = run.find("attention", phase="decode", variant="causal", n_kv=n)
-        s = run.find("attention", phase="decode", variant="stair", n_kv=n)
+        c = run.find("attention", phase="decode", variant="causal", n_kv=n, kv_type="bf16")
+        s = run.find("attention", phase="decode", variant="stair", n_kv=n, kv_type="bf16")
+        c32 = run.find("attention", phase="decode", variant="causal", n_kv=n, kv_type="f32")
         tb = run.find("torch_sdpa", phase="decode", n_kv=n, kv_type="bf16")
         tf = run.find("torch_sdpa", phase="decode", n_kv=n, kv_type="f32")
         g = lambda o: o["gb_s"] if o else None  # noqa: E731
         md.append(f"| {n:,} | {fmt(g(c), 0)} | {pct(g(c), copy_bw)} | {fmt(g(s), 0)} | "
-                  f"{c['splits'] if c else 'n/a'} | {fmt(g(tb), 0)} | {fmt(g(tf), 0)} |")
+                  f"{c['splits'] if c else 'n/a'} | {fmt(g(tb), 0)} | {fmt(g(c32), 0)} | {fmt(g(tf), 0)} |")
     md.append("")
 
     # Model level.
@@ -226,7 +229,7 @@ def report(run):
         md.append(f"n_embd {shape.get('n_embd')}, {shape.get('n_head')}/{shape.get('n_head_kv')} heads, n_ff "
                   f"{shape.get('n_ff')}, vocab {shape.get('n_vocab')}, **{shape.get('n_layer')} layers** (of "
                   f"Llama-3-8B's 32, to fit the device time), trained length {shape.get('ctx')}; random weights "
-                  "written on the device by `mesa_make_random_model`; K/V cache f32.")
+                  "written on the device by `mesa_make_random_model`; K/V cache bf16 (the GPU default).")
     md += ["", "Decode (`mesa bench`, tokens after a short prompt):", "",
            "| type | file | decode tok/s | bytes read / token | GB/s | of copy bandwidth (goal >= 70%) | "
            "peak GPU memory |",
