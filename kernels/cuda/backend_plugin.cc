@@ -11,6 +11,7 @@
 #include <string>
 
 #include "kernels/cuda/backend_abi.h"
+#include "kernels/cuda/nccl_plugin.h"
 #include "kernels/cuda/ops.h"
 
 namespace mesa::cuda {
@@ -243,6 +244,12 @@ void AttentionOp(void* ctx, const AttentionParams* p) {
   c->Check(cuda::Attention(*p, scratch, c->stream), "attention");
 }
 
+int NcclCommCreateOp(void* ctx, const uint8_t* id, int nranks, int rank, int64_t timeout_ms, void** comm, char* err,
+                     size_t err_len) {
+  Context* c = Ctx(ctx);
+  return cuda::NcclCommCreate(c->device, c->stream, id, nranks, rank, timeout_ms, comm, err, err_len);
+}
+
 const MesaCudaBackendOps kOps = {
     MESA_CUDA_BACKEND_ABI,
     sizeof(AttentionParams),
@@ -270,6 +277,12 @@ const MesaCudaBackendOps kOps = {
     ClampOp,
     RopeOp,
     AttentionOp,
+    cuda::NcclVersion,
+    cuda::NcclUniqueId,
+    NcclCommCreateOp,
+    cuda::NcclRun,
+    cuda::NcclAbort,
+    cuda::NcclDestroy,
 };
 
 }  // namespace
