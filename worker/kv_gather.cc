@@ -313,6 +313,11 @@ absl::Status GatherSend(PeerLink& link, GatherControl& control, const GatherPlan
   const int me = link.rank();
   const std::vector<size_t> mine = EntriesOf(plan, me);
   const std::string who = absl::StrCat("holder rank ", me, " to receiver ", plan.receiver);
+  if (plan.receiver < 0 || plan.receiver >= link.size() || plan.receiver == me) {
+    return absl::InvalidArgumentError(absl::StrCat("K/V gather: ", who, ": not a receiver this rank can send to"));
+  }
+  // A rank that holds nothing of the plan takes no part (the receiver expects nothing).
+  if (mine.empty()) return absl::OkStatus();
   absl::Status problem = CheckGatherPlan(plan, link.size());
   absl::flat_hash_map<KvKey, const HeldChunk*> by_key;
   for (const HeldChunk& h : held) by_key[h.manifest.key] = &h;

@@ -380,6 +380,31 @@ TEST(KvGather, HolderPostingInAnotherOrderIsCaughtNotHung) {
   }
 }
 
+TEST(KvGather, RanksOutsideThePlanTakePartInNothing) {
+  auto links = MakeSocketGroup(3);
+  ASSERT_TRUE(links.ok());
+  const std::vector<TestChunk> chunks = {Make(1, 1, 2, 2, 8, 16, 0)};
+  const GatherPlan plan = PlanOf(chunks);
+  // Rank 2 holds nothing of this plan: it returns at once, sending nothing.
+  LinkControl c2(*(*links)[2]);
+  EXPECT_TRUE(GatherSend(*(*links)[2], c2, plan, {}, Soon(5)).ok());
+  // A plan naming this rank (or no rank) as the receiver: refused without a word sent.
+  GatherPlan odd = plan;
+  odd.receiver = 2;
+  EXPECT_EQ(GatherSend(*(*links)[2], c2, odd, {}, Soon(5)).code(), absl::StatusCode::kInvalidArgument);
+  odd.receiver = 7;
+  EXPECT_EQ(GatherSend(*(*links)[2], c2, odd, {}, Soon(5)).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE((*links)[2]->status().ok());
+  absl::StatusOr<std::vector<ChunkKv>> got;
+  OnRanks(2, [&](int r) {
+    LinkControl control(*(*links)[r]);
+    if (r == 0) got = GatherToHost(*(*links)[0], control, plan, Soon(10));
+    if (r == 1) EXPECT_TRUE(GatherSend(*(*links)[1], control, plan, HeldBy(chunks, 1), Soon(10)).ok());
+  });
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(SameBits((*got)[0], chunks[0].kv));
+}
+
 TEST(KvGather, PlansAreChecked) {
   const std::vector<TestChunk> chunks = FiveChunks();
   GatherPlan plan = PlanOf(chunks);

@@ -231,12 +231,23 @@ TEST(SocketPeer, StrayConnectionsDoNotJoinTheGroup) {
     }
     close(fd);
   }
+  // A third connects and stays silent through the join: it is dropped after its two
+  // seconds to say hello, and the real rank joins after it.
+  const int silent = socket(AF_INET, SOCK_STREAM, 0);
+  {
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    ASSERT_EQ(connect(silent, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  }
   absl::StatusOr<std::unique_ptr<PeerLink>> l0, l1;
   OnRanks(2, [&](int r) {
     SocketPeerTransport mine;
     if (r == 0) l0 = transport.Join(*id, 0, 2, Soon(10));
     if (r == 1) l1 = mine.Join(*id, 1, 2, Soon(10));
   });
+  close(silent);
   ASSERT_TRUE(l0.ok()) << l0.status();
   ASSERT_TRUE(l1.ok()) << l1.status();
   uint32_t x = 0xfeedbeef, y = 0;
