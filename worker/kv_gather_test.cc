@@ -399,7 +399,9 @@ TEST(KvGather, RanksOutsideThePlanTakePartInNothing) {
   OnRanks(2, [&](int r) {
     LinkControl control(*(*links)[r]);
     if (r == 0) got = GatherToHost(*(*links)[0], control, plan, Soon(10));
-    if (r == 1) EXPECT_TRUE(GatherSend(*(*links)[1], control, plan, HeldBy(chunks, 1), Soon(10)).ok());
+    if (r == 1) {
+      EXPECT_TRUE(GatherSend(*(*links)[1], control, plan, HeldBy(chunks, 1), Soon(10)).ok());
+    }
   });
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_TRUE(SameBits((*got)[0], chunks[0].kv));

@@ -270,8 +270,12 @@ TEST(SocketPeer, ProgressIsReported) {
   ASSERT_TRUE(links.ok());
   std::vector<uint8_t> a = Pattern(1 << 20, 3), b(1 << 20);
   OnRanks(2, [&](int r) {
-    if (r == 1) EXPECT_TRUE((*links)[1]->Run({PeerOp::Send(0, a.data(), 1 << 20)}, Soon(10)).ok());
-    if (r == 0) EXPECT_TRUE((*links)[0]->Run({PeerOp::Recv(1, b.data(), 1 << 20)}, Soon(10)).ok());
+    if (r == 1) {
+      EXPECT_TRUE((*links)[1]->Run({PeerOp::Send(0, a.data(), 1 << 20)}, Soon(10)).ok());
+    }
+    if (r == 0) {
+      EXPECT_TRUE((*links)[0]->Run({PeerOp::Recv(1, b.data(), 1 << 20)}, Soon(10)).ok());
+    }
   });
   EXPECT_EQ(seen.load(), 1 << 20);
 }
