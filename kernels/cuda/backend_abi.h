@@ -19,7 +19,27 @@
 
 extern "C" {
 
-#define MESA_CUDA_BACKEND_ABI 3
+#define MESA_CUDA_BACKEND_ABI 4
+
+// One send or receive of nccl_run: `bytes` of device memory at `data`.
+struct MesaPeerOpC {
+  int32_t kind;  // MESA_PEER_SEND or MESA_PEER_RECV
+  int32_t peer;
+  void* data;
+  uint64_t bytes;
+};
+#define MESA_PEER_SEND 0
+#define MESA_PEER_RECV 1
+
+// nccl_* results (the numbers of absl::StatusCode).
+#define MESA_NCCL_OK 0
+#define MESA_NCCL_CANCELLED 1
+#define MESA_NCCL_INVALID_ARGUMENT 3
+#define MESA_NCCL_DEADLINE_EXCEEDED 4
+#define MESA_NCCL_FAILED_PRECONDITION 9
+#define MESA_NCCL_UNIMPLEMENTED 12
+#define MESA_NCCL_INTERNAL 13
+#define MESA_NCCL_UNAVAILABLE 14
 
 struct MesaCudaBackendOps {
   uint32_t abi_version;             // MESA_CUDA_BACKEND_ABI
@@ -69,6 +89,31 @@ struct MesaCudaBackendOps {
   // ABI 3: the most device memory this context held at once (alloc'd buffers and its
   // own scratch; not the CUDA context or cuBLAS's internal workspace), in bytes.
   int64_t (*peak_memory_bytes)(void* ctx);
+
+  // --- ABI 4: NCCL point-to-point (worker/nccl_peer.h drives these) ---
+  // Results are absl::StatusCode numbers (MESA_NCCL_*), the reason in err. A plugin
+  // built without NCCL (MESA_HAVE_NCCL unset) answers MESA_NCCL_UNIMPLEMENTED.
+  // The NCCL version (e.g. 22807), 0 without NCCL.
+  int (*nccl_version)(void);
+  // A fresh ncclUniqueId (NCCL_UNIQUE_ID_BYTES = 128 bytes) into out.
+  int (*nccl_unique_id)(uint8_t* out, char* err, size_t err_len);
+  // Rank `rank` of an `nranks` communicator on ctx's device (ncclConfig_t.blocking = 0),
+  // its initialisation polled until done or timeout_ms passed (then aborted:
+  // MESA_NCCL_DEADLINE_EXCEEDED). *comm is the handle for the calls below.
+  int (*nccl_comm_create)(void* ctx, const uint8_t* id, int nranks, int rank, int64_t timeout_ms, void** comm,
+                          char* err, size_t err_len);
+  // ops (device memory) posted in one ncclGroupStart/End of ncclSend/ncclRecv on ctx's
+  // stream, then polled (ncclCommGetAsyncError, cudaStreamQuery) until the stream is
+  // done, an error, timeout_ms, or nccl_abort. On anything but success the communicator
+  // is aborted (ncclCommAbort) and every later call fails at once.
+  int (*nccl_run)(void* comm, const MesaPeerOpC* ops, int n_ops, int64_t timeout_ms, char* err,
+                  size_t err_len);
+  // Asks for the communicator to be aborted: at once when no nccl_run is in progress,
+  // else by that call's polling loop (which returns MESA_NCCL_CANCELLED). Any thread.
+  void (*nccl_abort)(void* comm);
+  // Ends the communicator (finalize + destroy when healthy, abort otherwise) and frees
+  // the handle. No call may be in progress.
+  void (*nccl_destroy)(void* comm);
 };
 
 // The table (static storage; never null in a plugin that exports it).

@@ -1,4 +1,4 @@
-// Backend::PeakMemoryBytes through the CUDA plugin (ABI 2): the most device memory the
+// Backend::PeakMemoryBytes through the CUDA plugin (ABI 3): the most device memory the
 // backend held at once, counted over Allocate/free; the CPU backend does not count.
 #include <gtest/gtest.h>
 

@@ -12,6 +12,7 @@
 #include <unordered_map>
 
 #include "kernels/cuda/backend_abi.h"
+#include "kernels/cuda/nccl_plugin.h"
 #include "kernels/cuda/ops.h"
 
 namespace mesa::cuda {
@@ -285,6 +286,12 @@ void StoreRowsOp(void* ctx, uint32_t type, void* dst, int64_t dst_stride, const 
            "K/V store");
 }
 
+int NcclCommCreateOp(void* ctx, const uint8_t* id, int nranks, int rank, int64_t timeout_ms, void** comm, char* err,
+                     size_t err_len) {
+  Context* c = Ctx(ctx);
+  return cuda::NcclCommCreate(c->device, c->stream, id, nranks, rank, timeout_ms, comm, err, err_len);
+}
+
 const MesaCudaBackendOps kOps = {
     MESA_CUDA_BACKEND_ABI,
     sizeof(AttentionParams),
@@ -314,6 +321,12 @@ const MesaCudaBackendOps kOps = {
     AttentionOp,
     StoreRowsOp,
     PeakMemoryBytes,
+    cuda::NcclVersion,
+    cuda::NcclUniqueId,
+    NcclCommCreateOp,
+    cuda::NcclRun,
+    cuda::NcclAbort,
+    cuda::NcclDestroy,
 };
 
 }  // namespace

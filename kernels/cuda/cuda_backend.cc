@@ -114,6 +114,8 @@ class CudaBackend final : public Backend {
   }
   void Attention(const AttentionParams& p) override { ops_->attention(ctx_, &p); }
 
+  CudaPluginContext Plugin() const { return {ops_, ctx_, index_}; }
+
  protected:
   void Free(void* data) override { ops_->free(ctx_, data); }
 
@@ -141,6 +143,11 @@ class CudaBackend final : public Backend {
 };
 
 }  // namespace
+
+CudaPluginContext CudaPluginContextOf(Backend& backend) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  return cuda ? cuda->Plugin() : CudaPluginContext{};
+}
 
 absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(int device_index) {
   const CudaDeviceReport report = QueryCudaDevices();

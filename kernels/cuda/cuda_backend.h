@@ -8,8 +8,20 @@
 #include "absl/status/statusor.h"
 #include "kernels/backend.h"
 
+struct MesaCudaBackendOps;  // kernels/cuda/backend_abi.h
+
 namespace mesa {
 
 absl::StatusOr<std::unique_ptr<Backend>> MakeCudaBackend(int device_index);
+
+// The plugin's op table (backend_abi.h) and the context behind a backend that
+// MakeCudaBackend made, for code that drives entries beyond kernels/backend.h (NCCL:
+// worker/nccl_peer.h); null ops for any other backend. Valid while the backend lives.
+struct CudaPluginContext {
+  const ::MesaCudaBackendOps* ops = nullptr;
+  void* ctx = nullptr;
+  int device = -1;
+};
+CudaPluginContext CudaPluginContextOf(Backend& backend);
 
 }  // namespace mesa
