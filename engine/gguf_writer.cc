@@ -153,9 +153,10 @@ std::vector<uint8_t> GgufWriter::Serialize() const {
       kv.emplace_back("general.alignment", GgufValue{GgufType::kUint32, uint64_t{alignment}});
     }
   }
-  std::vector<uint8_t> out;
+  // The magic comes with the vector (inserting it into an empty one trips GCC 12's
+  // -Wstringop-overflow false positive).
+  std::vector<uint8_t> out = {'G', 'G', 'U', 'F'};
   ByteSink sink(&out);
-  out.insert(out.end(), {'G', 'G', 'U', 'F'});
   sink.Put<uint32_t>(3);
   sink.Put<uint64_t>(tensors_.size());
   sink.Put<uint64_t>(kv.size());

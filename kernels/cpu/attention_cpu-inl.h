@@ -14,7 +14,9 @@
 // Only GCC/clang vector extensions and plain C here, and no calls to inline functions
 // of other headers (std::min, std::fill, vector::operator[] ...): these files are
 // compiled with ISA flags, and an out-of-line copy of such a function emitted here
-// could be picked by the linker for code that must run on any x86-64.
+// could be picked by the linker for code that must run on any x86-64. The exception is
+// kernels/attention_variant.h (RelativePosition's forms), whose functions are always
+// inlined and so never have an out-of-line copy.
 #ifndef MESA_ATTN_NS
 #error "define MESA_ATTN_NS, MESA_ATTN_LANES and MESA_ATTN_REGS first"
 #endif
@@ -240,9 +242,10 @@ MESA_ATTN_INLINE void RotateRow(const Ctx& c, const float* x, int64_t r, float* 
 
 // Raw-key scores of one row (query at t, scaled row qs, pair-swapped copy qw) for keys
 // at positions p0 .. p0 + nvis - 1 (nvis <= kKb): the row is rotated once per run of
-// keys sharing a rel (into qrot, kKb rows of hd), then every key is dotted with its
-// run's rotated row, four keys at a time whatever the runs' lengths (Stair PE's runs
-// are E keys, often fewer than four). out[k * ostride] = Rot(rel) q . key k.
+// keys sharing a rel (RelativePosition::Run: no per-pair switch or division; into
+// qrot, kKb rows of hd), then every key is dotted with its run's rotated row, four keys
+// at a time whatever the runs' lengths (Stair PE's runs are E keys, often fewer than
+// four). out[k * ostride] = Rot(rel) q . key k.
 MESA_ATTN_INLINE void RopeRowScores(const Ctx& c, const float* qs, const float* qw, int64_t t,
                                     int64_t tg, int64_t p0, int64_t nvis, const float* krows,
                                     float* qrot, float* out, int64_t ostride) {
