@@ -12,6 +12,7 @@
 #include "kernels/cuda/device_query_abi.h"
 
 namespace mesa {
+#ifdef MESA_CUDA_PLUGIN_PATH
 namespace {
 
 std::string ExecutableDir() {
@@ -23,6 +24,7 @@ std::string ExecutableDir() {
 }
 
 }  // namespace
+#endif  // MESA_CUDA_PLUGIN_PATH
 
 CudaDeviceReport QueryCudaDevices() {
   CudaDeviceReport report;
