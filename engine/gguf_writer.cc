@@ -118,7 +118,7 @@ void GgufWriter::SetStringArray(const std::string& key, const std::vector<std::s
   GgufArray a;
   a.elem_type = GgufType::kString;
   a.items.reserve(v.size());
-  for (const std::string& s : v) a.items.push_back(GgufValue{GgufType::kString, s});
+  for (const std::string& s : v) a.items.emplace_back(GgufType::kString, s);
   SetValue(key, GgufValue{GgufType::kArray, std::move(a)});
 }
 
@@ -126,7 +126,7 @@ void GgufWriter::SetFloat32Array(const std::string& key, const std::vector<float
   GgufArray a;
   a.elem_type = GgufType::kFloat32;
   a.items.reserve(v.size());
-  for (float f : v) a.items.push_back(GgufValue{GgufType::kFloat32, double{f}});
+  for (float f : v) a.items.emplace_back(GgufType::kFloat32, double{f});
   SetValue(key, GgufValue{GgufType::kArray, std::move(a)});
 }
 
@@ -134,7 +134,7 @@ void GgufWriter::SetInt32Array(const std::string& key, const std::vector<int32_t
   GgufArray a;
   a.elem_type = GgufType::kInt32;
   a.items.reserve(v.size());
-  for (int32_t i : v) a.items.push_back(GgufValue{GgufType::kInt32, int64_t{i}});
+  for (int32_t i : v) a.items.emplace_back(GgufType::kInt32, int64_t{i});
   SetValue(key, GgufValue{GgufType::kArray, std::move(a)});
 }
 
@@ -153,9 +153,10 @@ std::vector<uint8_t> GgufWriter::Serialize() const {
       kv.emplace_back("general.alignment", GgufValue{GgufType::kUint32, uint64_t{alignment}});
     }
   }
-  std::vector<uint8_t> out;
+  // The magic comes with the vector (inserting it into an empty one trips GCC 12's
+  // -Wstringop-overflow false positive).
+  std::vector<uint8_t> out = {'G', 'G', 'U', 'F'};
   ByteSink sink(&out);
-  out.insert(out.end(), {'G', 'G', 'U', 'F'});
   sink.Put<uint32_t>(3);
   sink.Put<uint64_t>(tensors_.size());
   sink.Put<uint64_t>(kv.size());

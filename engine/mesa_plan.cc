@@ -4,7 +4,6 @@
 #include "engine/mesa_plan.h"
 
 #include <algorithm>
-#include <cmath>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -160,11 +159,6 @@ absl::StatusOr<MesaPlan> PlanMesa(int64_t n, int64_t max_new_tokens, int64_t tra
     plan.stair_e = e;
   }
   return plan;
-}
-
-double LognScale(int64_t t, int64_t train_length) {
-  if (train_length <= 1 || t < train_length) return 1.0;
-  return std::max(1.0, std::log(static_cast<double>(t) + 1.0) / std::log(static_cast<double>(train_length)));
 }
 
 nlohmann::json PlanToJson(const MesaPlan& plan) {

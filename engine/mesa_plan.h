@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "kernels/attention_variant.h"  // StairPosition R(d), LognFactor
 #include "nlohmann/json.hpp"
 
 namespace mesa {
@@ -55,14 +56,6 @@ inline constexpr int64_t kMaxMiddleChunks = int64_t{1} << 20;
 
 absl::StatusOr<MesaPlan> PlanMesa(int64_t n, int64_t max_new_tokens, int64_t train_length,
                                   const MesaOptions& options);
-
-// R(d): the Stair PE relative position (MESA_SPEC section 3, Toeplitz form).
-inline int64_t StairPosition(int64_t d, int64_t n, int64_t e) {
-  return d < n ? d : n + (d - n) / e;
-}
-
-// Log-n query scale s_t = max(1, ln(t + 1) / ln(T)) for t >= T, else 1.
-double LognScale(int64_t t, int64_t train_length);
 
 nlohmann::json PlanToJson(const MesaPlan& plan);
 std::string PlanToText(const MesaPlan& plan);

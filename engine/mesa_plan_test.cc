@@ -3,8 +3,6 @@
 // auto-E (a property over a sweep of lengths) and rejection of bad options.
 #include "engine/mesa_plan.h"
 
-#include <cmath>
-
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/toy_plan.h"
@@ -261,14 +259,6 @@ TEST(MesaPlanTest, RejectsInvalidOptions) {
   }
   EXPECT_THAT(PlanMesa(0, 0, 512, MesaOptions{}).status().message(), HasSubstr("empty"));
   EXPECT_THAT(PlanMesa(10, -1, 512, MesaOptions{}).status().message(), HasSubstr("max_new_tokens"));
-}
-
-TEST(MesaPlanTest, LognScale) {
-  EXPECT_EQ(LognScale(0, 512), 1.0);
-  EXPECT_EQ(LognScale(510, 512), 1.0);
-  EXPECT_DOUBLE_EQ(LognScale(512, 512), std::log(513.0) / std::log(512.0));
-  EXPECT_DOUBLE_EQ(LognScale(4095, 512), std::log(4096.0) / std::log(512.0));
-  EXPECT_EQ(LognScale(100, 1), 1.0);
 }
 
 TEST(MesaPlanTest, JsonAndText) {

@@ -191,7 +191,7 @@ std::vector<float> MesaLogits(const Model& model, absl::Span<const int32_t> prom
     for (int64_t i = 0; i <= t; ++i) keys.emplace_back(i, StairPosition(t - i, n_stair, e));
     return keys;
   };
-  last.scale = [logn, t_len](int64_t t) { return logn ? LognScale(t, t_len) : 1.0; };
+  last.scale = [logn, t_len](int64_t t) { return logn ? LognFactor(t, t_len) : 1.0; };
   run(last);
   return out;
 }
@@ -210,7 +210,7 @@ std::vector<float> WholeLogits(const Model& model, absl::Span<const int32_t> tok
     return keys;
   };
   s.scale = [logn_train_length](int64_t t) {
-    return logn_train_length > 0 ? LognScale(t, logn_train_length) : 1.0;
+    return logn_train_length > 0 ? LognFactor(t, logn_train_length) : 1.0;
   };
   return ref_model.Run(s);
 }

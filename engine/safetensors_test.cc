@@ -18,11 +18,11 @@ namespace mesa {
 namespace {
 
 std::vector<uint8_t> Make(const std::string& header, size_t data_bytes) {
-  std::vector<uint8_t> out(8);
   const uint64_t n = header.size();
+  std::vector<uint8_t> out(8 + n + data_bytes);
   std::memcpy(out.data(), &n, 8);
-  out.insert(out.end(), header.begin(), header.end());
-  for (size_t i = 0; i < data_bytes; ++i) out.push_back(static_cast<uint8_t>(i));
+  std::memcpy(out.data() + 8, header.data(), n);
+  for (size_t i = 0; i < data_bytes; ++i) out[8 + n + i] = static_cast<uint8_t>(i);
   return out;
 }
 

@@ -329,7 +329,9 @@ TEST_F(SharedModelTest, OneMegabyteIsLinear) {
   const auto time = [&](const Tokenizer& t, const char* name, bool lossless) {
     testing::ExpectLinearTime(doc, name, [&](const std::string& text) {
       const auto ids = MustEncode(t, text);
-      if (lossless) EXPECT_TRUE(t.Decode(ids) == text) << name;
+      if (lossless) {
+        EXPECT_TRUE(t.Decode(ids) == text) << name;
+      }
     });
   };
   time(*spm, "stories260K (spm)", true);

@@ -20,7 +20,7 @@ uint16_t LookupFlags(uint32_t cp) {
       begin, end, cp, [](uint32_t c, const CodepointRange& r) { return c < r.first; });
   if (it == begin) return kCpOther;
   --it;
-  return cp <= it->last ? it->flags : kCpOther;
+  return cp <= it->last ? it->flags : uint16_t{kCpOther};
 }
 
 // Latin-1 is by far the most frequent range in tokenizer input: cache it.

@@ -49,9 +49,9 @@ class BatchObserver {
  public:
   virtual ~BatchObserver() = default;
   // `todo` lines will be processed; `skipped` are already done in the output.
-  virtual void OnStart(int64_t todo, int64_t skipped, const ExistingOutput& existing) {}
+  virtual void OnStart(int64_t /*todo*/, int64_t /*skipped*/, const ExistingOutput& /*existing*/) {}
   // After each processed line's record is written; `done` counts up to `todo`.
-  virtual void OnRecord(const JobResult& result, int64_t done, int64_t todo) {}
+  virtual void OnRecord(const JobResult& /*result*/, int64_t /*done*/, int64_t /*todo*/) {}
 };
 
 struct BatchSummary {

@@ -21,13 +21,14 @@
 //   kNone:    dot(q, k) * scale * ln_t
 //   kAlibi:   dot(q, k) * scale * ln_t - slope[h] * r
 //   kRopeRaw: dot(Rot(r) q, k) * scale * ln_t   (Rot as ref::Rope with params `rope`)
-// where ln_t = ln(t + 1) / ln(T) for T = logn_train_length > 0 and t >= T, else 1.
+// where ln_t = LognFactor(t, logn_train_length): ln(t + 1) / ln(T) for T > 1 and t >= T, else 1.
 // ln_t scales the query (as the authors' code does), so the ALiBi bias is not scaled.
 // Memory is O(n_kv) per thread: no n_q x n_kv score matrix is ever materialized.
 #pragma once
 
 #include <cstdint>
 
+#include "kernels/attention_variant.h"
 #include "kernels/dtype.h"
 #include "kernels/nn.h"
 
@@ -41,31 +42,7 @@ enum class AttentionPositionMode {
   kRopeRaw,   // q and k are raw (pre-rotation); logit = (Rot(rel(t, i)) q) . k
 };
 
-// The relative position rel(t, i) a query at global position t sees for a key at
-// global position i <= t (d = t - i):
-//   kExact      d                                      (ordinary attention)
-//   kStair      d < n ? d : n + (d - n) / e            (Mesa's Stair PE, Toeplitz form)
-//   kClamp      min(d, window)                         (ReRoPE)
-//   kSelfExtend d < window ? d : t/group - i/group + window - window/group  (Self-Extend)
-// All kinds are non-decreasing in d for a fixed t, so rel(t, kv_pos0) bounds what a
-// query meets. kStair needs e >= 1, kSelfExtend group >= 1.
-struct RelativePosition {
-  enum class Kind { kExact, kStair, kClamp, kSelfExtend };
-  Kind kind = Kind::kExact;
-  int64_t n = 0, e = 1;              // kStair
-  int64_t window = 0, group = 1;     // kClamp, kSelfExtend
-  int64_t operator()(int64_t t, int64_t i) const {
-    const int64_t d = t - i;
-    switch (kind) {
-      case Kind::kExact: return d;
-      case Kind::kStair: return d < n ? d : n + (d - n) / e;
-      case Kind::kClamp: return d < window ? d : window;
-      case Kind::kSelfExtend:
-        return d < window ? d : t / group - i / group + window - window / group;
-    }
-    return d;
-  }
-};
+// RelativePosition (rel(t, i) for every kind) and LognFactor: kernels/attention_variant.h.
 
 struct AttentionParams {
   const float* q = nullptr;
@@ -92,9 +69,6 @@ struct AttentionParams {
   // ln(t + 1) / ln(logn_train_length). 0: off.
   int64_t logn_train_length = 0;
 };
-
-// The log-n factor ln_t above (1 when off or t < train_length).
-double LognFactor(int64_t t, int64_t train_length);
 
 namespace ref {
 // Plain reference: explicit per-pair loop, rotations and accumulation in double.

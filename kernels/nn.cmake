@@ -19,5 +19,6 @@ endif()
 if(MESA_BUILD_TESTS)
   mesa_test(nn_test ${CMAKE_CURRENT_LIST_DIR}/cpu/nn_cpu_test.cc
                     ${CMAKE_CURRENT_LIST_DIR}/cpu/attention_cpu_test.cc
-                    ${CMAKE_CURRENT_LIST_DIR}/ref/attention_ref_test.cc LIBS mesa_kernels)
+                    ${CMAKE_CURRENT_LIST_DIR}/ref/attention_ref_test.cc
+                    ${CMAKE_CURRENT_LIST_DIR}/attention_variant_test.cc LIBS mesa_kernels)
 endif()

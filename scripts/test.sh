@@ -10,7 +10,7 @@ bash scripts/setup.sh
 if ! bash scripts/setup_reference.sh; then
   echo "test: the llama.cpp reference could not be set up; reference tests will be skipped"
 fi
-bash scripts/build.sh
+MESA_WERROR=ON bash scripts/build.sh
 if [ "${MESA_SKIP_FUZZ:-0}" != "1" ]; then
   bash scripts/run_fuzzers.sh "${MESA_FUZZ_SECONDS:-15}"
 fi

@@ -395,7 +395,9 @@ TEST(KvLanes, RangesTileTheBytesOn64ByteCuts) {
         const KvByteRange r = KvLaneRange(total, lanes, i);
         ASSERT_EQ(r.begin, next) << total << " bytes, lane " << i << " of " << lanes;
         ASSERT_GE(r.end, r.begin);
-        if (i + 1 < lanes) ASSERT_EQ(r.end % 64, 0);
+        if (i + 1 < lanes) {
+          ASSERT_EQ(r.end % 64, 0);
+        }
         next = r.end;
       }
       ASSERT_EQ(next, total) << lanes << " lanes";

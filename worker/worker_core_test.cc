@@ -257,7 +257,9 @@ TEST_F(WorkerCoreTest, SpreadOverOneTwoThreeCoresEqualsLongContextGenerator) {
         ASSERT_TRUE(got.ok()) << got.status();
         ExpectSame(*got, want);
         EXPECT_EQ(got->kv_bytes_received, remote);
-        if (k == 1) EXPECT_EQ(remote, 0);
+        if (k == 1) {
+          EXPECT_EQ(remote, 0);
+        }
         EXPECT_GE(got->kv_transfer_s, 0);
         EXPECT_GT(got->prefill_s, 0);
         // The final consumed the chunks its own core held (laid into its cache, then

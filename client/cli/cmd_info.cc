@@ -39,7 +39,7 @@ int RunDevices(const InfoArgs& a) {
   std::cout << "CUDA support compiled in: " << (r.compiled_with_cuda ? "yes" : "no") << "\n";
   if (r.compiled_with_cuda) {
     std::cout << "CUDA runtime: " << r.runtime_version / 1000 << "." << (r.runtime_version % 1000) / 10
-              << ", NCCL: " << r.nccl_version << "\n";
+              << ", NCCL: " << (r.nccl_version ? std::to_string(r.nccl_version) : "not built in") << "\n";
   }
   if (!r.unavailable_reason.empty()) std::cout << r.unavailable_reason << "\n";
   for (const auto& d : r.devices) {

@@ -439,7 +439,9 @@ TEST(SplitIntoBatchesTest, BatchesStayUnderTheLimitAndCoverAllLines) {
     ASSERT_LT(begin, end);
     size_t bytes = 0;
     for (size_t i = begin; i < end; ++i) bytes += lines[i].size();
-    if (end - begin > 1) EXPECT_LE(bytes, max_bytes);
+    if (end - begin > 1) {
+      EXPECT_LE(bytes, max_bytes);
+    }
     next = end;
   }
   EXPECT_EQ(next, lines.size());

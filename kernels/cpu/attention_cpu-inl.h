@@ -14,7 +14,9 @@
 // Only GCC/clang vector extensions and plain C here, and no calls to inline functions
 // of other headers (std::min, std::fill, vector::operator[] ...): these files are
 // compiled with ISA flags, and an out-of-line copy of such a function emitted here
-// could be picked by the linker for code that must run on any x86-64.
+// could be picked by the linker for code that must run on any x86-64. The exception is
+// kernels/attention_variant.h (RelativePosition's forms), whose functions are always
+// inlined and so never have an out-of-line copy.
 #ifndef MESA_ATTN_NS
 #error "define MESA_ATTN_NS, MESA_ATTN_LANES and MESA_ATTN_REGS first"
 #endif
@@ -214,36 +216,6 @@ MESA_ATTN_INLINE void DotKeys(const float* a, const float* b, int64_t n, int64_t
   for (; k < nk; ++k) out[k * os] = Dot(a, b + k * n, n);
 }
 
-// Relative positions walked in runs: for a query at t and keys at pos, pos + 1, ...
-// (d = t - pos >= 0 falling), rel is constant over runs (a stair level, ReRoPE's
-// clamped region, a Self-Extend group) or rises by one per key (exact windows). A
-// per-row loop asks once per run, so there is no per-pair switch, division or table.
-// rel(t, pos), and in *len (>= 1) how many keys from pos on share it.
-MESA_ATTN_INLINE int64_t RelRun(const Ctx& c, int64_t t, int64_t tg, int64_t pos, int64_t* len) {
-  const int64_t d = t - pos;
-  *len = 1;
-  switch (c.kind) {
-    case RelativePosition::Kind::kExact: return d;
-    case RelativePosition::Kind::kStair: {
-      if (d < c.n) return d;
-      const int64_t level = (d - c.n) / c.e;
-      *len = d - c.n - level * c.e + 1;  // down to d = n + level * e
-      return c.n + level;
-    }
-    case RelativePosition::Kind::kClamp:
-      if (d < c.window) return d;
-      *len = d - c.window + 1;
-      return c.window;
-    case RelativePosition::Kind::kSelfExtend: {
-      if (d < c.window) return d;
-      const int64_t pg = pos / c.g;
-      *len = Min(pg * c.g + c.g - pos, d - c.window + 1);
-      return tg - pg + c.wg;
-    }
-  }
-  return d;
-}
-
 // out = Rot(C, S) x for the rotated dims, given x's pair-swapped copy xw: with the
 // table's sign pattern a rotation is two element-wise products, no shuffles.
 MESA_ATTN_INLINE void RotateSwapped(const float* x, const float* xw, const float* cs, int64_t rd,
@@ -270,9 +242,10 @@ MESA_ATTN_INLINE void RotateRow(const Ctx& c, const float* x, int64_t r, float* 
 
 // Raw-key scores of one row (query at t, scaled row qs, pair-swapped copy qw) for keys
 // at positions p0 .. p0 + nvis - 1 (nvis <= kKb): the row is rotated once per run of
-// keys sharing a rel (into qrot, kKb rows of hd), then every key is dotted with its
-// run's rotated row, four keys at a time whatever the runs' lengths (Stair PE's runs
-// are E keys, often fewer than four). out[k * ostride] = Rot(rel) q . key k.
+// keys sharing a rel (RelativePosition::Run: no per-pair switch or division; into
+// qrot, kKb rows of hd), then every key is dotted with its run's rotated row, four keys
+// at a time whatever the runs' lengths (Stair PE's runs are E keys, often fewer than
+// four). out[k * ostride] = Rot(rel) q . key k.
 MESA_ATTN_INLINE void RopeRowScores(const Ctx& c, const float* qs, const float* qw, int64_t t,
                                     int64_t tg, int64_t p0, int64_t nvis, const float* krows,
                                     float* qrot, float* out, int64_t ostride) {
@@ -281,7 +254,7 @@ MESA_ATTN_INLINE void RopeRowScores(const Ctx& c, const float* qs, const float* 
   float* q = qrot;
   for (int64_t k = 0; k < nvis; q += hd) {
     int64_t len;
-    const int64_t rel = RelRun(c, t, tg, p0 + k, &len);
+    const int64_t rel = c.p->rel.Run(t, tg, p0 + k, &len);
     const int64_t end = Min(nvis, k + len);
     RotateSwapped(qs, qw, c.table + rel * 2 * c.rd, c.rd, q);
     for (int64_t d = c.rd; d < hd; ++d) q[d] = qs[d];
@@ -304,7 +277,7 @@ MESA_ATTN_INLINE void AlibiRow(const Ctx& c, float slope, int64_t t, int64_t tg,
                                int64_t nvis, float* out, int64_t ostride) {
   for (int64_t k = 0; k < nvis;) {
     int64_t len;
-    const int64_t rel = RelRun(c, t, tg, p0 + k, &len);
+    const int64_t rel = c.p->rel.Run(t, tg, p0 + k, &len);
     const int64_t end = Min(nvis, k + len);
     if (len == 1) {
       out[k * ostride] -= slope * static_cast<float>(rel);
@@ -469,11 +442,12 @@ MESA_ATTN_INLINE void RunBlock(const Ctx& c, const Unit& u, const Bufs& w, int64
     const float* krows = kbase + j0 * hd;
     const float* vrows = vbase + j0 * hd;
     if (c.g > 1) {
-      for (int64_t k = 0; k < kn; ++k) w.pg[k] = (p0 + k) / c.g;
+      for (int64_t k = 0; k < kn; ++k) w.pg[k] = rp.FarKey(p0 + k);
     }
     // Which route: raw keys and queries; rel = d over the tile (rotate both at their
-    // absolute positions); a far region with rel = A(t) - B(p); Stair PE's far region
-    // (two such products and a select); or per row.
+    // absolute positions); a far region with rel = FarQuery(t) - FarKey(p) (ReRoPE,
+    // Self-Extend); Stair PE's far region (two such products and a select on the
+    // phases); or per row. The far forms are RelativePosition's (attention_variant.h).
     enum { kRaw, kAbs, kFar, kStairFar, kPerRow } route = kRaw;
     if (c.rope) {
       const int64_t dmax = tmax - p0, dmin = tmin - plast;
@@ -507,15 +481,13 @@ MESA_ATTN_INLINE void RunBlock(const Ctx& c, const Unit& u, const Bufs& w, int64
       if (!have) {
         if (!far) {
           BuildQt(c, w, n, [&](int64_t r) { return w.t[r]; }, qt);
-        } else if (rp.kind == RelativePosition::Kind::kClamp) {
-          BuildQt(c, w, n, [&](int64_t) { return rp.window; }, qt);
         } else {
-          BuildQt(c, w, n, [&](int64_t r) { return w.tg[r] + c.wg; }, qt);
+          BuildQt(c, w, n, [&](int64_t r) { return rp.FarQuery(w.t[r]); }, qt);
         }
         have = true;
       }
       const float* keys = krows;
-      if (!(far && rp.kind == RelativePosition::Kind::kClamp)) {
+      if (!(far && rp.kind == RelativePosition::Kind::kClamp)) {  // ReRoPE: FarKey(p) = 0
         for (int64_t k = 0; k < kn; ++k) {
           RotateRow(c, krows + k * hd, far ? w.pg[k] : p0 + k, w.kb + k * hd);
         }
@@ -524,26 +496,28 @@ MESA_ATTN_INLINE void RunBlock(const Ctx& c, const Unit& u, const Bufs& w, int64
       QkTile(qt, keys, hd, hd, kn, nv, st);
     } else if (route == kStairFar) {
       // Every pair of the tile has d = t - p >= n, so with a = t - n >= p >= 0:
-      //   rel = n + floor((a - p) / e) = n + floor(a / e) - floor(p / e) - [a % e < p % e].
-      // Two products against keys rotated by floor(p / e): queries rotated by
-      // n + floor(a / e) (st) and by one less (s1), then per pair the one whose rel
-      // holds. Each row meets a new stair level every e keys: per-row rotations ran at
-      // a fraction of the block products' speed.
-      const int64_t sn = rp.n, se = rp.e;
+      //   rel = n + floor((a - p) / e) = n + floor(a / e) - floor(p / e) - [a % e < p % e]
+      //       = FarQuery(t) - FarKey(p) - [FarQueryPhase(t) < FarKeyPhase(p)].
+      // Two products against keys rotated by FarKey(p): queries rotated by FarQuery(t)
+      // (st) and by one less (s1), then per pair the one whose rel holds. Each row meets
+      // a new stair level every e keys: per-row rotations ran at a fraction of the block
+      // products' speed.
       if (!have_stair) {
-        BuildQt(c, w, n, [&](int64_t r) { return sn + (w.t[r] - sn) / se; }, w.qt_far);
+        BuildQt(c, w, n, [&](int64_t r) { return rp.FarQuery(w.t[r]); }, w.qt_far);
         // rot < 0 (n = 0, first level) leaves the row raw: such rows never pick s1.
-        BuildQt(c, w, n, [&](int64_t r) { return sn + (w.t[r] - sn) / se - 1; }, w.qt_far1);
+        BuildQt(c, w, n, [&](int64_t r) { return rp.FarQuery(w.t[r]) - 1; }, w.qt_far1);
         for (int64_t r = 0; r < kQb; ++r) {
-          w.amod[r] = r < n ? static_cast<int32_t>((w.t[r] - sn) % se) : 0;
+          w.amod[r] = r < n ? static_cast<int32_t>(rp.FarQueryPhase(w.t[r])) : 0;
         }
         have_stair = true;
       }
-      for (int64_t k = 0; k < kn; ++k) RotateRow(c, krows + k * hd, (p0 + k) / se, w.kb + k * hd);
+      for (int64_t k = 0; k < kn; ++k) {
+        RotateRow(c, krows + k * hd, rp.FarKey(p0 + k), w.kb + k * hd);
+      }
       QkTile(w.qt_far, w.kb, hd, hd, kn, nv, st);
       QkTile(w.qt_far1, w.kb, hd, hd, kn, nv, w.s1);
       for (int64_t k = 0; k < kn; ++k) {
-        const VI pm = VI{} + static_cast<int32_t>((p0 + k) % se);
+        const VI pm = VI{} + static_cast<int32_t>(rp.FarKeyPhase(p0 + k));
         for (int cc = 0; cc < nv; ++cc) {
           const V s0 = Load(st + k * kQb + cc * kLanes), s1 = Load(w.s1 + k * kQb + cc * kLanes);
           Store(st + k * kQb + cc * kLanes, LoadI(w.amod + cc * kLanes) < pm ? s1 : s0);

@@ -225,11 +225,6 @@ void Attention(const AttentionParams& p, ThreadPool& pool) {
   c.alibi = p.mode == AttentionPositionMode::kAlibi;
   c.rd = rope ? p.rope.rope_dims : 0;
   c.g = p.rel.kind == RelativePosition::Kind::kSelfExtend ? p.rel.group : 1;
-  c.kind = p.rel.kind;
-  c.n = p.rel.n;
-  c.e = p.rel.e;
-  c.window = p.rel.window;
-  c.wg = p.rel.window - p.rel.window / c.g;
   void (*run_unit)(const Ctx&, const attn_internal::Unit&, const Bufs&) =
       attn_internal::generic::RunUnit;
 #if defined(MESA_HAVE_X86_ATTENTION)

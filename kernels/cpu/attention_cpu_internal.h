@@ -29,11 +29,9 @@ struct Ctx {
   int64_t rd;              // rotated dims
   const float* table;      // [position][2 * rd]: C then S (see RotateSwapped)
   const int32_t* partner;  // [rd]: the dim each rotated dim pairs with
-  // Relative positions (RelativePosition, read in runs by the kernels' RelCalc).
-  RelativePosition::Kind kind;
-  int64_t n, e;          // kStair
-  int64_t window, wg;    // kClamp / kSelfExtend: window, window - window/group
-  int64_t g;             // Self-Extend group (1 otherwise)
+  // Relative positions: p->rel, read through its run and far-region forms
+  // (kernels/attention_variant.h); g is its Self-Extend group (1 for other kinds).
+  int64_t g;
 };
 
 // A unit: rows [row0, row0 + kQb) of kv head kvh over keys [ja, jb). Row R of a kv

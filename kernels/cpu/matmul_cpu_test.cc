@@ -356,7 +356,9 @@ TEST(PackWeightsTest, EachKernelSetPacksInItsLayout) {
         EXPECT_EQ(cpu::PackWeights(q8), nullptr);
         break;
     }
-    if (isa != Isa::kScalar) ASSERT_NE(cpu::PackWeights(q8), nullptr);
+    if (isa != Isa::kScalar) {
+      ASSERT_NE(cpu::PackWeights(q8), nullptr);
+    }
   }
 }
 

@@ -14,7 +14,18 @@
 #error "define MESA_ISA_NS before including matmul_x86-inl.h"
 #endif
 
+// GCC 12's AVX-512 intrinsics start from _mm512_undefined_*(), whose self-initialized
+// value -Wuninitialized reports wherever they are inlined (GCC PR 105593, fixed in
+// GCC 12.3 and 13; bookworm has 12.2): silenced for the intrinsic headers' own lines only, not for this code.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 #include <cstdint>
 #include <cstdlib>

@@ -1,5 +1,5 @@
 # CUDA pieces. The .cu code is a plugin (libmesa_cuda.so) linked against cudart,
-# cuBLAS and NCCL, built only when the toolkit is found (MESA_HAVE_CUDA); the host side
+# cuBLAS and (if found) NCCL, built only when the toolkit is found (MESA_HAVE_CUDA); the host side
 # loads it with dlopen when a GPU is asked about, so CPU runs never map those libraries.
 # Nothing links libcuda (the driver): everything runs on machines without a GPU.
 #   mesa_cuda_ops  the kernels (ops.h), a static library linked into the plugin and
@@ -27,7 +27,7 @@ if(MESA_HAVE_CUDA)
   target_link_options(mesa_cuda PRIVATE -Wl,--no-undefined)
   target_include_directories(mesa_cuda PRIVATE ${CMAKE_SOURCE_DIR})
   target_include_directories(mesa_cuda SYSTEM PRIVATE ${CUDAToolkit_INCLUDE_DIRS} ${CUDAToolkit_INCLUDE_DIRS}/cccl)
-  target_link_libraries(mesa_cuda PRIVATE mesa_cuda_ops CUDA::cudart CUDA::cublas ${MESA_NCCL_LIBRARY})
+  target_link_libraries(mesa_cuda PRIVATE mesa_cuda_ops CUDA::cudart CUDA::cublas mesa_nccl)
   include(${CMAKE_CURRENT_LIST_DIR}/nccl.cmake)  # NCCL point-to-point entries (worker/nccl_peer.h)
   target_compile_definitions(mesa_kernels PRIVATE MESA_CUDA_PLUGIN_PATH="$<TARGET_FILE:mesa_cuda>")
   add_dependencies(mesa_kernels mesa_cuda)

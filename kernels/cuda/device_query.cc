@@ -13,6 +13,7 @@
 #include "kernels/cuda/device_query_abi.h"
 
 namespace mesa {
+#ifdef MESA_CUDA_PLUGIN_PATH
 namespace {
 
 [[maybe_unused]] std::string ExecutableDir() {
@@ -24,6 +25,7 @@ namespace {
 }
 
 }  // namespace
+#endif  // MESA_CUDA_PLUGIN_PATH
 
 void* LoadCudaPlugin(std::string* why) {
 #ifndef MESA_CUDA_PLUGIN_PATH

@@ -1,8 +1,11 @@
-// The CUDA plugin's device query through the CUDA runtime, cuBLAS and NCCL. Any runtime
-// error (no driver, no device) is reported as "no device", never as a crash.
+// The CUDA plugin's device query through the CUDA runtime, cuBLAS and NCCL (nccl_version
+// 0 in a build without NCCL). Any runtime error (no driver, no device) is reported as
+// "no device", never as a crash.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+#if defined(MESA_HAVE_NCCL)
 #include <nccl.h>
+#endif
 
 #include <cstdio>
 #include <cstring>
@@ -12,7 +15,9 @@
 extern "C" int MesaCudaQueryDevices(MesaCudaReportC* out) {
   std::memset(out, 0, sizeof(*out));
   cudaRuntimeGetVersion(&out->runtime_version);
+#if defined(MESA_HAVE_NCCL)
   ncclGetVersion(&out->nccl_version);
+#endif
   out->cublas_version = static_cast<int>(cublasGetCudartVersion());
   int count = 0;
   cudaError_t err = cudaGetDeviceCount(&count);

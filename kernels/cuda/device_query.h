@@ -19,7 +19,7 @@ struct CudaDeviceInfo {
 struct CudaDeviceReport {
   bool compiled_with_cuda = false;
   int runtime_version = 0;        // e.g. 13000
-  int nccl_version = 0;           // e.g. 22703
+  int nccl_version = 0;           // e.g. 22703; 0: built without NCCL
   int cublas_version = 0;
   std::string unavailable_reason; // non-empty when no device can be used
   std::vector<CudaDeviceInfo> devices;

@@ -13,11 +13,6 @@
 
 namespace mesa {
 
-double LognFactor(int64_t t, int64_t train_length) {
-  if (train_length <= 1 || t < train_length) return 1.0;
-  return std::log(static_cast<double>(t) + 1.0) / std::log(static_cast<double>(train_length));
-}
-
 namespace ref {
 namespace {
 
