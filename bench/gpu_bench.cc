@@ -407,8 +407,8 @@ bool ParseType(const std::string& s, DType* t) {
 }
 
 void MatMulType(const Options& o, const std::string& name, cudaStream_t stream, cublasHandle_t blas) {
-  DType type;
-  ParseType(name, &type);
+  DType type = DType::kF32;
+  if (!ParseType(name, &type)) throw Failure("unknown weight type " + name);
   if (!cuda::SupportedWeightType(type)) throw Failure("the CUDA kernels do not read " + name);
   const int64_t rows = o.mm_rows, cols = o.mm_cols, m_big = 512;
   std::mt19937 rng(static_cast<uint32_t>(static_cast<int>(type) * 7919 + 1));

@@ -209,7 +209,9 @@ class BackendSeamTest : public ::testing::TestWithParam<Case> {
     std::vector<float> logits, step;
     auto info = runner.Prefill(prompt, 4, LogitsMode::kAll, &logits);
     EXPECT_TRUE(info.ok()) << info.status();
-    if (info.ok()) EXPECT_EQ(info->method, o.method);
+    if (info.ok()) {
+      EXPECT_EQ(info->method, o.method);
+    }
     for (int i = 0; i < decode_steps; ++i) {
       EXPECT_TRUE(runner.DecodeStep(3 + 2 * i, &step).ok());
       logits.insert(logits.end(), step.begin(), step.end());
