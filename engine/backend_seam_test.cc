@@ -125,8 +125,8 @@ class OpaqueBackend final : public Backend {
   void RopePrepare(const RopeParams& p, const int64_t* host_pos, int64_t n, void* table) override {
     cpu_.RopePrepare(p, host_pos, n, Flip(table));
   }
-  void Rope(const RopeParams& p, const void* table, int64_t n, int64_t heads, float* x) override {
-    cpu_.Rope(p, Flip(table), n, heads, Flip(x));
+  void Rope(const RopeParams& p, const void* table, int64_t n, float* q, int64_t nh, float* k, int64_t nkv) override {
+    cpu_.Rope(p, Flip(table), n, Flip(q), nh, Flip(k), nkv);
   }
   void Attention(const AttentionParams& p) override {
     AttentionParams h = p;

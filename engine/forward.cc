@@ -247,8 +247,7 @@ void ModelRunner::Layer(int64_t l, int64_t n, KvCache& cache) {
     backend_.Clamp(v_.f32(), n * kv_width, c.clamp_kqv);
   }
   if (c.position == PositionType::kRope && setup_.keys == KeyEncoding::kRotated) {
-    backend_.Rope(rope_, rope_table_.data(), n, c.n_head, q_.f32());
-    backend_.Rope(rope_, rope_table_.data(), n, c.n_head_kv, k_.f32());
+    backend_.Rope(rope_, rope_table_.data(), n, q_.f32(), c.n_head, k_.f32(), c.n_head_kv);
   }
   // Append K/V to the cache: [n][n_head_kv][hd] f32 -> [n_head_kv][capacity][hd] of
   // the cache's element type.

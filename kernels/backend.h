@@ -129,10 +129,13 @@ class Backend {
   virtual void Clamp(float* x, int64_t n, float limit) = 0;
   // RoPE in two steps: RopePrepare turns n host positions into a table the backend
   // reads (RopeTableBytes(p, n) bytes of backend memory; made once per batch), Rope
-  // rotates n rows of n_heads heads (row stride n_heads * head_dim) in place.
+  // rotates n rows of heads (row stride heads * head_dim) in place.
   virtual size_t RopeTableBytes(const RopeParams& p, int64_t n) const = 0;
   virtual void RopePrepare(const RopeParams& p, const int64_t* host_pos, int64_t n, void* table) = 0;
-  virtual void Rope(const RopeParams& p, const void* table, int64_t n, int64_t n_heads, float* x) = 0;
+  // The queries (q: n rows of n_head heads) and keys (k: n rows of n_head_kv heads; may
+  // be null) are rotated in one call (one hand-off to the CPU's threads per layer).
+  virtual void Rope(const RopeParams& p, const void* table, int64_t n, float* q, int64_t n_head, float* k,
+                    int64_t n_head_kv) = 0;
   // kernels/attention.h with every pointer (q, k, v, out, q_pos, alibi_slopes) in
   // backend memory.
   virtual void Attention(const AttentionParams& p) = 0;

@@ -128,11 +128,14 @@ void CpuBackend::RopePrepare(const RopeParams& p, const int64_t* host_pos, int64
   }
 }
 
-void CpuBackend::Rope(const RopeParams& p, const void* table, int64_t n, int64_t n_heads, float* x) {
+void CpuBackend::Rope(const RopeParams& p, const void* table, int64_t n, float* q, int64_t n_head, float* k,
+                      int64_t n_head_kv) {
   const float* cs = static_cast<const float*>(table);
-  const int64_t stride = n_heads * p.head_dim;
   pool_->ParallelFor(n, 1, [&](int, int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) cpu::RopeApply(p, cs + i * p.rope_dims, n_heads, x + i * stride);
+    for (int64_t i = begin; i < end; ++i) {
+      cpu::RopeApply(p, cs + i * p.rope_dims, n_head, q + i * n_head * p.head_dim);
+      if (k) cpu::RopeApply(p, cs + i * p.rope_dims, n_head_kv, k + i * n_head_kv * p.head_dim);
+    }
   });
 }
 

@@ -49,7 +49,8 @@ class CpuBackend final : public Backend {
   void Clamp(float* x, int64_t n, float limit) override;
   size_t RopeTableBytes(const RopeParams& p, int64_t n) const override;
   void RopePrepare(const RopeParams& p, const int64_t* host_pos, int64_t n, void* table) override;
-  void Rope(const RopeParams& p, const void* table, int64_t n, int64_t n_heads, float* x) override;
+  void Rope(const RopeParams& p, const void* table, int64_t n, float* q, int64_t n_head, float* k,
+            int64_t n_head_kv) override;
   void Attention(const AttentionParams& p) override;
 
  protected:

@@ -109,8 +109,10 @@ class CudaBackend final : public Backend {
   void RopePrepare(const RopeParams&, const int64_t* host_pos, int64_t n, void* table) override {
     CopyIn(table, host_pos, static_cast<size_t>(n) * sizeof(int64_t));
   }
-  void Rope(const RopeParams& p, const void* table, int64_t n, int64_t n_heads, float* x) override {
-    ops_->rope(ctx_, &p, static_cast<const int64_t*>(table), n, n_heads, x);
+  void Rope(const RopeParams& p, const void* table, int64_t n, float* q, int64_t n_head, float* k,
+            int64_t n_head_kv) override {
+    ops_->rope(ctx_, &p, static_cast<const int64_t*>(table), n, n_head, q);
+    if (k) ops_->rope(ctx_, &p, static_cast<const int64_t*>(table), n, n_head_kv, k);
   }
   void Attention(const AttentionParams& p) override { ops_->attention(ctx_, &p); }
 
