@@ -321,28 +321,36 @@ Json AttentionLine(const char* phase, Variant v, int64_t n_q, int64_t n_kv, cons
   return j;
 }
 
+// The benchmark's shape (kHeads / kKvHeads x kHeadDim, keys from position 0, stride n_kv)
+// for n_q queries over n_kv keys of `kv`; K and V are set by the caller.
+AttentionParams BenchParams(int64_t n_q, int64_t n_kv, const float* q, float* out, const int64_t* pos, DType kv,
+                            Variant v) {
+  AttentionParams p;
+  p.q = q;
+  p.kv_type = kv;
+  p.out = out;
+  p.n_q = n_q;
+  p.n_kv = n_kv;
+  p.kv_stride = n_kv;
+  p.kv_pos0 = 0;
+  p.q_pos = pos;
+  p.n_head = kHeads;
+  p.n_head_kv = kKvHeads;
+  p.head_dim = kHeadDim;
+  p.scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
+  SetVariant(&p, v);
+  return p;
+}
+
 void AttentionPrefill(const Options& o, int64_t n, Variant v, DType kv, cudaStream_t stream) {
   Dev<float> q(n * kHeads * kHeadDim), out(n * kHeads * kHeadDim);
   KvBuf k(kv, n * kKvHeads * kHeadDim, 20 + n, stream), val(kv, n * kKvHeads * kHeadDim, 30 + n, stream);
   Dev<int64_t> pos(n);
   Check(FillUniformF32(q.get(), q.size(), 10 + n, -1.0f, 1.0f, stream), "fill q");
   Check(FillIota64(pos.get(), n, 0, stream), "fill positions");
-  AttentionParams p;
-  p.q = q.get();
+  AttentionParams p = BenchParams(n, n, q.get(), out.get(), pos.get(), kv, v);
   p.k = k.bytes.get();
   p.v = val.bytes.get();
-  p.kv_type = kv;
-  p.out = out.get();
-  p.n_q = n;
-  p.n_kv = n;
-  p.kv_stride = n;
-  p.kv_pos0 = 0;
-  p.q_pos = pos.get();
-  p.n_head = kHeads;
-  p.n_head_kv = kKvHeads;
-  p.head_dim = kHeadDim;
-  p.scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
-  SetVariant(&p, v);
   Dev<uint8_t> scratch(cuda::AttentionScratchBytes(p));
   Poison(out.get(), out.bytes(), stream);
   Timing t = Time(stream, o.budget_s, [&](int) { Check(cuda::Attention(p, scratch.get(), stream), "Attention"); });
@@ -362,20 +370,7 @@ void AttentionDecode(const Options& o, int64_t n, Variant v, DType kv, cudaStrea
   Dev<int64_t> pos(1);
   Check(FillUniformF32(q.get(), q.size(), 60 + n, -1.0f, 1.0f, stream), "fill q");
   Check(FillIota64(pos.get(), 1, n - 1, stream), "fill position");
-  AttentionParams p;
-  p.q = q.get();
-  p.kv_type = kv;
-  p.out = out.get();
-  p.n_q = 1;
-  p.n_kv = n;
-  p.kv_stride = n;
-  p.kv_pos0 = 0;
-  p.q_pos = pos.get();
-  p.n_head = kHeads;
-  p.n_head_kv = kKvHeads;
-  p.head_dim = kHeadDim;
-  p.scale = 1.0f / std::sqrt(static_cast<float>(kHeadDim));
-  SetVariant(&p, v);
+  AttentionParams p = BenchParams(1, n, q.get(), out.get(), pos.get(), kv, v);
   Dev<uint8_t> scratch(cuda::AttentionScratchBytes(p));
   Poison(out.get(), out.bytes(), stream);
   Timing t = Time(stream, o.budget_s, [&](int rep) {
