@@ -60,6 +60,12 @@ class OpaqueBackend final : public Backend {
   void Copy2D(void* dst, size_t ds, const void* src, size_t ss, size_t w, size_t rows) override {
     cpu_.Copy2D(Flip(dst), ds, Flip(src), ss, w, rows);
   }
+  void CopyIn2D(void* dst, size_t ds, const void* src, size_t ss, size_t w, size_t rows) override {
+    cpu_.Copy2D(Flip(dst), ds, src, ss, w, rows);
+  }
+  void CopyOut2D(void* dst, size_t ds, const void* src, size_t ss, size_t w, size_t rows) override {
+    cpu_.Copy2D(dst, ds, Flip(src), ss, w, rows);
+  }
   void Synchronize() override {}
   // Keeps f16/bf16 K/V like a GPU (its attention widens them to f32 first).
   bool SupportsKvType(DType) const override { return true; }

@@ -82,29 +82,36 @@ AttentionSetup MesaPhases::StairSetup(const MesaPlan& plan) {
 
 namespace {
 
-// One contiguous run of cache rows (`count` elements of the cache's type) to f32 on the
-// host, and back. f16/bf16 -> f32 is exact; f32 -> f16/bf16 rounds to nearest even (as
-// the forward pass stores them).
-void RowsToHost(const KvCache& cache, const void* src, int64_t count, float* dst, std::vector<uint16_t>& tmp) {
+// Rows [first, first + t) of every (layer, kv head) block of one of the cache's buffers
+// (`base` = that buffer's row 0 of block 0) <-> a host [layer][head][t][head_dim] f32
+// array, as one strided transfer. f16/bf16 -> f32 is exact; f32 -> f16/bf16 rounds to
+// nearest even (as the forward pass stores them).
+void BlocksToHost(const KvCache& cache, const void* base, int64_t t, float* dst) {
+  const size_t blocks = static_cast<size_t>(cache.n_layer() * cache.n_head_kv());
+  const size_t row_elems = static_cast<size_t>(t * cache.head_dim());
+  const size_t src_stride = static_cast<size_t>(cache.capacity()) * cache.row_bytes();
   if (cache.kv_type() == DType::kF32) {
-    cache.backend().CopyOut(dst, src, count * sizeof(float));
+    cache.backend().CopyOut2D(dst, row_elems * sizeof(float), base, src_stride, row_elems * sizeof(float), blocks);
     return;
   }
-  tmp.resize(count);
-  cache.backend().CopyOut(tmp.data(), src, count * sizeof(uint16_t));
+  std::vector<uint16_t> tmp(blocks * row_elems);
+  cache.backend().CopyOut2D(tmp.data(), row_elems * 2, base, src_stride, row_elems * 2, blocks);
   const bool bf16 = cache.kv_type() == DType::kBF16;
-  for (int64_t i = 0; i < count; ++i) dst[i] = bf16 ? BF16ToF32(tmp[i]) : F16ToF32(tmp[i]);
+  for (size_t i = 0; i < tmp.size(); ++i) dst[i] = bf16 ? BF16ToF32(tmp[i]) : F16ToF32(tmp[i]);
 }
 
-void RowsFromHost(KvCache& cache, const float* src, int64_t count, void* dst, std::vector<uint16_t>& tmp) {
+void BlocksFromHost(KvCache& cache, const float* src, int64_t t, void* base) {
+  const size_t blocks = static_cast<size_t>(cache.n_layer() * cache.n_head_kv());
+  const size_t row_elems = static_cast<size_t>(t * cache.head_dim());
+  const size_t dst_stride = static_cast<size_t>(cache.capacity()) * cache.row_bytes();
   if (cache.kv_type() == DType::kF32) {
-    cache.backend().CopyIn(dst, src, count * sizeof(float));
+    cache.backend().CopyIn2D(base, dst_stride, src, row_elems * sizeof(float), row_elems * sizeof(float), blocks);
     return;
   }
-  tmp.resize(count);
+  std::vector<uint16_t> tmp(blocks * row_elems);
   const bool bf16 = cache.kv_type() == DType::kBF16;
-  for (int64_t i = 0; i < count; ++i) tmp[i] = bf16 ? F32ToBF16(src[i]) : F32ToF16(src[i]);
-  cache.backend().CopyIn(dst, tmp.data(), count * sizeof(uint16_t));
+  for (size_t i = 0; i < tmp.size(); ++i) tmp[i] = bf16 ? F32ToBF16(src[i]) : F32ToF16(src[i]);
+  cache.backend().CopyIn2D(base, dst_stride, tmp.data(), row_elems * 2, row_elems * 2, blocks);
 }
 
 }  // namespace
@@ -115,31 +122,28 @@ ChunkKv MesaPhases::Extract(const KvCache& cache, int64_t first_row, TokenRange 
   kv.n_head_kv = cache.n_head_kv();
   kv.head_dim = cache.head_dim();
   kv.range = range;
-  const int64_t t = range.size(), hd = kv.head_dim;
-  kv.k.resize(kv.n_layer * kv.n_head_kv * t * hd);
+  const int64_t t = range.size();
+  kv.k.resize(kv.n_layer * kv.n_head_kv * t * kv.head_dim);
   kv.v.resize(kv.k.size());
-  std::vector<uint16_t> tmp;
-  for (int64_t l = 0; l < kv.n_layer; ++l) {
-    for (int64_t h = 0; h < kv.n_head_kv; ++h) {
-      const int64_t dst = ((l * kv.n_head_kv + h) * t) * hd;
-      RowsToHost(cache, cache.k_row(l, h, first_row), t * hd, kv.k.data() + dst, tmp);
-      RowsToHost(cache, cache.v_row(l, h, first_row), t * hd, kv.v.data() + dst, tmp);
-    }
-  }
+  BlocksToHost(cache, cache.k_row(0, 0, first_row), t, kv.k.data());
+  BlocksToHost(cache, cache.v_row(0, 0, first_row), t, kv.v.data());
   return kv;
 }
 
 absl::Status MesaPhases::Append(const ChunkKv& kv, KvCache& cache) const {
-  const int64_t t = kv.tokens(), hd = kv.head_dim, first = cache.size();
-  MESA_RETURN_IF_ERROR(cache.Reserve(first + t));
-  std::vector<uint16_t> tmp;
-  for (int64_t l = 0; l < kv.n_layer; ++l) {
-    for (int64_t h = 0; h < kv.n_head_kv; ++h) {
-      const int64_t src = ((l * kv.n_head_kv + h) * t) * hd;
-      RowsFromHost(cache, kv.k.data() + src, t * hd, cache.k_row(l, h, first), tmp);
-      RowsFromHost(cache, kv.v.data() + src, t * hd, cache.v_row(l, h, first), tmp);
-    }
+  const int64_t t = kv.tokens(), first = cache.size();
+  const size_t elems = static_cast<size_t>(cache.n_layer() * cache.n_head_kv() * std::max<int64_t>(t, 0) *
+                                           cache.head_dim());
+  if (kv.n_layer != cache.n_layer() || kv.n_head_kv != cache.n_head_kv() || kv.head_dim != cache.head_dim() ||
+      t < 0 || kv.k.size() != elems || kv.v.size() != elems) {
+    return absl::InvalidArgumentError(absl::StrCat("chunk K/V [", kv.range.begin, ", ", kv.range.end, ") of ",
+                                                   kv.n_layer, " x ", kv.n_head_kv, " x ", kv.head_dim,
+                                                   " does not fit this model's cache (", cache.n_layer(), " x ",
+                                                   cache.n_head_kv(), " x ", cache.head_dim(), ")"));
   }
+  MESA_RETURN_IF_ERROR(cache.Reserve(first + t));
+  BlocksFromHost(cache, kv.k.data(), t, cache.k_row(0, 0, first));
+  BlocksFromHost(cache, kv.v.data(), t, cache.v_row(0, 0, first));
   cache.Commit(t);
   return cache.backend().status();
 }

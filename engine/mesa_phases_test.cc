@@ -156,6 +156,29 @@ TEST_P(MesaPhasesTest, StairWithEOneIsOrdinaryAttentionOverTheMesaCache) {
   EXPECT_LT(testing::MaxRowRelError(fast, want_last, v), 1e-4);
 }
 
+// K/V of another shape (a hostile or mixed-up chunk) is refused before a byte is copied.
+TEST_P(MesaPhasesTest, ChunksOfAnotherShapeAreRefused) {
+  auto model = Load(GetParam().spec, GetParam().name);
+  ASSERT_NE(model, nullptr);
+  auto prompt = RandomTokens(90, model->config.n_vocab, 4);
+  auto plan = PlanMesa(90, 0, 32, ToyOptions());
+  ASSERT_TRUE(plan.ok());
+  ASSERT_GE(plan->middle.size(), 1u);
+  CpuBackend backend(1);
+  MesaPhases phases(*model, backend, *plan);
+  auto slice = [&](TokenRange r) { return absl::MakeConstSpan(prompt).subspan(r.begin, r.size()); };
+  auto anchor = phases.RunAnchor(slice(plan->anchor), nullptr);
+  ASSERT_TRUE(anchor.ok());
+  ChunkKv bad = *anchor;
+  bad.head_dim += 1;  // the sizes no longer add up either
+  auto mid = phases.RunMiddle(bad, slice(plan->middle[0]), plan->middle[0], nullptr);
+  ASSERT_FALSE(mid.ok());
+  EXPECT_EQ(mid.status().code(), absl::StatusCode::kInvalidArgument) << mid.status();
+  ChunkKv short_kv = *anchor;
+  short_kv.k.pop_back();
+  EXPECT_FALSE(phases.RunMiddle(short_kv, slice(plan->middle[0]), plan->middle[0], nullptr).ok());
+}
+
 TEST_P(MesaPhasesTest, MiddleChunksAreIndependentOfOrderWorkerAndProcess) {
   auto model = Load(GetParam().spec, GetParam().name);
   ASSERT_NE(model, nullptr);

@@ -86,6 +86,12 @@ class Backend {
   // `rows` copies of `width` bytes: dst + r * dst_stride <- src + r * src_stride.
   virtual void Copy2D(void* dst, size_t dst_stride, const void* src, size_t src_stride,
                       size_t width, size_t rows) = 0;
+  // The same between the host and the backend (one transfer for many strided rows: the
+  // K/V of every (layer, head) of a chunk moves in one call, not one per row block).
+  virtual void CopyIn2D(void* dst, size_t dst_stride, const void* host_src, size_t src_stride, size_t width,
+                        size_t rows) = 0;
+  virtual void CopyOut2D(void* host_dst, size_t dst_stride, const void* src, size_t src_stride, size_t width,
+                         size_t rows) = 0;
   // Waits for all enqueued work.
   virtual void Synchronize() = 0;
 

@@ -30,6 +30,14 @@ class CpuBackend final : public Backend {
   void Copy(void* dst, const void* src, size_t bytes) override;
   void Copy2D(void* dst, size_t dst_stride, const void* src, size_t src_stride, size_t width,
               size_t rows) override;
+  void CopyIn2D(void* dst, size_t dst_stride, const void* host_src, size_t src_stride, size_t width,
+                size_t rows) override {
+    Copy2D(dst, dst_stride, host_src, src_stride, width, rows);
+  }
+  void CopyOut2D(void* host_dst, size_t dst_stride, const void* src, size_t src_stride, size_t width,
+                 size_t rows) override {
+    Copy2D(host_dst, dst_stride, src, src_stride, width, rows);
+  }
   void Synchronize() override {}
   bool SupportsKvType(DType type) const override { return type == DType::kF32; }
   void StoreRows(DType type, void* dst, int64_t dst_stride, const float* src, int64_t src_stride,

@@ -19,7 +19,7 @@
 
 extern "C" {
 
-#define MESA_CUDA_BACKEND_ABI 4
+#define MESA_CUDA_BACKEND_ABI 5
 
 // One send or receive of nccl_run: `bytes` of device memory at `data`.
 struct MesaPeerOpC {
@@ -114,6 +114,13 @@ struct MesaCudaBackendOps {
   // Ends the communicator (finalize + destroy when healthy, abort otherwise) and frees
   // the handle. No call may be in progress.
   void (*nccl_destroy)(void* comm);
+
+  // --- ABI 5: strided copies between the host and the device (copy_out_2d returns when
+  // the bytes are on the host) ---
+  void (*copy_in_2d)(void* ctx, void* dst, size_t dst_stride, const void* host_src, size_t src_stride,
+                     size_t width, size_t rows);
+  void (*copy_out_2d)(void* ctx, void* host_dst, size_t dst_stride, const void* src, size_t src_stride,
+                      size_t width, size_t rows);
 };
 
 // The table (static storage; never null in a plugin that exports it).

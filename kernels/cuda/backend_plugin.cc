@@ -200,6 +200,24 @@ void Copy2D(void* ctx, void* dst, size_t dst_stride, const void* src, size_t src
            "device 2-D copy");
 }
 
+void CopyIn2D(void* ctx, void* dst, size_t dst_stride, const void* src, size_t src_stride, size_t width,
+              size_t rows) {
+  if (!width || !rows) return;
+  Context* c = Ctx(ctx);
+  c->Check(cudaMemcpy2DAsync(dst, dst_stride, src, src_stride, width, rows, cudaMemcpyHostToDevice, c->stream),
+           "2-D copy to the GPU");
+}
+
+void CopyOut2D(void* ctx, void* dst, size_t dst_stride, const void* src, size_t src_stride, size_t width,
+               size_t rows) {
+  if (!width || !rows) return;
+  Context* c = Ctx(ctx);
+  if (c->Check(cudaMemcpy2DAsync(dst, dst_stride, src, src_stride, width, rows, cudaMemcpyDeviceToHost, c->stream),
+               "2-D copy from the GPU")) {
+    c->Check(cudaStreamSynchronize(c->stream), "2-D copy from the GPU");
+  }
+}
+
 void Synchronize(void* ctx) {
   Context* c = Ctx(ctx);
   c->Check(cudaStreamSynchronize(c->stream), "synchronize");
@@ -327,6 +345,8 @@ const MesaCudaBackendOps kOps = {
     cuda::NcclRun,
     cuda::NcclAbort,
     cuda::NcclDestroy,
+    CopyIn2D,
+    CopyOut2D,
 };
 
 }  // namespace

@@ -54,6 +54,14 @@ class CudaBackend final : public Backend {
               size_t rows) override {
     ops_->copy_2d(ctx_, dst, dst_stride, src, src_stride, width, rows);
   }
+  void CopyIn2D(void* dst, size_t dst_stride, const void* host_src, size_t src_stride, size_t width,
+                size_t rows) override {
+    ops_->copy_in_2d(ctx_, dst, dst_stride, host_src, src_stride, width, rows);
+  }
+  void CopyOut2D(void* host_dst, size_t dst_stride, const void* src, size_t src_stride, size_t width,
+                 size_t rows) override {
+    ops_->copy_out_2d(ctx_, host_dst, dst_stride, src, src_stride, width, rows);
+  }
   void Synchronize() override { ops_->synchronize(ctx_); }
   bool SupportsKvType(DType t) const override {
     return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16;
