@@ -8,6 +8,7 @@
 target_sources(mesa_kernels PRIVATE ${CMAKE_CURRENT_LIST_DIR}/device_query.cc)
 target_link_libraries(mesa_kernels PUBLIC ${CMAKE_DL_LIBS})
 include(${CMAKE_CURRENT_LIST_DIR}/attention_emu.cmake)  # attention kernels on the CPU
+include(${CMAKE_CURRENT_LIST_DIR}/ops_emu.cmake)  # ops_basic/ops_kv kernels on the CPU
 if(MESA_HAVE_CUDA)
   # dtype.cc: the block sizes the kernels plan with (also in mesa_kernels; the plugin
   # links no other part of Mesa).
