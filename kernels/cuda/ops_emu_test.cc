@@ -7,6 +7,7 @@
 //   SwiGLU, GELU  1e-5 * (|ref| + 1e-3 * |linear part|)
 //   Add, AddRows, Clamp, StoreRows (f32)  exact
 //   Embed         1e-6 * max |ref| of the row
+//   MatMul (matrix-vector kernel, m <= 8)  1e-5 * sum_c |W[r][c] x[i][c]|
 // The host compiler's libm stands in for CUDA's (expf, sincos, pow): a kernel's indexing,
 // reductions and synchronization are checked here, the device math only on a GPU.
 // MESA_CUDA_HOST_SIM is defined by the build (dequant.cuh's host decoders).
@@ -14,6 +15,7 @@
 
 #include "kernels/cuda/ops_basic_kernels.cuh"
 #include "kernels/cuda/ops_kv_kernels.cuh"
+#include "kernels/cuda/matvec_kernel.cuh"
 
 #include <gtest/gtest.h>
 
@@ -34,6 +36,7 @@ namespace {
 
 using namespace basic_kernels;  // NOLINT
 using namespace kv_kernels;     // NOLINT
+using namespace matvec_kernels;  // NOLINT
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 const int64_t kDims[] = {1, 7, 33, 300};
@@ -103,8 +106,8 @@ TEST_F(CudaOpsEmu, RmsNorm) {
   for (int64_t d : kDims)
     for (int64_t n : kRows)
       for (unsigned grid : Grids(RowGrid(n)))
-        for (bool with_w : {false, true})
-          for (bool in_place : {false, true}) {
+        for (bool with_w : {false, true}) {
+          const bool in_place = with_w;
             SCOPED_TRACE(Trace(d, n, grid) + " w=" + std::to_string(with_w) +
                          " in_place=" + std::to_string(in_place));
             std::vector<float> x = Normal(rng_, n * d, 2.0f);
@@ -348,6 +351,68 @@ TEST_F(CudaOpsEmu, StoreRowsF32) {
         }
       }
     }
+}
+
+// The launcher's template choice for m tokens (m <= 8), one warp per output row.
+template <DType T>
+void RunMatVec(const uint8_t* w, int64_t rows, int64_t cols, const float* x, int m, float* out) {
+  const dim3 grid(static_cast<unsigned>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock));
+  const int64_t row_bytes = RowBytes(T, cols);
+  mesa_emu::Launch(grid, kWarpsPerBlock * 32, 0, [&] {
+    if (m == 1) MatVecKernel<T, 1>(w, rows, cols, row_bytes, x, m, out);
+    else if (m == 2) MatVecKernel<T, 2>(w, rows, cols, row_bytes, x, m, out);
+    else if (m <= 4) MatVecKernel<T, 4>(w, rows, cols, row_bytes, x, m, out);
+    else MatVecKernel<T, 8>(w, rows, cols, row_bytes, x, m, out);
+  });
+}
+
+TEST_F(CudaOpsEmu, MatVecEveryType) {
+  const DType types[] = {DType::kF32,  DType::kF16,  DType::kBF16, DType::kQ8_0,
+                         DType::kQ4_0, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K};
+  for (DType type : types) {
+    const int block = GetDTypeInfo(type).block_elems;
+    std::vector<int64_t> col_set;
+    if (block == 1) col_set = {1, 7, 33, 300};
+    else col_set = {block, 3 * block};
+    for (int64_t cols : col_set)
+      for (int64_t rows : {1, 9})  // a partial block of warps
+        for (int m : {1, 2, 3, 5}) {  // every template (M = 1, 2, 4, 8), m < M
+          SCOPED_TRACE(std::string(DTypeName(type)) + " rows=" + std::to_string(rows) +
+                       " cols=" + std::to_string(cols) + " m=" + std::to_string(m));
+          const std::vector<uint8_t> wdata = mesa::testing::RandomWeights(type, rows, cols, rng_);
+          std::uniform_real_distribution<float> any(-1.0f, 1.0f);
+          std::vector<float> x(m * cols);
+          for (float& v : x) v = any(rng_);
+          const WeightView view{type, rows, cols, wdata.data()};
+          std::vector<float> want(m * rows), out(m * rows, kNaN);
+          ref::MatMul(view, x.data(), m, want.data());
+          std::vector<double> bound(m * rows, 0.0);
+          std::vector<float> wrow(cols);
+          for (int64_t r = 0; r < rows; ++r) {
+            ref::DequantizeRow(type, view.row(r), wrow.data(), cols);
+            for (int i = 0; i < m; ++i) {
+              double sum = 0;
+              for (int64_t c = 0; c < cols; ++c)
+                sum += std::fabs(static_cast<double>(wrow[c]) * x[i * cols + c]);
+              bound[i * rows + r] = 1e-5 * sum;
+            }
+          }
+          const uint8_t* w = wdata.data();
+          float* o = out.data();
+          switch (type) {
+            case DType::kF32: RunMatVec<DType::kF32>(w, rows, cols, x.data(), m, o); break;
+            case DType::kF16: RunMatVec<DType::kF16>(w, rows, cols, x.data(), m, o); break;
+            case DType::kBF16: RunMatVec<DType::kBF16>(w, rows, cols, x.data(), m, o); break;
+            case DType::kQ8_0: RunMatVec<DType::kQ8_0>(w, rows, cols, x.data(), m, o); break;
+            case DType::kQ4_0: RunMatVec<DType::kQ4_0>(w, rows, cols, x.data(), m, o); break;
+            case DType::kQ4_K: RunMatVec<DType::kQ4_K>(w, rows, cols, x.data(), m, o); break;
+            case DType::kQ5_K: RunMatVec<DType::kQ5_K>(w, rows, cols, x.data(), m, o); break;
+            case DType::kQ6_K: RunMatVec<DType::kQ6_K>(w, rows, cols, x.data(), m, o); break;
+            default: FAIL() << "type";
+          }
+          EXPECT_TRUE(Within(out, want, bound));
+        }
+  }
 }
 
 }  // namespace
