@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "kernels/cuda/cuda_test_util.h"
+#include "kernels/cuda/ops_test_util.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/matmul.h"
 #include "kernels/nn.h"
@@ -50,6 +51,11 @@ namespace cuda {
 namespace {
 
 namespace ct = ::mesa::cuda::testing;
+using ::mesa::cuda::testing::Normal;
+using ::mesa::cuda::testing::RowMaxBound;
+using ::mesa::cuda::testing::Within;
+using ::mesa::cuda::testing::ElementBound;
+using ::mesa::cuda::testing::Exact;
 namespace mt = ::mesa::testing;
 using ct::DeviceArray;
 
@@ -64,59 +70,7 @@ std::vector<int64_t> LengthsFor(DType type) {
   return {block, 3 * block, 4096 + block};
 }
 
-std::vector<float> Normal(std::mt19937& rng, size_t n, float sigma = 1.0f, float mean = 0.0f) {
-  std::normal_distribution<float> dist(mean, sigma);
-  std::vector<float> v(n);
-  for (float& f : v) f = dist(rng);
-  return v;
-}
 
-// Fails where !(|got[i] - want[i]| <= bound[i]) (NaN fails); reports the first few.
-::testing::AssertionResult Within(const std::vector<float>& got, const std::vector<float>& want,
-                                  const std::vector<double>& bound) {
-  if (got.size() != want.size() || bound.size() != want.size())
-    return ::testing::AssertionFailure() << "size mismatch";
-  int bad = 0;
-  std::string first;
-  for (size_t i = 0; i < want.size(); ++i) {
-    const double err = std::fabs(static_cast<double>(got[i]) - want[i]);
-    if (!(err <= bound[i])) {
-      if (bad < 5) {
-        first += "\n  [" + std::to_string(i) + "] got " + std::to_string(got[i]) + " want " +
-                 std::to_string(want[i]) + " bound " + std::to_string(bound[i]);
-      }
-      ++bad;
-    }
-  }
-  if (bad == 0) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << bad << " of " << want.size() << " elements off:" << first;
-}
-
-// tol * max |want| over each row of `row` elements.
-std::vector<double> RowMaxBound(const std::vector<float>& want, int64_t row, double tol) {
-  std::vector<double> bound(want.size());
-  for (size_t r0 = 0; r0 < want.size(); r0 += row) {
-    double mx = 0;
-    for (int64_t i = 0; i < row; ++i)
-      mx = std::max(mx, std::fabs(static_cast<double>(want[r0 + i])));
-    for (int64_t i = 0; i < row; ++i) bound[r0 + i] = tol * mx;
-  }
-  return bound;
-}
-
-// tol * (|want[i]| + 1e-3 * scale[i]): relative, except where the activation is tiny
-// against its linear part (scale = |x| for GELU, |gate * up| for SwiGLU), where the gate
-// factor (a sigmoid) may be off by 1e-3 * tol absolute. The refs themselves are only that
-// good there: ref::Gelu's 1 + tanh(z) is exactly 0 in double below x ~ -7.
-std::vector<double> ElementBound(const std::vector<float>& want, const std::vector<double>& scale,
-                                 double tol) {
-  std::vector<double> bound(want.size());
-  for (size_t i = 0; i < want.size(); ++i)
-    bound[i] = tol * (std::fabs(static_cast<double>(want[i])) + 1e-3 * scale[i]);
-  return bound;
-}
-
-std::vector<double> Exact(size_t n) { return std::vector<double>(n, 0.0); }
 
 // Every test on the device: a stream and a cuBLAS handle bound to it. Skips (with the
 // reason) where no CUDA device can be used.
@@ -149,25 +103,11 @@ class CudaOpsTest : public ::testing::Test {
     SCOPED_TRACE(std::string(DTypeName(type)) + " rows=" + std::to_string(rows) +
                  " cols=" + std::to_string(cols) + " m=" + std::to_string(m) +
                  " ws=" + std::to_string(ws_bytes));
-    const std::vector<uint8_t> wdata = mt::RandomWeights(type, rows, cols, rng_);
-    std::uniform_real_distribution<float> any(-1.0f, 1.0f);
-    std::vector<float> x(m * cols);
-    for (float& v : x) v = any(rng_);
-    const WeightView view{type, rows, cols, wdata.data()};
-    std::vector<float> want(m * rows);
-    ref::MatMul(view, x.data(), m, want.data());
-    // S = sum_c |W[r][c] x[i][c]| per output element.
-    std::vector<double> s(m * rows, 0.0);
-    std::vector<float> wrow(cols);
-    for (int64_t r = 0; r < rows; ++r) {
-      ref::DequantizeRow(type, view.row(r), wrow.data(), cols);
-      for (int64_t i = 0; i < m; ++i) {
-        double sum = 0;
-        for (int64_t c = 0; c < cols; ++c)
-          sum += std::fabs(static_cast<double>(wrow[c]) * x[i * cols + c]);
-        s[i * rows + r] = sum;
-      }
-    }
+    const ct::MatMulCase mc = ct::MakeMatMulCase(type, rows, cols, m, rng_);
+    const std::vector<uint8_t>& wdata = mc.w;
+    const std::vector<float>& x = mc.x;
+    const std::vector<float>& want = mc.want;
+    const std::vector<double>& s = mc.abs_sum;
     const bool f32_path = m <= 8 || type == DType::kF32;
     const double tol = f32_path ? 1e-5 : 1e-2;
     std::vector<double> bound(s.size());

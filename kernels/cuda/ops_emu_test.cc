@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda/ops_test_util.h"
 #include "kernels/matmul.h"
 #include "kernels/nn.h"
 #include "tests/testing/random_weights.h"
@@ -37,56 +38,16 @@ namespace {
 using namespace basic_kernels;  // NOLINT
 using namespace kv_kernels;     // NOLINT
 using namespace matvec_kernels;  // NOLINT
+using ::mesa::cuda::testing::Normal;
+using ::mesa::cuda::testing::RowMaxBound;
+using ::mesa::cuda::testing::Within;
+using ::mesa::cuda::testing::ElementBound;
+using ::mesa::cuda::testing::Exact;
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 const int64_t kDims[] = {1, 7, 33, 300};
 const int64_t kRows[] = {1, 3, 5};
 
-std::vector<float> Normal(std::mt19937& rng, size_t n, float sigma = 1.0f, float mean = 0.0f) {
-  std::normal_distribution<float> dist(mean, sigma);
-  std::vector<float> v(n);
-  for (float& f : v) f = dist(rng);
-  return v;
-}
-
-::testing::AssertionResult Within(const std::vector<float>& got, const std::vector<float>& want,
-                                  const std::vector<double>& bound) {
-  if (got.size() != want.size() || bound.size() != want.size())
-    return ::testing::AssertionFailure() << "size mismatch";
-  int bad = 0;
-  std::string first;
-  for (size_t i = 0; i < want.size(); ++i) {
-    const double err = std::fabs(static_cast<double>(got[i]) - want[i]);
-    if (!(err <= bound[i])) {
-      if (bad < 5)
-        first += "\n  [" + std::to_string(i) + "] got " + std::to_string(got[i]) + " want " +
-                 std::to_string(want[i]) + " bound " + std::to_string(bound[i]);
-      ++bad;
-    }
-  }
-  if (bad == 0) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << bad << " of " << want.size() << " elements off:" << first;
-}
-
-std::vector<double> RowMaxBound(const std::vector<float>& want, int64_t row, double tol) {
-  std::vector<double> bound(want.size());
-  for (size_t r0 = 0; r0 < want.size(); r0 += row) {
-    double mx = 0;
-    for (int64_t i = 0; i < row; ++i) mx = std::max(mx, std::fabs(static_cast<double>(want[r0 + i])));
-    for (int64_t i = 0; i < row; ++i) bound[r0 + i] = tol * mx;
-  }
-  return bound;
-}
-
-std::vector<double> ElementBound(const std::vector<float>& want, const std::vector<double>& scale,
-                                 double tol) {
-  std::vector<double> bound(want.size());
-  for (size_t i = 0; i < want.size(); ++i)
-    bound[i] = tol * (std::fabs(static_cast<double>(want[i])) + 1e-3 * scale[i]);
-  return bound;
-}
-
-std::vector<double> Exact(size_t n) { return std::vector<double>(n, 0.0); }
 
 // The launcher's grid, then a single block (grid-stride over everything).
 std::vector<unsigned> Grids(unsigned launcher) {
@@ -379,25 +340,13 @@ TEST_F(CudaOpsEmu, MatVecEveryType) {
         for (int m : {1, 2, 3, 5}) {  // every template (M = 1, 2, 4, 8), m < M
           SCOPED_TRACE(std::string(DTypeName(type)) + " rows=" + std::to_string(rows) +
                        " cols=" + std::to_string(cols) + " m=" + std::to_string(m));
-          const std::vector<uint8_t> wdata = mesa::testing::RandomWeights(type, rows, cols, rng_);
-          std::uniform_real_distribution<float> any(-1.0f, 1.0f);
-          std::vector<float> x(m * cols);
-          for (float& v : x) v = any(rng_);
-          const WeightView view{type, rows, cols, wdata.data()};
-          std::vector<float> want(m * rows), out(m * rows, kNaN);
-          ref::MatMul(view, x.data(), m, want.data());
-          std::vector<double> bound(m * rows, 0.0);
-          std::vector<float> wrow(cols);
-          for (int64_t r = 0; r < rows; ++r) {
-            ref::DequantizeRow(type, view.row(r), wrow.data(), cols);
-            for (int i = 0; i < m; ++i) {
-              double sum = 0;
-              for (int64_t c = 0; c < cols; ++c)
-                sum += std::fabs(static_cast<double>(wrow[c]) * x[i * cols + c]);
-              bound[i * rows + r] = 1e-5 * sum;
-            }
-          }
-          const uint8_t* w = wdata.data();
+          const testing::MatMulCase mc = testing::MakeMatMulCase(type, rows, cols, m, rng_);
+          const std::vector<float>& x = mc.x;
+          const std::vector<float>& want = mc.want;
+          std::vector<float> out(m * rows, kNaN);
+          std::vector<double> bound(mc.abs_sum.size());
+          for (size_t i = 0; i < bound.size(); ++i) bound[i] = 1e-5 * mc.abs_sum[i];
+          const uint8_t* w = mc.w.data();
           float* o = out.data();
           switch (type) {
             case DType::kF32: RunMatVec<DType::kF32>(w, rows, cols, x.data(), m, o); break;
