@@ -20,7 +20,16 @@ namespace {
 
 using namespace attn_test;  // NOLINT: the shared cases
 
-// attention.cu's Attention, with the launches emulated.
+// A bf16 K/V element on the host: the kernels read it through ToF, i.e. as a float.
+struct HostBf16 {
+  uint16_t bits;
+  operator float() const { return BF16ToF32(bits); }  // NOLINT: implicit, as __nv_bfloat16
+};
+static_assert(sizeof(HostBf16) == 2, "two bytes per element, as the cache stores them");
+
+// attention.cu's Attention, with the launches emulated (KV: the K/V element type the
+// kernel is instantiated for, as attention.cu picks it from p.kv_type).
+template <typename KV = float>
 std::vector<float> EmulatedAttention(const AttentionParams& p, int* splits_out) {
   using namespace attn;  // NOLINT
   std::vector<float> out(p.n_q * p.n_head * p.head_dim, std::numeric_limits<float>::quiet_NaN());
@@ -37,9 +46,9 @@ std::vector<float> EmulatedAttention(const AttentionParams& p, int* splits_out) 
   const unsigned gx = static_cast<unsigned>((a.rows + kRows - 1) / kRows);
   mesa_emu::Launch(dim3(gx, static_cast<unsigned>(p.n_head_kv), plan.splits), kThreads, smem,
                    [&] {
-                     if (hdp == 64) AttnKernel<float, 2>(a);
-                     else if (hdp == 128) AttnKernel<float, 4>(a);
-                     else AttnKernel<float, 8>(a);
+                     if (hdp == 64) AttnKernel<KV, 2>(a);
+                     else if (hdp == 128) AttnKernel<KV, 4>(a);
+                     else AttnKernel<KV, 8>(a);
                    });
   if (plan.splits > 1) {
     const int64_t out_rows = p.n_q * p.n_head;
@@ -108,6 +117,57 @@ TEST_P(CudaAttentionEmu, DecodeSplitK) {
   c.logn = 100;
   int splits = 0;
   RunCase(c, 9, &splits);
+  EXPECT_GT(splits, 1);
+}
+
+// bf16 K/V (the CUDA cache's default): the kernel reads 2-byte elements at the same
+// indices. Against the reference on the same values rounded to bf16, the f32 tolerance
+// holds (the arithmetic is f32 either way).
+TEST_P(CudaAttentionEmu, Bf16KeysAndValues) {
+  Case c;
+  c.var = GetParam();
+  c.n_q = 37;
+  c.n_kv = 70;
+  c.kv_stride = 75;
+  c.kv_pos0 = 11;
+  c.n_head = 4;
+  c.n_head_kv = 2;
+  c.head_dim = 40;
+  c.logn = 40;
+  SCOPED_TRACE(Describe(c));
+  Inputs in = MakeInputs(c, 4242);
+  std::vector<uint16_t> k16(in.k.size()), v16(in.v.size());
+  for (size_t i = 0; i < in.k.size(); ++i) {
+    k16[i] = F32ToBF16(in.k[i]);
+    v16[i] = F32ToBF16(in.v[i]);
+    in.k[i] = BF16ToF32(k16[i]);  // the reference sees the rounded values (rows past n_kv stay NaN)
+    in.v[i] = BF16ToF32(v16[i]);
+  }
+  const std::vector<float> want = Reference(in);
+  AttentionParams p = in.params;
+  p.k = k16.data();
+  p.v = v16.data();
+  p.kv_type = DType::kBF16;
+  int splits = 0;
+  ExpectClose(c, EmulatedAttention<HostBf16>(p, &splits), want);
+  // The decode path (split-K) with bf16 too.
+  c.n_q = 1;
+  c.n_kv = 300;
+  c.kv_stride = 300;
+  Inputs d = MakeInputs(c, 4343);
+  std::vector<uint16_t> dk(d.k.size()), dv(d.v.size());
+  for (size_t i = 0; i < d.k.size(); ++i) {
+    dk[i] = F32ToBF16(d.k[i]);
+    dv[i] = F32ToBF16(d.v[i]);
+    d.k[i] = BF16ToF32(dk[i]);
+    d.v[i] = BF16ToF32(dv[i]);
+  }
+  const std::vector<float> dwant = Reference(d);
+  AttentionParams dp = d.params;
+  dp.k = dk.data();
+  dp.v = dv.data();
+  dp.kv_type = DType::kBF16;
+  ExpectClose(c, EmulatedAttention<HostBf16>(dp, &splits), dwant);
   EXPECT_GT(splits, 1);
 }
 
