@@ -25,6 +25,8 @@ int RunDevices(const InfoArgs& a) {
     j["compiled_with_cuda"] = r.compiled_with_cuda;
     j["cuda_runtime_version"] = r.runtime_version;
     j["nccl_version"] = r.nccl_version;
+    j["backend_abi"] = r.backend_abi;
+    j["expected_backend_abi"] = r.expected_backend_abi;
     j["unavailable_reason"] = r.unavailable_reason;
     j["cpu_isa"] = cpu::ActiveIsaName();
     j["devices"] = nlohmann::json::array();
@@ -40,6 +42,14 @@ int RunDevices(const InfoArgs& a) {
   if (r.compiled_with_cuda) {
     std::cout << "CUDA runtime: " << r.runtime_version / 1000 << "." << (r.runtime_version % 1000) / 10
               << ", NCCL: " << (r.nccl_version ? std::to_string(r.nccl_version) : "not built in") << "\n";
+    std::cout << "CUDA backend op table: "
+              << (r.backend_abi == 0 ? std::string("none (the plugin could not be loaded or is too old)")
+                                     : "ABI " + std::to_string(r.backend_abi) +
+                                           (r.backend_abi == r.expected_backend_abi
+                                                ? " (matches this build)"
+                                                : " (this build drives ABI " + std::to_string(r.expected_backend_abi) +
+                                                      ": use the plugin built with it)"))
+              << "\n";
   }
   if (!r.unavailable_reason.empty()) std::cout << r.unavailable_reason << "\n";
   for (const auto& d : r.devices) {

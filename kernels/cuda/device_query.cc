@@ -10,6 +10,7 @@
 #include <mutex>
 #include <string>
 
+#include "kernels/cuda/backend_abi.h"
 #include "kernels/cuda/device_query_abi.h"
 
 namespace mesa {
@@ -60,8 +61,13 @@ CudaDeviceReport QueryCudaDevices() {
   return report;
 #else
   report.compiled_with_cuda = true;
+  report.expected_backend_abi = MESA_CUDA_BACKEND_ABI;
   void* handle = LoadCudaPlugin(&report.unavailable_reason);
   if (!handle) return report;
+  using TableFn = const MesaCudaBackendOps* (*)();
+  if (auto table = reinterpret_cast<TableFn>(dlsym(handle, "MesaCudaBackend"))) {
+    if (const MesaCudaBackendOps* ops = table()) report.backend_abi = static_cast<int>(ops->abi_version);
+  }
   using QueryFn = int (*)(MesaCudaReportC*);
   auto fn = reinterpret_cast<QueryFn>(dlsym(handle, "MesaCudaQueryDevices"));
   if (!fn) {

@@ -21,6 +21,8 @@ struct CudaDeviceReport {
   int runtime_version = 0;        // e.g. 13000
   int nccl_version = 0;           // e.g. 22703; 0: built without NCCL
   int cublas_version = 0;
+  int backend_abi = 0;            // the plugin's backend op table ABI (0: none)
+  int expected_backend_abi = 0;   // the ABI this build of mesa drives
   std::string unavailable_reason; // non-empty when no device can be used
   std::vector<CudaDeviceInfo> devices;
 };

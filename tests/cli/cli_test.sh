@@ -139,6 +139,9 @@ if "$MESA" info --devices 2>&1 | grep -q "^GPU 0:"; then
 else
   bad "no GPU here" "cannot be used\|compiled without CUDA" "$MESA" generate --model "$MODEL" --prompt hi --device cuda
 fi
+# The CUDA plugin's backend op table is the one this build drives (a stale plugin is named).
+check "info --devices --json" "$MESA" info --devices --json
+check "plugin ABI matches the build" json "assert not d['compiled_with_cuda'] or d['backend_abi'] == d['expected_backend_abi'], d"
 check "bench reports the device" "$MESA" bench --model "$MODEL" --prompt-tokens 8 --gen-tokens 2 --json --device cpu
 check "bench device cpu" json "assert d['device'] == 'cpu', d"
 printf 'bad \xff utf8' > "$TMP/bad.txt"
