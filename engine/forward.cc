@@ -252,13 +252,8 @@ void ModelRunner::Layer(int64_t l, int64_t n, KvCache& cache) {
   // Append K/V to the cache: [n][n_head_kv][hd] f32 -> [n_head_kv][capacity][hd] of
   // the cache's element type.
   for (int64_t h = 0; h < c.n_head_kv; ++h) {
-    if (cache.kv_type() == DType::kF32) {
-      backend_.Copy2D(cache.k_row(l, h, first), hd * f, k_.f32() + h * hd, kv_width * f, hd * f, n);
-      backend_.Copy2D(cache.v_row(l, h, first), hd * f, v_.f32() + h * hd, kv_width * f, hd * f, n);
-    } else {
-      backend_.StoreRows(cache.kv_type(), cache.k_row(l, h, first), hd, k_.f32() + h * hd, kv_width, hd, n);
-      backend_.StoreRows(cache.kv_type(), cache.v_row(l, h, first), hd, v_.f32() + h * hd, kv_width, hd, n);
-    }
+    backend_.StoreRows(cache.kv_type(), cache.k_row(l, h, first), hd, k_.f32() + h * hd, kv_width, hd, n);
+    backend_.StoreRows(cache.kv_type(), cache.v_row(l, h, first), hd, v_.f32() + h * hd, kv_width, hd, n);
   }
   AttentionParams ap;
   ap.q = q_.f32();

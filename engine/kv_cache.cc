@@ -22,14 +22,8 @@ BackendBuffer AllocateOrDie(Backend& backend, size_t bytes) {
 
 KvCache::KvCache(int64_t n_layer, int64_t n_head_kv, int64_t head_dim, int64_t capacity,
                  KeyEncoding encoding, Backend* backend)
-    : n_layer_(n_layer),
-      n_head_kv_(n_head_kv),
-      head_dim_(head_dim),
-      capacity_(std::max<int64_t>(capacity, 1)),
-      encoding_(encoding),
-      backend_(backend ? backend : &HostBackend()),
-      kv_type_(backend_->kv_type()),
-      elem_(static_cast<size_t>(GetDTypeInfo(kv_type_).block_bytes)) {
+    : KvCache(n_layer, n_head_kv, head_dim, capacity, encoding, backend ? backend : &HostBackend(),
+              /*allocate=*/false) {
   k_ = AllocateOrDie(*backend_, BufferBytes(capacity_));
   v_ = AllocateOrDie(*backend_, BufferBytes(capacity_));
 }
