@@ -17,6 +17,7 @@
 #include "engine/long_context.h"
 #include "jobs/batch_runner.h"
 #include "kernels/matmul.h"
+#include "kernels/profiling_backend.h"
 #include "nlohmann/json.hpp"
 
 namespace mesa::cli {
@@ -168,9 +169,61 @@ struct BenchArgs {
   int threads = 0, reps = 1;
   DeviceFlags device;
   uint64_t seed = 1;
-  bool json = false;
+  bool json = false, profile = false;
   LongContextFlags lc;
 };
+
+// The profile of the timed repetitions, per phase and op, per repetition: JSON, and the
+// text table `mesa bench --profile` prints.
+nlohmann::json ProfileJson(const ProfilingBackend& prof, const double wall[2], int reps) {
+  nlohmann::json out;
+  const char* phase_names[2] = {"prefill", "decode"};
+  for (int ph = 0; ph < ProfilingBackend::kPhases; ++ph) {
+    nlohmann::json ops = nlohmann::json::object();
+    for (int i = 0; i < ProfilingBackend::kOps; ++i) {
+      const auto op = static_cast<ProfilingBackend::Op>(i);
+      const ProfilingBackend::Stats& st = prof.stats(ph, op);
+      if (st.calls == 0) continue;
+      nlohmann::json o = {{"calls", st.calls / reps}, {"seconds", st.seconds / reps}};
+      if (st.seconds > 0 && st.flops > 0) o["gflop_per_s"] = st.flops / st.seconds / 1e9;
+      if (st.seconds > 0 && st.bytes > 0) o["gbyte_per_s"] = st.bytes / st.seconds / 1e9;
+      ops[ProfilingBackend::OpName(op)] = o;
+    }
+    out[phase_names[ph]] = {{"wall_seconds", wall[ph] / reps},
+                            {"op_seconds", prof.OpSeconds(ph) / reps},
+                            {"ops", ops}};
+  }
+  return out;
+}
+
+void PrintProfile(const nlohmann::json& profile) {
+  for (const char* phase : {"prefill", "decode"}) {
+    const nlohmann::json& ph = profile[phase];
+    const double wall = ph["wall_seconds"].get<double>();
+    if (wall <= 0) continue;
+    std::printf("\n%s: %.4f s per repetition (ops %.4f s, outside the ops %.4f s)\n", phase, wall,
+                ph["op_seconds"].get<double>(), wall - ph["op_seconds"].get<double>());
+    std::printf("  %-12s %8s %10s %7s %11s %10s\n", "op", "calls", "seconds", "share", "GFLOP/s", "GB/s");
+    for (int i = 0; i < ProfilingBackend::kOps; ++i) {  // in the enum's order, not the JSON's
+      const std::string name = ProfilingBackend::OpName(static_cast<ProfilingBackend::Op>(i));
+      if (!ph["ops"].contains(name)) continue;
+      const nlohmann::json& o = ph["ops"][name];
+      const double sec = o["seconds"].get<double>();
+      std::printf("  %-12s %8lld %10.4f %6.1f%% ", name.c_str(), static_cast<long long>(o["calls"].get<int64_t>()),
+                  sec, 100.0 * sec / wall);
+      if (o.contains("gflop_per_s")) {
+        std::printf("%11.1f ", o["gflop_per_s"].get<double>());
+      } else {
+        std::printf("%11s ", "-");
+      }
+      if (o.contains("gbyte_per_s")) {
+        std::printf("%10.2f\n", o["gbyte_per_s"].get<double>());
+      } else {
+        std::printf("%10s\n", "-");
+      }
+    }
+  }
+}
 
 int RunBench(const BenchArgs& a) {
   auto model_or = LoadModelForCli(a.model, /*compute=*/true, a.device.device);
@@ -185,10 +238,16 @@ int RunBench(const BenchArgs& a) {
   if (!lc_options.ok()) return Fail(lc_options.status());
   auto backend = OpenDevice(a.device, a.threads);
   if (!backend.ok()) return Fail(backend.status());
-  LongContextRunner runner(model, **backend, *lc_options);
+  // --profile: every op goes through the timing wrapper (on the CPU a clock read per op).
+  std::unique_ptr<ProfilingBackend> prof;
+  if (a.profile) prof = std::make_unique<ProfilingBackend>(**backend);
+  Backend& run_on = prof ? static_cast<Backend&>(*prof) : **backend;
+  LongContextRunner runner(model, run_on, *lc_options);
   GenerateOptions opts;
   opts.max_new_tokens = a.gen_tokens + 1;  // the first token comes from the prefill
   opts.stop_at_eos = false;
+  // The first token ends the prefill: later ops count as decode.
+  if (prof) opts.on_token = [&prof](int32_t) { prof->SetPhase(1); return true; };
   std::vector<double> prefill, decode;
   {  // warm-up: page in the weights, size the buffers
     GenerateOptions w = opts;
@@ -197,11 +256,16 @@ int RunBench(const BenchArgs& a) {
     if (!r.ok()) return Fail(r.status());
   }
   nlohmann::json attention;
+  if (prof) prof->Reset();
+  double wall[2] = {0, 0};
   for (int rep = 0; rep < std::max(1, a.reps); ++rep) {
+    if (prof) prof->SetPhase(0);
     auto r = GenerateLong(runner, prompt, opts);
     if (!r.ok()) return Fail(r.status());
     prefill.push_back(r->generation.prefill_tokens_per_s());
     if (a.gen_tokens > 0) decode.push_back(r->generation.decode_tokens_per_s());
+    wall[0] += r->generation.prefill_seconds;
+    wall[1] += r->generation.decode_seconds;
     attention = r->prefill.ToJson();
   }
   auto median = [](std::vector<double> v) {
@@ -221,6 +285,7 @@ int RunBench(const BenchArgs& a) {
                       {"weights", model.weights_in_own_memory ? "own" : "mapped"},
                       {"cpu_isa", cpu::ActiveIsaName()},
                       {"attention", attention}};
+  if (prof) j["profile"] = ProfileJson(*prof, wall, std::max(1, a.reps));
   if (a.json) {
     std::cout << j.dump() << "\n";
   } else {
@@ -232,6 +297,7 @@ int RunBench(const BenchArgs& a) {
       std::printf("peak device memory: %.1f MiB (%s)\n", (*backend)->PeakMemoryBytes() / 1048576.0,
                   (*backend)->Name().c_str());
     }
+    if (prof) PrintProfile(j["profile"]);
   }
   return 0;
 }
@@ -297,6 +363,11 @@ void RegisterBench(CLI::App& app) {
   AddThreads(cmd, &a->threads, &a->device);
   AddLongContextFlags(cmd, &a->lc);
   cmd->add_flag("--json", a->json, "Print {\"prefill_tokens_per_s\", \"decode_tokens_per_s\", \"peak_rss_bytes\", \"peak_device_bytes\", \"cpu_isa\", ...}");
+  cmd->add_flag("--profile", a->profile,
+                "Also time every op of the forward pass and print, per phase (prefill, decode) and per "
+                "repetition, the seconds, share of the phase, GFLOP/s and GB/s of each kind of op (matmul, "
+                "attention, norm, rope, ...); JSON: \"profile\". On a GPU every op is synchronized, which "
+                "slows the run: read the shares");
   cmd->callback([a] { ExitCode() = RunBench(*a); });
 }
 

@@ -111,7 +111,15 @@ void CpuBackend::SwiGlu(const float* gate, const float* up, int64_t n, int64_t w
   });
 }
 
-void CpuBackend::Gelu(const float* x, int64_t n, float* out) { cpu::Gelu(x, n, out); }
+void CpuBackend::Gelu(const float* x, int64_t n, float* out) {
+  // Blocks of 4096 elements (whole vectors: each element's result is the same wherever
+  // a block boundary falls).
+  constexpr int64_t kBlock = 4096;
+  pool_->ParallelFor((n + kBlock - 1) / kBlock, 1, [&](int, int64_t begin, int64_t end) {
+    const int64_t lo = begin * kBlock, hi = std::min(n, end * kBlock);
+    cpu::Gelu(x + lo, hi - lo, out + lo);
+  });
+}
 
 void CpuBackend::Clamp(float* x, int64_t n, float limit) {
   for (int64_t i = 0; i < n; ++i) x[i] = std::clamp(x[i], -limit, limit);

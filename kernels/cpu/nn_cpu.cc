@@ -117,19 +117,6 @@ void Softmax(float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] *= inv;
 }
 
-void SwiGlu(const float* gate, const float* up, int64_t n, float* out) {
-  for (int64_t i = 0; i < n; ++i) {
-    float g = gate[i];
-    out[i] = g / (1.0f + std::exp(-g)) * up[i];
-  }
-}
-
-void Gelu(const float* x, int64_t n, float* out) {
-  const float kSqrt2OverPi = 0.79788456080286535587989211986876f;
-  for (int64_t i = 0; i < n; ++i) {
-    float v = x[i];
-    out[i] = 0.5f * v * (1.0f + std::tanh(kSqrt2OverPi * v * (1.0f + 0.044715f * v * v)));
-  }
-}
+// SwiGlu and Gelu: activation_cpu.cc (vector kernels per ISA).
 
 }  // namespace mesa::cpu

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/cpu/matmul_cpu_internal.h"
 #include "kernels/nn.h"
 
 namespace mesa {
@@ -114,6 +115,77 @@ TEST(NnTest, ActivationsAndSoftmaxMatchReference) {
     EXPECT_NEAR(sum, 1.0, 1e-5);
   }
 }
+
+// The vector activations (activation_cpu-inl.h) of every ISA this machine runs, each
+// element against the double-precision formulas (tolerance scaled for GELU, below): random data of odd sizes (the tail's
+// padded vector included), then the extremes: huge arguments (the exp's clamps),
+// zeros, infinities (gelu/silu(-inf) is NaN, as the formulas in double say), NaN (must
+// stay NaN), denormals. The output is poisoned first so an
+// element left unwritten fails. Tolerance: 4e-7 relative (the exp's ~2 ulp plus the
+// division and products), or 1e-30 absolute where the true value is below any float
+// that matters (silu(-100) = -3.7e-42; the kernel gives about -4e-37).
+class ActivationIsaTest : public ::testing::TestWithParam<cpu::internal::Isa> {
+ protected:
+  void SetUp() override {
+    if (!cpu::internal::IsaSupported(GetParam())) {
+      GTEST_SKIP() << cpu::internal::IsaName(GetParam()) << " is not available on this CPU";
+    }
+    cpu::internal::ForceIsa(GetParam());
+  }
+  void TearDown() override { cpu::internal::ClearForcedIsa(); }
+};
+
+// `amplify`: how much the argument's own float rounding grows in the result (GELU
+// computes z = sqrt(2/pi) (v + 0.044715 v^3) in float, and e^(-2z) turns z's relative
+// error into |2z| times that: the scalar std::tanh version had the same).
+void ExpectClose(float got, double want, const char* what, float arg, int64_t i, double amplify = 1.0) {
+  if (std::abs(want) > 3.4028234663852886e38) want = std::copysign(INFINITY, want);  // overflows float
+  if (std::isnan(want)) {
+    EXPECT_TRUE(std::isnan(got)) << what << "(" << arg << ") at " << i << " = " << got;
+    return;
+  }
+  if (std::isinf(want)) {
+    EXPECT_EQ(got, want) << what << "(" << arg << ") at " << i;
+    return;
+  }
+  EXPECT_LE(std::abs(got - want), 4e-7 * amplify * std::abs(want) + 1e-30)
+      << what << "(" << arg << ") at " << i << ": got " << got << ", want " << want;
+}
+
+TEST_P(ActivationIsaTest, SwiGluAndGeluMatchReferencePerElement) {
+  std::mt19937 rng(11);
+  const float inf = INFINITY;
+  const std::vector<float> extremes = {0.0f, -0.0f, 1e-40f, -1e-40f, 1e-20f, 80.0f, -80.0f, 87.5f, -87.5f,
+                                       88.5f, -88.5f, 100.0f, -100.0f, 1e4f, -1e4f, 3e38f, -3e38f, inf,
+                                       -inf, NAN};
+  std::vector<std::vector<float>> inputs;
+  for (int64_t n : {1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 1000, 1027}) inputs.push_back(Random(n, rng, 4.0f));
+  inputs.push_back(extremes);
+  for (const auto& g : inputs) {
+    const int64_t n = static_cast<int64_t>(g.size());
+    auto u = Random(n, rng);
+    std::vector<float> got(n, 12345.0f);
+    cpu::SwiGlu(g.data(), u.data(), n, got.data());
+    for (int64_t i = 0; i < n; ++i) {
+      // silu(g) * u in double (the formula: silu(-inf) = -inf / inf = NaN).
+      const double gd = g[i];
+      const double want = static_cast<double>(static_cast<float>(gd / (1.0 + std::exp(-gd)))) * u[i];
+      ExpectClose(got[i], want, "silu*u", g[i], i);
+    }
+    std::fill(got.begin(), got.end(), 12345.0f);
+    cpu::Gelu(g.data(), n, got.data());
+    for (int64_t i = 0; i < n; ++i) {
+      const double v = g[i];
+      const double z = 0.79788456080286535587989211986876 * v * (1.0 + 0.044715 * v * v);
+      ExpectClose(got[i], ref::Gelu(g[i]), "gelu", g[i], i, 1.0 + std::abs(2.0 * z));
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Isa, ActivationIsaTest,
+                         ::testing::Values(cpu::internal::Isa::kScalar, cpu::internal::Isa::kAvx2,
+                                           cpu::internal::Isa::kAvx512),
+                         [](const auto& info) { return std::string(cpu::internal::IsaName(info.param)); });
 
 }  // namespace
 }  // namespace mesa

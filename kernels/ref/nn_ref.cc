@@ -59,9 +59,13 @@ void Softmax(float* x, int64_t n) {
 float Silu(float x) { return static_cast<float>(x / (1.0 + std::exp(-static_cast<double>(x)))); }
 
 float Gelu(float x) {
+  // 0.5 x (1 + tanh(z)) written as x / (1 + e^(-2z)) (the same function): the tanh form
+  // cancels for negative x (1 + tanh(z) -> 0), which left even double with no correct
+  // digit below x = -8.
   const double kSqrt2OverPi = 0.79788456080286535587989211986876;
-  double xd = x;
-  return static_cast<float>(0.5 * xd * (1.0 + std::tanh(kSqrt2OverPi * xd * (1.0 + 0.044715 * xd * xd))));
+  const double xd = x;
+  const double z = kSqrt2OverPi * xd * (1.0 + 0.044715 * xd * xd);
+  return static_cast<float>(xd / (1.0 + std::exp(-2.0 * z)));
 }
 
 }  // namespace mesa::ref
