@@ -23,6 +23,7 @@
 #include "engine/model_loader.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/profiling_backend.h"
 #include "tests/testing/compare.h"
 #include "tests/testing/random_model.h"
 #include "tests/testing/temp_path.h"
@@ -252,6 +253,68 @@ TEST_P(BackendSeamTest, ForwardIsBitIdenticalOnAnOpaqueBackend) {
   ASSERT_EQ(a.size(), tokens.size() * model_->config.n_vocab);
   ASSERT_EQ(a.size(), b.size());
   EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
+}
+
+// The profiling wrapper (mesa bench --profile) changes no result, on a host backend and
+// on an opaque one (which it synchronizes after every op), and counts what ran: the
+// matrix products' flops are 2 x rows x cols per token of every weight matrix (the
+// output too: every token's logits were asked for), attention's are 4 x head_dim per
+// visible (query, key, head) -- causal: token i sees i + 1 keys -- and the decode phase
+// holds only what ran after SetPhase(1).
+TEST_P(BackendSeamTest, ProfilingChangesNothingAndCountsTheWork) {
+  const ModelConfig& c = model_->config;
+  const std::vector<int32_t> tokens = testing::RandomTokens(41, c.n_vocab, 9);
+  auto run = [&](Backend& backend, ProfilingBackend* prof) {
+    ModelRunner runner(*model_, backend, /*max_batch=*/16);
+    EXPECT_TRUE(runner.status().ok()) << runner.status();
+    KvCache cache = runner.NewCache(8);
+    std::vector<float> all, one;
+    EXPECT_TRUE(runner.Forward(absl::MakeConstSpan(tokens).subspan(0, 40), cache, LogitsMode::kAll, &all).ok());
+    if (prof) prof->SetPhase(1);
+    EXPECT_TRUE(runner.Forward({&tokens[40], 1}, cache, LogitsMode::kLast, &one).ok());
+    all.insert(all.end(), one.begin(), one.end());
+    return all;
+  };
+  CpuBackend cpu(2);
+  const std::vector<float> plain = run(cpu, nullptr);
+  double matrix_elems = static_cast<double>(model_->weights.output.rows * model_->weights.output.cols);
+  for (const LayerWeights& l : model_->weights.layers) {
+    for (const WeightView* v : {&l.wq, &l.wk, &l.wv, &l.wqkv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) {
+      if (v->data != nullptr) matrix_elems += static_cast<double>(v->rows * v->cols);
+    }
+  }
+  for (bool opaque : {false, true}) {
+    SCOPED_TRACE(opaque ? "opaque backend" : "cpu backend");
+    CpuBackend cpu2(2);
+    OpaqueBackend opq(2);
+    Backend& inner = opaque ? static_cast<Backend&>(opq) : static_cast<Backend&>(cpu2);
+    ProfilingBackend prof(inner);
+    const std::vector<float> got = run(prof, &prof);
+    ASSERT_EQ(got.size(), plain.size());
+    EXPECT_EQ(0, std::memcmp(got.data(), plain.data(), got.size() * sizeof(float)));
+    using Op = ProfilingBackend::Op;
+    const auto& mm = prof.stats(0, Op::kMatMul);
+    EXPECT_GT(mm.calls, 0);
+    EXPECT_DOUBLE_EQ(mm.flops, 2.0 * 40 * matrix_elems);
+    EXPECT_GT(mm.seconds, 0);
+    const auto& at = prof.stats(0, Op::kAttention);
+    EXPECT_EQ(at.calls, 3 * c.n_layer);  // micro-batches of 16, 16 and 8 tokens
+    if (!opaque) {  // positions readable: causal pairs 1 + 2 + ... + 40
+      EXPECT_DOUBLE_EQ(at.flops, 4.0 * c.head_dim * c.n_head * (40 * 41 / 2) * c.n_layer);
+    } else {  // every (query, key) of each call's keys counted
+      EXPECT_GE(at.flops, 4.0 * c.head_dim * c.n_head * (40 * 41 / 2) * c.n_layer);
+    }
+    EXPECT_GT(prof.stats(0, Op::kNorm).calls, 0);
+    EXPECT_GE(prof.OpSeconds(0), mm.seconds + at.seconds);
+    // Decode: one token, the last token's logits only.
+    EXPECT_DOUBLE_EQ(prof.stats(1, Op::kMatMul).flops, 2.0 * matrix_elems);
+    if (!opaque) {
+      EXPECT_DOUBLE_EQ(prof.stats(1, Op::kAttention).flops, 4.0 * c.head_dim * c.n_head * 41 * c.n_layer);
+    }
+    EXPECT_EQ(prof.stats(1, Op::kAttention).calls, c.n_layer);
+    prof.Reset();
+    EXPECT_EQ(prof.OpSeconds(0) + prof.OpSeconds(1), 0.0);
+  }
 }
 
 // Mesa's phases (anchor, middle chunks, the final chunk with Stair PE, decode) move K/V

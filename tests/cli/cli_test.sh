@@ -144,6 +144,11 @@ check "info --devices --json" "$MESA" info --devices --json
 check "plugin ABI matches the build" json "assert not d['compiled_with_cuda'] or 'could not be loaded' in d['unavailable_reason'] or d['backend_abi'] == d['expected_backend_abi'], d"
 check "bench reports the device" "$MESA" bench --model "$MODEL" --prompt-tokens 8 --gen-tokens 2 --json --device cpu
 check "bench device cpu" json "assert d['device'] == 'cpu', d"
+# --profile: per phase, per op; the matrix products and attention ran in both phases.
+check "bench --profile" "$MESA" bench --model "$MODEL" --prompt-tokens 16 --gen-tokens 3 --json --profile
+check "bench profile ops" json "p = d['profile']; assert all(p[ph]['ops']['matmul']['calls'] > 0 and p[ph]['ops']['attention']['gflop_per_s'] > 0 and p[ph]['wall_seconds'] >= p[ph]['op_seconds'] * 0.9 for ph in ('prefill', 'decode')), p"
+check "bench --profile text" "$MESA" bench --model "$MODEL" --prompt-tokens 16 --gen-tokens 3 --profile
+check "bench profile table" grep -q "matmul .*%" "$TMP/last"
 printf 'bad \xff utf8' > "$TMP/bad.txt"
 bad "invalid utf-8" "utf-8" "$MESA" tokenize --model "$MODEL" --file "$TMP/bad.txt"
 
