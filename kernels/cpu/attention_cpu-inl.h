@@ -420,7 +420,7 @@ MESA_ATTN_INLINE void BuildQt(const Ctx& c, const Bufs& w, int64_t n, RotFn rot,
     }
     for (int64_t d = 0; d < c.hd; ++d) qt[d * kQb + r] = src[d];
   }
-  for (int64_t r = n; r < kQb; ++r) {
+  for (int64_t r = n; r < c.qb; ++r) {
     for (int64_t d = 0; d < c.hd; ++d) qt[d * kQb + r] = 0.0f;
   }
 }
@@ -433,7 +433,9 @@ MESA_ATTN_INLINE void RunBlock(const Ctx& c, const Unit& u, const Bufs& w, int64
   const float* kbase = static_cast<const float*>(p.k) + u.kvh * p.kv_stride * hd;
   const float* vbase = static_cast<const float*>(p.v) + u.kvh * p.kv_stride * hd;
   const RelativePosition& rp = p.rel;
-  for (int64_t d = 0; d < hd * kQb; ++d) w.acc[d] = 0.0f;
+  for (int64_t d = 0; d < hd; ++d) {
+    for (int cc = 0; cc < nv; ++cc) Store(w.acc + d * kQb + cc * kLanes, V{});
+  }
   bool have_raw = false, have_abs = false, have_far = false, have_stair = false;
   for (int64_t j0 = u.ja; j0 < jend; j0 += kKb) {
     const int64_t kn = Min(kKb, jend - j0);
@@ -506,7 +508,7 @@ MESA_ATTN_INLINE void RunBlock(const Ctx& c, const Unit& u, const Bufs& w, int64
         BuildQt(c, w, n, [&](int64_t r) { return rp.FarQuery(w.t[r]); }, w.qt_far);
         // rot < 0 (n = 0, first level) leaves the row raw: such rows never pick s1.
         BuildQt(c, w, n, [&](int64_t r) { return rp.FarQuery(w.t[r]) - 1; }, w.qt_far1);
-        for (int64_t r = 0; r < kQb; ++r) {
+        for (int64_t r = 0; r < c.qb; ++r) {
           w.amod[r] = r < n ? static_cast<int32_t>(rp.FarQueryPhase(w.t[r])) : 0;
         }
         have_stair = true;
@@ -708,13 +710,13 @@ void RunUnit(const Ctx& c, const Unit& u, const Bufs& w) {
   const AttentionParams& p = *c.p;
   const int64_t hd = c.hd, hdp = c.hdp;
   const int64_t rows = p.n_q * c.group;
-  const int64_t row0 = static_cast<int64_t>(u.block) * kQb;
-  const int64_t n = Min(kQb, rows - row0);
+  const int64_t row0 = static_cast<int64_t>(u.block) * c.qb;
+  const int64_t n = Min(c.qb, rows - row0);
 
   // Rows: scaled queries (scale and log-n folded in), zero padded, plus pair-swapped
   // copies for rotations.
   int64_t tmin = INT64_MAX, tmax = INT64_MIN, vis_max = 0, vis_min = INT64_MAX;
-  for (int64_t r = 0; r < kQb; ++r) {
+  for (int64_t r = 0; r < c.qb; ++r) {
     w.m[r] = -INFINITY;
     w.l[r] = 0.0;
     if (r >= n) {

@@ -13,7 +13,9 @@
 
 namespace mesa::cpu::attn_internal {
 
-inline constexpr int kQb = 32;  // rows (query, head of one kv group) per unit
+// Rows (query, head of one kv group) per unit: at most kQb (the row stride of the
+// transposed per-thread buffers), Ctx::qb per call (see BlockRows in attention_cpu.cc).
+inline constexpr int kQb = 128;
 inline constexpr int kKb = 64;  // keys per tile
 // Below this many rows the block kernels waste most vector lanes: dot each key.
 inline constexpr int kMinBlockRows = 8;
@@ -32,15 +34,16 @@ struct Ctx {
   // Relative positions: p->rel, read through its run and far-region forms
   // (kernels/attention_variant.h); g is its Self-Extend group (1 for other kinds).
   int64_t g;
+  int64_t qb;  // rows per unit in this call: 32 or kQb (a multiple of every vector width)
 };
 
-// A unit: rows [row0, row0 + kQb) of kv head kvh over keys [ja, jb). Row R of a kv
+// A unit: rows [block * qb, (block + 1) * qb) of kv head kvh over keys [ja, jb). Row R of a kv
 // head is query R / group, head kvh * group + R % group: the heads sharing a kv head
 // share every key and value load.
 struct Unit {
   int32_t kvh, block, split;
   int64_t ja, jb;  // multiples of kKb except at the end
-  float* partial;  // split units: [kQb][hdp + 2] (m, l, acc); null: write `out`
+  float* partial;  // split units: [qb][hdp + 2] (m, l, acc); null: write `out`
 };
 
 // Per-thread buffers (owned by the dispatcher, sized for hdp): units never share them.
@@ -65,6 +68,9 @@ struct Bufs {
 // against concurrent calls.
 internal::Isa ActiveIsa();
 void OverrideIsa(int isa);
+
+// Rows per unit for a call (Ctx::qb): 32, or kQb where K/V per kv head outgrow the L2.
+int64_t BlockRows(const AttentionParams& p, int64_t group);
 
 // One unit's softmax(QK^T)V into p.out (or u.partial), per ISA.
 namespace avx512 {

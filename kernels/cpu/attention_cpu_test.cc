@@ -204,6 +204,43 @@ TEST_P(AttentionTest, CpuMatchesReferenceEveryVariant) {
   }
 }
 
+// Units of 128 rows (attn_internal::BlockRows: K/V per kv head past about 1 MiB):
+// several blocks with a tail, the causal diagonal inside large blocks, and split units
+// whose partial states merge over 128-row blocks.
+TEST_P(AttentionTest, LargeRowBlocksMatchReference) {
+  const Shape shapes[] = {
+      // n_q, n_past, heads, kv heads, dim, slack, kv_pos0
+      {150, 1950, 4, 1, 128, 0, 0},  // 600 rows: four 128-row blocks and an 88-row tail
+      {20, 2100, 8, 2, 64, 1, 3},    // 80 rows per kv head: too few units, keys split
+  };
+  uint32_t seed = 300;
+  for (const Shape& shape : shapes) {
+    Problem prob(shape, seed++);
+    AttentionParams base = prob.params();
+    ASSERT_EQ(cpu::attn_internal::BlockRows(base, shape.n_head / shape.n_head_kv), cpu::attn_internal::kQb)
+        << Describe(base);
+    RelativePosition stair;
+    stair.kind = Kind::kStair;
+    stair.n = 90;
+    stair.e = 17;
+    const std::pair<AttentionPositionMode, RelativePosition> cases[] = {
+        {AttentionPositionMode::kNone, RelativePosition{}},
+        {AttentionPositionMode::kRopeRaw, stair},
+        {AttentionPositionMode::kAlibi, RelativePosition{}},
+    };
+    for (const auto& [mode, rel] : cases) {
+      AttentionParams p = base;
+      p.mode = mode;
+      p.rel = rel;
+      const std::vector<float> want = RunRef(p, prob.out_size());
+      for (int threads : {1, 3}) {
+        const std::vector<float> got = RunCpu(p, prob.out_size(), threads);
+        ASSERT_LT(RelErr(got, want), 1e-5) << Describe(p) << " threads=" << threads;
+      }
+    }
+  }
+}
+
 // Ordinary RoPE attention two ways: raw q/k with kRopeRaw + kExact, and q/k rotated at
 // their own positions beforehand with kNone. Proves the raw-key path.
 TEST_P(AttentionTest, RopeRawExactEqualsPrerotatedKeys) {
