@@ -41,25 +41,13 @@ inline __attribute__((always_inline)) V LoadV(const float* p) {
   return v;
 }
 
+#include "kernels/cpu/exp_poly-inl.h"  // ExpInRange
+
 inline __attribute__((always_inline)) V Exp(V arg) {
   V x = arg < -87.3f ? Splat(-87.3f) : arg;
   x = x > 88.3f ? Splat(88.3f) : x;
-  const V magic = Splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-  const V fx = x * 1.44269504088896341f + magic;
-  const V n = fx - magic;
-  V r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  V y = Splat(1.9875691500e-4f);
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * (r * r) + r + 1.0f;
-  const VI bits = (__builtin_convertvector(n, VI) + 127) << 23;
-  V scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return arg > 88.3f ? Splat(__builtin_inff()) : y * scale;
+  const V res = ExpInRange(x);
+  return arg > 88.3f ? Splat(__builtin_inff()) : res;
 }
 
 // silu(g) * u

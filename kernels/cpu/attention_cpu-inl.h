@@ -102,26 +102,11 @@ MESA_ATTN_INLINE V4 Fold(V v, bool max) {
 MESA_ATTN_INLINE float HSum(V v) { return HSum4(Fold(v, false)); }
 MESA_ATTN_INLINE float HMax(V v) { return HMax4(Fold(v, true)); }
 
-// exp(x) for x <= 0 (Cephes expf: range reduction by ln 2, degree-6 polynomial,
-// ~2 ulp); x < -87 (including -inf from masking) gives exactly 0.
+#include "kernels/cpu/exp_poly-inl.h"  // ExpInRange
+
+// exp(x) for x <= 0 (~2 ulp); x < -87 (including -inf from masking) gives exactly 0.
 MESA_ATTN_INLINE V Exp(V x) {
-  const V xc = x < -87.0f ? Splat(-87.0f) : x;
-  const V magic = Splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-  const V fx = xc * 1.44269504088896341f + magic;
-  const V n = fx - magic;
-  V r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  V y = Splat(1.9875691500e-4f);
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * (r * r) + r + 1.0f;
-  const VI bits = (__builtin_convertvector(n, VI) + 127) << 23;
-  V scale;
-  __builtin_memcpy(&scale, &bits, sizeof(scale));
-  const V res = y * scale;
+  const V res = ExpInRange(x < -87.0f ? Splat(-87.0f) : x);
   return x < -87.0f ? V{} : res;
 }
 
