@@ -268,7 +268,8 @@ bool HasPackedForm(Isa isa, DType type) {
     case Isa::kAvx512:
       return type == DType::kQ8_0 || type == DType::kQ4_K || type == DType::kQ5_K || type == DType::kQ6_K;
     case Isa::kAvx2:
-      return type == DType::kQ8_0 || type == DType::kQ4_0 || type == DType::kQ4_K || type == DType::kQ6_K;
+      return type == DType::kQ8_0 || type == DType::kQ4_0 || type == DType::kQ4_K || type == DType::kQ5_K ||
+             type == DType::kQ6_K;
     case Isa::kScalar:
       return false;
   }
@@ -318,6 +319,8 @@ int64_t PackedBytes(const WeightView& w) {
         return groups * internal::Q4X8GroupBytes(w.cols);
       case DType::kQ4_K:
         return groups * internal::Q4KX8GroupBytes(w.cols);
+      case DType::kQ5_K:
+        return groups * internal::Q5KX8GroupBytes(w.cols);
       case DType::kQ6_K:
         return groups * internal::Q6KX8GroupBytes(w.cols);
       default:

@@ -117,6 +117,15 @@ inline int64_t Q4X8GroupBytes(int64_t cols) {
 // rows' scales widens and scales them. +2.8% bytes.
 inline constexpr int kQ4KX8BlockBytes = 64 + 64 + 32 + 1024;
 inline int64_t Q4KX8GroupBytes(int64_t cols) { return cols / 256 * kQ4KX8BlockBytes; }
+// Q5_Kx8: per 256-block 1440 bytes: the Q4_Kx8 block (the low 4 bits as Q4_K's
+// nibbles), then
+//   uint8 qh[8][8][4]     step k, row i: the row's qh bytes 4k..4k+3; bit 2c of byte e
+//                         is the fifth bit of element 64c + 4k + e (sub-block 2c),
+//                         bit 2c + 1 that of element 64c + 32 + 4k + e (2c + 1)
+// The quants reach 31: four maddubs sum in int16 (<= 4 * 2 * 31 * 127 = 31496), so a
+// sub-block's 8 steps are madd-scaled as two halves. +2.3% bytes.
+inline constexpr int kQ5KX8BlockBytes = kQ4KX8BlockBytes + 256;
+inline int64_t Q5KX8GroupBytes(int64_t cols) { return cols / 256 * kQ5KX8BlockBytes; }
 // Q6_Kx8: per 256-block 1696 bytes:
 //   int8 sc[8][8][2]      scales of sub-blocks 2p and 2p+1, row i (word pairs after
 //                         widening: madd against the activations' 16-sums, and
@@ -131,8 +140,8 @@ inline int64_t Q4KX8GroupBytes(int64_t cols) { return cols / 256 * kQ4KX8BlockBy
 // removes the offset. +1% bytes.
 inline constexpr int kQ6KX8BlockBytes = 128 + 32 + 16 * 96;
 inline int64_t Q6KX8GroupBytes(int64_t cols) { return cols / 256 * kQ6KX8BlockBytes; }
-// Packs rows [8g, 8g + 8) of `w` (Q8_0, Q4_0, Q4_K or Q6_K) into `dst` (zero-filled, the
-// group's bytes above).
+// Packs rows [8g, 8g + 8) of `w` (Q8_0, Q4_0, Q4_K, Q5_K or Q6_K) into `dst` (zero-filled,
+// the group's bytes above).
 void PackGroupX8(const WeightView& w, int64_t g, uint8_t* dst);
 
 // The 256 6-bit quants (still offset by 32) of one 210-byte Q6_K block, in element order,

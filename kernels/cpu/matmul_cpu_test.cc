@@ -323,6 +323,48 @@ INSTANTIATE_TEST_SUITE_P(Quantized, QuantizedMatMulTest,
                            return std::string(DTypeName(info.param));
                          });
 
+// The integer sums at their largest: every quant at its maximum (Q4_K 15, Q5_K 31:
+// all qs and qh bits set; 6-bit scales 63) against activations that all quantize to
+// +127 or -127. The packed kernels sum steps in int16 before scaling (Q4_K 8 steps,
+// Q5_K two halves of 4: matmul_cpu_internal.h); an overflow there would wrap, far
+// from the reference.
+TEST(MatMulExtremesTest, LargestQuantsDoNotOverflowTheIntegerSums) {
+  ThreadPool pool(2);
+  for (DType type : {DType::kQ4_K, DType::kQ5_K}) {
+    const int64_t rows = 9, cols = 512;
+    const int64_t block = type == DType::kQ5_K ? 176 : 144;
+    std::vector<uint8_t> wdata(static_cast<size_t>(rows * cols / 256 * block), 0xFF);
+    for (size_t b = 0; b < wdata.size(); b += block) {
+      const uint16_t d = F32ToF16(0.01f), dmin = 0;
+      std::memcpy(&wdata[b], &d, 2);
+      std::memcpy(&wdata[b + 2], &dmin, 2);
+    }
+    const WeightView plain{type, rows, cols, wdata.data()};
+    for (Isa isa : SupportedIsas()) {
+      IsaGuard guard(isa);
+      std::shared_ptr<const uint8_t> packed;
+      for (const WeightView& w : Views(plain, &packed)) {
+        for (float sign : {1.0f, -1.0f}) {
+          for (int64_t m : {1, 5}) {
+            SCOPED_TRACE(std::string(cpu::internal::IsaName(isa)) + " " + std::string(DTypeName(type)) +
+                         (w.packed ? " packed" : "") + " m=" + std::to_string(m) + " sign " +
+                         std::to_string(sign));
+            const std::vector<float> x(m * cols, sign);
+            std::vector<float> got(m * rows, std::numeric_limits<float>::quiet_NaN()), want(m * rows);
+            cpu::MatMul(w, x.data(), m, got.data(), pool);
+            ref::MatMul(w, x.data(), m, want.data());
+            for (int64_t i = 0; i < m * rows; ++i) {
+              ASSERT_NEAR(got[i], want[i], 1e-5 * std::fabs(want[i])) << "element " << i;
+            }
+            const double d = F16ToF32(F32ToF16(0.01f));
+            ASSERT_NEAR(want[0], sign * cols * d * 63 * (type == DType::kQ5_K ? 31 : 15), 1e-6 * cols);
+          }
+        }
+      }
+    }
+  }
+}
+
 // Each SIMD kernel set packs the types it has a layout for, in its own layout: x16 on
 // AVX-512 VNNI, x8 on AVX2 (matmul_cpu_internal.h); scalar and float types never.
 TEST(PackWeightsTest, EachKernelSetPacksInItsLayout) {
@@ -334,7 +376,7 @@ TEST(PackWeightsTest, EachKernelSetPacksInItsLayout) {
     return WeightView{type, rows, cols, data.back().data()};
   };
   const WeightView q8 = view(DType::kQ8_0, 96), q4 = view(DType::kQ4_0, 96), q4k = view(DType::kQ4_K, 512),
-                   q6k = view(DType::kQ6_K, 512), f32 = view(DType::kF32, 64);
+                   q5k = view(DType::kQ5_K, 512), q6k = view(DType::kQ6_K, 512), f32 = view(DType::kF32, 64);
   for (Isa isa : SupportedIsas()) {
     IsaGuard guard(isa);
     SCOPED_TRACE(cpu::internal::IsaName(isa));
@@ -344,12 +386,14 @@ TEST(PackWeightsTest, EachKernelSetPacksInItsLayout) {
         EXPECT_EQ(cpu::PackedBytes(q8), 2 * 3 * 576);  // 2 groups of 16 rows x 3 blocks
         EXPECT_EQ(cpu::PackedBytes(q4), 0);
         EXPECT_EQ(cpu::PackedBytes(q4k), 2 * 2 * 2368);
+        EXPECT_GT(cpu::PackedBytes(q5k), 0);
         EXPECT_GT(cpu::PackedBytes(q6k), 0);
         break;
       case Isa::kAvx2:
         EXPECT_EQ(cpu::PackedBytes(q8), 3 * (544 + 288));  // 3 groups of 8 rows x (a pair + 1)
         EXPECT_EQ(cpu::PackedBytes(q4), 3 * (288 + 160));
         EXPECT_EQ(cpu::PackedBytes(q4k), 3 * 2 * 1184);
+        EXPECT_EQ(cpu::PackedBytes(q5k), 3 * 2 * 1440);
         EXPECT_EQ(cpu::PackedBytes(q6k), 3 * 2 * 1696);
         break;
       case Isa::kScalar:

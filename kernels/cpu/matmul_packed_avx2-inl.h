@@ -1,5 +1,5 @@
 // AVX2 kernels for the "x8" packed layouts (matmul_cpu_internal.h): Q8_0x8, Q4_0x8,
-// Q4_Kx8 and Q6_Kx8 against the A32 / A256 activations. Included by matmul_x86-inl.h
+// Q4_Kx8, Q5_Kx8 and Q6_Kx8 against the A32 / A256 activations. Included by matmul_x86-inl.h
 // inside its anonymous namespace, in the AVX2 kernel set only (the AVX-512 one reads
 // the x16 layouts).
 //
@@ -127,19 +127,26 @@ MESA_INLINE void Q4x8Tile(const uint8_t* group, int64_t nb, const uint8_t* act, 
   MESA_UNROLL for (int t = 0; t < T; ++t) StoreRows(out + t * out_stride, acc[t], nr);
 }
 
-// Q4_Kx8 x A256: per sub-block and token, 8 maddubs of nibbles and quants sum in int16
-// (<= 30480); one madd with the rows' 6-bit scales (as word pairs) widens and scales
-// them. The mins enter through one madd per sub-block pair against the activations'
-// 32-sums; acc += da * (d * isum - dmin * msum) as the unpacked kernel.
-template <int T>
-MESA_INLINE void Q4Kx8Tile(const uint8_t* group, int64_t nb, const uint8_t* act, int64_t act_stride,
-                           float* out, int64_t out_stride, int nr) {
+// Q4_Kx8 (kBits 4) and Q5_Kx8 (kBits 5) x A256: per sub-block and token, 8 maddubs of
+// nibbles and quants sum in int16 (Q4_K: <= 30480; Q5_K's 5-bit quants in two halves
+// of 4, <= 31496 each); one madd with the rows' 6-bit scales (as word pairs) widens
+// and scales them. The mins enter through one madd per sub-block pair against the
+// activations' 32-sums; acc += da * (d * isum - dmin * msum) as the unpacked kernel.
+// Q5_K's fifth bit: bit 2c + h of the step's qh byte, moved to bit 4 by a compare
+// against that bit (0xFF where set) masked with 0x10.
+template <int kBits, int T>
+MESA_INLINE void QKx8Tile(const uint8_t* group, int64_t nb, const uint8_t* act, int64_t act_stride,
+                          float* out, int64_t out_stride, int nr) {
+  static_assert(kBits == 4 || kBits == 5);
+  constexpr int kBlockBytes = kBits == 5 ? kQ5KX8BlockBytes : kQ4KX8BlockBytes;
+  constexpr int kHalf = kBits == 5 ? 4 : 8;  // steps summed in int16 before the scale
   const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const __m256i bit4 = _mm256_set1_epi8(0x10);
   __m256 acc[T];
   MESA_UNROLL for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
   const uint8_t* blk = group;
-  for (int64_t b = 0; b < nb; ++b, blk += kQ4KX8BlockBytes) {
-    PrefetchDecode<T, 4096, kQ4KX8BlockBytes>(blk);
+  for (int64_t b = 0; b < nb; ++b, blk += kBlockBytes) {
+    PrefetchDecode<T, 4096, kBlockBytes>(blk);
     const BlockA256* ab[T];
     MESA_UNROLL for (int t = 0; t < T; ++t) ab[t] = reinterpret_cast<const BlockA256*>(act + t * act_stride) + b;
     __m256i isum[T];
@@ -148,21 +155,30 @@ MESA_INLINE void Q4Kx8Tile(const uint8_t* group, int64_t nb, const uint8_t* act,
       const uint8_t* q = blk + 160 + 256 * c;
       MESA_UNROLL for (int h = 0; h < 2; ++h) {  // low nibbles: sub-block 2c; high: 2c + 1
         const int s = 2 * c + h;
-        __m256i s16[T];
-        MESA_UNROLL for (int t = 0; t < T; ++t) s16[t] = _mm256_setzero_si256();
-        MESA_UNROLL for (int k = 0; k < 8; ++k) {
-          const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(q + 32 * k));
-          const __m256i n = _mm256_and_si256(h == 0 ? w : _mm256_srli_epi16(w, 4), low4);
-          MESA_UNROLL for (int t = 0; t < T; ++t) {
-            s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(n, Bcast4(ab[t]->qs + 32 * s + 4 * k)));
-            Chain(s16[t]);
-          }
-        }
+        const __m256i hbit = _mm256_set1_epi8(static_cast<char>(1 << s));
         __m256i sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 8 * s)));
         sc = _mm256_or_si256(sc, _mm256_slli_epi32(sc, 16));
-        MESA_UNROLL for (int t = 0; t < T; ++t) {
-          isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s16[t], sc));
-          Chain(isum[t]);
+        MESA_UNROLL for (int k0 = 0; k0 < 8; k0 += kHalf) {
+          __m256i s16[T];
+          MESA_UNROLL for (int t = 0; t < T; ++t) s16[t] = _mm256_setzero_si256();
+          MESA_UNROLL for (int k = k0; k < k0 + kHalf; ++k) {
+            const __m256i w = _mm256_load_si256(reinterpret_cast<const __m256i*>(q + 32 * k));
+            __m256i n = _mm256_and_si256(h == 0 ? w : _mm256_srli_epi16(w, 4), low4);
+            if constexpr (kBits == 5) {
+              const __m256i qh =
+                  _mm256_load_si256(reinterpret_cast<const __m256i*>(blk + kQ4KX8BlockBytes + 32 * k));
+              const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, hbit), hbit);
+              n = _mm256_or_si256(n, _mm256_and_si256(set, bit4));
+            }
+            MESA_UNROLL for (int t = 0; t < T; ++t) {
+              s16[t] = _mm256_add_epi16(s16[t], _mm256_maddubs_epi16(n, Bcast4(ab[t]->qs + 32 * s + 4 * k)));
+              Chain(s16[t]);
+            }
+          }
+          MESA_UNROLL for (int t = 0; t < T; ++t) {
+            isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s16[t], sc));
+            Chain(isum[t]);
+          }
         }
       }
     }
@@ -280,7 +296,17 @@ struct Q4KX8 {
   template <int T>
   static MESA_INLINE void Run(const uint8_t* group, int64_t cols, const uint8_t* act, int64_t act_stride,
                               float* out, int64_t out_stride, int nr) {
-    Q4Kx8Tile<T>(group, cols / 256, act, act_stride, out, out_stride, nr);
+    QKx8Tile<4, T>(group, cols / 256, act, act_stride, out, out_stride, nr);
+  }
+};
+struct Q5KX8 {
+  static constexpr int kTokens = 4;
+  static constexpr int kGroupRows = kPackRowsX8;
+  static int64_t GroupBytes(int64_t cols) { return Q5KX8GroupBytes(cols); }
+  template <int T>
+  static MESA_INLINE void Run(const uint8_t* group, int64_t cols, const uint8_t* act, int64_t act_stride,
+                              float* out, int64_t out_stride, int nr) {
+    QKx8Tile<5, T>(group, cols / 256, act, act_stride, out, out_stride, nr);
   }
 };
 
@@ -304,6 +330,8 @@ void PackedRowsAvx2(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
       return PackedRows<Q4X8>(job, row_begin, row_end);
     case DType::kQ4_K:
       return PackedRows<Q4KX8>(job, row_begin, row_end);
+    case DType::kQ5_K:
+      return PackedRows<Q5KX8>(job, row_begin, row_end);
     case DType::kQ6_K:
       return PackedRows<Q6KX8>(job, row_begin, row_end);
     default:

@@ -35,20 +35,25 @@ void PackQ0Group(const WeightView& w, int64_t g, uint8_t* dst, int src_block, in
   }
 }
 
-void PackQ4KGroup(const WeightView& w, int64_t g, uint8_t* dst) {
+// Q4_K (144-byte blocks: d, dmin, scales[12], qs[128]) and Q5_K (176 bytes: d, dmin,
+// scales[12], qh[32], qs[128]): the same scales, mins and nibbles; Q5_K adds its qh.
+void PackQ45KGroup(const WeightView& w, int64_t g, uint8_t* dst, bool q5) {
   const int64_t nb = w.cols / 256;
   const int64_t row_bytes = w.row_bytes();
   const auto* src = static_cast<const uint8_t*>(w.data);
+  const int src_block = q5 ? 176 : 144, qs_at = q5 ? 48 : 16;
+  const int block_bytes = q5 ? kQ5KX8BlockBytes : kQ4KX8BlockBytes;
   for (int64_t b = 0; b < nb; ++b) {
-    uint8_t* blkp = dst + b * kQ4KX8BlockBytes;
+    uint8_t* blkp = dst + b * block_bytes;
     uint8_t* sc = blkp;
     uint8_t* mn = blkp + 64;
     uint8_t* d = blkp + 128;
     uint8_t* q = blkp + 160;
+    uint8_t* qh = blkp + kQ4KX8BlockBytes;
     for (int i = 0; i < kRows; ++i) {
       const int64_t r = g * kRows + i;
       if (r >= w.rows) break;  // padding rows: d = dmin = 0
-      const uint8_t* blk = src + r * row_bytes + b * 144;
+      const uint8_t* blk = src + r * row_bytes + b * src_block;
       for (int s = 0; s < 8; ++s) {
         int scale, min;
         ref::ScaleMinK4(s, blk + 4, &scale, &min);
@@ -58,7 +63,10 @@ void PackQ4KGroup(const WeightView& w, int64_t g, uint8_t* dst) {
       std::memcpy(d + 2 * i, blk, 2);              // d
       std::memcpy(d + 2 * kRows + 2 * i, blk + 2, 2);  // dmin
       for (int c = 0; c < 4; ++c) {
-        for (int k = 0; k < 8; ++k) std::memcpy(q + ((c * 8 + k) * kRows + i) * 4, blk + 16 + 32 * c + 4 * k, 4);
+        for (int k = 0; k < 8; ++k) std::memcpy(q + ((c * 8 + k) * kRows + i) * 4, blk + qs_at + 32 * c + 4 * k, 4);
+      }
+      if (q5) {
+        for (int k = 0; k < 8; ++k) std::memcpy(qh + (k * kRows + i) * 4, blk + 16 + 4 * k, 4);
       }
     }
   }
@@ -102,7 +110,9 @@ void PackGroupX8(const WeightView& w, int64_t g, uint8_t* dst) {
     case DType::kQ4_0:
       return PackQ0Group(w, g, dst, 18, 16);
     case DType::kQ4_K:
-      return PackQ4KGroup(w, g, dst);
+      return PackQ45KGroup(w, g, dst, false);
+    case DType::kQ5_K:
+      return PackQ45KGroup(w, g, dst, true);
     case DType::kQ6_K:
       return PackQ6KGroup(w, g, dst);
     default:
