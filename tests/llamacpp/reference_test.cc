@@ -556,7 +556,7 @@ TEST_P(RandomModelTest, LogitsMatch) {
 INSTANTIATE_TEST_SUITE_P(
     Random, RandomModelTest,
     ::testing::Combine(::testing::ValuesIn(kRandomCases),
-                       ::testing::Values("f32", "q8_0", "q4_0", "q4_k", "q6_k")),
+                       ::testing::Values("f32", "q8_0", "q4_0", "q4_k", "q5_k", "q6_k")),
     [](const auto& info) {
       return std::string(std::get<0>(info.param).label) + "_" + std::get<1>(info.param);
     });
