@@ -258,11 +258,16 @@ usage)
   expect 2 "must differ" "$MESA" cluster --model "$MODEL" --input "$TMP/in.jsonl" --output "$TMP/in.jsonl"
   expect 2 "nosuch" "$MESA" cluster --model "$MODEL" --input "$TMP/nosuch.jsonl" --output "$TMP/o.jsonl"
   expect 1 "not a byte count" "$MESA" cluster --model "$MODEL" --store "$TMP/s" --kv-memory lots
-  # Rank 0 cannot listen: every rank learns it from the broadcast and exits non-zero.
+  # Rank 0 cannot listen: every rank learns it from the broadcast and exits non-zero
+  # (the job ends with exit 1 well inside the timeout: no rank waits for a coordinator).
+  # Each worker rank prints the reason before MPI_Finalize's fence, but mpirun tears the
+  # job down at the first non-zero exit and can drop another rank's last lines still in
+  # its output forwarding (seen once in CI with Open MPI 4.1.4: 1 of 2 arrived), so at
+  # least one report, not both, is what can be required of the output.
   expect 1 "rank 0 could not start the coordinator" "${MPIRUN_PLAIN[@]}" -np 3 "$MESA" cluster --model "$MODEL" \
     --threads 1 --listen 203.0.113.1:0 --input "$TMP/in.jsonl" --output "$TMP/o.jsonl"
   n=$(grep -c "rank 0 could not start the coordinator" "$TMP/u.out")
-  [ "$n" = 2 ] || die "$n ranks reported rank 0's failure, not 2"
+  [ "$n" -ge 1 ] && [ "$n" -le 2 ] || die "$n ranks reported rank 0's failure, not 1 or 2"
   expect 1 "nosuch.gguf" "${MPIRUN_PLAIN[@]}" -np 3 "$MESA" cluster --model "$TMP/nosuch.gguf" --threads 1 \
     --listen 127.0.0.1:0 --input "$TMP/in.jsonl" --output "$TMP/o.jsonl"
   [ ! -e "$TMP/o.jsonl" ] || die "an output was written by a failed start"
