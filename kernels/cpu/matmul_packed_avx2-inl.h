@@ -289,24 +289,16 @@ struct Q4X8 {
     Q4x8Tile<T>(group, cols / 32, act, act_stride, cols, out, out_stride, nr);
   }
 };
-struct Q4KX8 {
+// Q4_Kx8 (kBits 4) and Q5_Kx8 (kBits 5).
+template <int kBits>
+struct QKX8 {
   static constexpr int kTokens = 4;
   static constexpr int kGroupRows = kPackRowsX8;
-  static int64_t GroupBytes(int64_t cols) { return Q4KX8GroupBytes(cols); }
+  static int64_t GroupBytes(int64_t cols) { return kBits == 5 ? Q5KX8GroupBytes(cols) : Q4KX8GroupBytes(cols); }
   template <int T>
   static MESA_INLINE void Run(const uint8_t* group, int64_t cols, const uint8_t* act, int64_t act_stride,
                               float* out, int64_t out_stride, int nr) {
-    QKx8Tile<4, T>(group, cols / 256, act, act_stride, out, out_stride, nr);
-  }
-};
-struct Q5KX8 {
-  static constexpr int kTokens = 4;
-  static constexpr int kGroupRows = kPackRowsX8;
-  static int64_t GroupBytes(int64_t cols) { return Q5KX8GroupBytes(cols); }
-  template <int T>
-  static MESA_INLINE void Run(const uint8_t* group, int64_t cols, const uint8_t* act, int64_t act_stride,
-                              float* out, int64_t out_stride, int nr) {
-    QKx8Tile<5, T>(group, cols / 256, act, act_stride, out, out_stride, nr);
+    QKx8Tile<kBits, T>(group, cols / 256, act, act_stride, out, out_stride, nr);
   }
 };
 
@@ -329,9 +321,9 @@ void PackedRowsAvx2(const MatMulJob& job, int64_t row_begin, int64_t row_end) {
     case DType::kQ4_0:
       return PackedRows<Q4X8>(job, row_begin, row_end);
     case DType::kQ4_K:
-      return PackedRows<Q4KX8>(job, row_begin, row_end);
+      return PackedRows<QKX8<4>>(job, row_begin, row_end);
     case DType::kQ5_K:
-      return PackedRows<Q5KX8>(job, row_begin, row_end);
+      return PackedRows<QKX8<5>>(job, row_begin, row_end);
     case DType::kQ6_K:
       return PackedRows<Q6KX8>(job, row_begin, row_end);
     default:
