@@ -193,12 +193,16 @@ def report(run):
            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     keys = sorted({o["n_kv"] for o in run.lines.get("attention", []) + run.lines.get("torch_sdpa", [])
                    if "n_kv" in o and "error" not in o and isinstance(o["n_kv"], int)})
+    def attention_lines(phase, n):
+        """Mesa causal bf16, Mesa Stair PE bf16, Mesa causal f32, torch bf16, torch f32."""
+        return (run.find("attention", phase=phase, variant="causal", n_kv=n, kv_type="bf16"),
+                run.find("attention", phase=phase, variant="stair", n_kv=n, kv_type="bf16"),
+                run.find("attention", phase=phase, variant="causal", n_kv=n, kv_type="f32"),
+                run.find("torch_sdpa", phase=phase, n_kv=n, kv_type="bf16"),
+                run.find("torch_sdpa", phase=phase, n_kv=n, kv_type="f32"))
+
     for n in keys:
-        c = run.find("attention", phase="prefill", variant="causal", n_kv=n, kv_type="bf16")
-        s = run.find("attention", phase="prefill", variant="stair", n_kv=n, kv_type="bf16")
-        c32 = run.find("attention", phase="prefill", variant="causal", n_kv=n, kv_type="f32")
-        tb = run.find("torch_sdpa", phase="prefill", n_kv=n, kv_type="bf16")
-        tf = run.find("torch_sdpa", phase="prefill", n_kv=n, kv_type="f32")
+        c, s, c32, tb, tf = attention_lines("prefill", n)
         g = lambda o: o["tflops"] if o else None  # noqa: E731
         md.append(f"| {n:,} | {fmt(g(c))} | {fmt(g(s))} | {ratio(g(s), g(c))} | {fmt(g(tb))} | "
                   f"{ratio(g(c), g(tb))} | {fmt(g(tf))} | {fmt(g(c32))} | {ratio(g(c32), g(tf))} |")
@@ -207,11 +211,7 @@ def report(run):
            "torch bf16 | mesa causal f32 | torch f32 |",
            "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n in keys:
-        c = run.find("attention", phase="decode", variant="causal", n_kv=n, kv_type="bf16")
-        s = run.find("attention", phase="decode", variant="stair", n_kv=n, kv_type="bf16")
-        c32 = run.find("attention", phase="decode", variant="causal", n_kv=n, kv_type="f32")
-        tb = run.find("torch_sdpa", phase="decode", n_kv=n, kv_type="bf16")
-        tf = run.find("torch_sdpa", phase="decode", n_kv=n, kv_type="f32")
+        c, s, c32, tb, tf = attention_lines("decode", n)
         g = lambda o: o["gb_s"] if o else None  # noqa: E731
         md.append(f"| {n:,} | {fmt(g(c), 0)} | {pct(g(c), copy_bw)} | {fmt(g(s), 0)} | "
                   f"{c['splits'] if c else 'n/a'} | {fmt(g(tb), 0)} | {fmt(g(c32), 0)} | {fmt(g(tf), 0)} |")

@@ -23,6 +23,18 @@ inline std::vector<float> Normal(std::mt19937& rng, size_t n, float sigma = 1.0f
   return v;
 }
 
+// GELU's inputs: normal values with both tails and zero placed first (when n > 4).
+inline std::vector<float> GeluInputs(std::mt19937& rng, size_t n) {
+  std::vector<float> x = Normal(rng, n, 3.0f);
+  if (n > 4) {
+    x[0] = -12.0f;
+    x[1] = 12.0f;
+    x[2] = 0.0f;
+    x[3] = -3.5f;
+  }
+  return x;
+}
+
 // Fails where !(|got[i] - want[i]| <= bound[i]) (NaN fails); reports the first few.
 inline ::testing::AssertionResult Within(const std::vector<float>& got, const std::vector<float>& want,
                                   const std::vector<double>& bound) {
