@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# K/V transfer over gRPC (FetchKv: manifest + CRC32C + ~1 MiB pieces + reassembly) on
-# loopback, in GB/s, against a plain TCP socket copy of the same bytes in the same run
+# K/V transfer over gRPC (FetchKv: manifest + CRC32C + ~1 MiB pieces + reassembly) and
+# over a socket peer link (PeerKv, `--kv-transport socket`) on loopback, in GB/s, against
+# a plain TCP socket copy of the same bytes in the same run
 # (kv_transfer_bench: alternating rounds, medians). Builds the benchmark, runs it and
 # writes bench/results/kv_transfer.md (machine, date, commit, load, table, check).
 #
@@ -158,8 +159,8 @@ CHECK="$(awk -F'|' '/MiB \|/ { r = $5 + 0; if (min == "" || r < min) min = r }
     echo
     echo "## Variants (64 MiB, 3 rounds each, same columns; each undoes or changes one thing)"
     echo
-    echo "| variant | TCP copy GB/s | gRPC pooled GB/s | pooled / TCP | gRPC fresh GB/s | fresh / TCP | TCP CPU s/GB | pooled CPU s/GB | fresh CPU s/GB | CRC32C GB/s |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| variant | TCP copy GB/s | gRPC pooled GB/s | pooled / TCP | gRPC fresh GB/s | fresh / TCP | TCP CPU s/GB | pooled CPU s/GB | fresh CPU s/GB | CRC32C GB/s | socket link GB/s | link / TCP | link CPU s/GB |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     cat "$TMP/tuning.md"
   fi
 } > "$OUT_MD"

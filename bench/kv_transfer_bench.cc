@@ -46,6 +46,8 @@
 #include "worker/grpc_kv.h"
 #include "worker/kv_pool.h"
 #include "worker/kv_testing.h"
+#include "worker/peer_kv.h"
+#include "worker/socket_peer.h"
 
 namespace mesa::worker {
 namespace {
@@ -166,10 +168,31 @@ struct BenchChunk {
   std::optional<uint32_t> crc32c;
 };
 
-// --proto-sender: a generated-API handler (each piece copied into a KvMessage).
-class ProtoWorker final : public mesa::v1::WorkerService::Service {
+// PeerKv over socket links (as `mesa worker --kv-transport socket` serves it), beside
+// whichever FetchKv sender the service has.
+template <typename Base>
+class WithPeerKv : public Base {
  public:
-  ProtoWorker(const BenchChunk* chunk, int64_t piece_bytes) : chunk_(chunk), piece_bytes_(piece_bytes) {}
+  template <typename... A>
+  WithPeerKv(const BenchChunk* chunk, PeerTransport* transport, A&&... base_args)
+      : Base(std::forward<A>(base_args)...), chunk_(chunk), transport_(transport) {}
+  grpc::Status PeerKv(grpc::ServerContext* ctx,
+                      grpc::ServerReaderWriter<mesa::v1::PeerKvMessage, mesa::v1::PeerKvMessage>* stream) override {
+    const BenchChunk* chunk = chunk_;
+    return ServePeerKv(ctx, stream, transport_, [chunk](const KvKey&) {
+      return absl::StatusOr<KvStreamingWorkerService::Held>(KvStreamingWorkerService::Held{chunk->kv, chunk->crc32c});
+    });
+  }
+
+ private:
+  const BenchChunk* chunk_;
+  PeerTransport* transport_;
+};
+
+// --proto-sender: a generated-API handler (each piece copied into a KvMessage).
+class ProtoSender : public mesa::v1::WorkerService::Service {
+ public:
+  ProtoSender(const BenchChunk* chunk, int64_t piece_bytes) : chunk_(chunk), piece_bytes_(piece_bytes) {}
   grpc::Status FetchKv(grpc::ServerContext* ctx, const mesa::v1::FetchKvRequest* request,
                        grpc::ServerWriter<mesa::v1::KvMessage>* writer) override {
     return ServeKvStream(*chunk_->kv, ctx, writer, piece_bytes_, chunk_->crc32c, LaneAsk(*request));
@@ -238,8 +261,11 @@ int Main(int argc, char** argv) {
   }
 #endif
   BenchChunk chunk;
-  ProtoWorker proto_service(&chunk, args.piece_kib << 10);
-  KvStreamingWorkerService raw_service(
+  SocketPeerTransport holder_links;
+  WithPeerKv<ProtoSender> proto_service(&chunk, &holder_links, &chunk, args.piece_kib << 10);
+  // The worker's service: FetchKv raw, and PeerKv over socket links.
+  WithPeerKv<KvStreamingWorkerService> raw_service(
+      &chunk, &holder_links,
       [&chunk](const KvKey&) { return KvStreamingWorkerService::Held{chunk.kv, chunk.crc32c}; },
       args.piece_kib << 10);
   int port = 0;
@@ -267,6 +293,13 @@ int Main(int argc, char** argv) {
   GrpcKvFetcherOptions pooled_options = options;
   pooled_options.kv_pool = pool;
   GrpcKvFetcher pooled_fetcher(pooled_options);
+  // The socket link's receiver, as `mesa worker --kv-transport socket` has it (its own pool).
+  auto peer_pool = std::make_shared<KvBufferPool>(int64_t{1} << 30);
+  PeerKvFetcherOptions peer_options;
+  peer_options.transport = std::make_shared<SocketPeerTransport>();
+  peer_options.kv_pool = peer_pool;
+  peer_options.channel_args = options.channel_args;
+  PeerKvFetcher peer_fetcher(peer_options);
   TcpPair tcp;
   const KvKey key{"bench", 0, 0, 0};
 
@@ -274,7 +307,7 @@ int Main(int argc, char** argv) {
               std::thread::hardware_concurrency(), Isa().c_str());
   std::printf("- gRPC %s on 127.0.0.1, sync server; channel arguments: a %d MiB max "
               "receive message%s%s; K/V pieces of %lld KiB; %d rounds per size, rotating "
-              "the order of TCP, pooled and fresh gRPC, median shown; up to %d lanes per fetch "
+              "the order of TCP, pooled and fresh gRPC and the socket link, median shown; up to %d lanes per fetch "
               "(streams on connections of their own; the sender uses one per 4 MiB)\n",
               grpc::Version().c_str(), options.max_receive_message_bytes >> 20,
               arg_list.empty() ? ", the rest default" : ", on both sides:", arg_list.c_str(),
@@ -293,6 +326,10 @@ int Main(int argc, char** argv) {
               args.default_malloc ? "glibc defaults (--default-malloc)"
                                   : "mallopt(M_MMAP_THRESHOLD, 32 MiB) and "
                                     "mallopt(M_TRIM_THRESHOLD, 1 GiB), as `mesa` sets");
+  std::printf("- Socket link: PeerKvFetcher with a 1 GiB KvBufferPool over one TCP peer link (made in the "
+              "warm-up round and reused, as between two `mesa worker --kv-transport socket`), PeerKv's gRPC stream "
+              "carrying the offer and the gather's manifest and verdict, the bytes on the link straight into the "
+              "pooled cache, then its CRC32C checked (a second pass over the bytes)\n");
   if (args.tcp_fresh_sink) {
     std::printf("- TCP copy into fresh memory allocated in the timed region "
                 "(--tcp-fresh-sink, a diagnostic: not the baseline)\n");
@@ -300,8 +337,9 @@ int Main(int argc, char** argv) {
 
   std::string table =
       "| chunk | TCP copy GB/s | gRPC pooled GB/s | pooled / TCP | gRPC fresh GB/s | fresh / TCP "
-      "| TCP CPU s/GB | pooled CPU s/GB | fresh CPU s/GB | CRC32C GB/s |\n"
-      "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+      "| TCP CPU s/GB | pooled CPU s/GB | fresh CPU s/GB | CRC32C GB/s | socket link GB/s | link / TCP "
+      "| link CPU s/GB |\n"
+      "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   for (int64_t mib : args.sizes_mib) {
     // 32 layers x 8 kv heads x 128 dims: 256 KiB per token for k and v together.
     const int64_t tokens = (mib << 20) / (2 * 32 * 8 * 128 * 4);
@@ -316,25 +354,28 @@ int Main(int argc, char** argv) {
     crc_sink = Crc32c(kv.k.data(), kv.k.size() * sizeof(float));
     const double crc_s = Seconds(crc_start);
 
-    enum Leg { kTcp, kPooled, kFresh };
-    std::vector<double> secs[3], cpu[3];
+    enum Leg { kTcp, kPooled, kFresh, kPeer };
+    constexpr int kLegs = 4;
+    std::vector<double> secs[kLegs], cpu[kLegs];
     const int64_t reused0 = pool->reused(), allocated0 = pool->allocated();
     for (int round = -1; round < args.rounds; ++round) {  // round -1: warm-up, not counted
-      for (int i = 0; i < 3; ++i) {
-        const Leg leg = static_cast<Leg>((i + round + 3) % 3);
+      for (int i = 0; i < kLegs; ++i) {
+        const Leg leg = static_cast<Leg>((i + round + kLegs) % kLegs);
         const double cpu_start = CpuSeconds();
         double s = 0, cpu_s = 0;
         if (leg == kTcp) {
           s = TcpCopy(tcp, kv, sink, args.tcp_fresh_sink);
           cpu_s = CpuSeconds() - cpu_start;
         } else {
-          GrpcKvFetcher& fetcher = leg == kPooled ? pooled_fetcher : fresh_fetcher;
+          KvFetcher& fetcher = leg == kPeer ? static_cast<KvFetcher&>(peer_fetcher)
+                               : leg == kPooled ? static_cast<KvFetcher&>(pooled_fetcher)
+                                                : static_cast<KvFetcher&>(fresh_fetcher);
           const auto start = Clock::now();
           absl::StatusOr<std::shared_ptr<const ChunkKv>> got = fetcher.Fetch(address, key, 120000);
           s = Seconds(start);
           cpu_s = CpuSeconds() - cpu_start;  // the check below is not the transfer's
           if (!got.ok()) Die(std::string(got.status().message()));
-          if (!SameBits(**got, kv)) Die("gRPC copy differs from the source");
+          if (!SameBits(**got, kv)) Die(leg == kPeer ? "socket link copy differs from the source" : "gRPC copy differs from the source");
           // `got` goes here: a pooled chunk's memory back to the pool (not timed).
         }
         if (round >= 0) secs[leg].push_back(s), cpu[leg].push_back(cpu_s);
@@ -348,17 +389,18 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "%lld MiB: pool reused %lld buffers, allocated %lld\n",
                  static_cast<long long>(mib), static_cast<long long>(pool->reused() - reused0),
                  static_cast<long long>(pool->allocated() - allocated0));
-    double gbs[3], cpu_per_gb[3];
-    for (int leg = 0; leg < 3; ++leg) {
+    double gbs[kLegs], cpu_per_gb[kLegs];
+    for (int leg = 0; leg < kLegs; ++leg) {
       gbs[leg] = bytes / Median(secs[leg]) / 1e9;
       cpu_per_gb[leg] = Median(cpu[leg]) / (bytes / 1e9);
     }
-    char row[256];
+    char row[320];
     std::snprintf(row, sizeof(row),
-                  "| %lld MiB | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.1f |\n",
+                  "| %lld MiB | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.1f | %.2f | %.2f | %.2f |\n",
                   static_cast<long long>(mib), gbs[kTcp], gbs[kPooled], gbs[kPooled] / gbs[kTcp],
                   gbs[kFresh], gbs[kFresh] / gbs[kTcp], cpu_per_gb[kTcp], cpu_per_gb[kPooled],
-                  cpu_per_gb[kFresh], kv.k.size() * sizeof(float) / crc_s / 1e9);
+                  cpu_per_gb[kFresh], kv.k.size() * sizeof(float) / crc_s / 1e9, gbs[kPeer],
+                  gbs[kPeer] / gbs[kTcp], cpu_per_gb[kPeer]);
     table += row;
     std::fprintf(stderr, "%s", row);
   }

@@ -26,6 +26,7 @@
 #include "worker/grpc_status.h"
 #include "worker/kv_pool.h"
 #include "worker/kv_testing.h"
+#include "worker/rpc_testing.h"
 #include "worker/task_proto.h"
 
 namespace mesa::worker {
@@ -187,31 +188,6 @@ class FakeKvWorker final : public mesa::v1::WorkerService::Service {
   KvKey last_key_;
   grpc::Status last_status_;
   int finished_ = 0;
-};
-
-// A real server on a free loopback port; shut down (cancelling calls still running after
-// a grace period) when destroyed.
-class LoopbackServer {
- public:
-  explicit LoopbackServer(grpc::Service* service) {
-    grpc::ServerBuilder builder;
-    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
-    builder.RegisterService(service);
-    server_ = builder.BuildAndStart();
-  }
-  ~LoopbackServer() { Stop(); }
-  bool ok() const { return server_ != nullptr && port_ > 0; }
-  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
-  void Stop() {
-    if (server_ == nullptr) return;
-    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-    server_->Wait();
-    server_.reset();
-  }
-
- private:
-  int port_ = 0;
-  std::unique_ptr<grpc::Server> server_;
 };
 
 const KvKey kKey{"job-42", 7, 3, 1};

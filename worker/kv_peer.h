@@ -91,6 +91,8 @@ class PeerIdChannel {
 class PeerTransport {
  public:
   virtual ~PeerTransport() = default;
+  // "socket" or "nccl": the kind of the links it makes (PeerLink::Transport).
+  virtual std::string Name() const = 0;
   // Rank 0 only: a fresh group id (the transport may hold resources for it until Join).
   virtual absl::StatusOr<PeerGroupId> NewGroupId() = 0;
   // This rank's link of the group `id` of `n` ranks; every rank joins by `deadline`.

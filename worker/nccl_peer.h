@@ -35,6 +35,7 @@ class NcclPeerTransport final : public PeerTransport {
   // The NCCL version of the plugin (e.g. 22807).
   int version() const;
 
+  std::string Name() const override { return "nccl"; }
   absl::StatusOr<PeerGroupId> NewGroupId() override;
   absl::StatusOr<std::unique_ptr<PeerLink>> Join(const PeerGroupId& id, int rank, int n,
                                                  absl::Time deadline) override;

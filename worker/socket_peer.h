@@ -44,6 +44,7 @@ class SocketPeerTransport final : public PeerTransport {
   explicit SocketPeerTransport(SocketPeerOptions options = {});
   ~SocketPeerTransport() override;
 
+  std::string Name() const override { return "socket"; }
   absl::StatusOr<PeerGroupId> NewGroupId() override;
   absl::StatusOr<std::unique_ptr<PeerLink>> Join(const PeerGroupId& id, int rank, int n,
                                                  absl::Time deadline) override;

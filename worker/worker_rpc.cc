@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -22,6 +23,8 @@
 #include "worker/grpc_kv.h"
 #include "worker/grpc_status.h"
 #include "worker/kv_pool.h"
+#include "worker/peer_kv.h"
+#include "worker/socket_peer.h"
 #include "worker/task_proto.h"
 
 namespace mesa::worker {
@@ -61,6 +64,15 @@ class CancelWatcher {
 
 }  // namespace
 
+absl::StatusOr<std::string> PeerHostFor(const std::string& listen, const std::string& coordinator) {
+  const size_t colon = listen.rfind(':');
+  const std::string host = colon == std::string::npos ? listen : listen.substr(0, colon);
+  in_addr parsed{};
+  if (inet_pton(AF_INET, host.c_str(), &parsed) == 1 && host != "0.0.0.0") return host;
+  // A name, or every address: the one that reaches the coordinator.
+  return LocalAddressFor(coordinator);
+}
+
 absl::StatusOr<std::string> LocalAddressFor(const std::string& host_port) {
   const size_t colon = host_port.rfind(':');
   if (colon == std::string::npos || colon == 0) {
@@ -96,14 +108,38 @@ absl::StatusOr<std::string> LocalAddressFor(const std::string& host_port) {
 // was stored (KvStreamingWorkerService).
 class WorkerProcess::Service final : public KvStreamingWorkerService {
  public:
-  Service(WorkerProcess* p)
-      : KvStreamingWorkerService([p](const KvKey& key) -> absl::StatusOr<Held> {
-          uint32_t crc32c = 0;
-          auto kv = p->core_->GetKv(key, &crc32c);
-          if (!kv.ok()) return kv.status();
-          return Held{*std::move(kv), crc32c};
-        }),
-        p_(p) {}
+  Service(WorkerProcess* p) : KvStreamingWorkerService(HeldBy(p)), p_(p), lookup_(HeldBy(p)) {}
+
+  // A chunk held by the core, with the CRC32C computed when it was stored.
+  static Lookup HeldBy(WorkerProcess* p) {
+    return [p](const KvKey& key) -> absl::StatusOr<Held> {
+      uint32_t crc32c = 0;
+      auto kv = p->core_->GetKv(key, &crc32c);
+      if (!kv.ok()) return kv.status();
+      return Held{*std::move(kv), crc32c};
+    };
+  }
+
+  // A receiver's control stream for its peer link with this worker (worker/peer_kv.h).
+  grpc::Status PeerKv(grpc::ServerContext* ctx,
+                      grpc::ServerReaderWriter<v1::PeerKvMessage, v1::PeerKvMessage>* stream) override {
+    {
+      std::lock_guard<std::mutex> lock(peer_mu_);
+      if (peer_closed_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the worker is stopping");
+      peer_calls_.insert(ctx);
+    }
+    grpc::Status s = ServePeerKv(ctx, stream, p_->peer_transport_.get(), lookup_);
+    std::lock_guard<std::mutex> lock(peer_mu_);
+    peer_calls_.erase(ctx);
+    return s;
+  }
+  // Ends every open PeerKv stream (they idle for as long as their receivers live, which
+  // would hold the server's shutdown to its deadline).
+  void ClosePeerStreams() {
+    std::lock_guard<std::mutex> lock(peer_mu_);
+    peer_closed_ = true;
+    for (grpc::ServerContext* ctx : peer_calls_) ctx->TryCancel();
+  }
 
   grpc::Status RunChunk(grpc::ServerContext* ctx, const v1::RunChunkRequest* req,
                         v1::RunChunkResponse* resp) override {
@@ -193,6 +229,10 @@ class WorkerProcess::Service final : public KvStreamingWorkerService {
   }
 
   WorkerProcess* p_;
+  const Lookup lookup_;
+  std::mutex peer_mu_;
+  std::set<grpc::ServerContext*> peer_calls_;  // guarded by peer_mu_
+  bool peer_closed_ = false;                   // guarded by peer_mu_
 };
 
 std::shared_ptr<void> WorkerProcess::BeginTask() {
@@ -237,7 +277,36 @@ absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(const Model&
   fetcher_options.lanes = options.kv_lanes;
   fetcher_options.credentials = options.channels.credentials;
   options.channels.Apply(&fetcher_options.channel_args);
-  p->fetcher_ = std::make_unique<GrpcKvFetcher>(std::move(fetcher_options));
+  if (options.kv_transport == "grpc") {
+    p->fetcher_ = std::make_unique<GrpcKvFetcher>(std::move(fetcher_options));
+  } else if (options.kv_transport == "socket") {
+    if (options.security.tls() || options.channels.credentials != nullptr) {
+      return absl::InvalidArgumentError(
+          "--kv-transport socket moves K/V over plain TCP, beside TLS-protected gRPC; use --kv-transport grpc "
+          "with TLS");
+    }
+    // The links listen on the address the worker serves on (its host part).
+    auto host = PeerHostFor(listen, options.coordinator);
+    if (!host.ok()) return host.status();
+    SocketPeerOptions socket;
+    socket.host = *host;
+    p->peer_transport_ = std::make_shared<SocketPeerTransport>(std::move(socket));
+    PeerKvFetcherOptions peer;
+    peer.transport = p->peer_transport_;
+    peer.kv_pool = kv_pool;
+    peer.credentials = fetcher_options.credentials;
+    peer.channel_args = fetcher_options.channel_args;
+    peer.log = options.verbose;
+    peer.fallback = std::make_shared<GrpcKvFetcher>(std::move(fetcher_options));
+    p->fetcher_ = std::make_unique<PeerKvFetcher>(std::move(peer));
+  } else if (options.kv_transport == "nccl") {
+    return absl::UnimplementedError(
+        "--kv-transport nccl: the NCCL link exists (worker/nccl_peer.h) but is not wired into tasks yet (held "
+        "chunks are host memory); use grpc or socket");
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--kv-transport '", options.kv_transport, "': expected grpc or socket"));
+  }
   WorkerCoreOptions core_options;
   core_options.kv_memory_bytes = options.kv_memory_bytes;
   core_options.kv_pool = std::move(kv_pool);
@@ -285,6 +354,7 @@ absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(const Model&
 WorkerProcess::~WorkerProcess() {
   Drain();
   if (agent_.joinable()) agent_.join();
+  if (service_) service_->ClosePeerStreams();
   if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   if (health_) health_->Shutdown();
 }

@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "engine/model.h"
 #include "rpc/security.h"
+#include "worker/kv_peer.h"
 #include "worker/worker_core.h"
 
 namespace grpc {
@@ -37,6 +38,10 @@ struct WorkerProcessOptions {
   std::string kv_type = "auto"; // the K/V cache element type (MakeBackend)
   int64_t kv_memory_bytes = 0;  // 0 = no limit
   int kv_lanes = 2;             // streams per K/V fetch at most (GrpcKvFetcherOptions::lanes)
+  // How chunk K/V moves between workers: "grpc" (FetchKv streams) or "socket" (a TCP
+  // peer link per pair, worker/peer_kv.h, with FetchKv for holders that have none).
+  // Plain TCP: refused with TLS. ("nccl" is not wired into tasks yet: refused.)
+  std::string kv_transport = "grpc";
   int64_t register_timeout_ms = 0;  // 0 = keep trying; else give up after this long
   bool verbose = true;          // log registration and tasks (ops/log.h)
   std::shared_ptr<ops::Metrics> metrics;  // the core's metrics (worker/worker_metrics.h); null: its own
@@ -64,6 +69,9 @@ class WorkerProcess {
   const std::string& address() const { return address_; }
   const std::string& health_address() const;  // "" without health_listen
   WorkerCore& core() { return *core_; }
+  // How this worker fetches chunk K/V from others (a PeerKvFetcher with --kv-transport
+  // socket): for tests and diagnostics.
+  KvFetcher& kv_fetcher() { return *fetcher_; }
 
  private:
   class Service;
@@ -76,6 +84,7 @@ class WorkerProcess {
   WorkerProcessOptions options_;
   const Model* model_ = nullptr;
   std::string address_;
+  std::shared_ptr<PeerTransport> peer_transport_;  // null with kv_transport "grpc"
   std::unique_ptr<KvFetcher> fetcher_;
   std::unique_ptr<WorkerCore> core_;
   std::unique_ptr<Service> service_;
@@ -90,6 +99,10 @@ class WorkerProcess {
   std::string worker_id_;  // as registered ("" before), for the log
   absl::Status exit_status_;
 };
+
+// The numeric IPv4 address this worker's peer links listen on: the host of `listen`
+// when it is one, else (a name, 0.0.0.0) the local address that reaches `coordinator`.
+absl::StatusOr<std::string> PeerHostFor(const std::string& listen, const std::string& coordinator);
 
 // "HOST:PORT" -> the local IP address used to reach HOST (loopback for loopback).
 absl::StatusOr<std::string> LocalAddressFor(const std::string& host_port);

@@ -114,6 +114,7 @@ struct WorkerArgs {
   int threads = 0;
   DeviceFlags device;
   int kv_lanes = 2;
+  std::string kv_transport = "grpc";
   double register_timeout_s = 0;
   TlsFlags tls;
   OpsFlags ops;  // --metrics-listen, --log-level, --log-format
@@ -147,6 +148,7 @@ int RunWorker(const WorkerArgs& a) {
   options.kv_type = a.device.kv_type;
   options.kv_memory_bytes = *kv;
   options.kv_lanes = a.kv_lanes;
+  options.kv_transport = a.kv_transport;
   options.register_timeout_ms = static_cast<int64_t>(a.register_timeout_s * 1000);
   options.security = security->server;
   options.channels = security->channels;
@@ -238,6 +240,7 @@ void RegisterClusterCommands(CLI::App& app) {
                     "one per 4 MiB at most")
         ->check(CLI::Range(1, 16))
         ->capture_default_str();
+    AddKvTransportFlag(cmd, &a->kv_transport);
     cmd->add_option("--name", a->name, "Name shown in the coordinator's logs (default: the host name)");
     cmd->add_option("--register-timeout", a->register_timeout_s,
                     "Give up when the coordinator cannot be reached for this many seconds (0: keep trying)")

@@ -74,6 +74,7 @@ struct ClusterArgs {
   std::string chat_template = "auto";
   std::string placement = "auto";
   std::string kv_memory = "0";
+  std::string kv_transport = "grpc";
   int64_t max_tokens = 256;
   int64_t max_doc_bytes = 16 << 20;
   int threads = 0;
@@ -176,6 +177,7 @@ worker::WorkerProcessOptions WorkerOptionsFor(const ClusterArgs& a, const Prepar
   o.device = a.device.device;
   o.kv_type = a.device.kv_type;
   o.kv_memory_bytes = p.kv_memory_bytes;
+  o.kv_transport = a.kv_transport;
   o.security = p.worker_security.server;
   o.channels = p.worker_security.channels;
   o.health_listen = health_listen;
@@ -765,6 +767,7 @@ void RegisterMpiCluster(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--kv-memory", a->kv_memory, "Bytes of chunk K/V each rank's worker may hold (K/M/G/T; 0 = no limit)")
       ->capture_default_str();
+  AddKvTransportFlag(cmd, &a->kv_transport);
   AddLongContextFlags(cmd, &a->lc);
   AddTlsServerFlags(cmd, &a->tls, /*tokens=*/true);
   AddOpsFlags(cmd, &a->ops, 9090);

@@ -2,6 +2,15 @@
 
 namespace mesa::cli {
 
+void AddKvTransportFlag(CLI::App* cmd, std::string* kv_transport) {
+  cmd->add_option("--kv-transport", *kv_transport,
+                  "How chunk K/V moves between workers: grpc (FetchKv streams) or socket (one TCP link per pair "
+                  "of workers, made once and reused; plain TCP, so not with TLS); a holder without a link of "
+                  "this kind is fetched from over grpc. nccl is not wired into tasks yet")
+      ->check(CLI::IsMember({"grpc", "socket", "nccl"}))
+      ->capture_default_str();
+}
+
 void AddDeviceFlags(CLI::App* cmd, DeviceFlags* flags) {
   cmd->add_option("--device", flags->device,
                   "Where the model runs: cpu, cuda (= cuda:0) or cuda:N. CUDA needs a build with the toolkit, "

@@ -20,6 +20,9 @@ struct DeviceFlags {
 // Adds --device cpu|cuda|cuda:N (default cpu) and --kv-type auto|f32|f16|bf16; a
 // malformed value is a usage error.
 void AddDeviceFlags(CLI::App* cmd, DeviceFlags* flags);
+// --kv-transport grpc|socket|nccl for the commands that start workers (worker, cluster):
+// how chunk K/V moves between workers (WorkerProcessOptions::kv_transport).
+void AddKvTransportFlag(CLI::App* cmd, std::string* kv_transport);
 // The backend for the flags with `threads` CPU threads; a clear error when the device
 // cannot be used (no CUDA in this build, no driver, no such device) or cannot keep the
 // K/V type asked for.

@@ -156,6 +156,45 @@ kill_worker)
   "$MESA" results --coordinator "$COORD" "$job" --output "$TMP/out.jsonl" || die "results"
   same_results "$TMP/ref.jsonl" "$TMP/out.jsonl"
   ;;
+kv_socket)
+  # K/V over socket links (--kv-transport socket) between real worker processes, beside a
+  # worker without them (FetchKv both ways); then a linked worker killed outright mid-job:
+  # its pairs' links die with it, the chunks it held are recomputed, records still equal.
+  reference "$MODEL" "$TMP/ref.jsonl"
+  start_coordinator "$TMP/store" --placement spread
+  start_worker a --kv-transport socket; A=$WORKER_PID
+  start_worker b --kv-transport socket
+  start_worker g --kv-transport grpc
+  job=$(submit) || { die "submit"; log_tail; exit 1; }
+  "$MESA" wait --coordinator "$COORD" "$job" --timeout 300 >"$TMP/wait.out" 2>&1 || { die "wait: $(cat "$TMP/wait.out")"; log_tail; }
+  "$MESA" results --coordinator "$COORD" "$job" --output "$TMP/out.jsonl" || die "results"
+  echo -n "socket links, 3 workers: "; same_results "$TMP/ref.jsonl" "$TMP/out.jsonl"
+  links=$(cat "$TMP"/worker-a.log "$TMP"/worker-b.log | grep -c " kv.link " || true)
+  fallbacks=$(cat "$TMP"/worker-a.log "$TMP"/worker-b.log | grep -c " kv.link_fallback " || true)
+  echo "  links made: $links; holders without a link (FetchKv): $fallbacks"
+  [ "$links" -ge 1 ] || die "no socket link was made between workers a and b"
+  grep -q "kv.link_fallback.*no socket links" "$TMP"/worker-a.log "$TMP"/worker-b.log \
+    || echo "  (no socket worker fetched from g in this run)"
+  job=$(submit) || { die "submit"; log_tail; exit 1; }
+  sleep 0.5
+  [ "$(status_field "$job" "d['status']")" = in_progress ] || die "the job was not in progress at the kill"
+  { kill -9 "$A"; wait "$A"; } 2>/dev/null; echo "killed worker a mid-job"
+  start_worker c --kv-transport socket
+  "$MESA" wait --coordinator "$COORD" "$job" --timeout 300 >"$TMP/wait.out" 2>&1 || { die "wait: $(cat "$TMP/wait.out")"; log_tail; }
+  "$MESA" results --coordinator "$COORD" "$job" --output "$TMP/out2.jsonl" || die "results"
+  echo -n "after the kill: "; same_results "$TMP/ref.jsonl" "$TMP/out2.jsonl"
+  # A socket link cannot go beside TLS: refused at start, saying why.
+  P="$TMP/certs"; bash "$(dirname "$0")/../../scripts/make_test_certs.sh" "$P" >/dev/null 2>&1 || true
+  if [ -f "$P/worker.pem" ]; then
+    "$MESA" worker --coordinator "$COORD" --model "$MODEL" --kv-transport socket --tls-cert "$P/worker.pem" \
+      --tls-key "$P/worker.key" --tls-ca "$P/ca.pem" >"$TMP/tls.log" 2>&1; rc=$?
+    [ "$rc" -ne 0 ] && grep -q "plain TCP" "$TMP/tls.log" && echo "--kv-transport socket with TLS: refused" \
+      || { die "--kv-transport socket with TLS was not refused (rc $rc)"; cat "$TMP/tls.log"; }
+  fi
+  "$MESA" worker --coordinator "$COORD" --model "$MODEL" --kv-transport nccl >"$TMP/nccl.log" 2>&1; rc=$?
+  [ "$rc" -ne 0 ] && grep -q "not wired into tasks yet" "$TMP/nccl.log" && echo "--kv-transport nccl: says it is not wired yet" \
+    || { die "--kv-transport nccl did not fail clearly (rc $rc)"; cat "$TMP/nccl.log"; }
+  ;;
 restart_coordinator)
   # --max-attempts 1: a failure counted for the coordinator's own shutdown would fail an item.
   reference "$MODEL" "$TMP/ref.jsonl"

@@ -51,6 +51,7 @@
 #include "mesa/v1/worker_service.grpc.pb.h"
 #include "nlohmann/json.hpp"
 #include "tests/testing/temp_path.h"
+#include "worker/peer_kv.h"
 #include "worker/worker_rpc.h"
 
 namespace mesa {
@@ -89,6 +90,8 @@ struct ClusterOptions {
   int workers = 1;
   coord::Placement placement = coord::Placement::kAuto;
   int64_t max_job_bytes = 1LL << 30;
+  // Worker i moves K/V with kv_transports[i % size] (WorkerProcessOptions::kv_transport).
+  std::vector<std::string> kv_transports = {"grpc"};
 };
 
 // A coordinator server over a fresh store, and `workers` worker processes registered
@@ -113,6 +116,7 @@ class Cluster {
     EXPECT_TRUE(server.ok()) << server.status();
     if (!server.ok()) return;
     server_ = *std::move(server);
+    kv_transports_ = options.kv_transports;
     for (int i = 0; i < options.workers; ++i) AddWorker();
   }
   ~Cluster() {
@@ -130,6 +134,7 @@ class Cluster {
     wo.name = absl::StrCat("w", workers_.size());
     wo.threads = 1;
     wo.verbose = false;
+    wo.kv_transport = kv_transports_[workers_.size() % kv_transports_.size()];
     auto w = worker::WorkerProcess::Start(model_, wo);
     EXPECT_TRUE(w.ok()) << w.status();
     if (!w.ok()) {
@@ -159,6 +164,7 @@ class Cluster {
   std::unique_ptr<coord::CoordinatorCore> core_;
   std::unique_ptr<coord::CoordinatorServer> server_;
   std::vector<std::unique_ptr<worker::WorkerProcess>> workers_;
+  std::vector<std::string> kv_transports_ = {"grpc"};
   bool failed_ = false;  // a worker did not start or register
 };
 
@@ -1116,6 +1122,52 @@ TEST_F(CoordinatorRpcTest, CancelMidJobKeepsFinishedResultsAndFreesKv) {
               "prompts of %lld tokens and up)\n",
               results.size(), static_cast<long long>(kv_at_cancel),
               static_cast<long long>(got.empty() ? 0 : got[0].prompt_tokens));
+}
+
+// ------------------------------------------------------------------ K/V over peer links
+
+TEST_F(CoordinatorRpcTest, SpreadJobOverSocketLinksInAMixedClusterMatchesMesaRun) {
+  constexpr int64_t kMaxTokens = 6;
+  std::vector<std::string> docs;
+  for (int i = 0; i < 6; ++i) docs.push_back(Doc(900 + i, 2600 + 200 * i));
+  const std::map<std::string, Record> ref = Reference(docs, kMaxTokens);
+
+  // Two workers with socket links and one without: pairs of the first two move K/V over
+  // their link, pairs with the third over FetchKv (both ways).
+  Cluster cluster(model(), ClusterOptions{.workers = 3,
+                                          .placement = coord::Placement::kSpread,
+                                          .kv_transports = {"socket", "socket", "grpc"}});
+  ASSERT_TRUE(cluster.ok());
+  auto stub = v1::JobService::NewStub(Channel(cluster.address()));
+  std::vector<std::string> lines;
+  std::vector<std::pair<std::string, std::string>> inputs;
+  for (size_t i = 0; i < docs.size(); ++i) {
+    lines.push_back(JobLine(absl::StrCat("d", i), docs[i]));
+    inputs.emplace_back(absl::StrCat("d", i), docs[i]);
+  }
+  v1::Job job;
+  ASSERT_TRUE(RawCreate(*stub, {OptionsMsg(Opts(kMaxTokens)), LinesMsg(lines)}, &job).ok());
+  v1::Job now;
+  ASSERT_TRUE(WaitFor([&] { return RawGet(*stub, job.id(), &now).ok() && Terminal(now.status()); }, 120))
+      << now.status();
+  EXPECT_EQ(now.status(), "completed");
+  std::vector<std::string> results;
+  ASSERT_TRUE(RawResults(*stub, job.id(), "mesa", &results).ok());
+  ExpectMatchesReference(results, inputs, ref, "spread over socket links");
+
+  int64_t peer = 0, fallback = 0, links = 0, lost = 0;
+  for (int i = 0; i < 2; ++i) {
+    auto* f = dynamic_cast<worker::PeerKvFetcher*>(&cluster.workers()[i]->kv_fetcher());
+    ASSERT_NE(f, nullptr) << "worker " << i << " has no peer links";
+    const worker::PeerKvFetcher::Counts c = f->counts();
+    peer += c.peer_fetches, fallback += c.fallback_fetches, links += c.links_made, lost += c.links_lost;
+  }
+  EXPECT_EQ(dynamic_cast<worker::PeerKvFetcher*>(&cluster.workers()[2]->kv_fetcher()), nullptr);
+  EXPECT_GT(peer, 0) << "no chunk moved over a socket link";
+  EXPECT_LE(links, 2);  // one per pair and direction at most: reused across items
+  EXPECT_EQ(lost, 0);
+  std::printf("chunks over socket links: %lld (links made: %lld); over FetchKv from the grpc-only worker: %lld\n",
+              static_cast<long long>(peer), static_cast<long long>(links), static_cast<long long>(fallback));
 }
 
 }  // namespace

@@ -1,0 +1,537 @@
+// PeerKv: the holder's stream handler and the receiver's fetcher (worker/peer_kv.h).
+#include "worker/peer_kv.h"
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "ops/log.h"
+#include "worker/grpc_status.h"
+#include "worker/kv_gather.h"
+
+namespace mesa::worker {
+namespace {
+
+using Message = mesa::v1::PeerKvMessage;
+
+// A peer that sends more than this many messages without being asked is hostile: the
+// protocol never has more than two in flight.
+constexpr size_t kMaxQueued = 64;
+// The holder's limits on what a receiver may ask for.
+constexpr int64_t kMaxTimeoutMs = int64_t{3600} * 1000;
+constexpr int64_t kHelloTimeoutMs = 30000;
+// How long a holder waits for the receiver to close after a refusal.
+constexpr int64_t kCloseTimeoutMs = 10000;
+
+absl::Time After(int64_t ms) { return absl::Now() + absl::Milliseconds(ms); }
+
+void SetStatus(const absl::Status& s, mesa::v1::PeerKvStatus* out) {
+  out->set_code(static_cast<int32_t>(s.code()));
+  out->set_message(std::string(s.message()));
+}
+
+absl::Status FromProto(const mesa::v1::PeerKvStatus& s) {
+  if (s.code() == 0) return absl::OkStatus();
+  const auto code = s.code() > 0 && s.code() <= 16 ? static_cast<absl::StatusCode>(s.code())
+                                                   : absl::StatusCode::kUnknown;
+  return absl::Status(code, s.message().empty() ? "(no reason given)" : s.message());
+}
+
+const char* BodyName(const Message& m) {
+  switch (m.body_case()) {
+    case Message::kHello: return "hello";
+    case Message::kStatus: return "status";
+    case Message::kGroupId: return "group_id";
+    case Message::kFetch: return "fetch";
+    case Message::kOffer: return "offer";
+    case Message::kControl: return "control";
+    case Message::BODY_NOT_SET: return "an empty message";
+  }
+  return "an unknown message";
+}
+
+// The messages a stream's peer sent, read on a thread of their own so that every wait
+// for one has a deadline. The owner ends the stream (the client closes or cancels it,
+// the server handler cancels its call) before destroying this, which joins the reader.
+template <typename Stream>
+class Inbox {
+ public:
+  // `on_end` (optional) runs on the reader's thread when the stream ends: the owner
+  // aborts its link there, so that a peer that goes away mid-transfer ends the transfer
+  // at once rather than at its deadline.
+  explicit Inbox(Stream* stream, std::function<void()> on_end = nullptr)
+      : on_end_(std::move(on_end)), thread_([this, stream] {
+          Message m;
+          while (stream->Read(&m)) {
+            std::lock_guard<std::mutex> lock(mu_);
+            if (queue_.size() >= kMaxQueued) {
+              flooded_ = true;
+              break;
+            }
+            queue_.push_back(std::move(m));
+            m.Clear();
+            cv_.notify_all();
+          }
+          {
+            std::lock_guard<std::mutex> lock(mu_);
+            ended_ = true;
+            cv_.notify_all();
+          }
+          if (on_end_) on_end_();
+        }) {}
+  ~Inbox() { thread_.join(); }
+  Inbox(const Inbox&) = delete;
+  Inbox& operator=(const Inbox&) = delete;
+
+  bool ended() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return ended_;
+  }
+  // The next message, DEADLINE_EXCEEDED when none came by `deadline`, UNAVAILABLE when
+  // the stream ended first, DATA_LOSS after a flood.
+  absl::StatusOr<Message> Next(absl::Time deadline) {
+    std::unique_lock<std::mutex> lock(mu_);
+    const auto until = absl::ToChronoTime(deadline);
+    while (queue_.empty() && !ended_ && !flooded_) {
+      if (deadline == absl::InfiniteFuture()) {
+        cv_.wait(lock);
+      } else if (cv_.wait_until(lock, until) == std::cv_status::timeout && queue_.empty() && !ended_) {
+        return absl::DeadlineExceededError("no answer on the PeerKv stream in time");
+      }
+    }
+    if (flooded_) return absl::DataLossError(absl::StrCat("the peer sent over ", kMaxQueued, " unasked messages"));
+    if (queue_.empty()) return absl::UnavailableError("the peer closed the PeerKv stream");
+    Message m = std::move(queue_.front());
+    queue_.pop_front();
+    return m;
+  }
+  // Waits until the peer closes its side (or `deadline`), dropping what it sends.
+  void AwaitEnd(absl::Time deadline) {
+    while (true) {
+      absl::StatusOr<Message> m = Next(deadline);
+      if (!m.ok()) return;
+    }
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Message> queue_;
+  bool ended_ = false;
+  bool flooded_ = false;
+  const std::function<void()> on_end_;
+  std::thread thread_;  // last: starts after the state it uses exists
+};
+
+// The next message, which must have body `want`.
+template <typename Stream>
+absl::StatusOr<Message> Expect(Inbox<Stream>& inbox, Message::BodyCase want, const char* want_name,
+                               absl::Time deadline) {
+  absl::StatusOr<Message> m = inbox.Next(deadline);
+  if (!m.ok()) return m.status();
+  if (m->body_case() != want) {
+    return absl::DataLossError(absl::StrCat("expected ", want_name, " on the PeerKv stream, got ", BodyName(*m)));
+  }
+  return m;
+}
+
+// The gather protocol's control plane over the stream.
+template <typename Stream>
+class StreamControl final : public GatherControl {
+ public:
+  StreamControl(Stream* stream, Inbox<Stream>& inbox) : stream_(stream), inbox_(inbox) {}
+  absl::Status Send(int, const std::string& message, absl::Time) override {
+    Message m;
+    m.set_control(message);
+    if (!stream_->Write(m)) return absl::UnavailableError("the PeerKv stream broke");
+    return absl::OkStatus();
+  }
+  absl::StatusOr<std::string> Receive(int, absl::Time deadline) override {
+    absl::StatusOr<Message> m = Expect(inbox_, Message::kControl, "a control message", deadline);
+    if (!m.ok()) return m.status();
+    return std::move(*m->mutable_control());
+  }
+
+ private:
+  Stream* stream_;
+  Inbox<Stream>& inbox_;
+};
+
+// The one-chunk plan both ends build from the holder's offer: the receiver is rank 0,
+// the holder rank 1.
+GatherPlan PlanFor(const KvKey& key, const KvManifestInfo& m) {
+  GatherPlan plan;
+  plan.receiver = 0;
+  GatherEntry e;
+  e.key = key;
+  e.holder = 1;
+  e.n_layer = m.n_layer;
+  e.n_head_kv = m.n_head_kv;
+  e.head_dim = m.head_dim;
+  e.range_begin = m.range_begin;
+  e.range_end = m.range_end;
+  e.dtype = m.dtype;
+  plan.entries.push_back(std::move(e));
+  return plan;
+}
+
+template <typename Stream>
+bool WriteStatus(Stream* stream, const absl::Status& s) {
+  Message m;
+  SetStatus(s, m.mutable_status());
+  return stream->Write(m);
+}
+
+}  // namespace
+
+// --- holder ------------------------------------------------------------------------------
+
+grpc::Status ServePeerKv(grpc::ServerContext* ctx, PeerKvStream* stream, PeerTransport* transport,
+                         const KvStreamingWorkerService::Lookup& lookup) {
+  // The link, once made, is aborted from the reader's thread if the stream ends (the
+  // receiver went away) while a transfer is in progress.
+  std::mutex link_mu;
+  PeerLink* live_link = nullptr;  // guarded by link_mu
+  bool stream_ended = false;      // guarded by link_mu
+  Inbox<PeerKvStream> inbox(stream, [&] {
+    std::lock_guard<std::mutex> lock(link_mu);
+    stream_ended = true;
+    if (live_link) live_link->Abort(absl::UnavailableError("the receiver closed the PeerKv stream"));
+  });
+  std::unique_ptr<PeerLink> link;
+  // Ends the call: the link with it, and the reader (cancelling the call if the receiver
+  // has not closed its side, so that the reader's Read returns).
+  auto end = [&](const absl::Status& s) {
+    if (link) link->Abort(absl::CancelledError("the PeerKv stream ended"));
+    if (!inbox.ended()) ctx->TryCancel();
+    {
+      std::lock_guard<std::mutex> lock(link_mu);
+      live_link = nullptr;  // the reader may still end after this: not with this link
+    }
+    return ToGrpcStatus(s);
+  };
+  // A refusal the receiver reads before it closes the stream.
+  auto refuse = [&](const absl::Status& why) {
+    if (WriteStatus(stream, why)) inbox.AwaitEnd(After(kCloseTimeoutMs));
+    return end(absl::OkStatus());
+  };
+
+  absl::StatusOr<Message> hello = Expect(inbox, Message::kHello, "hello", After(kHelloTimeoutMs));
+  if (!hello.ok()) return end(hello.status());
+  const std::string& wanted = hello->hello().transport();
+  if (transport == nullptr || transport->Name() != wanted) {
+    return refuse(absl::FailedPreconditionError(absl::StrCat(
+        "this worker has no ", wanted.empty() ? "(unnamed)" : wanted, " links (",
+        transport == nullptr ? "it moves K/V over FetchKv only" : absl::StrCat("its links are ", transport->Name()),
+        ")")));
+  }
+  if (!WriteStatus(stream, absl::OkStatus())) return end(absl::OkStatus());
+  const int64_t join_ms = std::clamp<int64_t>(hello->hello().join_timeout_ms(), 1, kMaxTimeoutMs);
+  absl::StatusOr<Message> id_msg = Expect(inbox, Message::kGroupId, "group_id", After(join_ms));
+  if (!id_msg.ok()) return end(id_msg.status());
+  PeerGroupId id;
+  if (id_msg->group_id().size() != id.bytes.size()) {
+    return refuse(absl::InvalidArgumentError(
+        absl::StrCat("a group id of ", id_msg->group_id().size(), " bytes (", id.bytes.size(), " expected)")));
+  }
+  std::memcpy(id.bytes.data(), id_msg->group_id().data(), id.bytes.size());
+  absl::StatusOr<std::unique_ptr<PeerLink>> joined = transport->Join(id, 1, 2, After(join_ms));
+  if (!joined.ok()) return refuse(joined.status());
+  link = *std::move(joined);
+  {
+    std::lock_guard<std::mutex> lock(link_mu);
+    if (stream_ended) return end(absl::OkStatus());
+    live_link = link.get();
+  }
+  if (!link->HostMemory()) {
+    // The held chunks are host memory; staging them onto a device is not wired yet.
+    return refuse(absl::UnimplementedError(absl::StrCat("K/V over ", link->Transport(),
+                                                        " links (device memory) is not wired into fetches yet")));
+  }
+  if (!WriteStatus(stream, absl::OkStatus())) return end(absl::OkStatus());
+
+  StreamControl<PeerKvStream> control(stream, inbox);
+  while (true) {
+    // Idle until the receiver asks for a chunk or closes the stream.
+    absl::StatusOr<Message> m = Expect(inbox, Message::kFetch, "fetch", absl::InfiniteFuture());
+    if (!m.ok()) return end(absl::IsUnavailable(m.status()) ? absl::OkStatus() : m.status());
+    const KvKey key = worker::FromProto(m->fetch().key());
+    const absl::Time deadline = After(std::clamp<int64_t>(m->fetch().timeout_ms(), 1, kMaxTimeoutMs));
+    absl::StatusOr<KvStreamingWorkerService::Held> held = lookup(key);
+    Message offer;
+    if (!held.ok() || held->kv == nullptr) {
+      SetStatus(held.ok() ? absl::NotFoundError(absl::StrCat("no K/V held for ", KvKeyString(key))) : held.status(),
+                offer.mutable_offer()->mutable_status());
+      if (!stream->Write(offer)) return end(absl::OkStatus());
+      continue;
+    }
+    const HeldChunk chunk = HeldFromChunkKv(key, *held->kv, held->crc32c);
+    SetStatus(absl::OkStatus(), offer.mutable_offer()->mutable_status());
+    ToProto(chunk.manifest.info, offer.mutable_offer()->mutable_manifest());
+    if (!stream->Write(offer)) return end(absl::OkStatus());
+    const absl::Status sent = GatherSend(*link, control, PlanFor(key, chunk.manifest.info), {chunk}, deadline);
+    // A refused or failed gather leaves the two ends out of step or the link dead: the
+    // receiver drops the pair, and so does this side.
+    if (!sent.ok()) return end(sent);
+  }
+}
+
+// --- receiver ------------------------------------------------------------------------------
+
+using ClientStream = grpc::ClientReaderWriter<Message, Message>;
+
+// One pair's stream and link; fetches take turns (mu).
+class PeerKvFetcher::Session {
+ public:
+  std::mutex mu;
+  bool ready = false;  // the link is up (guarded by mu)
+  std::unique_ptr<grpc::ClientContext> ctx;  // one per stream (a context serves one call)
+  std::unique_ptr<ClientStream> stream;
+  std::unique_ptr<Inbox<ClientStream>> inbox;
+  std::unique_ptr<PeerLink> link;
+  std::mutex link_mu;
+  PeerLink* live_link = nullptr;  // guarded by link_mu: what the reader aborts
+
+  ~Session() { Close(absl::CancelledError("the session closed")); }
+  // Starts the stream and its reader, which aborts the link (once there is one) when the
+  // holder closes the stream or goes away: a transfer in progress then fails at once.
+  void Open(mesa::v1::WorkerService::Stub& stub) {
+    ctx = std::make_unique<grpc::ClientContext>();
+    stream = stub.PeerKv(ctx.get());
+    inbox = std::make_unique<Inbox<ClientStream>>(stream.get(), [this] {
+      std::lock_guard<std::mutex> lock(link_mu);
+      if (live_link) live_link->Abort(absl::UnavailableError("the holder closed the PeerKv stream"));
+    });
+  }
+  void SetLink(std::unique_ptr<PeerLink> l) {
+    link = std::move(l);
+    std::lock_guard<std::mutex> lock(link_mu);
+    live_link = link.get();
+    if (inbox->ended()) link->Abort(absl::UnavailableError("the holder closed the PeerKv stream"));
+  }
+  // Ends the link and the stream (the holder sees both end).
+  void Close(const absl::Status& why) {
+    if (link) link->Abort(why);
+    {
+      std::lock_guard<std::mutex> lock(link_mu);
+      live_link = nullptr;
+    }
+    if (stream) {
+      ctx->TryCancel();
+      inbox.reset();  // joins the reader, whose Read now returns
+      stream->Finish();
+      stream.reset();
+    }
+    link.reset();
+    ready = false;
+  }
+  // Why the stream ended, as the call's status says (an older holder without PeerKv:
+  // UNIMPLEMENTED), or `fallback` when it has not ended.
+  absl::Status EndStatus(const absl::Status& fallback) {
+    if (!stream || !inbox || !inbox->ended()) return fallback;
+    const grpc::Status s = stream->Finish();
+    inbox.reset();
+    stream.reset();
+    return s.ok() ? fallback : FromGrpcStatus(s);
+  }
+};
+
+PeerKvFetcher::PeerKvFetcher(PeerKvFetcherOptions options)
+    : options_(std::move(options)), transport_name_(options_.transport ? options_.transport->Name() : "") {}
+
+PeerKvFetcher::~PeerKvFetcher() {
+  absl::flat_hash_map<std::string, std::shared_ptr<Session>> sessions;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    sessions.swap(sessions_);
+  }
+  for (auto& [address, s] : sessions) {
+    std::lock_guard<std::mutex> lock(s->mu);
+    s->Close(absl::CancelledError("the fetcher closed"));
+  }
+}
+
+PeerKvFetcher::Counts PeerKvFetcher::counts() const {
+  return Counts{peer_fetches_.load(), fallback_fetches_.load(), links_made_.load(), links_lost_.load()};
+}
+
+std::shared_ptr<grpc::Channel> PeerKvFetcher::ChannelFor(const std::string& address) {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::shared_ptr<grpc::Channel>& channel = channels_[address];
+  if (channel == nullptr) {
+    channel = grpc::CreateCustomChannel(
+        address, options_.credentials ? options_.credentials : grpc::InsecureChannelCredentials(),
+        options_.channel_args);
+  }
+  return channel;
+}
+
+absl::StatusOr<std::shared_ptr<const ChunkKv>> PeerKvFetcher::Fallback(const std::string& address, const KvKey& key,
+                                                                       int64_t timeout_ms, const absl::Status& why) {
+  if (options_.fallback == nullptr) {
+    return absl::Status(why.code(), absl::StrCat("PeerKv ", KvKeyString(key), " from ", address, " over ",
+                                                 transport_name_, ": no link (", why.message(),
+                                                 ") and no fallback"));
+  }
+  fallback_fetches_.fetch_add(1);
+  return options_.fallback->Fetch(address, key, std::max<int64_t>(1, timeout_ms));
+}
+
+absl::StatusOr<std::shared_ptr<const ChunkKv>> PeerKvFetcher::Fetch(const std::string& address, const KvKey& key,
+                                                                    int64_t timeout_ms) {
+  const std::string what = absl::StrCat("PeerKv ", KvKeyString(key), " from ", address, " over ", transport_name_);
+  if (timeout_ms <= 0) return absl::InvalidArgumentError(absl::StrCat(what, ": timeout_ms must be positive"));
+  if (options_.transport == nullptr) return absl::FailedPreconditionError(absl::StrCat(what, ": no transport"));
+  const absl::Time start = absl::Now();
+  const absl::Time deadline = start + absl::Milliseconds(timeout_ms);
+  auto left_ms = [&] { return absl::ToInt64Milliseconds(deadline - absl::Now()); };
+
+  std::shared_ptr<Session> session;
+  std::unique_lock<std::mutex> turn;
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      if (auto it = no_peer_until_.find(address); it != no_peer_until_.end()) {
+        if (absl::Now() < it->second) {
+          // Refused recently: the fallback, without asking again.
+          lock.unlock();
+          return Fallback(address, key, timeout_ms, absl::FailedPreconditionError("refused recently"));
+        }
+        no_peer_until_.erase(it);
+      }
+      std::shared_ptr<Session>& s = sessions_[address];
+      if (s == nullptr) s = std::make_shared<Session>();
+      session = s;
+    }
+    turn = std::unique_lock<std::mutex>(session->mu);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (auto it = sessions_.find(address); it != sessions_.end() && it->second == session) break;
+    turn.unlock();  // the pair was dropped while this fetch waited its turn: look again
+  }
+  // Drops this pair's session (the next fetch makes a new one).
+  auto forget = [&](const absl::Status& why) {
+    session->Close(why);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (auto it = sessions_.find(address); it != sessions_.end() && it->second == session) sessions_.erase(it);
+  };
+
+  if (session->ready && session->inbox->ended()) {
+    // The holder closed the pair while it was idle (it restarted, or a connection
+    // broke): make a new one rather than fail a fetch that never started.
+    session->Close(absl::UnavailableError("the holder closed the PeerKv stream"));
+    links_lost_.fetch_add(1);
+  }
+  if (!session->ready) {
+    // Making the link: at most half of the time left, so that the fallback keeps the rest.
+    const absl::Time join_deadline = std::min(deadline, absl::Now() + std::max(absl::Seconds(1), (deadline - absl::Now()) / 2));
+    auto establish = [&]() -> absl::Status {
+      session->Open(*mesa::v1::WorkerService::NewStub(ChannelFor(address)));
+      Message hello;
+      hello.mutable_hello()->set_transport(transport_name_);
+      hello.mutable_hello()->set_join_timeout_ms(std::max<int64_t>(1, absl::ToInt64Milliseconds(join_deadline - absl::Now())));
+      if (!session->stream->Write(hello)) return session->EndStatus(absl::UnavailableError("the PeerKv stream broke"));
+      absl::StatusOr<Message> accepted = Expect(*session->inbox, Message::kStatus, "the hello's answer", join_deadline);
+      if (!accepted.ok()) return session->EndStatus(accepted.status());
+      if (absl::Status s = FromProto(accepted->status()); !s.ok()) return s;
+      absl::StatusOr<PeerGroupId> id = options_.transport->NewGroupId();
+      if (!id.ok()) return id.status();
+      Message id_msg;
+      id_msg.set_group_id(std::string(reinterpret_cast<const char*>(id->bytes.data()), id->bytes.size()));
+      if (!session->stream->Write(id_msg)) {
+        (void)options_.transport->Join(*id, 0, 2, absl::Now());  // gives back what NewGroupId holds
+        return session->EndStatus(absl::UnavailableError("the PeerKv stream broke"));
+      }
+      absl::StatusOr<std::unique_ptr<PeerLink>> link = options_.transport->Join(*id, 0, 2, join_deadline);
+      // The holder's word on its side of the join, whatever happened on this one.
+      absl::StatusOr<Message> joined = Expect(*session->inbox, Message::kStatus, "the join's answer",
+                                              link.ok() ? join_deadline : absl::Now() + absl::Seconds(1));
+      if (joined.ok()) {
+        if (absl::Status s = FromProto(joined->status()); !s.ok()) return s;
+      }
+      if (!link.ok()) return link.status();
+      if (!joined.ok()) return joined.status();
+      if (!(*link)->HostMemory()) {
+        return absl::UnimplementedError(absl::StrCat("K/V over ", (*link)->Transport(),
+                                                     " links (device memory) is not wired into fetches yet"));
+      }
+      session->SetLink(*std::move(link));
+      return absl::OkStatus();
+    };
+    if (absl::Status s = establish(); !s.ok()) {
+      if (options_.log) {
+        ops::LogInfo("kv.link_fallback", {{"peer", address}, {"transport", transport_name_}, {"why", s},
+                                          {"retry_in_ms", options_.retry_peer_ms}});
+      }
+      forget(s);
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        no_peer_until_[address] = absl::Now() + absl::Milliseconds(options_.retry_peer_ms);
+      }
+      return Fallback(address, key, left_ms(), s);
+    }
+    session->ready = true;
+    links_made_.fetch_add(1);
+    if (options_.log) ops::LogInfo("kv.link", {{"peer", address}, {"transport", transport_name_}});
+  }
+
+  auto fail = [&](const absl::Status& s) {
+    links_lost_.fetch_add(1);
+    if (options_.log) {
+      ops::LogWarn("kv.link_lost", {{"peer", address}, {"transport", transport_name_}, {"key", KvKeyString(key)},
+                                    {"why", s}});
+    }
+    forget(s);
+    return absl::Status(s.code(), absl::StrCat(what, ": ", s.message()));
+  };
+  Message ask;
+  ToProto(key, ask.mutable_fetch()->mutable_key());
+  ask.mutable_fetch()->set_timeout_ms(std::max<int64_t>(1, left_ms()));
+  if (!session->stream->Write(ask)) return fail(session->EndStatus(absl::UnavailableError("the PeerKv stream broke")));
+  absl::StatusOr<Message> offer = Expect(*session->inbox, Message::kOffer, "an offer", deadline);
+  if (!offer.ok()) return fail(offer.status());
+  if (absl::Status s = FromProto(offer->offer().status()); !s.ok()) {
+    // Not held there: the pair stays in step (no gather started).
+    return absl::Status(s.code(), absl::StrCat(what, ": ", s.message()));
+  }
+  const KvManifestInfo info = worker::FromProto(offer->offer().manifest());
+  const GatherPlan plan = PlanFor(key, info);
+  if (info.total_bytes > options_.max_kv_bytes) {
+    return fail(absl::ResourceExhaustedError(
+        absl::StrCat("the chunk is ", info.total_bytes, " bytes, more than the ", options_.max_kv_bytes, " accepted")));
+  }
+  if (absl::Status s = CheckGatherPlan(plan, 2); !s.ok()) return fail(absl::DataLossError(s.message()));
+
+  ChunkKv kv;
+  kv.n_layer = info.n_layer;
+  kv.n_head_kv = info.n_head_kv;
+  kv.head_dim = info.head_dim;
+  kv.range = TokenRange{info.range_begin, info.range_end};
+  GatherAllocate allocate = [&](size_t, const ChunkManifest& m) -> absl::StatusOr<KvRegion> {
+    const size_t floats = static_cast<size_t>(m.info.total_bytes / 2 / static_cast<int64_t>(sizeof(float)));
+    for (std::vector<float>* half : {&kv.k, &kv.v}) {
+      *half = options_.kv_pool ? options_.kv_pool->Take(floats) : std::vector<float>();
+      half->resize(floats);  // a fresh pool vector is empty: this sizes it
+    }
+    return KvRegion{kv.k.data(), kv.v.data()};
+  };
+  StreamControl<ClientStream> control(session->stream.get(), *session->inbox);
+  absl::StatusOr<std::vector<ChunkManifest>> got = GatherReceive(*session->link, control, plan, allocate, deadline);
+  if (!got.ok()) {
+    if (options_.kv_pool) {
+      options_.kv_pool->Give(std::move(kv.k));
+      options_.kv_pool->Give(std::move(kv.v));
+    }
+    return fail(got.status());
+  }
+  peer_fetches_.fetch_add(1);
+  if (options_.kv_pool) return KvBufferPool::Share(options_.kv_pool, std::move(kv));
+  return std::make_shared<const ChunkKv>(std::move(kv));
+}
+
+}  // namespace mesa::worker

@@ -1,0 +1,107 @@
+// K/V between two workers over a peer link (worker/kv_peer.h: TCP now, NCCL between GPUs
+// later) with gRPC as the control plane: the PeerKv stream of mesa.v1.WorkerService
+// (its protocol is written beside the message in worker_service.proto).
+//
+// The receiver (the worker that fetches, rank 0) opens one stream per holder and keeps
+// it, with the pair's link, for as long as both live: the link is made once per pair
+// (its group id travels on the stream, so the bootstrap needs no other channel) and
+// carries every later chunk between them. Each chunk is one gather of the protocol in
+// worker/kv_gather.h: the holder's offer (the manifest), then the manifest checked
+// against the plan both sides build from it, one group of receives, CRC32C. So what is
+// tested here over TCP is the code NCCL runs.
+//
+// Fallback: a holder without a link of the receiver's kind (a worker started with
+// `--kv-transport grpc`, a CPU worker beside GPU ones, an older worker without PeerKv),
+// or one the link cannot be made to (a firewall between hosts), is fetched from over
+// the gRPC FetchKv stream instead, and asked again only after `retry_peer_ms`.
+// A transfer that fails once the link is up is not retried another way: the fetch
+// fails (fail closed; the final reports its source ABORTED and the coordinator
+// recomputes the chunk) and the pair's link is dropped, to be made anew next time.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "mesa/v1/worker_service.grpc.pb.h"
+#include "worker/grpc_kv.h"
+#include "worker/kv_peer.h"
+#include "worker/kv_pool.h"
+#include "worker/kv_transport.h"
+
+namespace mesa::worker {
+
+// Holder side: serves one PeerKv stream until the receiver closes it or the link dies.
+// `transport` null: this worker has no peer links (the hello is answered
+// FAILED_PRECONDITION, and the receiver falls back to FetchKv). `lookup` finds a held
+// chunk (KvStreamingWorkerService's lookup). The link is this stream's alone: it ends
+// with it.
+using PeerKvStream = grpc::ServerReaderWriterInterface<mesa::v1::PeerKvMessage, mesa::v1::PeerKvMessage>;
+grpc::Status ServePeerKv(grpc::ServerContext* ctx, PeerKvStream* stream, PeerTransport* transport,
+                         const KvStreamingWorkerService::Lookup& lookup);
+
+struct PeerKvFetcherOptions {
+  // How links are made (required); its kind is offered to every holder.
+  std::shared_ptr<PeerTransport> transport;
+  // Used for holders that have no link of this kind (null: such fetches fail).
+  std::shared_ptr<KvFetcher> fallback;
+  // After a holder refused a link or it could not be made, fetch from it over the
+  // fallback for this long before offering a link again.
+  int64_t retry_peer_ms = 60000;
+  // The largest chunk accepted (checked against the offer before allocating).
+  int64_t max_kv_bytes = int64_t{8} << 30;
+  // The receive memory (KvBufferPool); null: fresh memory per chunk.
+  std::shared_ptr<KvBufferPool> kv_pool;
+  // The control stream's channel: nullptr credentials = insecure.
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  grpc::ChannelArguments channel_args;
+  // Log each link made (kv.link), each refusal or failure to make one (kv.link_fallback)
+  // and each link lost (kv.link_lost) through ops/log.h.
+  bool log = false;
+};
+
+// Thread-safe: fetches from different holders run at once, each over its own link;
+// fetches from one holder take turns on its link.
+class PeerKvFetcher final : public KvFetcher {
+ public:
+  explicit PeerKvFetcher(PeerKvFetcherOptions options);
+  ~PeerKvFetcher() override;
+
+  // Errors say "PeerKv <key> from <address> over <transport>: ..." and keep the gather's
+  // code (worker/kv_gather.h): DEADLINE_EXCEEDED, UNAVAILABLE, DATA_LOSS, NOT_FOUND, ...
+  // A fallback fetch returns the fallback's result as it is.
+  absl::StatusOr<std::shared_ptr<const ChunkKv>> Fetch(const std::string& address, const KvKey& key,
+                                                       int64_t timeout_ms) override;
+
+  struct Counts {
+    int64_t peer_fetches = 0;      // chunks received over a link
+    int64_t fallback_fetches = 0;  // chunks asked of the fallback
+    int64_t links_made = 0;        // pairs joined
+    int64_t links_lost = 0;        // links dropped after a failure
+  };
+  Counts counts() const;
+  const std::string& transport() const { return transport_name_; }
+
+ private:
+  class Session;
+  absl::StatusOr<std::shared_ptr<const ChunkKv>> Fallback(const std::string& address, const KvKey& key,
+                                                          int64_t timeout_ms, const absl::Status& why);
+  std::shared_ptr<grpc::Channel> ChannelFor(const std::string& address);
+
+  const PeerKvFetcherOptions options_;
+  const std::string transport_name_;
+  mutable std::mutex mu_;
+  absl::flat_hash_map<std::string, std::shared_ptr<Session>> sessions_;     // guarded by mu_
+  absl::flat_hash_map<std::string, std::shared_ptr<grpc::Channel>> channels_;  // guarded by mu_
+  absl::flat_hash_map<std::string, absl::Time> no_peer_until_;              // guarded by mu_
+  std::atomic<int64_t> peer_fetches_{0}, fallback_fetches_{0}, links_made_{0}, links_lost_{0};
+};
+
+}  // namespace mesa::worker
