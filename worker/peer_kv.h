@@ -31,6 +31,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "mesa/v1/worker_service.grpc.pb.h"
+#include "ops/metrics.h"
 #include "worker/grpc_kv.h"
 #include "worker/kv_peer.h"
 #include "worker/kv_pool.h"
@@ -65,6 +66,9 @@ struct PeerKvFetcherOptions {
   // Log each link made (kv.link), each refusal or failure to make one (kv.link_fallback)
   // and each link lost (kv.link_lost) through ops/log.h.
   bool log = false;
+  // Where the counters go (null: none): mesa_worker_kv_link_chunks_total{route="link" |
+  // "fallback"} and mesa_worker_kv_links_total{event="made" | "refused" | "lost"}.
+  std::shared_ptr<ops::Metrics> metrics;
 };
 
 // Thread-safe: fetches from different holders run at once, each over its own link;
@@ -102,6 +106,8 @@ class PeerKvFetcher final : public KvFetcher {
   absl::flat_hash_map<std::string, std::shared_ptr<grpc::Channel>> channels_;  // guarded by mu_
   absl::flat_hash_map<std::string, absl::Time> no_peer_until_;              // guarded by mu_
   std::atomic<int64_t> peer_fetches_{0}, fallback_fetches_{0}, links_made_{0}, links_lost_{0};
+  struct Counters;
+  std::unique_ptr<Counters> counters_;  // null without options.metrics
 };
 
 }  // namespace mesa::worker

@@ -229,6 +229,25 @@ TEST_F(PeerKvTest, ChunksArriveBitForBitOverOneLinkPerPair) {
   EXPECT_EQ(holder_.calls(), 1);
 }
 
+TEST_F(PeerKvTest, CountersSayWhichRouteEachChunkTook) {
+  Holder plain(nullptr);
+  PutChunks(plain);
+  LoopbackServer server(&plain);
+  ASSERT_TRUE(server.ok());
+  PeerKvFetcherOptions o = Options(Socket());
+  o.metrics = ops::Metrics::Create();
+  PeerKvFetcher fetcher(o);
+  ASSERT_TRUE(fetcher.Fetch(server_.address(), kA, 10000).ok());
+  ASSERT_TRUE(fetcher.Fetch(server_.address(), kB, 10000).ok());
+  ASSERT_TRUE(fetcher.Fetch(server.address(), kA, 10000).ok());
+  const std::string text = o.metrics->TextExposition();
+  EXPECT_THAT(text, HasSubstr("mesa_worker_kv_link_chunks_total{route=\"link\"} 2"));
+  EXPECT_THAT(text, HasSubstr("mesa_worker_kv_link_chunks_total{route=\"fallback\"} 1"));
+  EXPECT_THAT(text, HasSubstr("mesa_worker_kv_links_total{event=\"made\"} 1"));
+  EXPECT_THAT(text, HasSubstr("mesa_worker_kv_links_total{event=\"refused\"} 1"));
+  EXPECT_THAT(text, HasSubstr("mesa_worker_kv_links_total{event=\"lost\"} 0"));
+}
+
 TEST_F(PeerKvTest, ConcurrentFetchesFromOneHolderTakeTurnsOnItsLink) {
   PeerKvFetcher fetcher(Options(Socket()));
   std::vector<std::thread> threads;

@@ -253,6 +253,7 @@ void WorkerProcess::WaitIdle() {
 
 absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(const Model& model, WorkerProcessOptions options) {
   if (options.coordinator.empty()) return absl::InvalidArgumentError("no coordinator address given");
+  if (!options.metrics) options.metrics = ops::Metrics::Create();  // the core's and the fetcher's
   std::unique_ptr<WorkerProcess> p(new WorkerProcess());
   p->model_ = &model;
   if (options.name.empty()) {
@@ -297,6 +298,7 @@ absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(const Model&
     peer.credentials = fetcher_options.credentials;
     peer.channel_args = fetcher_options.channel_args;
     peer.log = options.verbose;
+    peer.metrics = options.metrics;
     peer.fallback = std::make_shared<GrpcKvFetcher>(std::move(fetcher_options));
     p->fetcher_ = std::make_unique<PeerKvFetcher>(std::move(peer));
   } else if (options.kv_transport == "nccl") {

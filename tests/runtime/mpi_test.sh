@@ -122,6 +122,12 @@ equal)
     [ "$n" = 3 ] || { die "$n of 3 ranks drained at the end"; show "$TMP/equal-$placement.log"; }
   done
   grep -q " job.completed .*kv_moves=[1-9]" "$TMP/equal-spread.log" || die "spread over 3 ranks moved no chunk K/V between them"
+  # The ranks' workers moving K/V over socket links (--kv-transport socket).
+  timeout 300 "${MPIRUN[@]}" -np 3 "$MESA" "${CLUSTER[@]}" --placement spread --kv-transport socket \
+    --input "$TMP/in.jsonl" --output "$TMP/out-socket.jsonl" >"$TMP/equal-socket.log" 2>&1 \
+    || { die "mpirun -np 3 (spread, --kv-transport socket) failed"; show "$TMP/equal-socket.log"; }
+  echo -n "3 ranks, spread, socket links: "; same_records "$TMP/ref.jsonl" "$TMP/out-socket.jsonl"
+  grep -q " kv.link " "$TMP/equal-socket.log" || die "no socket link was made between the ranks' workers"
   # Without mpirun: a cluster of one rank.
   "$MESA" "${CLUSTER[@]}" --input "$TMP/in.jsonl" --output "$TMP/out-1.jsonl" >"$TMP/equal-1.log" 2>&1 \
     || { die "1-rank mesa cluster"; show "$TMP/equal-1.log"; }
