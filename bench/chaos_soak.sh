@@ -13,6 +13,7 @@
 # without the shared model.
 #   bench/chaos_soak.sh [--seconds 300] [--mesa build/release/client/cli/mesa]
 #                       [--shared ../shared] [--out bench/results/chaos_soak.md] [--seed N]
+#                       [--kv-transport grpc|socket]   (the workers' K/V transport)
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 SECONDS_TOTAL=300
@@ -20,7 +21,8 @@ MESA="${MESA_BIN:-$ROOT/build/release/client/cli/mesa}"
 SHARED="${MESA_SHARED_DIR:-$ROOT/../shared}"
 OUT="$ROOT/bench/results/chaos_soak.md"
 SEED=$$
-usage() { echo "usage: $0 [--seconds S] [--mesa BIN] [--shared DIR] [--out FILE] [--seed N]" >&2; exit 2; }
+KV_TRANSPORT=grpc
+usage() { echo "usage: $0 [--seconds S] [--mesa BIN] [--shared DIR] [--out FILE] [--seed N] [--kv-transport T]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   [ $# -ge 2 ] || usage
   case "$1" in
@@ -29,6 +31,7 @@ while [ $# -gt 0 ]; do
     --shared) SHARED="$2" ;;
     --out) OUT="$2" ;;
     --seed) SEED="$2" ;;
+    --kv-transport) KV_TRANSPORT="$2" ;;
     *) usage ;;
   esac
   shift 2
@@ -117,6 +120,7 @@ declare -a WPID
 start_worker() {  # start_worker SLOT
   local extra=()
   [ "$METRICS" = 1 ] && extra+=(--metrics-listen "${WMETRICS[$1]}")
+  [ "$KV_TRANSPORT" != grpc ] && extra+=(--kv-transport "$KV_TRANSPORT")
   "$MESA" worker --coordinator "$COORD" --model "$MODEL" --threads 1 --name "w$1" "${extra[@]}" \
     >>"$TMP/worker-$1.log" 2>&1 &
   WPID[$1]=$!
@@ -273,13 +277,18 @@ submitted; and, when the binaries serve Prometheus metrics (`--metrics-listen`),
 left on any worker and the coordinator's items-done counter equals the results read.
 `mismatches` must be 0. One row per run.
 
-| date (UTC) | machine (CPU, cores, load avg) | s | kills | drains | restarts | jobs | lines | results | mismatches | metric checks | verdict |
-|---|---|---|---|---|---|---|---|---|---|---|---|
+| date (UTC) | machine (CPU, cores, load avg) | s | kills | drains | restarts | jobs | lines | results | mismatches | metric checks | verdict | K/V transport |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|
 EOF
+fi
+if [ "$KV_TRANSPORT" != grpc ]; then
+  echo "peer links ($KV_TRANSPORT): $(cat "$TMP"/worker-*.log | grep -c ' kv.link ') made," \
+    "$(cat "$TMP"/worker-*.log | grep -c ' kv.link_lost ') lost mid-transfer," \
+    "$(cat "$TMP"/worker-*.log | grep -c ' kv.link_fallback ') fell back to FetchKv"
 fi
 cpu=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)
 verdict=PASS; [ "$fail" = 0 ] || verdict=FAIL
-echo "| $(date -u '+%Y-%m-%d %H:%M') | $cpu, $(nproc) cores, $(cut -d' ' -f1-3 /proc/loadavg) | $SECONDS_TOTAL | $KILLS | $DRAINS | $RESTARTS | $JOBS | $LINES | $RESULTS | $MISMATCHES | $METRIC_NOTE | $verdict |" >>"$OUT"
+echo "| $(date -u '+%Y-%m-%d %H:%M') | $cpu, $(nproc) cores, $(cut -d' ' -f1-3 /proc/loadavg) | $SECONDS_TOTAL | $KILLS | $DRAINS | $RESTARTS | $JOBS | $LINES | $RESULTS | $MISMATCHES | $METRIC_NOTE | $verdict | $KV_TRANSPORT |" >>"$OUT"
 echo "appended a row to $OUT"
 if [ "$fail" = 0 ]; then echo "PASS: chaos soak"; else log_tail; fi
 exit "$fail"

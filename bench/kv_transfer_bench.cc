@@ -174,7 +174,7 @@ template <typename Base>
 class WithPeerKv : public Base {
  public:
   template <typename... A>
-  WithPeerKv(const BenchChunk* chunk, PeerTransport* transport, A&&... base_args)
+  WithPeerKv(const BenchChunk* chunk, PeerEndpoints* transport, A&&... base_args)
       : Base(std::forward<A>(base_args)...), chunk_(chunk), transport_(transport) {}
   grpc::Status PeerKv(grpc::ServerContext* ctx,
                       grpc::ServerReaderWriter<mesa::v1::PeerKvMessage, mesa::v1::PeerKvMessage>* stream) override {
@@ -186,7 +186,7 @@ class WithPeerKv : public Base {
 
  private:
   const BenchChunk* chunk_;
-  PeerTransport* transport_;
+  PeerEndpoints* transport_;
 };
 
 // --proto-sender: a generated-API handler (each piece copied into a KvMessage).
@@ -261,7 +261,7 @@ int Main(int argc, char** argv) {
   }
 #endif
   BenchChunk chunk;
-  SocketPeerTransport holder_links;
+  SharedTransportEndpoints holder_links(std::make_shared<SocketPeerTransport>());
   WithPeerKv<ProtoSender> proto_service(&chunk, &holder_links, &chunk, args.piece_kib << 10);
   // The worker's service: FetchKv raw, and PeerKv over socket links.
   WithPeerKv<KvStreamingWorkerService> raw_service(
@@ -296,7 +296,7 @@ int Main(int argc, char** argv) {
   // The socket link's receiver, as `mesa worker --kv-transport socket` has it (its own pool).
   auto peer_pool = std::make_shared<KvBufferPool>(int64_t{1} << 30);
   PeerKvFetcherOptions peer_options;
-  peer_options.transport = std::make_shared<SocketPeerTransport>();
+  peer_options.endpoints = std::make_shared<SharedTransportEndpoints>(std::make_shared<SocketPeerTransport>());
   peer_options.kv_pool = peer_pool;
   peer_options.channel_args = options.channel_args;
   PeerKvFetcher peer_fetcher(peer_options);

@@ -188,11 +188,30 @@ bool WriteStatus(Stream* stream, const absl::Status& s) {
   return stream->Write(m);
 }
 
+// A chunk's K and V in `staging` memory, copied in from the host (the holder's side of a
+// device-memory link). The buffers live as long as this.
+struct StagedChunk {
+  BackendBuffer k, v;
+};
+absl::StatusOr<StagedChunk> StageIn(Backend& staging, const ChunkKv& kv) {
+  const size_t half = kv.k.size() * sizeof(float);
+  StagedChunk out;
+  for (auto [buffer, host] : {std::pair{&out.k, kv.k.data()}, std::pair{&out.v, kv.v.data()}}) {
+    absl::StatusOr<BackendBuffer> b = staging.Allocate(half);
+    if (!b.ok()) return b.status();
+    *buffer = *std::move(b);
+    staging.CopyIn(buffer->data(), host, half);
+  }
+  staging.Synchronize();
+  if (absl::Status s = staging.status(); !s.ok()) return s;
+  return out;
+}
+
 }  // namespace
 
 // --- holder ------------------------------------------------------------------------------
 
-grpc::Status ServePeerKv(grpc::ServerContext* ctx, PeerKvStream* stream, PeerTransport* transport,
+grpc::Status ServePeerKv(grpc::ServerContext* ctx, PeerKvStream* stream, PeerEndpoints* endpoints,
                          const KvStreamingWorkerService::Lookup& lookup) {
   // The link, once made, is aborted from the reader's thread if the stream ends (the
   // receiver went away) while a transfer is in progress.
@@ -204,6 +223,7 @@ grpc::Status ServePeerKv(grpc::ServerContext* ctx, PeerKvStream* stream, PeerTra
     stream_ended = true;
     if (live_link) live_link->Abort(absl::UnavailableError("the receiver closed the PeerKv stream"));
   });
+  PeerEndpoint endpoint;  // before the link: destroyed after it
   std::unique_ptr<PeerLink> link;
   // Ends the call: the link with it, and the reader (cancelling the call if the receiver
   // has not closed its side, so that the reader's Read returns).
@@ -225,12 +245,15 @@ grpc::Status ServePeerKv(grpc::ServerContext* ctx, PeerKvStream* stream, PeerTra
   absl::StatusOr<Message> hello = Expect(inbox, Message::kHello, "hello", After(kHelloTimeoutMs));
   if (!hello.ok()) return end(hello.status());
   const std::string& wanted = hello->hello().transport();
-  if (transport == nullptr || transport->Name() != wanted) {
+  if (endpoints == nullptr || endpoints->Name() != wanted) {
     return refuse(absl::FailedPreconditionError(absl::StrCat(
         "this worker has no ", wanted.empty() ? "(unnamed)" : wanted, " links (",
-        transport == nullptr ? "it moves K/V over FetchKv only" : absl::StrCat("its links are ", transport->Name()),
+        endpoints == nullptr ? "it moves K/V over FetchKv only" : absl::StrCat("its links are ", endpoints->Name()),
         ")")));
   }
+  absl::StatusOr<PeerEndpoint> made = endpoints->Make();
+  if (!made.ok()) return refuse(made.status());
+  endpoint = *std::move(made);
   if (!WriteStatus(stream, absl::OkStatus())) return end(absl::OkStatus());
   const int64_t join_ms = std::clamp<int64_t>(hello->hello().join_timeout_ms(), 1, kMaxTimeoutMs);
   absl::StatusOr<Message> id_msg = Expect(inbox, Message::kGroupId, "group_id", After(join_ms));
@@ -241,7 +264,7 @@ grpc::Status ServePeerKv(grpc::ServerContext* ctx, PeerKvStream* stream, PeerTra
         absl::StrCat("a group id of ", id_msg->group_id().size(), " bytes (", id.bytes.size(), " expected)")));
   }
   std::memcpy(id.bytes.data(), id_msg->group_id().data(), id.bytes.size());
-  absl::StatusOr<std::unique_ptr<PeerLink>> joined = transport->Join(id, 1, 2, After(join_ms));
+  absl::StatusOr<std::unique_ptr<PeerLink>> joined = endpoint.transport->Join(id, 1, 2, After(join_ms));
   if (!joined.ok()) return refuse(joined.status());
   link = *std::move(joined);
   {
@@ -249,10 +272,9 @@ grpc::Status ServePeerKv(grpc::ServerContext* ctx, PeerKvStream* stream, PeerTra
     if (stream_ended) return end(absl::OkStatus());
     live_link = link.get();
   }
-  if (!link->HostMemory()) {
-    // The held chunks are host memory; staging them onto a device is not wired yet.
-    return refuse(absl::UnimplementedError(absl::StrCat("K/V over ", link->Transport(),
-                                                        " links (device memory) is not wired into fetches yet")));
+  if (!link->HostMemory() && endpoint.staging == nullptr) {
+    return refuse(absl::InternalError(absl::StrCat("a ", link->Transport(),
+                                                   " link over device memory without a staging backend")));
   }
   if (!WriteStatus(stream, absl::OkStatus())) return end(absl::OkStatus());
 
@@ -271,7 +293,23 @@ grpc::Status ServePeerKv(grpc::ServerContext* ctx, PeerKvStream* stream, PeerTra
       if (!stream->Write(offer)) return end(absl::OkStatus());
       continue;
     }
-    const HeldChunk chunk = HeldFromChunkKv(key, *held->kv, held->crc32c);
+    HeldChunk chunk = HeldFromChunkKv(key, *held->kv, held->crc32c);
+    StagedChunk staged;
+    if (!link->HostMemory()) {
+      // The bytes leave from device memory; the manifest keeps the host's CRC32C, which
+      // the receiver checks once it has copied them back out.
+      absl::StatusOr<StagedChunk> in = StageIn(*endpoint.staging, *held->kv);
+      if (!in.ok()) {
+        SetStatus(absl::Status(in.status().code(), absl::StrCat("staging ", KvKeyString(key), " on ",
+                                                               endpoint.staging->Name(), ": ", in.status().message())),
+                  offer.mutable_offer()->mutable_status());
+        if (!stream->Write(offer)) return end(absl::OkStatus());
+        continue;
+      }
+      staged = *std::move(in);
+      chunk.k = staged.k.data();
+      chunk.v = staged.v.data();
+    }
     SetStatus(absl::OkStatus(), offer.mutable_offer()->mutable_status());
     ToProto(chunk.manifest.info, offer.mutable_offer()->mutable_manifest());
     if (!stream->Write(offer)) return end(absl::OkStatus());
@@ -291,6 +329,7 @@ class PeerKvFetcher::Session {
  public:
   std::mutex mu;
   bool ready = false;  // the link is up (guarded by mu)
+  PeerEndpoint endpoint;  // before the link: destroyed after it
   std::unique_ptr<grpc::ClientContext> ctx;  // one per stream (a context serves one call)
   std::unique_ptr<ClientStream> stream;
   std::unique_ptr<Inbox<ClientStream>> inbox;
@@ -329,6 +368,7 @@ class PeerKvFetcher::Session {
       stream.reset();
     }
     link.reset();
+    endpoint = PeerEndpoint{};
     ready = false;
   }
   // Why the stream ended, as the call's status says (an older holder without PeerKv:
@@ -368,7 +408,7 @@ struct PeerKvFetcher::Counters {
 
 PeerKvFetcher::PeerKvFetcher(PeerKvFetcherOptions options)
     : options_(std::move(options)),
-      transport_name_(options_.transport ? options_.transport->Name() : ""),
+      transport_name_(options_.endpoints ? options_.endpoints->Name() : ""),
       counters_(options_.metrics ? std::make_unique<Counters>(*options_.metrics) : nullptr) {}
 
 PeerKvFetcher::~PeerKvFetcher() {
@@ -414,7 +454,7 @@ absl::StatusOr<std::shared_ptr<const ChunkKv>> PeerKvFetcher::Fetch(const std::s
                                                                     int64_t timeout_ms) {
   const std::string what = absl::StrCat("PeerKv ", KvKeyString(key), " from ", address, " over ", transport_name_);
   if (timeout_ms <= 0) return absl::InvalidArgumentError(absl::StrCat(what, ": timeout_ms must be positive"));
-  if (options_.transport == nullptr) return absl::FailedPreconditionError(absl::StrCat(what, ": no transport"));
+  if (options_.endpoints == nullptr) return absl::FailedPreconditionError(absl::StrCat(what, ": no peer links"));
   const absl::Time start = absl::Now();
   const absl::Time deadline = start + absl::Milliseconds(timeout_ms);
   auto left_ms = [&] { return absl::ToInt64Milliseconds(deadline - absl::Now()); };
@@ -467,15 +507,19 @@ absl::StatusOr<std::shared_ptr<const ChunkKv>> PeerKvFetcher::Fetch(const std::s
       absl::StatusOr<Message> accepted = Expect(*session->inbox, Message::kStatus, "the hello's answer", join_deadline);
       if (!accepted.ok()) return session->EndStatus(accepted.status());
       if (absl::Status s = FromProto(accepted->status()); !s.ok()) return s;
-      absl::StatusOr<PeerGroupId> id = options_.transport->NewGroupId();
+      absl::StatusOr<PeerEndpoint> endpoint = options_.endpoints->Make();
+      if (!endpoint.ok()) return endpoint.status();
+      session->endpoint = *std::move(endpoint);
+      PeerTransport& transport = *session->endpoint.transport;
+      absl::StatusOr<PeerGroupId> id = transport.NewGroupId();
       if (!id.ok()) return id.status();
       Message id_msg;
       id_msg.set_group_id(std::string(reinterpret_cast<const char*>(id->bytes.data()), id->bytes.size()));
       if (!session->stream->Write(id_msg)) {
-        (void)options_.transport->Join(*id, 0, 2, absl::Now());  // gives back what NewGroupId holds
+        (void)transport.Join(*id, 0, 2, absl::Now());  // gives back what NewGroupId holds
         return session->EndStatus(absl::UnavailableError("the PeerKv stream broke"));
       }
-      absl::StatusOr<std::unique_ptr<PeerLink>> link = options_.transport->Join(*id, 0, 2, join_deadline);
+      absl::StatusOr<std::unique_ptr<PeerLink>> link = transport.Join(*id, 0, 2, join_deadline);
       // The holder's word on its side of the join, whatever happened on this one.
       absl::StatusOr<Message> joined = Expect(*session->inbox, Message::kStatus, "the join's answer",
                                               link.ok() ? join_deadline : absl::Now() + absl::Seconds(1));
@@ -484,9 +528,9 @@ absl::StatusOr<std::shared_ptr<const ChunkKv>> PeerKvFetcher::Fetch(const std::s
       }
       if (!link.ok()) return link.status();
       if (!joined.ok()) return joined.status();
-      if (!(*link)->HostMemory()) {
-        return absl::UnimplementedError(absl::StrCat("K/V over ", (*link)->Transport(),
-                                                     " links (device memory) is not wired into fetches yet"));
+      if (!(*link)->HostMemory() && session->endpoint.staging == nullptr) {
+        return absl::InternalError(absl::StrCat("a ", (*link)->Transport(),
+                                                " link over device memory without a staging backend"));
       }
       session->SetLink(*std::move(link));
       return absl::OkStatus();
@@ -543,22 +587,58 @@ absl::StatusOr<std::shared_ptr<const ChunkKv>> PeerKvFetcher::Fetch(const std::s
   kv.n_head_kv = info.n_head_kv;
   kv.head_dim = info.head_dim;
   kv.range = TokenRange{info.range_begin, info.range_end};
+  Backend* staging = session->link->HostMemory() ? nullptr : session->endpoint.staging.get();
+  StagedChunk staged;  // a device-memory link's landing place
   GatherAllocate allocate = [&](size_t, const ChunkManifest& m) -> absl::StatusOr<KvRegion> {
     const size_t floats = static_cast<size_t>(m.info.total_bytes / 2 / static_cast<int64_t>(sizeof(float)));
     for (std::vector<float>* half : {&kv.k, &kv.v}) {
       *half = options_.kv_pool ? options_.kv_pool->Take(floats) : std::vector<float>();
       half->resize(floats);  // a fresh pool vector is empty: this sizes it
     }
-    return KvRegion{kv.k.data(), kv.v.data()};
+    if (staging == nullptr) return KvRegion{kv.k.data(), kv.v.data()};
+    for (BackendBuffer* b : {&staged.k, &staged.v}) {
+      absl::StatusOr<BackendBuffer> got = staging->Allocate(floats * sizeof(float));
+      if (!got.ok()) return got.status();
+      *b = *std::move(got);
+    }
+    return KvRegion{staged.k.data(), staged.v.data()};
   };
-  StreamControl<ClientStream> control(session->stream.get(), *session->inbox);
-  absl::StatusOr<std::vector<ChunkManifest>> got = GatherReceive(*session->link, control, plan, allocate, deadline);
-  if (!got.ok()) {
+  auto give_back = [&] {
     if (options_.kv_pool) {
       options_.kv_pool->Give(std::move(kv.k));
       options_.kv_pool->Give(std::move(kv.v));
     }
+  };
+  StreamControl<ClientStream> control(session->stream.get(), *session->inbox);
+  absl::StatusOr<std::vector<ChunkManifest>> got = GatherReceive(*session->link, control, plan, allocate, deadline);
+  // `staged` goes before a failure drops the pair: its buffers belong to the pair's
+  // staging backend.
+  if (!got.ok()) {
+    give_back();
+    staged = StagedChunk{};
     return fail(got.status());
+  }
+  if (staging != nullptr) {
+    // Out of device memory, then the check the link could not make: the holder's CRC32C
+    // of its host bytes against ours.
+    const size_t half = kv.k.size() * sizeof(float);
+    staging->CopyOut(kv.k.data(), staged.k.data(), half);
+    staging->CopyOut(kv.v.data(), staged.v.data(), half);
+    staging->Synchronize();
+    absl::Status s = staging->status();
+    const ChunkManifest& m = got->front();
+    if (s.ok() && m.has_crc) {
+      const uint32_t crc = Crc32c(kv.v.data(), half, Crc32c(kv.k.data(), half));
+      if (crc != m.info.crc32c) {
+        s = absl::DataLossError(absl::StrCat("CRC32C mismatch after staging out of ", staging->Name(), " (manifest ",
+                                             m.info.crc32c, ", received bytes ", crc, ")"));
+      }
+    }
+    staged = StagedChunk{};
+    if (!s.ok()) {
+      give_back();
+      return fail(s);
+    }
   }
   peer_fetches_.fetch_add(1);
   if (counters_) counters_->link_chunks.Increment();

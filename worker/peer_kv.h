@@ -1,5 +1,5 @@
-// K/V between two workers over a peer link (worker/kv_peer.h: TCP now, NCCL between GPUs
-// later) with gRPC as the control plane: the PeerKv stream of mesa.v1.WorkerService
+// K/V between two workers over a peer link (worker/kv_peer.h: TCP, or NCCL between GPUs
+// with the chunks staged through a backend per pair) with gRPC as the control plane: the PeerKv stream of mesa.v1.WorkerService
 // (its protocol is written beside the message in worker_service.proto).
 //
 // The receiver (the worker that fetches, rank 0) opens one stream per holder and keeps
@@ -35,22 +35,54 @@
 #include "worker/grpc_kv.h"
 #include "worker/kv_peer.h"
 #include "worker/kv_pool.h"
+#include "kernels/backend.h"
 #include "worker/kv_transport.h"
 
 namespace mesa::worker {
 
+// What one pair's link is made with: its transport and, for links over device memory
+// (NCCL), the backend its bytes are staged through. Held chunks are host memory
+// (ChunkKv), so over such a link the holder copies a chunk into `staging` buffers before
+// it sends, and the receiver copies what it received out of them (then checks the
+// holder's CRC32C on the host, which the link itself cannot). Each pair has its own
+// endpoint, so pairs never share a stream. Members in destruction order: the
+// transport (and the links made with it) before the backend they use.
+struct PeerEndpoint {
+  std::unique_ptr<Backend> staging;  // null for host-memory links
+  std::shared_ptr<PeerTransport> transport;
+};
+
+// How a worker makes its pairs' endpoints. Thread-safe.
+class PeerEndpoints {
+ public:
+  virtual ~PeerEndpoints() = default;
+  // The links' kind, offered in the hello ("socket", "nccl").
+  virtual std::string Name() const = 0;
+  virtual absl::StatusOr<PeerEndpoint> Make() = 0;
+};
+// Host-memory links, all from one transport (sockets).
+class SharedTransportEndpoints final : public PeerEndpoints {
+ public:
+  explicit SharedTransportEndpoints(std::shared_ptr<PeerTransport> transport) : transport_(std::move(transport)) {}
+  std::string Name() const override { return transport_->Name(); }
+  absl::StatusOr<PeerEndpoint> Make() override { return PeerEndpoint{nullptr, transport_}; }
+
+ private:
+  const std::shared_ptr<PeerTransport> transport_;
+};
+
 // Holder side: serves one PeerKv stream until the receiver closes it or the link dies.
-// `transport` null: this worker has no peer links (the hello is answered
+// `endpoints` null: this worker has no peer links (the hello is answered
 // FAILED_PRECONDITION, and the receiver falls back to FetchKv). `lookup` finds a held
-// chunk (KvStreamingWorkerService's lookup). The link is this stream's alone: it ends
-// with it.
+// chunk (KvStreamingWorkerService's lookup). The link (and its endpoint) is this
+// stream's alone: it ends with it.
 using PeerKvStream = grpc::ServerReaderWriterInterface<mesa::v1::PeerKvMessage, mesa::v1::PeerKvMessage>;
-grpc::Status ServePeerKv(grpc::ServerContext* ctx, PeerKvStream* stream, PeerTransport* transport,
+grpc::Status ServePeerKv(grpc::ServerContext* ctx, PeerKvStream* stream, PeerEndpoints* endpoints,
                          const KvStreamingWorkerService::Lookup& lookup);
 
 struct PeerKvFetcherOptions {
-  // How links are made (required); its kind is offered to every holder.
-  std::shared_ptr<PeerTransport> transport;
+  // How links are made (required); their kind is offered to every holder.
+  std::shared_ptr<PeerEndpoints> endpoints;
   // Used for holders that have no link of this kind (null: such fetches fail).
   std::shared_ptr<KvFetcher> fallback;
   // After a holder refused a link or it could not be made, fetch from it over the

@@ -21,6 +21,7 @@
 #include "worker/kv_gather.h"
 #include "worker/kv_testing.h"
 #include "worker/rpc_testing.h"
+#include "tests/testing/opaque_backend.h"
 #include "worker/socket_peer.h"
 
 namespace mesa::worker {
@@ -48,8 +49,8 @@ class Holder final : public KvStreamingWorkerService {
     std::map<std::string, std::shared_ptr<const ChunkKv>> by_key;
   };
 
-  explicit Holder(std::shared_ptr<PeerTransport> transport, std::shared_ptr<Chunks> chunks = std::make_shared<Chunks>())
-      : KvStreamingWorkerService(LookupIn(chunks)), chunks_(chunks), transport_(std::move(transport)) {}
+  explicit Holder(std::shared_ptr<PeerEndpoints> endpoints, std::shared_ptr<Chunks> chunks = std::make_shared<Chunks>())
+      : KvStreamingWorkerService(LookupIn(chunks)), chunks_(chunks), endpoints_(std::move(endpoints)) {}
 
   static Lookup LookupIn(std::shared_ptr<Chunks> chunks) {
     return [chunks](const KvKey& key) -> absl::StatusOr<Held> {
@@ -82,7 +83,7 @@ class Holder final : public KvStreamingWorkerService {
       std::lock_guard<std::mutex> lock(mu_);
       open_.insert(ctx);
     }
-    grpc::Status s = hostile_ == Hostile::kNone ? ServePeerKv(ctx, stream, transport_.get(), LookupIn(chunks_))
+    grpc::Status s = hostile_ == Hostile::kNone ? ServePeerKv(ctx, stream, endpoints_.get(), LookupIn(chunks_))
                                                 : ServeHostile(ctx, stream);
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -102,7 +103,9 @@ class Holder final : public KvStreamingWorkerService {
     if (!stream->Read(&m) || !m.has_group_id()) return grpc::Status::CANCELLED;
     PeerGroupId id;
     std::memcpy(id.bytes.data(), m.group_id().data(), id.bytes.size());
-    auto link = transport_->Join(id, 1, 2, absl::Now() + absl::Seconds(10));
+    auto endpoint = endpoints_->Make();
+    if (!endpoint.ok()) return grpc::Status::CANCELLED;
+    auto link = endpoint->transport->Join(id, 1, 2, absl::Now() + absl::Seconds(10));
     if (!link.ok()) return grpc::Status::CANCELLED;
     stream->Write(reply);
     if (!stream->Read(&m) || !m.has_fetch()) return grpc::Status::CANCELLED;
@@ -145,6 +148,16 @@ class Holder final : public KvStreamingWorkerService {
       ChunkKv tampered = kv;
       tampered.v[tampered.v.size() / 3] = std::nextafter(tampered.v[tampered.v.size() / 3], 1e30f);
       HeldChunk chunk = HeldFromChunkKv(key, tampered, info.crc32c);  // the original's CRC
+      BackendBuffer k_dev, v_dev;
+      if (!(*link)->HostMemory()) {  // staged as ServePeerKv would
+        const size_t half = tampered.k.size() * sizeof(float);
+        k_dev = *endpoint->staging->Allocate(half);
+        v_dev = *endpoint->staging->Allocate(half);
+        endpoint->staging->CopyIn(k_dev.data(), tampered.k.data(), half);
+        endpoint->staging->CopyIn(v_dev.data(), tampered.v.data(), half);
+        chunk.k = k_dev.data();
+        chunk.v = v_dev.data();
+      }
       GatherPlan plan;
       GatherEntry e;
       e.key = key;
@@ -161,26 +174,81 @@ class Holder final : public KvStreamingWorkerService {
   }
 
   std::shared_ptr<Chunks> chunks_;
-  std::shared_ptr<PeerTransport> transport_;
+  std::shared_ptr<PeerEndpoints> endpoints_;
   std::atomic<Hostile> hostile_{Hostile::kNone};
   std::atomic<int> calls_{0}, finished_{0};
   std::mutex mu_;
   std::set<grpc::ServerContext*> open_;  // guarded by mu_
 };
 
+// A stand-in for NCCL on machines without GPUs: socket links whose buffers are "device
+// memory" (OpaqueBackend's, whose pointers fault if the host touches them), so that the
+// staging through a backend (worker/peer_kv.h PeerEndpoint) runs as it would over NCCL.
+class DeviceSocketLink final : public PeerLink {
+ public:
+  explicit DeviceSocketLink(std::unique_ptr<PeerLink> inner) : inner_(std::move(inner)) {}
+  int rank() const override { return inner_->rank(); }
+  int size() const override { return inner_->size(); }
+  std::string Transport() const override { return "device-socket"; }
+  bool HostMemory() const override { return false; }
+  absl::Status Run(absl::Span<const PeerOp> ops, absl::Time deadline, int* failed_op) override {
+    std::vector<PeerOp> host(ops.begin(), ops.end());
+    for (PeerOp& op : host) op.data = testing::Flip(op.data);  // what a GPU's DMA engine would reach
+    return inner_->Run(host, deadline, failed_op);
+  }
+  void Abort(const absl::Status& why) override { inner_->Abort(why); }
+  absl::Status status() const override { return inner_->status(); }
+
+ private:
+  std::unique_ptr<PeerLink> inner_;
+};
+class DeviceSocketTransport final : public PeerTransport {
+ public:
+  std::string Name() const override { return "device-socket"; }
+  absl::StatusOr<PeerGroupId> NewGroupId() override { return sockets_.NewGroupId(); }
+  absl::StatusOr<std::unique_ptr<PeerLink>> Join(const PeerGroupId& id, int rank, int n,
+                                                 absl::Time deadline) override {
+    auto link = sockets_.Join(id, rank, n, deadline);
+    if (!link.ok()) return link.status();
+    return std::make_unique<DeviceSocketLink>(*std::move(link));
+  }
+
+ private:
+  SocketPeerTransport sockets_;
+};
+class DeviceSocketEndpoints final : public PeerEndpoints {
+ public:
+  std::string Name() const override { return "device-socket"; }
+  absl::StatusOr<PeerEndpoint> Make() override {
+    made_.fetch_add(1);
+    return PeerEndpoint{std::make_unique<testing::OpaqueBackend>(1), std::make_shared<DeviceSocketTransport>()};
+  }
+  int made() const { return made_.load(); }
+
+ private:
+  std::atomic<int> made_{0};
+};
+
 const KvKey kA{"job-7", 2, 0, 1};
 const KvKey kB{"job-7", 2, 1, 1};
 const KvKey kC{"job-7", 2, 2, 1};
 
-std::shared_ptr<PeerTransport> Socket(SocketPeerOptions o = {}) {
-  return std::make_shared<SocketPeerTransport>(std::move(o));
+std::shared_ptr<PeerEndpoints> Socket(SocketPeerOptions o = {}) {
+  return std::make_shared<SharedTransportEndpoints>(std::make_shared<SocketPeerTransport>(std::move(o)));
 }
 
-PeerKvFetcherOptions Options(std::shared_ptr<PeerTransport> transport, bool fallback = true) {
+PeerKvFetcherOptions Options(std::shared_ptr<PeerEndpoints> endpoints, bool fallback = true) {
   PeerKvFetcherOptions o;
-  o.transport = std::move(transport);
+  o.endpoints = std::move(endpoints);
   if (fallback) o.fallback = std::make_shared<GrpcKvFetcher>();
   return o;
+}
+
+// Odd sizes: 3 x 2 x 257 x 64, 2 x 3 x 1 x 128 (one token), 4 x 4 x 1031 x 128 (8 MiB).
+void PutChunks(Holder& h) {
+  h.Put(kA, RandomChunkKv(3, 2, 257, 64, 100, 1));
+  h.Put(kB, RandomChunkKv(2, 3, 1, 128, 357, 2));
+  h.Put(kC, RandomChunkKv(4, 4, 1031, 128, 358, 3));
 }
 
 class PeerKvTest : public ::testing::Test {
@@ -189,12 +257,6 @@ class PeerKvTest : public ::testing::Test {
   void SetUp() override {
     ASSERT_TRUE(server_.ok());
     PutChunks(holder_);
-  }
-  // Odd sizes: 3 x 2 x 257 x 64, 2 x 3 x 1 x 128 (one token), 4 x 4 x 1031 x 128 (8 MiB).
-  static void PutChunks(Holder& h) {
-    h.Put(kA, RandomChunkKv(3, 2, 257, 64, 100, 1));
-    h.Put(kB, RandomChunkKv(2, 3, 1, 128, 357, 2));
-    h.Put(kC, RandomChunkKv(4, 4, 1031, 128, 358, 3));
   }
   static void ExpectNamed(const absl::Status& s, const KvKey& key, const std::string& address) {
     EXPECT_THAT(std::string(s.message()), HasSubstr(KvKeyString(key)));
@@ -446,6 +508,51 @@ TEST_F(PeerKvTest, AGatherManifestThatDiffersFromTheOfferIsRefusedBeforeTheBytes
   ASSERT_FALSE(got.ok());
   EXPECT_EQ(got.status().code(), absl::StatusCode::kInvalidArgument) << got.status();
   EXPECT_THAT(std::string(got.status().message()), HasSubstr("manifest refused"));
+}
+
+// Device-memory links (NCCL's kind): each pair its own staging backend; the holder
+// stages its host chunk in, the receiver stages it out and checks the CRC32C itself.
+TEST(PeerKvStaging, ChunksCrossADeviceMemoryLinkThroughEachPairsStagingBackend) {
+  auto holder_endpoints = std::make_shared<DeviceSocketEndpoints>();
+  Holder holder(holder_endpoints);
+  PutChunks(holder);
+  LoopbackServer server(&holder);
+  ASSERT_TRUE(server.ok());
+  auto endpoints = std::make_shared<DeviceSocketEndpoints>();
+  PeerKvFetcherOptions o;
+  o.endpoints = endpoints;
+  o.kv_pool = std::make_shared<KvBufferPool>(int64_t{64} << 20);
+  PeerKvFetcher fetcher(o);
+  EXPECT_EQ(fetcher.transport(), "device-socket");
+  for (int round = 0; round < 2; ++round) {
+    for (const KvKey& key : {kA, kB, kC}) {
+      auto got = fetcher.Fetch(server.address(), key, 20000);
+      ASSERT_TRUE(got.ok()) << got.status();
+      EXPECT_TRUE(SameBits(**got, *holder.Get(key))) << KvKeyString(key);
+    }
+  }
+  EXPECT_EQ(fetcher.counts().peer_fetches, 6);
+  EXPECT_EQ(fetcher.counts().links_made, 1);
+  EXPECT_EQ(endpoints->made(), 1);         // one endpoint per pair, reused
+  EXPECT_EQ(holder_endpoints->made(), 1);
+}
+
+TEST(PeerKvStaging, AFlippedByteBehindTheDeviceLinkIsCaughtByTheReceiversCrcCheck) {
+  // A hostile holder over a device link: the gather cannot check a CRC over device
+  // memory, so the receiver's check after staging out is all that stands between a
+  // flipped byte and the cache.
+  Holder holder(std::make_shared<DeviceSocketEndpoints>());
+  PutChunks(holder);
+  holder.set_hostile(Hostile::kCorruptBytes);
+  LoopbackServer server(&holder);
+  ASSERT_TRUE(server.ok());
+  PeerKvFetcherOptions o;
+  o.endpoints = std::make_shared<DeviceSocketEndpoints>();
+  PeerKvFetcher fetcher(o);
+  auto got = fetcher.Fetch(server.address(), kC, 10000);
+  ASSERT_FALSE(got.ok());
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kDataLoss) << got.status();
+  EXPECT_THAT(std::string(got.status().message()), HasSubstr("after staging out of opaque"));
 }
 
 TEST_F(PeerKvTest, ANonPositiveTimeoutIsInvalidArgument) {

@@ -24,6 +24,7 @@
 #include "worker/grpc_status.h"
 #include "worker/kv_pool.h"
 #include "worker/peer_kv.h"
+#include "worker/nccl_peer.h"
 #include "worker/socket_peer.h"
 #include "worker/task_proto.h"
 
@@ -104,6 +105,28 @@ absl::StatusOr<std::string> LocalAddressFor(const std::string& host_port) {
   return out;
 }
 
+// NCCL links between GPU workers: each pair its own transfer backend on the worker's
+// device (its own stream, never the one the tasks compute on) and a communicator made on
+// it; held chunks are staged through it (worker/peer_kv.h).
+class NcclEndpoints final : public PeerEndpoints {
+ public:
+  NcclEndpoints(std::string device, std::string kv_type) : device_(std::move(device)), kv_type_(std::move(kv_type)) {}
+  std::string Name() const override { return "nccl"; }
+  absl::StatusOr<PeerEndpoint> Make() override {
+    absl::StatusOr<std::unique_ptr<Backend>> backend = MakeBackend(device_, 1, kv_type_);
+    if (!backend.ok()) return backend.status();
+    absl::StatusOr<std::unique_ptr<NcclPeerTransport>> transport = NcclPeerTransport::Make(**backend);
+    if (!transport.ok()) return transport.status();
+    PeerEndpoint e;
+    e.staging = *std::move(backend);
+    e.transport = *std::move(transport);
+    return e;
+  }
+
+ private:
+  const std::string device_, kv_type_;
+};
+
 // FetchKv sends the held K/V's bytes from its memory, with the CRC32C computed when it
 // was stored (KvStreamingWorkerService).
 class WorkerProcess::Service final : public KvStreamingWorkerService {
@@ -128,7 +151,7 @@ class WorkerProcess::Service final : public KvStreamingWorkerService {
       if (peer_closed_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the worker is stopping");
       peer_calls_.insert(ctx);
     }
-    grpc::Status s = ServePeerKv(ctx, stream, p_->peer_transport_.get(), lookup_);
+    grpc::Status s = ServePeerKv(ctx, stream, p_->peer_endpoints_.get(), lookup_);
     std::lock_guard<std::mutex> lock(peer_mu_);
     peer_calls_.erase(ctx);
     return s;
@@ -280,20 +303,37 @@ absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(const Model&
   options.channels.Apply(&fetcher_options.channel_args);
   if (options.kv_transport == "grpc") {
     p->fetcher_ = std::make_unique<GrpcKvFetcher>(std::move(fetcher_options));
-  } else if (options.kv_transport == "socket") {
+  } else if (options.kv_transport == "socket" || options.kv_transport == "nccl") {
     if (options.security.tls() || options.channels.credentials != nullptr) {
-      return absl::InvalidArgumentError(
-          "--kv-transport socket moves K/V over plain TCP, beside TLS-protected gRPC; use --kv-transport grpc "
-          "with TLS");
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--kv-transport ", options.kv_transport, " moves K/V unencrypted (",
+          options.kv_transport == "socket" ? "plain TCP" : "NCCL", "), beside TLS-protected gRPC; use "
+          "--kv-transport grpc with TLS"));
     }
-    // The links listen on the address the worker serves on (its host part).
-    auto host = PeerHostFor(listen, options.coordinator);
-    if (!host.ok()) return host.status();
-    SocketPeerOptions socket;
-    socket.host = *host;
-    p->peer_transport_ = std::make_shared<SocketPeerTransport>(std::move(socket));
+    if (options.kv_transport == "socket") {
+      // The links listen on the address the worker serves on (its host part).
+      auto host = PeerHostFor(listen, options.coordinator);
+      if (!host.ok()) return host.status();
+      SocketPeerOptions socket;
+      socket.host = *host;
+      p->peer_endpoints_ =
+          std::make_shared<SharedTransportEndpoints>(std::make_shared<SocketPeerTransport>(std::move(socket)));
+    } else {
+      if (options.device.rfind("cuda", 0) != 0) {
+        return absl::InvalidArgumentError(absl::StrCat("--kv-transport nccl moves K/V between GPUs: it needs "
+                                                       "--device cuda or cuda:N (not '", options.device, "')"));
+      }
+      p->peer_endpoints_ = std::make_shared<NcclEndpoints>(options.device, options.kv_type);
+      // Made once now, so that a plugin without NCCL or a device it cannot use fails at
+      // start, saying why, rather than at the first fetch.
+      absl::StatusOr<PeerEndpoint> probe = p->peer_endpoints_->Make();
+      if (!probe.ok()) {
+        return absl::Status(probe.status().code(),
+                            absl::StrCat("--kv-transport nccl: ", probe.status().message()));
+      }
+    }
     PeerKvFetcherOptions peer;
-    peer.transport = p->peer_transport_;
+    peer.endpoints = p->peer_endpoints_;
     peer.kv_pool = kv_pool;
     peer.credentials = fetcher_options.credentials;
     peer.channel_args = fetcher_options.channel_args;
@@ -301,13 +341,9 @@ absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(const Model&
     peer.metrics = options.metrics;
     peer.fallback = std::make_shared<GrpcKvFetcher>(std::move(fetcher_options));
     p->fetcher_ = std::make_unique<PeerKvFetcher>(std::move(peer));
-  } else if (options.kv_transport == "nccl") {
-    return absl::UnimplementedError(
-        "--kv-transport nccl: the NCCL link exists (worker/nccl_peer.h) but is not wired into tasks yet (held "
-        "chunks are host memory); use grpc or socket");
   } else {
     return absl::InvalidArgumentError(
-        absl::StrCat("--kv-transport '", options.kv_transport, "': expected grpc or socket"));
+        absl::StrCat("--kv-transport '", options.kv_transport, "': expected grpc, socket or nccl"));
   }
   WorkerCoreOptions core_options;
   core_options.kv_memory_bytes = options.kv_memory_bytes;

@@ -17,7 +17,7 @@
 #include "absl/status/statusor.h"
 #include "engine/model.h"
 #include "rpc/security.h"
-#include "worker/kv_peer.h"
+#include "worker/peer_kv.h"
 #include "worker/worker_core.h"
 
 namespace grpc {
@@ -38,9 +38,12 @@ struct WorkerProcessOptions {
   std::string kv_type = "auto"; // the K/V cache element type (MakeBackend)
   int64_t kv_memory_bytes = 0;  // 0 = no limit
   int kv_lanes = 2;             // streams per K/V fetch at most (GrpcKvFetcherOptions::lanes)
-  // How chunk K/V moves between workers: "grpc" (FetchKv streams) or "socket" (a TCP
-  // peer link per pair, worker/peer_kv.h, with FetchKv for holders that have none).
-  // Plain TCP: refused with TLS. ("nccl" is not wired into tasks yet: refused.)
+  // How chunk K/V moves between workers: "grpc" (FetchKv streams), "socket" (a TCP peer
+  // link per pair, worker/peer_kv.h) or "nccl" (an NCCL link per pair between GPU
+  // workers, --device cuda only, chunks staged through a transfer backend per pair); a
+  // holder without a link of the kind is fetched from over FetchKv. socket and nccl are
+  // unencrypted: refused with TLS.
+  // (PeerEndpoints: worker/peer_kv.h.)
   std::string kv_transport = "grpc";
   int64_t register_timeout_ms = 0;  // 0 = keep trying; else give up after this long
   bool verbose = true;          // log registration and tasks (ops/log.h)
@@ -84,7 +87,7 @@ class WorkerProcess {
   WorkerProcessOptions options_;
   const Model* model_ = nullptr;
   std::string address_;
-  std::shared_ptr<PeerTransport> peer_transport_;  // null with kv_transport "grpc"
+  std::shared_ptr<PeerEndpoints> peer_endpoints_;  // null with kv_transport "grpc"
   std::unique_ptr<KvFetcher> fetcher_;
   std::unique_ptr<WorkerCore> core_;
   std::unique_ptr<Service> service_;

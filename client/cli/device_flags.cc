@@ -4,9 +4,10 @@ namespace mesa::cli {
 
 void AddKvTransportFlag(CLI::App* cmd, std::string* kv_transport) {
   cmd->add_option("--kv-transport", *kv_transport,
-                  "How chunk K/V moves between workers: grpc (FetchKv streams) or socket (one TCP link per pair "
-                  "of workers, made once and reused; plain TCP, so not with TLS); a holder without a link of "
-                  "this kind is fetched from over grpc. nccl is not wired into tasks yet")
+                  "How chunk K/V moves between workers: grpc (FetchKv streams), socket (one TCP link per pair "
+                  "of workers, made once and reused) or nccl (one NCCL link per pair of GPU workers, --device "
+                  "cuda only; never yet run on a GPU); a holder without a link of this kind is fetched from "
+                  "over grpc. socket and nccl are unencrypted: not with TLS")
       ->check(CLI::IsMember({"grpc", "socket", "nccl"}))
       ->capture_default_str();
 }

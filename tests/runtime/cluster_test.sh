@@ -191,9 +191,10 @@ kv_socket)
     [ "$rc" -ne 0 ] && grep -q "plain TCP" "$TMP/tls.log" && echo "--kv-transport socket with TLS: refused" \
       || { die "--kv-transport socket with TLS was not refused (rc $rc)"; cat "$TMP/tls.log"; }
   fi
+  # NCCL moves GPU memory: on the CPU it is refused, saying so.
   "$MESA" worker --coordinator "$COORD" --model "$MODEL" --kv-transport nccl >"$TMP/nccl.log" 2>&1; rc=$?
-  [ "$rc" -ne 0 ] && grep -q "not wired into tasks yet" "$TMP/nccl.log" && echo "--kv-transport nccl: says it is not wired yet" \
-    || { die "--kv-transport nccl did not fail clearly (rc $rc)"; cat "$TMP/nccl.log"; }
+  [ "$rc" -ne 0 ] && grep -q "needs --device cuda" "$TMP/nccl.log" && echo "--kv-transport nccl on the CPU: refused" \
+    || { die "--kv-transport nccl on the CPU did not fail clearly (rc $rc)"; cat "$TMP/nccl.log"; }
   ;;
 restart_coordinator)
   # --max-attempts 1: a failure counted for the coordinator's own shutdown would fail an item.
