@@ -46,6 +46,10 @@ TMP=$(mktemp -d)
 PIDS=()
 cleanup() {
   { for p in "${PIDS[@]}"; do kill -9 "$p"; done; wait; } 2>/dev/null
+  if [ "$fail" != 0 ]; then  # the whole logs of a failed soak, for the post-mortem
+    local keep; keep=$(mktemp -d /tmp/chaos_soak_failed.XXXXXX)
+    cp "$TMP"/*.log "$keep"/ 2>/dev/null; echo "logs of the failed soak kept in $keep"
+  fi
   rm -rf "$TMP"
 }
 trap cleanup EXIT

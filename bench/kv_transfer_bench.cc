@@ -375,7 +375,9 @@ int Main(int argc, char** argv) {
           s = Seconds(start);
           cpu_s = CpuSeconds() - cpu_start;  // the check below is not the transfer's
           if (!got.ok()) Die(std::string(got.status().message()));
-          if (!SameBits(**got, kv)) Die(leg == kPeer ? "socket link copy differs from the source" : "gRPC copy differs from the source");
+          if (!SameBits(**got, kv)) {
+            Die(leg == kPeer ? "socket link copy differs from the source" : "gRPC copy differs from the source");
+          }
           // `got` goes here: a pooled chunk's memory back to the pool (not timed).
         }
         if (round >= 0) secs[leg].push_back(s), cpu[leg].push_back(cpu_s);

@@ -641,7 +641,11 @@ void CoordinatorCore::ExecuteActionsLocked(std::unique_lock<std::mutex>& lock) {
       auto j = jobs_.find(f->job_id);
       if (j == jobs_.end()) continue;
       auto item = j->second->pending.find(f->item);
-      if (item == j->second->pending.end()) continue;
+      if (item == j->second->pending.end()) {
+        // Already settled here (its result committed): the scheduler's word ends it too.
+        FinishJobIfDoneLocked(f->job_id);
+        continue;
+      }
       jobs::JobResult r;
       r.custom_id = item->second->line.custom_id;
       r.line = item->second->line.line;
@@ -891,7 +895,16 @@ void CoordinatorCore::RunTask(Dispatch d) {
     workers_.erase(w);
   }
   if (status.ok()) {
-    scheduler_->TaskSucceeded(d.task, Now(), stats);
+    const bool completed = scheduler_->TaskSucceeded(d.task, Now(), stats);
+    if (d.kind == TaskKind::kFinal && first_commit && !completed) {
+      // The result is in the store, but the scheduler had already written this task off
+      // (a draining worker's deregistration overtook its last result, or it was declared
+      // dead) and queued the item again: the commit settles it.
+      if (scheduler_->ItemCommitted(d.job_id, d.item, Now())) {
+        ops::LogInfo("item.late_result", {{"job", d.job_id}, {"item", d.item}, {"worker", d.worker},
+                                          {"note", "committed after the scheduler wrote its task off"}});
+      }
+    }
     if (d.kind == TaskKind::kFinal) {
       auto j = jobs_.find(d.job_id);
       if (j != jobs_.end()) j->second->pending.erase(d.item);

@@ -819,6 +819,19 @@ void Scheduler::Tick(int64_t now_ms) {
   s_->Schedule(now_ms);
 }
 
+bool Scheduler::ItemCommitted(const std::string& job_id, int64_t item, int64_t now_ms) {
+  auto j = s_->jobs.find(job_id);
+  if (j == s_->jobs.end()) return false;
+  auto p = j->second.pos.find(item);
+  if (p == j->second.pos.end()) return false;
+  const State::ItemPhase phase = j->second.items[p->second].phase;
+  if (phase != State::ItemPhase::kQueued && phase != State::ItemPhase::kRunning) return false;
+  ++s_->items_done;
+  s_->EndItem(job_id, p->second, State::ItemPhase::kDone);
+  s_->Schedule(now_ms);
+  return true;
+}
+
 void Scheduler::KvMoved(const std::string& job_id, int64_t item, int32_t chunk, int32_t attempt, int64_t now_ms) {
   s_->MoveOutcome(State::MoveKey{job_id, item, chunk, attempt}, /*moved=*/true);
   s_->Schedule(now_ms);

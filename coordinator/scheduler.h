@@ -189,6 +189,12 @@ class Scheduler {
   // now_ms) beyond its reported compute counts as per-task overhead.
   bool TaskSucceeded(uint64_t task, int64_t now_ms, const TaskStats& stats = {});
   void TaskFailed(uint64_t task, const absl::Status& status, int64_t now_ms);
+  // The item's result was committed by a final task the scheduler no longer counts (its
+  // worker left or was declared dead before the success arrived, and the item was queued
+  // again): the item is done. Its tasks still in flight are cancelled and its K/V
+  // released. Returns true when this completed it; false for an unknown item or one
+  // already settled.
+  bool ItemCommitted(const std::string& job_id, int64_t item, int64_t now_ms);
   void Tick(int64_t now_ms);  // heartbeat timeouts and task deadlines
   // Outcomes of MoveKv actions (the key of the move: job, item, chunk, attempt). Unknown
   // moves are ignored. A move that arrives too late to be used (its item ended, a final

@@ -281,9 +281,29 @@ class Sim {
       w.silent = true;  // the scheduler keeps it until the heartbeat timeout
       return;
     }
+    // A draining worker's deregistration can overtake its last result: the final's
+    // success arrives after WorkerLeft, and the coordinator, having committed it, tells
+    // the scheduler with ItemCommitted (coordinator_core.cc).
+    const bool late_final = w.task != 0 && w.current.kind == TaskKind::kFinal && !w.hung && Chance(0.3);
+    const Dispatch d = w.current;
+    const uint64_t task = w.task;
     Forget(w);
     sched_->WorkerLeft(id, now_);
     Apply();
+    if (late_final) {
+      cov_->Add("final result after its worker left");
+      if (sched_->TaskSucceeded(task, now_)) Fail("a success of a task written off completed an item");
+      SimItem& item = ItemOf(d.job_id, d.item);
+      const bool open = item.end == End::kOpen && !jobs_.at(d.job_id).cancelled;
+      // The store takes the first commit: only an open item gets one.
+      const bool settled = open && sched_->ItemCommitted(d.job_id, d.item, now_);
+      if (open != settled) Fail("a committed late result did not settle its open item");
+      if (settled) {
+        item.end = End::kSucceeded;
+        ++done_in_life_;
+      }
+      Apply();
+    }
   }
 
   // The worker is gone for the scheduler: its task and K/V with it.

@@ -425,6 +425,44 @@ TEST_F(SchedulerTest, WorkerDeathMidFinalRecomputesItsChunksAndCompletesOnce) {
   EXPECT_EQ(s_->stats().items_done, 1);
 }
 
+// A draining worker's deregistration can overtake its last result: the scheduler writes
+// the final off and queues the item again, then the result arrives and is committed.
+// ItemCommitted settles the item: the redo is cancelled, its K/V released, the job done.
+TEST_F(SchedulerTest, AResultCommittedAfterItsWorkerLeftSettlesTheItem) {
+  Start(Options(Placement::kSpread), {"w1", "w2", "w3"});
+  s_->AddJob("j", {Item("j", 0, {10, 20}), Item("j", 1)}, now_);
+  std::vector<Dispatch> d = Dispatches();
+  ASSERT_EQ(d.size(), 3u);  // chunks 0 and 1 of item 0, item 1 whole
+  s_->TaskSucceeded(d[0].task, now_);
+  s_->TaskSucceeded(d[1].task, now_);
+  EXPECT_TRUE(s_->TaskSucceeded(d[2].task, now_));
+  std::vector<Dispatch> after = Dispatches();
+  ASSERT_EQ(after.size(), 1u);
+  const Dispatch f = after[0];
+  ASSERT_EQ(f.kind, TaskKind::kFinal);
+  s_->WorkerLeft(f.worker, now_);  // deregistered before its result arrived
+  EXPECT_FALSE(s_->JobFinished("j"));
+  std::vector<Action> redo = Take();  // the item again: a chunk it held, or its final
+  ASSERT_FALSE(Only<Dispatch>(redo).empty());
+  const Dispatch r = Only<Dispatch>(redo)[0];
+  EXPECT_FALSE(s_->TaskSucceeded(f.task, now_));  // the late result: unknown to the scheduler
+  EXPECT_TRUE(s_->ItemCommitted("j", 0, now_));   // ... but committed: the item is done
+  EXPECT_TRUE(s_->JobFinished("j"));
+  EXPECT_EQ(s_->stats().items_done, 2);
+  EXPECT_EQ(s_->stats().kv_bytes_held, 0);
+  std::vector<Action> settle = Take();
+  std::vector<CancelTask> cancels = Only<CancelTask>(settle);
+  ASSERT_EQ(cancels.size(), 1u);  // the redo, still running
+  EXPECT_EQ(cancels[0].task, r.task);
+  EXPECT_FALSE(s_->ItemCommitted("j", 0, now_));  // once only
+  EXPECT_FALSE(s_->ItemCommitted("j", 9, now_));
+  EXPECT_FALSE(s_->ItemCommitted("nope", 0, now_));
+  s_->TaskFailed(r.task, absl::CancelledError("cancelled"), now_);  // the redo's outcome
+  EXPECT_TRUE(s_->JobFinished("j"));
+  EXPECT_EQ(s_->ItemFailures("j", 0), 1);  // the loss counted; the cancelled redo not
+  EXPECT_EQ(s_->stats().tasks_in_flight, 0);
+}
+
 TEST_F(SchedulerTest, HeldChunksLostWithTheirHolderAreRecomputedWithoutCounting) {
   Start(Options(Placement::kSpread), {"w1", "w2", "w3"});
   s_->AddJob("j", {Item("j", 0, {10, 10})}, now_);

@@ -392,8 +392,8 @@ struct PeerKvFetcher::Counters {
   static prometheus::Family<prometheus::Counter>& Chunks(ops::Metrics& m) {
     return prometheus::BuildCounter()
         .Name("mesa_worker_kv_link_chunks_total")
-        .Help("Chunks this worker fetched with --kv-transport socket: over a peer link, or over FetchKv from a "
-              "holder without one.")
+        .Help("Chunks this worker fetched with --kv-transport socket or nccl: over a peer link, or over FetchKv "
+              "from a holder without one.")
         .Register(m.registry());
   }
   static prometheus::Family<prometheus::Counter>& Links(ops::Metrics& m) {
@@ -497,12 +497,14 @@ absl::StatusOr<std::shared_ptr<const ChunkKv>> PeerKvFetcher::Fetch(const std::s
   }
   if (!session->ready) {
     // Making the link: at most half of the time left, so that the fallback keeps the rest.
-    const absl::Time join_deadline = std::min(deadline, absl::Now() + std::max(absl::Seconds(1), (deadline - absl::Now()) / 2));
+    const absl::Time now = absl::Now();
+    const absl::Time join_deadline = std::min(deadline, now + std::max(absl::Seconds(1), (deadline - now) / 2));
     auto establish = [&]() -> absl::Status {
       session->Open(*mesa::v1::WorkerService::NewStub(ChannelFor(address)));
       Message hello;
       hello.mutable_hello()->set_transport(transport_name_);
-      hello.mutable_hello()->set_join_timeout_ms(std::max<int64_t>(1, absl::ToInt64Milliseconds(join_deadline - absl::Now())));
+      hello.mutable_hello()->set_join_timeout_ms(
+          std::max<int64_t>(1, absl::ToInt64Milliseconds(join_deadline - absl::Now())));
       if (!session->stream->Write(hello)) return session->EndStatus(absl::UnavailableError("the PeerKv stream broke"));
       absl::StatusOr<Message> accepted = Expect(*session->inbox, Message::kStatus, "the hello's answer", join_deadline);
       if (!accepted.ok()) return session->EndStatus(accepted.status());

@@ -1,6 +1,7 @@
 // K/V between two workers over a peer link (worker/kv_peer.h: TCP, or NCCL between GPUs
-// with the chunks staged through a backend per pair) with gRPC as the control plane: the PeerKv stream of mesa.v1.WorkerService
-// (its protocol is written beside the message in worker_service.proto).
+// with the chunks staged through a backend per pair) with gRPC as the control plane: the
+// PeerKv stream of mesa.v1.WorkerService (its protocol is written beside the message in
+// worker_service.proto).
 //
 // The receiver (the worker that fetches, rank 0) opens one stream per holder and keeps
 // it, with the pair's link, for as long as both live: the link is made once per pair
