@@ -473,6 +473,14 @@ void ReadLane(grpc::ClientReader<grpc::ByteBuffer>& reader, LaneErrors& errors, 
 absl::StatusOr<std::shared_ptr<const ChunkKv>> GrpcKvFetcher::Fetch(const std::string& address,
                                                                     const KvKey& key,
                                                                     int64_t timeout_ms) {
+  std::optional<uint32_t> crc;
+  return FetchWithCrc(address, key, timeout_ms, &crc);
+}
+
+absl::StatusOr<std::shared_ptr<const ChunkKv>> GrpcKvFetcher::FetchWithCrc(const std::string& address,
+                                                                           const KvKey& key, int64_t timeout_ms,
+                                                                           std::optional<uint32_t>* crc32c) {
+  crc32c->reset();
   const std::string what = absl::StrCat("FetchKv ", KvKeyString(key), " from ", address);
   if (timeout_ms <= 0) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": timeout_ms must be positive"));
@@ -520,8 +528,9 @@ absl::StatusOr<std::shared_ptr<const ChunkKv>> GrpcKvFetcher::Fetch(const std::s
   if (!assembler.has_value()) {
     return absl::DataLossError(absl::StrCat(what, ": the stream ended without a manifest"));
   }
-  absl::StatusOr<ChunkKv> kv = assembler->Finish();
+  absl::StatusOr<ChunkKv> kv = assembler->Finish();  // checks the CRC32C
   if (!kv.ok()) return WithContext(kv.status(), what);
+  *crc32c = assembler->manifest().crc32c;
   return KvBufferPool::Share(options_.kv_pool, *std::move(kv));
 }
 

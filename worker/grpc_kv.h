@@ -129,6 +129,10 @@ class GrpcKvFetcher : public KvFetcher {
   absl::StatusOr<std::shared_ptr<const ChunkKv>> Fetch(const std::string& address,
                                                        const KvKey& key,
                                                        int64_t timeout_ms) override;
+  // The manifest's CRC32C, which the assembled bytes were checked against.
+  absl::StatusOr<std::shared_ptr<const ChunkKv>> FetchWithCrc(const std::string& address, const KvKey& key,
+                                                              int64_t timeout_ms,
+                                                              std::optional<uint32_t>* crc32c) override;
 
  private:
   std::shared_ptr<grpc::Channel> ChannelFor(const std::string& address, int lane);

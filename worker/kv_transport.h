@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -34,6 +35,15 @@ class KvFetcher {
   virtual absl::StatusOr<std::shared_ptr<const ChunkKv>> Fetch(const std::string& address,
                                                                const KvKey& key,
                                                                int64_t timeout_ms) = 0;
+  // Fetch, and `*crc32c` = KvCrc32c (worker/kv_wire.h) of the chunk returned when the
+  // fetcher checked the bytes against it on the way (so a worker that keeps the chunk
+  // need not read it all again for it); left empty otherwise (this default).
+  virtual absl::StatusOr<std::shared_ptr<const ChunkKv>> FetchWithCrc(const std::string& address, const KvKey& key,
+                                                                      int64_t timeout_ms,
+                                                                      std::optional<uint32_t>* crc32c) {
+    crc32c->reset();
+    return Fetch(address, key, timeout_ms);
+  }
 };
 
 }  // namespace mesa::worker

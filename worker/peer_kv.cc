@@ -439,7 +439,8 @@ std::shared_ptr<grpc::Channel> PeerKvFetcher::ChannelFor(const std::string& addr
 }
 
 absl::StatusOr<std::shared_ptr<const ChunkKv>> PeerKvFetcher::Fallback(const std::string& address, const KvKey& key,
-                                                                       int64_t timeout_ms, const absl::Status& why) {
+                                                                       int64_t timeout_ms, const absl::Status& why,
+                                                                       std::optional<uint32_t>* crc32c) {
   if (options_.fallback == nullptr) {
     return absl::Status(why.code(), absl::StrCat("PeerKv ", KvKeyString(key), " from ", address, " over ",
                                                  transport_name_, ": no link (", why.message(),
@@ -447,11 +448,19 @@ absl::StatusOr<std::shared_ptr<const ChunkKv>> PeerKvFetcher::Fallback(const std
   }
   fallback_fetches_.fetch_add(1);
   if (counters_) counters_->fallback_chunks.Increment();
-  return options_.fallback->Fetch(address, key, std::max<int64_t>(1, timeout_ms));
+  return options_.fallback->FetchWithCrc(address, key, std::max<int64_t>(1, timeout_ms), crc32c);
 }
 
 absl::StatusOr<std::shared_ptr<const ChunkKv>> PeerKvFetcher::Fetch(const std::string& address, const KvKey& key,
                                                                     int64_t timeout_ms) {
+  std::optional<uint32_t> crc;
+  return FetchWithCrc(address, key, timeout_ms, &crc);
+}
+
+absl::StatusOr<std::shared_ptr<const ChunkKv>> PeerKvFetcher::FetchWithCrc(const std::string& address,
+                                                                           const KvKey& key, int64_t timeout_ms,
+                                                                           std::optional<uint32_t>* crc32c) {
+  crc32c->reset();
   const std::string what = absl::StrCat("PeerKv ", KvKeyString(key), " from ", address, " over ", transport_name_);
   if (timeout_ms <= 0) return absl::InvalidArgumentError(absl::StrCat(what, ": timeout_ms must be positive"));
   if (options_.endpoints == nullptr) return absl::FailedPreconditionError(absl::StrCat(what, ": no peer links"));
@@ -468,7 +477,7 @@ absl::StatusOr<std::shared_ptr<const ChunkKv>> PeerKvFetcher::Fetch(const std::s
         if (absl::Now() < it->second) {
           // Refused recently: the fallback, without asking again.
           lock.unlock();
-          return Fallback(address, key, timeout_ms, absl::FailedPreconditionError("refused recently"));
+          return Fallback(address, key, timeout_ms, absl::FailedPreconditionError("refused recently"), crc32c);
         }
         no_peer_until_.erase(it);
       }
@@ -548,7 +557,7 @@ absl::StatusOr<std::shared_ptr<const ChunkKv>> PeerKvFetcher::Fetch(const std::s
         std::lock_guard<std::mutex> lock(mu_);
         no_peer_until_[address] = absl::Now() + absl::Milliseconds(options_.retry_peer_ms);
       }
-      return Fallback(address, key, left_ms(), s);
+      return Fallback(address, key, left_ms(), s, crc32c);
     }
     session->ready = true;
     links_made_.fetch_add(1);
@@ -644,6 +653,8 @@ absl::StatusOr<std::shared_ptr<const ChunkKv>> PeerKvFetcher::Fetch(const std::s
   }
   peer_fetches_.fetch_add(1);
   if (counters_) counters_->link_chunks.Increment();
+  // Checked against the bytes: by the gather over host memory, after staging out here.
+  if (got->front().has_crc) *crc32c = got->front().info.crc32c;
   if (options_.kv_pool) return KvBufferPool::Share(options_.kv_pool, std::move(kv));
   return std::make_shared<const ChunkKv>(std::move(kv));
 }

@@ -116,6 +116,11 @@ class PeerKvFetcher final : public KvFetcher {
   // A fallback fetch returns the fallback's result as it is.
   absl::StatusOr<std::shared_ptr<const ChunkKv>> Fetch(const std::string& address, const KvKey& key,
                                                        int64_t timeout_ms) override;
+  // The holder's CRC32C when the bytes were checked against it (always over a link; the
+  // fallback's word otherwise).
+  absl::StatusOr<std::shared_ptr<const ChunkKv>> FetchWithCrc(const std::string& address, const KvKey& key,
+                                                              int64_t timeout_ms,
+                                                              std::optional<uint32_t>* crc32c) override;
 
   struct Counts {
     int64_t peer_fetches = 0;      // chunks received over a link
@@ -129,7 +134,8 @@ class PeerKvFetcher final : public KvFetcher {
  private:
   class Session;
   absl::StatusOr<std::shared_ptr<const ChunkKv>> Fallback(const std::string& address, const KvKey& key,
-                                                          int64_t timeout_ms, const absl::Status& why);
+                                                          int64_t timeout_ms, const absl::Status& why,
+                                                          std::optional<uint32_t>* crc32c);
   std::shared_ptr<grpc::Channel> ChannelFor(const std::string& address);
 
   const PeerKvFetcherOptions options_;

@@ -283,12 +283,31 @@ TEST_F(PeerKvTest, ChunksArriveBitForBitOverOneLinkPerPair) {
       EXPECT_TRUE(SameBits(**got, *holder_.Get(key))) << KvKeyString(key);
     }
   }
+  std::optional<uint32_t> crc;  // the holder's, checked against the bytes on the way
+  auto checked = fetcher.FetchWithCrc(server_.address(), kC, 20000, &crc);
+  ASSERT_TRUE(checked.ok()) << checked.status();
+  ASSERT_TRUE(crc.has_value());
+  EXPECT_EQ(*crc, KvCrc32c(**checked));
   const PeerKvFetcher::Counts c = fetcher.counts();
-  EXPECT_EQ(c.peer_fetches, 6);
+  EXPECT_EQ(c.peer_fetches, 7);
   EXPECT_EQ(c.fallback_fetches, 0);
   EXPECT_EQ(c.links_made, 1);  // one pair, one link, six chunks
   EXPECT_EQ(c.links_lost, 0);
   EXPECT_EQ(holder_.calls(), 1);
+}
+
+TEST_F(PeerKvTest, TheFallbacksCrcComesThroughToo) {
+  Holder plain(nullptr);
+  PutChunks(plain);
+  LoopbackServer server(&plain);
+  ASSERT_TRUE(server.ok());
+  PeerKvFetcher fetcher(Options(Socket()));
+  std::optional<uint32_t> crc;
+  auto got = fetcher.FetchWithCrc(server.address(), kA, 10000, &crc);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_TRUE(crc.has_value());
+  EXPECT_EQ(*crc, KvCrc32c(**got));
+  EXPECT_EQ(fetcher.counts().fallback_fetches, 1);
 }
 
 TEST_F(PeerKvTest, CountersSayWhichRouteEachChunkTook) {

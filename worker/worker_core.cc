@@ -316,7 +316,8 @@ absl::StatusOr<KvLoadResult> WorkerCore::LoadKv(const KvSourceRef& source, int64
   }
   if (Cancelled(cancel)) return CancelledStatus(key);
   const auto t0 = std::chrono::steady_clock::now();
-  auto fetched = fetcher_->Fetch(source.address, key, std::max<int64_t>(1, fetch_timeout_ms));
+  std::optional<uint32_t> checked_crc;  // the CRC32C the fetch checked the bytes against
+  auto fetched = fetcher_->FetchWithCrc(source.address, key, std::max<int64_t>(1, fetch_timeout_ms), &checked_crc);
   const double transfer_s = SecondsSince(t0);
   if (!fetched.ok()) {
     return absl::Status(fetched.status().code(), absl::StrCat("load of ", KvKeyString(key), " from ",
@@ -337,7 +338,7 @@ absl::StatusOr<KvLoadResult> WorkerCore::LoadKv(const KvSourceRef& source, int64
   if (Cancelled(cancel)) return CancelledStatus(key);
   auto entry = std::make_shared<Entry>();
   entry->kv = kv;
-  entry->crc32c = KvCrc32c(*kv);
+  entry->crc32c = checked_crc ? *checked_crc : KvCrc32c(*kv);  // not a second pass when the fetch checked it
   entry->result.kv_bytes = static_cast<int64_t>(kv->bytes());
   entry->result.tokens = kv->tokens();
   entry->lease_ms = lease_ms > 0 ? lease_ms : options_.default_lease_ms;

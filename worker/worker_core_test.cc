@@ -6,6 +6,7 @@
 // refusal, leases on an injected clock, release by job/item/attempt; and the errors:
 // missing or wrong chunks, cancellation, bad chunk index. Skips visibly without ../shared.
 #include "worker/worker_core.h"
+#include "worker/kv_wire.h"
 
 #include <algorithm>
 #include <condition_variable>
@@ -500,6 +501,38 @@ class FixedFetcher : public KvFetcher {
   std::shared_ptr<const ChunkKv> kv;
   CancelFlag* cancel_on_fetch = nullptr;
 };
+
+// A fetcher that says which CRC32C it checked the bytes against (FetchWithCrc).
+class CheckedFetcher : public FixedFetcher {
+ public:
+  absl::StatusOr<std::shared_ptr<const ChunkKv>> FetchWithCrc(const std::string& a, const KvKey& k, int64_t t,
+                                                              std::optional<uint32_t>* crc32c) override {
+    *crc32c = checked;
+    return Fetch(a, k, t);
+  }
+  std::optional<uint32_t> checked;
+};
+
+TEST_F(WorkerCoreTest, LoadKvKeepsTheCrcTheFetchCheckedAndComputesItOtherwise) {
+  const std::vector<int32_t> prompt = TextPrompt(1500);
+  Cluster source(model(), 1);
+  ASSERT_TRUE(source.cores[0]->RunChunk(MakeChunk(prompt, 8, Key(0))).ok());
+  auto kv = source.cores[0]->GetKv(Key(0));
+  ASSERT_TRUE(kv.ok());
+  const uint32_t real = KvCrc32c(**kv);
+  for (const std::optional<uint32_t>& told : {std::optional<uint32_t>(real ^ 1u), std::optional<uint32_t>()}) {
+    CheckedFetcher fetcher;
+    fetcher.kv = *kv;
+    fetcher.checked = told;
+    WorkerCore core(model(), 1, WorkerCoreOptions{}, &fetcher);
+    ASSERT_TRUE(core.LoadKv(KvSourceRef{0, "elsewhere:1", Key(0)}, 0).ok());
+    uint32_t kept = 0;
+    ASSERT_TRUE(core.GetKv(Key(0), &kept).ok());
+    // Taken as given when the fetch checked it (a marked value proves no second pass),
+    // computed from the bytes when it did not.
+    EXPECT_EQ(kept, told ? *told : real);
+  }
+}
 
 TEST_F(WorkerCoreTest, MissingOrWrongChunksFailTheFinal) {
   const int64_t max_new = 8;
