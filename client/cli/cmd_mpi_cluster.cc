@@ -47,6 +47,7 @@
 #include "client/cli/cli_util.h"
 #include "client/cli/commands.h"
 #include "client/cli/device_flags.h"
+#include "kernels/cuda/device_query.h"
 #include "client/cli/ops_flags.h"
 #include "client/cli/security_flags.h"
 #include "client/cli/server_util.h"
@@ -674,7 +675,19 @@ int RunOtherRank(MpiJob& mpi, const ClusterArgs& a, const Prepared& p, absl::Sta
   return code;
 }
 
-int RunCluster(const ClusterArgs& a) {
+// `--device cuda` (no index) on a rank: the GPU of its local rank, round robin over the
+// GPUs this process sees, so that ranks sharing a node do not share a GPU (NCCL refuses
+// two ranks of a communicator on one). Under Slurm's --gpus-per-task each task sees one
+// GPU: cuda:0 of its own. Anything else is kept as given.
+std::string RankDevice(const std::string& device, int local_rank) {
+  if (device != "cuda" || local_rank <= 0) return device;
+  const CudaDeviceReport report = QueryCudaDevices();
+  if (report.devices.empty()) return device;  // the backend says why it cannot run
+  return absl::StrCat("cuda:", local_rank % static_cast<int>(report.devices.size()));
+}
+
+int RunCluster(const ClusterArgs& given) {
+  ClusterArgs a = given;
   auto prepared = Prepare(a);
   if (!prepared.ok()) return Fail(prepared.status());
   // Before MPI and gRPC start threads: only the SignalWaiter takes SIGTERM/SIGINT.
@@ -687,8 +700,9 @@ int RunCluster(const ClusterArgs& a) {
         stop = true;
       },
       /*sigusr1=*/true);
+  a.device.device = RankDevice(a.device.device, mpi.local_rank());
   Log(absl::StrCat("rank ", mpi.rank(), " of ", mpi.size(), " on ", HostName(), ", pid ", getpid(), ", local rank ",
-                   mpi.local_rank(), " (", mpi.local_rank_source(), "; CPU build: no GPU to select)"));
+                   mpi.local_rank(), " (", mpi.local_rank_source(), "), device ", a.device.device));
   // Every rank loads the model at once; errors wait until after the broadcast, which
   // every rank must join.
   auto model = LoadModelForCli(a.model, /*compute=*/true, a.device.device);

@@ -128,6 +128,9 @@ equal)
     || { die "mpirun -np 3 (spread, --kv-transport socket) failed"; show "$TMP/equal-socket.log"; }
   echo -n "3 ranks, spread, socket links: "; same_records "$TMP/ref.jsonl" "$TMP/out-socket.jsonl"
   grep -q " kv.link " "$TMP/equal-socket.log" || die "no socket link was made between the ranks' workers"
+  # Each rank says which device it took (--device cpu: kept as given).
+  n=$(grep -c "local rank .*), device cpu" "$TMP/equal-socket.log")
+  [ "$n" = 3 ] || die "$n of 3 ranks logged their device"
   # Without mpirun: a cluster of one rank.
   "$MESA" "${CLUSTER[@]}" --input "$TMP/in.jsonl" --output "$TMP/out-1.jsonl" >"$TMP/equal-1.log" 2>&1 \
     || { die "1-rank mesa cluster"; show "$TMP/equal-1.log"; }
