@@ -470,13 +470,6 @@ void ReadLane(grpc::ClientReader<grpc::ByteBuffer>& reader, LaneErrors& errors, 
 
 }  // namespace
 
-absl::StatusOr<std::shared_ptr<const ChunkKv>> GrpcKvFetcher::Fetch(const std::string& address,
-                                                                    const KvKey& key,
-                                                                    int64_t timeout_ms) {
-  std::optional<uint32_t> crc;
-  return FetchWithCrc(address, key, timeout_ms, &crc);
-}
-
 absl::StatusOr<std::shared_ptr<const ChunkKv>> GrpcKvFetcher::FetchWithCrc(const std::string& address,
                                                                            const KvKey& key, int64_t timeout_ms,
                                                                            std::optional<uint32_t>* crc32c) {

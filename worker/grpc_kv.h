@@ -88,6 +88,10 @@ class KvStreamingWorkerService : public mesa::v1::WorkerService::Service {
   grpc::Status FetchKv(grpc::ServerContext* ctx, const mesa::v1::FetchKvRequest* request,
                        grpc::ServerWriter<mesa::v1::KvMessage>* writer) final;
 
+ protected:
+  // How a chunk is found (for other handlers that serve held chunks: PeerKv).
+  const Lookup& lookup() const { return lookup_; }
+
  private:
   grpc::Status ServeRaw(grpc::ServerContext* ctx, RawKvStream* stream);
 
@@ -119,17 +123,14 @@ struct GrpcKvFetcherOptions {
 // each its own connection, created on first use, kept for the fetcher's lifetime). A
 // fetch over several lanes reads lane 0 on the calling thread and each other lane on a
 // thread of its own; an error on any lane cancels the others.
-class GrpcKvFetcher : public KvFetcher {
+class GrpcKvFetcher : public CrcCheckingKvFetcher {
  public:
   explicit GrpcKvFetcher(GrpcKvFetcherOptions options = {});
 
   // Errors keep the stream's code (DEADLINE_EXCEEDED, UNAVAILABLE, NOT_FOUND, ... from
   // the call; DATA_LOSS, INVALID_ARGUMENT, RESOURCE_EXHAUSTED from the checks) and say
-  // "FetchKv <key> from <address>: ...". timeout_ms must be positive.
-  absl::StatusOr<std::shared_ptr<const ChunkKv>> Fetch(const std::string& address,
-                                                       const KvKey& key,
-                                                       int64_t timeout_ms) override;
-  // The manifest's CRC32C, which the assembled bytes were checked against.
+  // "FetchKv <key> from <address>: ...". timeout_ms must be positive. `*crc32c`: the
+  // manifest's CRC32C, which the assembled bytes were checked against.
   absl::StatusOr<std::shared_ptr<const ChunkKv>> FetchWithCrc(const std::string& address, const KvKey& key,
                                                               int64_t timeout_ms,
                                                               std::optional<uint32_t>* crc32c) override;

@@ -46,4 +46,18 @@ class KvFetcher {
   }
 };
 
+// A fetcher that checks a CRC32C on the way (gRPC, peer links): it implements
+// FetchWithCrc, and Fetch is that with the CRC dropped.
+class CrcCheckingKvFetcher : public KvFetcher {
+ public:
+  absl::StatusOr<std::shared_ptr<const ChunkKv>> Fetch(const std::string& address, const KvKey& key,
+                                                       int64_t timeout_ms) final {
+    std::optional<uint32_t> crc32c;
+    return FetchWithCrc(address, key, timeout_ms, &crc32c);
+  }
+  absl::StatusOr<std::shared_ptr<const ChunkKv>> FetchWithCrc(const std::string& address, const KvKey& key,
+                                                              int64_t timeout_ms,
+                                                              std::optional<uint32_t>* crc32c) override = 0;
+};
+
 }  // namespace mesa::worker

@@ -382,34 +382,10 @@ class PeerKvFetcher::Session {
   }
 };
 
-struct PeerKvFetcher::Counters {
-  explicit Counters(ops::Metrics& m)
-      : link_chunks(Chunks(m).Add({{"route", "link"}})),
-        fallback_chunks(Chunks(m).Add({{"route", "fallback"}})),
-        made(Links(m).Add({{"event", "made"}})),
-        refused(Links(m).Add({{"event", "refused"}})),
-        lost(Links(m).Add({{"event", "lost"}})) {}
-  static prometheus::Family<prometheus::Counter>& Chunks(ops::Metrics& m) {
-    return prometheus::BuildCounter()
-        .Name("mesa_worker_kv_link_chunks_total")
-        .Help("Chunks this worker fetched with --kv-transport socket or nccl: over a peer link, or over FetchKv "
-              "from a holder without one.")
-        .Register(m.registry());
-  }
-  static prometheus::Family<prometheus::Counter>& Links(ops::Metrics& m) {
-    return prometheus::BuildCounter()
-        .Name("mesa_worker_kv_links_total")
-        .Help("Peer links of this worker's fetches: made, refused or not makeable (FetchKv used), lost after a "
-              "failed transfer.")
-        .Register(m.registry());
-  }
-  prometheus::Counter &link_chunks, &fallback_chunks, &made, &refused, &lost;
-};
-
 PeerKvFetcher::PeerKvFetcher(PeerKvFetcherOptions options)
     : options_(std::move(options)),
       transport_name_(options_.endpoints ? options_.endpoints->Name() : ""),
-      counters_(options_.metrics ? std::make_unique<Counters>(*options_.metrics) : nullptr) {}
+      counters_(options_.metrics ? std::make_unique<KvLinkMetrics>(*options_.metrics) : nullptr) {}
 
 PeerKvFetcher::~PeerKvFetcher() {
   absl::flat_hash_map<std::string, std::shared_ptr<Session>> sessions;
@@ -449,12 +425,6 @@ absl::StatusOr<std::shared_ptr<const ChunkKv>> PeerKvFetcher::Fallback(const std
   fallback_fetches_.fetch_add(1);
   if (counters_) counters_->fallback_chunks.Increment();
   return options_.fallback->FetchWithCrc(address, key, std::max<int64_t>(1, timeout_ms), crc32c);
-}
-
-absl::StatusOr<std::shared_ptr<const ChunkKv>> PeerKvFetcher::Fetch(const std::string& address, const KvKey& key,
-                                                                    int64_t timeout_ms) {
-  std::optional<uint32_t> crc;
-  return FetchWithCrc(address, key, timeout_ms, &crc);
 }
 
 absl::StatusOr<std::shared_ptr<const ChunkKv>> PeerKvFetcher::FetchWithCrc(const std::string& address,
@@ -502,7 +472,7 @@ absl::StatusOr<std::shared_ptr<const ChunkKv>> PeerKvFetcher::FetchWithCrc(const
     // broke): make a new one rather than fail a fetch that never started.
     session->Close(absl::UnavailableError("the holder closed the PeerKv stream"));
     links_lost_.fetch_add(1);
-    if (counters_) counters_->lost.Increment();
+    if (counters_) counters_->links_lost.Increment();
   }
   if (!session->ready) {
     // Making the link: at most half of the time left, so that the fallback keeps the rest.
@@ -552,7 +522,7 @@ absl::StatusOr<std::shared_ptr<const ChunkKv>> PeerKvFetcher::FetchWithCrc(const
                                           {"retry_in_ms", options_.retry_peer_ms}});
       }
       forget(s);
-      if (counters_) counters_->refused.Increment();
+      if (counters_) counters_->links_refused.Increment();
       {
         std::lock_guard<std::mutex> lock(mu_);
         no_peer_until_[address] = absl::Now() + absl::Milliseconds(options_.retry_peer_ms);
@@ -561,13 +531,13 @@ absl::StatusOr<std::shared_ptr<const ChunkKv>> PeerKvFetcher::FetchWithCrc(const
     }
     session->ready = true;
     links_made_.fetch_add(1);
-    if (counters_) counters_->made.Increment();
+    if (counters_) counters_->links_made.Increment();
     if (options_.log) ops::LogInfo("kv.link", {{"peer", address}, {"transport", transport_name_}});
   }
 
   auto fail = [&](const absl::Status& s) {
     links_lost_.fetch_add(1);
-    if (counters_) counters_->lost.Increment();
+    if (counters_) counters_->links_lost.Increment();
     if (options_.log) {
       ops::LogWarn("kv.link_lost", {{"peer", address}, {"transport", transport_name_}, {"key", KvKeyString(key)},
                                     {"why", s}});

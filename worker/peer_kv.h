@@ -33,6 +33,7 @@
 #include "absl/status/statusor.h"
 #include "mesa/v1/worker_service.grpc.pb.h"
 #include "ops/metrics.h"
+#include "worker/worker_metrics.h"
 #include "worker/grpc_kv.h"
 #include "worker/kv_peer.h"
 #include "worker/kv_pool.h"
@@ -106,18 +107,16 @@ struct PeerKvFetcherOptions {
 
 // Thread-safe: fetches from different holders run at once, each over its own link;
 // fetches from one holder take turns on its link.
-class PeerKvFetcher final : public KvFetcher {
+class PeerKvFetcher final : public CrcCheckingKvFetcher {
  public:
   explicit PeerKvFetcher(PeerKvFetcherOptions options);
   ~PeerKvFetcher() override;
 
   // Errors say "PeerKv <key> from <address> over <transport>: ..." and keep the gather's
   // code (worker/kv_gather.h): DEADLINE_EXCEEDED, UNAVAILABLE, DATA_LOSS, NOT_FOUND, ...
-  // A fallback fetch returns the fallback's result as it is.
-  absl::StatusOr<std::shared_ptr<const ChunkKv>> Fetch(const std::string& address, const KvKey& key,
-                                                       int64_t timeout_ms) override;
-  // The holder's CRC32C when the bytes were checked against it (always over a link; the
-  // fallback's word otherwise).
+  // A fallback fetch returns the fallback's result as it is. `*crc32c`: the holder's
+  // CRC32C when the bytes were checked against it (always over a link; the fallback's
+  // word otherwise).
   absl::StatusOr<std::shared_ptr<const ChunkKv>> FetchWithCrc(const std::string& address, const KvKey& key,
                                                               int64_t timeout_ms,
                                                               std::optional<uint32_t>* crc32c) override;
@@ -145,8 +144,7 @@ class PeerKvFetcher final : public KvFetcher {
   absl::flat_hash_map<std::string, std::shared_ptr<grpc::Channel>> channels_;  // guarded by mu_
   absl::flat_hash_map<std::string, absl::Time> no_peer_until_;              // guarded by mu_
   std::atomic<int64_t> peer_fetches_{0}, fallback_fetches_{0}, links_made_{0}, links_lost_{0};
-  struct Counters;
-  std::unique_ptr<Counters> counters_;  // null without options.metrics
+  std::unique_ptr<KvLinkMetrics> counters_;  // null without options.metrics
 };
 
 }  // namespace mesa::worker

@@ -18,6 +18,12 @@ constexpr const char* kPrefill =
     "chunk, per final task.";
 constexpr const char* kFetched = "Chunk K/V bytes this worker fetched from other workers: by final tasks or LoadKv.";
 constexpr const char* kFetchSeconds = "Seconds of one chunk's K/V fetch from another worker.";
+constexpr const char* kLinkChunks =
+    "Chunks this worker fetched with --kv-transport socket or nccl: over a peer link, or over FetchKv from a "
+    "holder without one.";
+constexpr const char* kLinks =
+    "Peer links of this worker's fetches: made, refused or not makeable (FetchKv used), lost after a failed "
+    "transfer.";
 
 }  // namespace
 
@@ -39,5 +45,12 @@ WorkerMetrics::WorkerMetrics(ops::Metrics& m)
                                  .Add({{"via", "final"}}, ops::TransferSecondsBuckets())),
       kv_fetch_seconds_load(Histograms(m, "mesa_worker_kv_fetch_seconds", kFetchSeconds)
                                 .Add({{"via", "load"}}, ops::TransferSecondsBuckets())) {}
+
+KvLinkMetrics::KvLinkMetrics(ops::Metrics& m)
+    : link_chunks(Counters(m, "mesa_worker_kv_link_chunks_total", kLinkChunks).Add({{"route", "link"}})),
+      fallback_chunks(Counters(m, "mesa_worker_kv_link_chunks_total", kLinkChunks).Add({{"route", "fallback"}})),
+      links_made(Counters(m, "mesa_worker_kv_links_total", kLinks).Add({{"event", "made"}})),
+      links_refused(Counters(m, "mesa_worker_kv_links_total", kLinks).Add({{"event", "refused"}})),
+      links_lost(Counters(m, "mesa_worker_kv_links_total", kLinks).Add({{"event", "lost"}})) {}
 
 }  // namespace mesa::worker

@@ -25,4 +25,16 @@ struct WorkerMetrics {
   prometheus::Histogram& kv_fetch_seconds_load;
 };
 
+// The peer-link counters of a worker's K/V fetcher (worker/peer_kv.h, --kv-transport
+// socket|nccl): chunks by route, links by event.
+struct KvLinkMetrics {
+  explicit KvLinkMetrics(ops::Metrics& metrics);
+
+  prometheus::Counter& link_chunks;      // over a peer link
+  prometheus::Counter& fallback_chunks;  // over FetchKv from a holder without one
+  prometheus::Counter& links_made;
+  prometheus::Counter& links_refused;    // refused, or could not be made
+  prometheus::Counter& links_lost;       // after a failed transfer, or closed by the holder
+};
+
 }  // namespace mesa::worker

@@ -131,17 +131,15 @@ class NcclEndpoints final : public PeerEndpoints {
 // was stored (KvStreamingWorkerService).
 class WorkerProcess::Service final : public KvStreamingWorkerService {
  public:
-  Service(WorkerProcess* p) : KvStreamingWorkerService(HeldBy(p)), p_(p), lookup_(HeldBy(p)) {}
-
-  // A chunk held by the core, with the CRC32C computed when it was stored.
-  static Lookup HeldBy(WorkerProcess* p) {
-    return [p](const KvKey& key) -> absl::StatusOr<Held> {
-      uint32_t crc32c = 0;
-      auto kv = p->core_->GetKv(key, &crc32c);
-      if (!kv.ok()) return kv.status();
-      return Held{*std::move(kv), crc32c};
-    };
-  }
+  // Chunks held by the core, with the CRC32C computed when each was stored.
+  Service(WorkerProcess* p)
+      : KvStreamingWorkerService([p](const KvKey& key) -> absl::StatusOr<Held> {
+          uint32_t crc32c = 0;
+          auto kv = p->core_->GetKv(key, &crc32c);
+          if (!kv.ok()) return kv.status();
+          return Held{*std::move(kv), crc32c};
+        }),
+        p_(p) {}
 
   // A receiver's control stream for its peer link with this worker (worker/peer_kv.h).
   grpc::Status PeerKv(grpc::ServerContext* ctx,
@@ -151,7 +149,7 @@ class WorkerProcess::Service final : public KvStreamingWorkerService {
       if (peer_closed_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the worker is stopping");
       peer_calls_.insert(ctx);
     }
-    grpc::Status s = ServePeerKv(ctx, stream, p_->peer_endpoints_.get(), lookup_);
+    grpc::Status s = ServePeerKv(ctx, stream, p_->peer_endpoints_.get(), lookup());
     std::lock_guard<std::mutex> lock(peer_mu_);
     peer_calls_.erase(ctx);
     return s;
@@ -252,7 +250,6 @@ class WorkerProcess::Service final : public KvStreamingWorkerService {
   }
 
   WorkerProcess* p_;
-  const Lookup lookup_;
   std::mutex peer_mu_;
   std::set<grpc::ServerContext*> peer_calls_;  // guarded by peer_mu_
   bool peer_closed_ = false;                   // guarded by peer_mu_
