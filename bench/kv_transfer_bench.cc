@@ -43,6 +43,7 @@
 #include <vector>
 
 #include "absl/strings/str_split.h"
+#include "bench/bench_report.h"
 #include "worker/grpc_kv.h"
 #include "worker/kv_pool.h"
 #include "worker/kv_testing.h"
@@ -52,47 +53,17 @@
 namespace mesa::worker {
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using bench::Clock;
+using bench::CpuModel;
+using bench::CpuSeconds;
+using bench::Median;
+using bench::Seconds;
 
 volatile uint32_t crc_sink;  // keeps the timed CRC from being optimised away
 
 [[noreturn]] void Die(const std::string& what) {
   std::fprintf(stderr, "kv_transfer_bench: %s (%s)\n", what.c_str(), std::strerror(errno));
   std::exit(1);
-}
-
-double Seconds(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-// CPU seconds (user + system, all threads) this process has used so far.
-double CpuSeconds() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return u.ru_utime.tv_sec + u.ru_stime.tv_sec + 1e-6 * (u.ru_utime.tv_usec + u.ru_stime.tv_usec);
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-std::string CpuModel() {
-  std::ifstream in("/proc/cpuinfo");
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  }
-  return "unknown";
-}
-
-std::string Isa() {
-  std::string isa = "x86-64";
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("sse4.2")) isa += ", SSE4.2 (crc32)";
-  if (__builtin_cpu_supports("avx2")) isa += ", AVX2";
-  if (__builtin_cpu_supports("avx512f")) isa += ", AVX-512F";
-  return isa;
 }
 
 // A connected loopback TCP pair: `writer` sends, a reader thread receives.
@@ -304,7 +275,7 @@ int Main(int argc, char** argv) {
   const KvKey key{"bench", 0, 0, 0};
 
   std::printf("- CPU: %s (%u logical CPUs); ISA: %s\n", CpuModel().c_str(),
-              std::thread::hardware_concurrency(), Isa().c_str());
+              std::thread::hardware_concurrency(), bench::CopyIsa().c_str());
   std::printf("- gRPC %s on 127.0.0.1, sync server; channel arguments: a %d MiB max "
               "receive message%s%s; K/V pieces of %lld KiB; %d rounds per size, rotating "
               "the order of TCP, pooled and fresh gRPC and the socket link, median shown; up to %d lanes per fetch "

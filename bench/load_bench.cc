@@ -34,6 +34,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "bench/bench_report.h"
 #include "client/lib/client.h"
 #include "client/lib/grpc_connection.h"
 #include "coordinator/coordinator_core.h"
@@ -135,13 +136,6 @@ Percentiles Summarize(std::vector<double> v) {
   return p;
 }
 
-std::string CpuModel() {
-  std::ifstream f("/proc/cpuinfo");
-  for (std::string line; std::getline(f, line);) {
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  }
-  return "unknown CPU";
-}
 std::string LoadAverage() {
   std::ifstream f("/proc/loadavg");
   std::string a, b, c;
@@ -372,7 +366,7 @@ int main(int argc, char** argv) {
     std::snprintf(row, sizeof row,
                   "| %s | %s, %u cores, %s -> %s | %d | %d | %.0f | %lld | %lld | %.2f | %.1f / %.1f / %.1f / %.1f "
                   "| %.2f / %.2f / %.2f / %.1f | %zu | %zu |\n",
-                  date, CpuModel().c_str(), std::thread::hardware_concurrency(), load_before.c_str(),
+                  date, mesa::bench::CpuModel().c_str(), std::thread::hardware_concurrency(), load_before.c_str(),
                   load_after.c_str(), args.clients, args.workers, wall_s, static_cast<long long>(jobs),
                   static_cast<long long>(lines), static_cast<double>(lines) / wall_s, c.p50, c.p90, c.p99, c.max,
                   g.p50, g.p90, g.p99, g.max, g.n, errors.size());

@@ -9,3 +9,7 @@ endif()
 # GB/s of a FetchKv stream on loopback against a plain TCP copy: bench/kv_transfer.sh.
 add_executable(kv_transfer_bench ${CMAKE_SOURCE_DIR}/bench/kv_transfer_bench.cc)
 target_link_libraries(kv_transfer_bench PRIVATE mesa_worker_rpc Threads::Threads)
+# A spread final's gather from several holders, one chunk at a time against prefetched
+# (worker/kv_prefetch.h), over gRPC and socket links: bench/kv_transfer.sh runs it too.
+add_executable(kv_gather_bench ${CMAKE_SOURCE_DIR}/bench/kv_gather_bench.cc)
+target_link_libraries(kv_gather_bench PRIVATE mesa_worker_rpc Threads::Threads)

@@ -14,6 +14,7 @@
 #include "common/status.h"
 #include "engine/generate.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "worker/kv_prefetch.h"
 #include "worker/kv_wire.h"
 #include "worker/task_check.h"
 
@@ -224,6 +225,21 @@ absl::StatusOr<FinalResult> WorkerCore::RunFinalLocked(const FinalTask& task, co
   out.prefill_tokens = p.anchor.size() + p.last.size();
 
   auto prefill = [&](std::vector<float>* logits) -> absl::Status {
+    // The remote chunks start moving now, while the anchor computes (kv_prefetch.h).
+    std::vector<PrefetchRequest> remote;
+    std::vector<size_t> remote_source;  // remote[j] is task.sources[remote_source[j]]
+    for (size_t i = 0; i < p.middle.size(); ++i) {
+      const KvSourceRef& s = task.sources[i];
+      if (s.address.empty()) continue;
+      remote.push_back({s.address, s.key, ChunkBytes(model_.config, p.middle[i].size())});
+      remote_source.push_back(i);
+    }
+    std::optional<KvPrefetcher> prefetch;
+    if (!remote.empty()) {
+      prefetch.emplace(*fetcher_, std::move(remote),
+                       PrefetchOptions{options_.final_fetch_parallel, options_.final_prefetch_bytes,
+                                       task.fetch_timeout_ms});
+    }
     MESA_ASSIGN_OR_RETURN(const ChunkKv anchor, phases.RunAnchor(tokens(p.anchor), nullptr));
     MESA_ASSIGN_OR_RETURN(MesaState started, phases.StartFinal(anchor, InitialCacheTokens(p.n, p.max_new_tokens)));
     state.emplace(std::move(started));
@@ -239,25 +255,25 @@ absl::StatusOr<FinalResult> WorkerCore::RunFinalLocked(const FinalTask& task, co
         }
         kv = *std::move(held);
       } else {
-        const auto f0 = std::chrono::steady_clock::now();
-        auto fetched = fetcher_->Fetch(s.address, s.key, task.fetch_timeout_ms);
-        const double fetch_s = SecondsSince(f0);
-        out.kv_transfer_s += fetch_s;
-        if (!fetched.ok()) {
-          // ABORTED tells the coordinator that a source, not this worker, failed (it then
-          // checks the holder and recomputes the chunk); cancellation stays CANCELLED.
-          const absl::StatusCode code = absl::IsCancelled(fetched.status()) ? absl::StatusCode::kCancelled
+        Prefetched got = prefetch->Next();
+        out.kv_transfer_s += got.fetch_s;
+        if (!got.kv.ok()) {
+          // The failed fetch may be a later chunk's: name that one. ABORTED tells the
+          // coordinator that a source, not this worker, failed (it then checks the holder
+          // and recomputes the chunk); cancellation stays CANCELLED.
+          const size_t failed = remote_source[std::min(got.index, remote_source.size() - 1)];
+          const KvSourceRef& f = task.sources[failed];
+          const absl::StatusCode code = absl::IsCancelled(got.kv.status()) ? absl::StatusCode::kCancelled
                                                                             : absl::StatusCode::kAborted;
-          return absl::Status(code, absl::StrCat("chunk K/V missing: chunk ", i, " (", KvKeyString(s.key),
-                                                 ") from ", s.address, ": ",
-                                                 absl::StatusCodeToString(fetched.status().code()), ": ",
-                                                 fetched.status().message()));
+          return absl::Status(code, absl::StrCat("chunk K/V missing: chunk ", failed, " (", KvKeyString(f.key),
+                                                 ") from ", f.address, ": ",
+                                                 absl::StatusCodeToString(got.kv.status().code()), ": ",
+                                                 got.kv.status().message()));
         }
-        kv = *std::move(fetched);
-        if (!kv) return absl::DataLossError(absl::StrCat("fetcher returned no K/V for chunk ", i));
+        kv = *std::move(got.kv);
         out.kv_bytes_received += static_cast<int64_t>(kv->bytes());
         instruments_.kv_fetched_bytes_final.Increment(static_cast<double>(kv->bytes()));
-        instruments_.kv_fetch_seconds_final.Observe(fetch_s);
+        instruments_.kv_fetch_seconds_final.Observe(got.fetch_s);
       }
       MESA_RETURN_IF_ERROR(CheckChunk(*kv, model_.config, p.middle[i], static_cast<int32_t>(i)));
       MESA_RETURN_IF_ERROR(phases.AddMiddle(*state, *kv));

@@ -40,6 +40,11 @@ struct WorkerCoreOptions {
   // Where the worker's metrics go (worker/worker_metrics.h; the K/V gauges read this
   // core at scrape); null: a registry of its own. One core per Metrics.
   std::shared_ptr<ops::Metrics> metrics;
+  // A spread final fetches its remote chunks ahead (worker/kv_prefetch.h): up to this
+  // many at once, and up to this many bytes fetched but not yet laid into its cache
+  // (0: one chunk at a time). The window is memory beyond kv_memory_bytes.
+  int final_fetch_parallel = 4;
+  int64_t final_prefetch_bytes = int64_t{1} << 30;
 };
 
 struct ChunkTask {

@@ -578,6 +578,63 @@ TEST_F(WorkerCoreTest, MissingOrWrongChunksFailTheFinal) {
   EXPECT_EQ(c.cores[0]->RunFinal(f).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// Serves the chunks `holder` computed, failing chunk `fail_chunk` (-1: none).
+class CoreFetcher : public KvFetcher {
+ public:
+  explicit CoreFetcher(WorkerCore& holder) : holder_(holder) {}
+  absl::StatusOr<std::shared_ptr<const ChunkKv>> Fetch(const std::string&, const KvKey& key, int64_t) override {
+    ++fetches;
+    if (key.chunk == fail_chunk) return absl::UnavailableError("the holder went away");
+    return holder_.GetKv(key);
+  }
+  std::atomic<int> fetches{0};
+  std::atomic<int32_t> fail_chunk{-1};
+
+ private:
+  WorkerCore& holder_;
+};
+
+// The final fetches ahead (kv_prefetch.h) with any window and parallelism and still lays
+// the chunks in plan order; a failure names the chunk that failed, even a later one.
+TEST_F(WorkerCoreTest, PrefetchedFinalEqualsOneChunkAtATimeAndNamesTheChunkThatFailed) {
+  const int64_t max_new = 8;
+  const std::vector<int32_t> prompt = TextPrompt(1500);
+  const MesaPlan plan = Plan(prompt, max_new);
+  const int32_t n_middle = static_cast<int32_t>(plan.middle.size());
+  ASSERT_GE(n_middle, 4);
+  WorkerCore holder(model(), 1, {}, nullptr);
+  for (int32_t i = 0; i < n_middle; ++i) ASSERT_TRUE(holder.RunChunk(MakeChunk(prompt, max_new, Key(i))).ok());
+  const jobs::GenerationOutput want = Reference(prompt, max_new, Greedy());
+  FinalTask f = MakeFinal(prompt, max_new, Greedy());
+  for (int32_t i = 0; i < n_middle; ++i) f.sources.push_back({i, "holder:1", Key(i)});
+  for (const int64_t window : {int64_t{0}, ChunkBytes(plan.middle[0]) * 2, int64_t{1} << 30}) {
+    for (const int parallel : {1, 4}) {
+      SCOPED_TRACE(absl::StrCat("window ", window, ", parallel ", parallel));
+      CoreFetcher fetcher(holder);
+      WorkerCoreOptions o;
+      o.final_prefetch_bytes = window;
+      o.final_fetch_parallel = parallel;
+      WorkerCore core(model(), 1, o, &fetcher);
+      auto r = core.RunFinal(f);
+      ASSERT_TRUE(r.ok()) << r.status();
+      ExpectSame(*r, want);
+      EXPECT_EQ(fetcher.fetches.load(), n_middle);
+      int64_t all = 0;
+      for (const TokenRange& m : plan.middle) all += ChunkBytes(m);
+      EXPECT_EQ(r->kv_bytes_received, all);
+
+      fetcher.fail_chunk = n_middle - 1;
+      r = core.RunFinal(f);
+      EXPECT_EQ(r.status().code(), absl::StatusCode::kAborted) << r.status();
+      EXPECT_NE(r.status().message().find(absl::StrCat("chunk ", n_middle - 1, " (")), std::string::npos)
+          << r.status();
+      EXPECT_NE(r.status().message().find("UNAVAILABLE: the holder went away"), std::string::npos) << r.status();
+    }
+  }
+  // The holder still has every chunk (fetching does not consume a remote holder's).
+  EXPECT_EQ(holder.kv_entries(), n_middle);
+}
+
 TEST_F(WorkerCoreTest, FetchedChunkWithWrongRangeOrShapeIsDataLoss) {
   const int64_t max_new = 8;
   const std::vector<int32_t> prompt = TextPrompt(1500);

@@ -344,6 +344,7 @@ absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(const Model&
   }
   WorkerCoreOptions core_options;
   core_options.kv_memory_bytes = options.kv_memory_bytes;
+  core_options.final_prefetch_bytes = options.kv_prefetch_bytes;
   core_options.kv_pool = std::move(kv_pool);
   core_options.metrics = options.metrics;
   absl::StatusOr<std::unique_ptr<Backend>> backend = MakeBackend(options.device, options.threads, options.kv_type);

@@ -45,6 +45,8 @@ struct WorkerProcessOptions {
   // unencrypted: refused with TLS.
   // (PeerEndpoints: worker/peer_kv.h.)
   std::string kv_transport = "grpc";
+  // A final's remote chunks fetched ahead at most (WorkerCoreOptions::final_prefetch_bytes).
+  int64_t kv_prefetch_bytes = int64_t{1} << 30;
   int64_t register_timeout_ms = 0;  // 0 = keep trying; else give up after this long
   bool verbose = true;          // log registration and tasks (ops/log.h)
   std::shared_ptr<ops::Metrics> metrics;  // the core's metrics (worker/worker_metrics.h); null: its own

@@ -110,7 +110,7 @@ int RunCoordinator(const CoordinatorArgs& a) {
 // ---------------------------------------------------------------- worker
 
 struct WorkerArgs {
-  std::string coordinator, model, listen, name, kv_memory = "0", address_file;
+  std::string coordinator, model, listen, name, kv_memory = "0", kv_prefetch = "1G", address_file;
   int threads = 0;
   DeviceFlags device;
   int kv_lanes = 2;
@@ -134,6 +134,8 @@ int RunWorker(const WorkerArgs& a) {
   }
   auto kv = ParseBytes(a.kv_memory);
   if (!kv.ok()) return Fail(kv.status());
+  auto prefetch = ParseBytes(a.kv_prefetch);
+  if (!prefetch.ok()) return Fail(prefetch.status());
   auto security = ToServerSecurity(a.tls, rpc::ClientCertMode::kRequire);
   if (!security.ok()) return Fail(security.status());
   std::fputs(SecurityWarnings(*security, a.listen.empty() ? "(an address of this host)" : a.listen).c_str(), stderr);
@@ -148,6 +150,7 @@ int RunWorker(const WorkerArgs& a) {
   options.kv_type = a.device.kv_type;
   options.kv_memory_bytes = *kv;
   options.kv_lanes = a.kv_lanes;
+  options.kv_prefetch_bytes = *prefetch;
   options.kv_transport = a.kv_transport;
   options.register_timeout_ms = static_cast<int64_t>(a.register_timeout_s * 1000);
   options.security = security->server;
@@ -241,6 +244,7 @@ void RegisterClusterCommands(CLI::App& app) {
         ->check(CLI::Range(1, 16))
         ->capture_default_str();
     AddKvTransportFlag(cmd, &a->kv_transport);
+    AddKvPrefetchFlag(cmd, &a->kv_prefetch);
     cmd->add_option("--name", a->name, "Name shown in the coordinator's logs (default: the host name)");
     cmd->add_option("--register-timeout", a->register_timeout_s,
                     "Give up when the coordinator cannot be reached for this many seconds (0: keep trying)")

@@ -75,6 +75,7 @@ struct ClusterArgs {
   std::string chat_template = "auto";
   std::string placement = "auto";
   std::string kv_memory = "0";
+  std::string kv_prefetch = "1G";
   std::string kv_transport = "grpc";
   int64_t max_tokens = 256;
   int64_t max_doc_bytes = 16 << 20;
@@ -118,6 +119,7 @@ struct Prepared {
   ServerSecurityConfig worker_security;       // every rank's worker (requires them under --tls-client-ca)
   coord::Placement placement = coord::Placement::kAuto;
   int64_t kv_memory_bytes = 0;
+  int64_t kv_prefetch_bytes = 0;
   std::string listen;
   bool batch = false;  // --input given
 };
@@ -133,6 +135,7 @@ absl::StatusOr<Prepared> Prepare(const ClusterArgs& a) {
   auto kv = ParseBytes(a.kv_memory);
   if (!kv.ok()) return kv.status();
   p.kv_memory_bytes = *kv;
+  MESA_ASSIGN_OR_RETURN(p.kv_prefetch_bytes, ParseBytes(a.kv_prefetch));
   p.batch = !a.input.empty();
   p.listen = !a.listen.empty() ? a.listen : p.batch ? "0.0.0.0:0" : "0.0.0.0:50051";
   // Certificates, keys and token files are read and checked here, on every rank alike.
@@ -178,6 +181,7 @@ worker::WorkerProcessOptions WorkerOptionsFor(const ClusterArgs& a, const Prepar
   o.device = a.device.device;
   o.kv_type = a.device.kv_type;
   o.kv_memory_bytes = p.kv_memory_bytes;
+  o.kv_prefetch_bytes = p.kv_prefetch_bytes;
   o.kv_transport = a.kv_transport;
   o.security = p.worker_security.server;
   o.channels = p.worker_security.channels;
@@ -782,6 +786,7 @@ void RegisterMpiCluster(CLI::App& app) {
   cmd->add_option("--kv-memory", a->kv_memory, "Bytes of chunk K/V each rank's worker may hold (K/M/G/T; 0 = no limit)")
       ->capture_default_str();
   AddKvTransportFlag(cmd, &a->kv_transport);
+  AddKvPrefetchFlag(cmd, &a->kv_prefetch);
   AddLongContextFlags(cmd, &a->lc);
   AddTlsServerFlags(cmd, &a->tls, /*tokens=*/true);
   AddOpsFlags(cmd, &a->ops, 9090);

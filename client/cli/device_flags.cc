@@ -1,5 +1,7 @@
 #include "client/cli/device_flags.h"
 
+#include "client/cli/server_util.h"
+
 namespace mesa::cli {
 
 void AddKvTransportFlag(CLI::App* cmd, std::string* kv_transport) {
@@ -9,6 +11,18 @@ void AddKvTransportFlag(CLI::App* cmd, std::string* kv_transport) {
                   "cuda only; never yet run on a GPU); a holder without a link of this kind is fetched from "
                   "over grpc. socket and nccl are unencrypted: not with TLS")
       ->check(CLI::IsMember({"grpc", "socket", "nccl"}))
+      ->capture_default_str();
+}
+
+void AddKvPrefetchFlag(CLI::App* cmd, std::string* kv_prefetch) {
+  cmd->add_option("--kv-prefetch", *kv_prefetch,
+                  "Chunk K/V a final task fetches ahead (suffix K/M/G/T): its remote chunks start moving, up to 4 "
+                  "at once, while it computes its anchor and lays earlier chunks into its cache; memory beyond "
+                  "--kv-memory. 0: one chunk at a time")
+      ->check([](const std::string& v) {
+        absl::StatusOr<int64_t> bytes = ParseBytes(v);
+        return bytes.ok() ? std::string() : std::string(bytes.status().message());
+      })
       ->capture_default_str();
 }
 

@@ -23,6 +23,9 @@ void AddDeviceFlags(CLI::App* cmd, DeviceFlags* flags);
 // --kv-transport grpc|socket|nccl for the commands that start workers (worker, cluster):
 // how chunk K/V moves between workers (WorkerProcessOptions::kv_transport).
 void AddKvTransportFlag(CLI::App* cmd, std::string* kv_transport);
+// --kv-prefetch BYTES (K/M/G/T) for the same commands: how much chunk K/V a final task
+// fetches ahead of laying it into its cache (WorkerProcessOptions::kv_prefetch_bytes).
+void AddKvPrefetchFlag(CLI::App* cmd, std::string* kv_prefetch);
 // The backend for the flags with `threads` CPU threads; a clear error when the device
 // cannot be used (no CUDA in this build, no driver, no such device) or cannot keep the
 // K/V type asked for.
