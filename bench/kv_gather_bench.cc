@@ -16,7 +16,9 @@
 // a real anchor). Every laid chunk is compared with the source after each round.
 //
 // Usage: kv_gather_bench [--chunks 12] [--holders 3] [--chunk-mib 16] [--anchor-ms 300]
-//                        [--rounds 5] [--window-mib 1024] [--parallel 4]
+//                        [--rounds 5] [--window-mib 1024] [--parallel 4] [--max-batch 1]
+// --max-batch N: the socket link's receiver moves up to N chunks of one holder as one
+// gather (PeerKvFetcherOptions::max_batch; `mesa worker` uses 1 over sockets, 8 over NCCL).
 #include <malloc.h>
 
 #include <cmath>
@@ -101,7 +103,7 @@ int64_t CalibrateAnchor(double ms) {
 }
 
 struct Args {
-  int chunks = 12, holders = 3, rounds = 5, parallel = 4;
+  int chunks = 12, holders = 3, rounds = 5, parallel = 4, max_batch = 1;
   int64_t chunk_mib = 16, window_mib = 1024;
   double anchor_ms = 300;
 };
@@ -115,15 +117,16 @@ Args Parse(int argc, char** argv) {
     else if (flag == "--holders") a.holders = std::atoi(v);
     else if (flag == "--rounds") a.rounds = std::atoi(v);
     else if (flag == "--parallel") a.parallel = std::atoi(v);
+    else if (flag == "--max-batch") a.max_batch = std::atoi(v);
     else if (flag == "--chunk-mib") a.chunk_mib = std::atoll(v);
     else if (flag == "--window-mib") a.window_mib = std::atoll(v);
     else if (flag == "--anchor-ms") a.anchor_ms = std::atof(v);
     else a.chunks = 0;
   }
-  if (argc % 2 == 0 || a.chunks < 1 || a.holders < 1 || a.rounds < 1 || a.chunk_mib < 1 || a.parallel < 1 ||
+  if (argc % 2 == 0 || a.chunks < 1 || a.holders < 1 || a.rounds < 1 || a.chunk_mib < 1 || a.parallel < 1 || a.max_batch < 1 || a.max_batch > 64 ||
       a.window_mib < 0 || a.anchor_ms < 0) {
     std::fprintf(stderr, "usage: kv_gather_bench [--chunks 12] [--holders 3] [--chunk-mib 16] [--anchor-ms 300] "
-                         "[--rounds 5] [--window-mib 1024] [--parallel 4]\n");
+                         "[--rounds 5] [--window-mib 1024] [--parallel 4] [--max-batch 1]\n");
     std::exit(2);
   }
   return a;
@@ -152,6 +155,7 @@ int Main(int argc, char** argv) {
   PeerKvFetcherOptions peer_options;
   peer_options.endpoints = std::make_shared<SharedTransportEndpoints>(std::make_shared<SocketPeerTransport>());
   peer_options.kv_pool = std::make_shared<KvBufferPool>(int64_t{4} << 30);
+  peer_options.max_batch = args.max_batch;
   PeerKvFetcher peer_fetcher(peer_options);
   std::vector<uint8_t> cache(chunk_bytes * args.chunks, 0);
   const int64_t anchor_units = CalibrateAnchor(args.anchor_ms);
@@ -210,9 +214,11 @@ int Main(int argc, char** argv) {
               bench::CopyIsa().c_str());
   std::printf("- %d chunks of %.0f MiB (%.0f MiB in all) round-robin on %d holder servers on 127.0.0.1; the final's "
               "anchor: %.0f ms of one-thread work when alone (measured alone each round: median %.0f ms); prefetch: "
-              "%d fetches at once at most, a %lld MiB window; %d rounds, legs rotating, median shown\n",
+              "%d fetches at once at most, a %lld MiB window, up to %d chunks of a holder per link gather; %d rounds, legs "
+              "rotating, median shown\n",
               args.chunks, static_cast<double>(chunk_bytes) / (1 << 20), mib, args.holders, args.anchor_ms,
-              1e3 * Median(anchor_alone), args.parallel, static_cast<long long>(args.window_mib), args.rounds);
+              1e3 * Median(anchor_alone), args.parallel, static_cast<long long>(args.window_mib), args.max_batch,
+              args.rounds);
   std::printf("\n| transport | one at a time s | prefetch s | prefetch / one at a time | gather beyond the anchor: "
               "one at a time s | prefetch s | one at a time MiB per gather s | prefetch MiB per gather s |\n"
               "|---|---:|---:|---:|---:|---:|---:|---:|\n");

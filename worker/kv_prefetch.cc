@@ -3,10 +3,12 @@
 #include <algorithm>
 #include <chrono>
 
+#include "absl/strings/str_cat.h"
+
 namespace mesa::worker {
 
 KvPrefetcher::KvPrefetcher(KvFetcher& fetcher, std::vector<PrefetchRequest> requests, PrefetchOptions options)
-    : fetcher_(fetcher), requests_(std::move(requests)), options_(options), done_(requests_.size()) {
+    : fetcher_(fetcher), requests_(std::move(requests)), options_(options), started_(requests_.size(), false), done_(requests_.size()) {
   const size_t n = std::min(requests_.size(), static_cast<size_t>(std::max(1, options_.parallel)));
   threads_.reserve(n);
   for (size_t i = 0; i < n; ++i) threads_.emplace_back([this] { Loop(); });
@@ -21,31 +23,65 @@ KvPrefetcher::~KvPrefetcher() {
   for (std::thread& t : threads_) t.join();
 }
 
+bool KvPrefetcher::MayStartLocked(size_t i) const {
+  return i == next_take_ || pending_bytes_ + requests_[i].bytes <= options_.window_bytes;
+}
+
 void KvPrefetcher::Loop() {
+  const size_t n = requests_.size();
+  const size_t max_batch = static_cast<size_t>(std::max(1, std::min(options_.max_batch, fetcher_.MaxBatch())));
   std::unique_lock<std::mutex> l(mu_);
   for (;;) {
-    // The next chunk to take is always started; any later one only within the window.
-    cv_.wait(l, [&] {
-      return stop_ || failed_ || next_start_ >= requests_.size() || next_start_ == next_take_ ||
-             pending_bytes_ + requests_[next_start_].bytes <= options_.window_bytes;
-    });
-    if (stop_ || failed_ || next_start_ >= requests_.size()) return;
-    const size_t i = next_start_++;
-    pending_bytes_ += requests_[i].bytes;
+    // The first chunk not started yet goes next: always when it is the next to take (so
+    // the final never waits on a chunk nobody fetches), else only within the window.
+    cv_.wait(l, [&] { return stop_ || failed_ || head_ >= n || MayStartLocked(head_); });
+    if (stop_ || failed_ || head_ >= n) return;
+    std::vector<size_t> batch = {head_};
+    started_[head_] = true;
+    pending_bytes_ += requests_[head_].bytes;
+    // Later chunks of the same holder join it, in plan order, within the window.
+    for (size_t j = head_ + 1; j < n && batch.size() < max_batch; ++j) {
+      if (started_[j] || requests_[j].address != requests_[head_].address) continue;
+      if (pending_bytes_ + requests_[j].bytes > options_.window_bytes) break;
+      started_[j] = true;
+      pending_bytes_ += requests_[j].bytes;
+      batch.push_back(j);
+    }
+    while (head_ < n && started_[head_]) ++head_;
     peak_bytes_ = std::max(peak_bytes_, pending_bytes_);
     l.unlock();
 
-    const PrefetchRequest& r = requests_[i];
+    const PrefetchRequest& first = requests_[batch.front()];
+    const int64_t timeout_ms = std::max<int64_t>(1, options_.timeout_ms);
     const auto t0 = std::chrono::steady_clock::now();
-    Prefetched got;
-    got.index = i;
-    got.kv = fetcher_.Fetch(r.address, r.key, std::max<int64_t>(1, options_.timeout_ms));
-    got.fetch_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (got.kv.ok() && !*got.kv) got.kv = absl::DataLossError("the fetcher returned no K/V");
+    std::vector<Prefetched> got(batch.size());
+    if (batch.size() == 1) {
+      got[0].kv = fetcher_.Fetch(first.address, first.key, timeout_ms);
+    } else {
+      std::vector<KvKey> keys;
+      for (size_t i : batch) keys.push_back(requests_[i].key);
+      absl::StatusOr<std::vector<KvFetcher::Fetched>> many = fetcher_.FetchMany(first.address, keys, timeout_ms);
+      if (many.ok() && many->size() != batch.size()) {
+        many = absl::DataLossError(
+            absl::StrCat("the fetcher returned ", many->size(), " chunks for ", batch.size(), " keys"));
+      }
+      for (size_t b = 0; b < batch.size(); ++b) {
+        got[b].kv = many.ok() ? absl::StatusOr<std::shared_ptr<const ChunkKv>>((*many)[b].kv) : many.status();
+      }
+    }
+    // A batch's seconds are shared among its chunks, so that they add up to the time spent.
+    const double fetch_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    for (size_t b = 0; b < batch.size(); ++b) {
+      got[b].index = batch[b];
+      got[b].fetch_s = fetch_s / static_cast<double>(batch.size());
+      if (got[b].kv.ok() && !*got[b].kv) got[b].kv = absl::DataLossError("the fetcher returned no K/V");
+    }
 
     l.lock();
-    if (!got.kv.ok() && !failed_) failed_ = i;
-    done_[i] = std::move(got);
+    for (size_t b = 0; b < batch.size(); ++b) {
+      if (!got[b].kv.ok() && !failed_) failed_ = batch[b];
+      done_[batch[b]] = std::move(got[b]);
+    }
     cv_.notify_all();
   }
 }

@@ -2,9 +2,11 @@
 // from other workers are fetched ahead, several at once, while the final computes its
 // anchor and lays earlier chunks into its cache. Chunks are handed out strictly in plan
 // order; fetches are started in plan order, so the chunk needed next is always the
-// first started. Through PeerKvFetcher, fetches from different holders run at once
-// (over NCCL or sockets: a gather from many peers progresses together) and fetches from
-// one holder take turns on its link.
+// first started. When the fetcher moves several chunks of one holder as one transfer
+// (KvFetcher::MaxBatch > 1: PeerKvFetcher, one gather over the pair's link, one group
+// of receives), the fetch that starts a chunk takes the holder's later chunks not yet
+// started along, in plan order, within the window. Fetches from different holders run
+// at once (over NCCL or sockets: a gather from many peers progresses together).
 //
 // Memory stays bounded: the bytes fetched or in flight but not yet taken stay within
 // `window_bytes`, except that the next chunk to take is always started (so one chunk
@@ -35,6 +37,9 @@ struct PrefetchOptions {
   int parallel = 4;                         // fetches in flight at most (< 1 is taken as 1)
   int64_t window_bytes = int64_t{1} << 30;  // fetched or in flight, not yet taken (see above)
   int64_t timeout_ms = 60000;               // each fetch's
+  // Chunks of one holder asked for in one FetchMany at most (also capped by the
+  // fetcher's MaxBatch: 1 unless it moves them as one transfer).
+  int max_batch = 8;
 };
 
 struct PrefetchRequest {
@@ -46,7 +51,7 @@ struct PrefetchRequest {
 struct Prefetched {
   size_t index = 0;  // into the requests: the one this is about
   absl::StatusOr<std::shared_ptr<const ChunkKv>> kv = nullptr;
-  double fetch_s = 0;  // the fetch's own duration (0 for an error not from a fetch)
+  double fetch_s = 0;  // the fetch's duration (a batch's shared by its chunks; 0 for an error not from a fetch)
 };
 
 class KvPrefetcher {
@@ -67,6 +72,7 @@ class KvPrefetcher {
 
  private:
   void Loop();
+  bool MayStartLocked(size_t i) const;
 
   KvFetcher& fetcher_;
   const std::vector<PrefetchRequest> requests_;
@@ -74,7 +80,8 @@ class KvPrefetcher {
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  size_t next_start_ = 0;                            // guarded by mu_
+  std::vector<bool> started_;                        // guarded by mu_
+  size_t head_ = 0;                                  // the first not started; guarded by mu_
   size_t next_take_ = 0;                             // guarded by mu_
   int64_t pending_bytes_ = 0;                        // started, not taken; guarded by mu_
   int64_t peak_bytes_ = 0;                           // guarded by mu_

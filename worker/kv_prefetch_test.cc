@@ -3,6 +3,7 @@
 // are tested in worker_core_test (in process) and peer_kv_test / coordinator_rpc_test.
 #include "worker/kv_prefetch.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -62,6 +63,24 @@ class ScriptedFetcher : public KvFetcher {
     std::lock_guard<std::mutex> l(mu_);
     fail_[c] = std::move(s);
   }
+  // With max_batch > 1, FetchMany is worth calling: it records each batch, then fetches
+  // its keys one after another (KvFetcher's default).
+  absl::StatusOr<std::vector<Fetched>> FetchMany(const std::string& address, absl::Span<const KvKey> keys,
+                                                 int64_t timeout_ms) override {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      std::vector<int32_t> b;
+      for (const KvKey& k : keys) b.push_back(k.chunk);
+      batches_.push_back(std::move(b));
+    }
+    return KvFetcher::FetchMany(address, keys, timeout_ms);
+  }
+  int MaxBatch() const override { return max_batch; }
+  int max_batch = 1;
+  std::vector<std::vector<int32_t>> batches() {
+    std::lock_guard<std::mutex> l(mu_);
+    return batches_;
+  }
   void ReturnNull(int32_t c) {
     std::lock_guard<std::mutex> l(mu_);
     null_.insert(c);
@@ -74,6 +93,7 @@ class ScriptedFetcher : public KvFetcher {
   bool all_released_ = false;
   absl::flat_hash_map<int32_t, absl::Status> fail_;
   std::vector<int32_t> started_;
+  std::vector<std::vector<int32_t>> batches_;
   int in_flight_ = 0, max_in_flight_ = 0;
 };
 
@@ -179,6 +199,60 @@ TEST(KvPrefetcherTest, TheDestructorWaitsForFetchesInFlightAndStartsNoMore) {
   releaser.join();
   // The three in flight, none after.
   EXPECT_EQ(f.started().size(), 3u);
+}
+
+// Requests(n) puts chunk i on holder i % 3.
+TEST(KvPrefetcherTest, AFetchTakesItsHoldersLaterChunksAlongInPlanOrder) {
+  ScriptedFetcher f;
+  f.max_batch = 4;
+  f.ReleaseAll();
+  {
+    KvPrefetcher p(f, Requests(9, 10), PrefetchOptions{3, 1000, 1000});
+    for (size_t i = 0; i < 9; ++i) {
+      Prefetched got = p.Next();
+      ASSERT_TRUE(got.kv.ok()) << got.kv.status();
+      EXPECT_EQ(got.index, i);
+      EXPECT_EQ((*got.kv)->range.begin, static_cast<int64_t>(i));
+    }
+  }
+  std::vector<std::vector<int32_t>> batches = f.batches();
+  std::sort(batches.begin(), batches.end());
+  EXPECT_EQ(batches, (std::vector<std::vector<int32_t>>{{0, 3, 6}, {1, 4, 7}, {2, 5, 8}}));
+}
+
+TEST(KvPrefetcherTest, BatchesStayWithinTheWindowAndTheOptionsCap) {
+  {
+    ScriptedFetcher f;
+    f.max_batch = 8;
+    f.ReleaseAll();
+    // A window of 25 holds two chunks of 10: each batch is at most two.
+    KvPrefetcher p(f, Requests(9, 10), PrefetchOptions{3, 25, 1000});
+    for (size_t i = 0; i < 9; ++i) ASSERT_EQ(p.Next().index, i);
+    EXPECT_LE(p.peak_bytes(), 25);
+    for (const auto& b : f.batches()) EXPECT_LE(b.size(), 2u);
+  }
+  {
+    ScriptedFetcher f;
+    f.max_batch = 8;
+    f.ReleaseAll();
+    PrefetchOptions o{3, 1000, 1000};
+    o.max_batch = 1;  // the caller's cap wins over the fetcher's
+    KvPrefetcher p(f, Requests(9, 10), o);
+    for (size_t i = 0; i < 9; ++i) ASSERT_EQ(p.Next().index, i);
+    EXPECT_TRUE(f.batches().empty());
+  }
+}
+
+TEST(KvPrefetcherTest, AFailedBatchFailsAsItsFirstChunk) {
+  ScriptedFetcher f;
+  f.max_batch = 4;
+  f.Fail(3, absl::DataLossError("chunk 3 was corrupt"));
+  f.ReleaseAll();
+  KvPrefetcher p(f, Requests(6, 10), PrefetchOptions{1, 1000, 1000});
+  Prefetched got = p.Next();  // chunks 0 and 3 moved together: 0 is the one named
+  EXPECT_EQ(got.index, 0u);
+  EXPECT_EQ(got.kv.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(p.Next().kv.status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
 TEST(KvPrefetcherTest, NoRequestsStartsNothing) {

@@ -7,8 +7,10 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "engine/mesa_phases.h"
 
 namespace mesa::worker {
@@ -44,6 +46,20 @@ class KvFetcher {
     crc32c->reset();
     return Fetch(address, key, timeout_ms);
   }
+
+  // Several chunks from the holder at `address`, all or nothing, in `keys`' order, within
+  // one `timeout_ms`. A fetcher that moves them as one transfer (PeerKvFetcher: one
+  // gather, a single group of receives) overrides it; this default fetches one after
+  // another.
+  struct Fetched {
+    std::shared_ptr<const ChunkKv> kv;
+    std::optional<uint32_t> crc32c;  // as FetchWithCrc's
+  };
+  virtual absl::StatusOr<std::vector<Fetched>> FetchMany(const std::string& address, absl::Span<const KvKey> keys,
+                                                         int64_t timeout_ms);
+  // How many chunks of one holder FetchMany is worth asking for at once (1: no gain
+  // over asking one by one, as for this default).
+  virtual int MaxBatch() const { return 1; }
 };
 
 // A fetcher that checks a CRC32C on the way (gRPC, peer links): it implements

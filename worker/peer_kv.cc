@@ -28,6 +28,8 @@ constexpr int64_t kMaxTimeoutMs = int64_t{3600} * 1000;
 constexpr int64_t kHelloTimeoutMs = 30000;
 // How long a holder waits for the receiver to close after a refusal.
 constexpr int64_t kCloseTimeoutMs = 10000;
+// The most chunks one fetch may ask for (PeerKvFetcher::MaxBatch is less).
+constexpr int kMaxKeysPerFetch = 64;
 
 absl::Time After(int64_t ms) { return absl::Now() + absl::Milliseconds(ms); }
 
@@ -163,22 +165,32 @@ class StreamControl final : public GatherControl {
   Inbox<Stream>& inbox_;
 };
 
-// The one-chunk plan both ends build from the holder's offer: the receiver is rank 0,
-// the holder rank 1.
-GatherPlan PlanFor(const KvKey& key, const KvManifestInfo& m) {
+// The plan both ends build from the holder's offer (keys[i] with infos[i], in order):
+// the receiver is rank 0, the holder rank 1.
+GatherPlan PlanFor(absl::Span<const KvKey> keys, absl::Span<const KvManifestInfo> infos) {
   GatherPlan plan;
   plan.receiver = 0;
-  GatherEntry e;
-  e.key = key;
-  e.holder = 1;
-  e.n_layer = m.n_layer;
-  e.n_head_kv = m.n_head_kv;
-  e.head_dim = m.head_dim;
-  e.range_begin = m.range_begin;
-  e.range_end = m.range_end;
-  e.dtype = m.dtype;
-  plan.entries.push_back(std::move(e));
+  for (size_t i = 0; i < keys.size() && i < infos.size(); ++i) {
+    const KvManifestInfo& m = infos[i];
+    GatherEntry e;
+    e.key = keys[i];
+    e.holder = 1;
+    e.n_layer = m.n_layer;
+    e.n_head_kv = m.n_head_kv;
+    e.head_dim = m.head_dim;
+    e.range_begin = m.range_begin;
+    e.range_end = m.range_end;
+    e.dtype = m.dtype;
+    plan.entries.push_back(std::move(e));
+  }
   return plan;
+}
+
+// The keys of one gather, for messages: "job/0/1/0" or "job/0/1/0 and 3 more".
+std::string KeysString(absl::Span<const KvKey> keys) {
+  if (keys.empty()) return "(no keys)";
+  return keys.size() == 1 ? KvKeyString(keys[0])
+                          : absl::StrCat(KvKeyString(keys[0]), " and ", keys.size() - 1, " more");
 }
 
 template <typename Stream>
@@ -283,37 +295,59 @@ grpc::Status ServePeerKv(grpc::ServerContext* ctx, PeerKvStream* stream, PeerEnd
     // Idle until the receiver asks for a chunk or closes the stream.
     absl::StatusOr<Message> m = Expect(inbox, Message::kFetch, "fetch", absl::InfiniteFuture());
     if (!m.ok()) return end(absl::IsUnavailable(m.status()) ? absl::OkStatus() : m.status());
-    const KvKey key = worker::FromProto(m->fetch().key());
-    const absl::Time deadline = After(std::clamp<int64_t>(m->fetch().timeout_ms(), 1, kMaxTimeoutMs));
-    absl::StatusOr<KvStreamingWorkerService::Held> held = lookup(key);
-    Message offer;
-    if (!held.ok() || held->kv == nullptr) {
-      SetStatus(held.ok() ? absl::NotFoundError(absl::StrCat("no K/V held for ", KvKeyString(key))) : held.status(),
+    if (m->fetch().more_keys_size() >= kMaxKeysPerFetch) {
+      Message offer;
+      SetStatus(absl::InvalidArgumentError(absl::StrCat("a fetch of ", m->fetch().more_keys_size() + 1,
+                                                        " chunks (at most ", kMaxKeysPerFetch, ")")),
                 offer.mutable_offer()->mutable_status());
       if (!stream->Write(offer)) return end(absl::OkStatus());
       continue;
     }
-    HeldChunk chunk = HeldFromChunkKv(key, *held->kv, held->crc32c);
-    StagedChunk staged;
-    if (!link->HostMemory()) {
-      // The bytes leave from device memory; the manifest keeps the host's CRC32C, which
-      // the receiver checks once it has copied them back out.
-      absl::StatusOr<StagedChunk> in = StageIn(*endpoint.staging, *held->kv);
-      if (!in.ok()) {
-        SetStatus(absl::Status(in.status().code(), absl::StrCat("staging ", KvKeyString(key), " on ",
-                                                               endpoint.staging->Name(), ": ", in.status().message())),
-                  offer.mutable_offer()->mutable_status());
-        if (!stream->Write(offer)) return end(absl::OkStatus());
-        continue;
+    std::vector<KvKey> keys = {worker::FromProto(m->fetch().key())};
+    for (const auto& k : m->fetch().more_keys()) keys.push_back(worker::FromProto(k));
+    const absl::Time deadline = After(std::clamp<int64_t>(m->fetch().timeout_ms(), 1, kMaxTimeoutMs));
+    // Every chunk found (and staged, over device memory) before the offer, or the first
+    // reason not: a refusal keeps the pair in step (no gather starts).
+    std::vector<KvStreamingWorkerService::Held> held;  // keeps the chunks alive during the gather
+    std::vector<HeldChunk> chunks;
+    std::vector<StagedChunk> staged(keys.size());
+    absl::Status found;
+    for (size_t i = 0; i < keys.size() && found.ok(); ++i) {
+      absl::StatusOr<KvStreamingWorkerService::Held> h = lookup(keys[i]);
+      if (!h.ok() || h->kv == nullptr) {
+        found = h.ok() ? absl::NotFoundError(absl::StrCat("no K/V held for ", KvKeyString(keys[i]))) : h.status();
+        break;
       }
-      staged = *std::move(in);
-      chunk.k = staged.k.data();
-      chunk.v = staged.v.data();
+      held.push_back(*std::move(h));
+      chunks.push_back(HeldFromChunkKv(keys[i], *held.back().kv, held.back().crc32c));
+      if (!link->HostMemory()) {
+        // The bytes leave from device memory; the manifest keeps the host's CRC32C, which
+        // the receiver checks once it has copied them back out.
+        absl::StatusOr<StagedChunk> in = StageIn(*endpoint.staging, *held.back().kv);
+        if (!in.ok()) {
+          found = absl::Status(in.status().code(), absl::StrCat("staging ", KvKeyString(keys[i]), " on ",
+                                                                endpoint.staging->Name(), ": ", in.status().message()));
+          break;
+        }
+        staged[i] = *std::move(in);
+        chunks.back().k = staged[i].k.data();
+        chunks.back().v = staged[i].v.data();
+      }
     }
-    SetStatus(absl::OkStatus(), offer.mutable_offer()->mutable_status());
-    ToProto(chunk.manifest.info, offer.mutable_offer()->mutable_manifest());
+    Message offer;
+    SetStatus(found, offer.mutable_offer()->mutable_status());
+    if (!found.ok()) {
+      if (!stream->Write(offer)) return end(absl::OkStatus());
+      continue;
+    }
+    std::vector<KvManifestInfo> infos;
+    for (size_t i = 0; i < chunks.size(); ++i) {
+      infos.push_back(chunks[i].manifest.info);
+      ToProto(chunks[i].manifest.info,
+              i == 0 ? offer.mutable_offer()->mutable_manifest() : offer.mutable_offer()->add_more_manifests());
+    }
     if (!stream->Write(offer)) return end(absl::OkStatus());
-    const absl::Status sent = GatherSend(*link, control, PlanFor(key, chunk.manifest.info), {chunk}, deadline);
+    const absl::Status sent = GatherSend(*link, control, PlanFor(keys, infos), chunks, deadline);
     // A refused or failed gather leaves the two ends out of step or the link dead: the
     // receiver drops the pair, and so does this side.
     if (!sent.ok()) return end(sent);
@@ -399,6 +433,8 @@ PeerKvFetcher::~PeerKvFetcher() {
   }
 }
 
+int PeerKvFetcher::MaxBatch() const { return std::clamp(options_.max_batch, 1, kMaxKeysPerFetch); }
+
 PeerKvFetcher::Counts PeerKvFetcher::counts() const {
   return Counts{peer_fetches_.load(), fallback_fetches_.load(), links_made_.load(), links_lost_.load()};
 }
@@ -414,24 +450,36 @@ std::shared_ptr<grpc::Channel> PeerKvFetcher::ChannelFor(const std::string& addr
   return channel;
 }
 
-absl::StatusOr<std::shared_ptr<const ChunkKv>> PeerKvFetcher::Fallback(const std::string& address, const KvKey& key,
-                                                                       int64_t timeout_ms, const absl::Status& why,
-                                                                       std::optional<uint32_t>* crc32c) {
+absl::StatusOr<std::vector<KvFetcher::Fetched>> PeerKvFetcher::Fallback(const std::string& address,
+                                                                        absl::Span<const KvKey> keys,
+                                                                        int64_t timeout_ms, const absl::Status& why) {
   if (options_.fallback == nullptr) {
-    return absl::Status(why.code(), absl::StrCat("PeerKv ", KvKeyString(key), " from ", address, " over ",
+    return absl::Status(why.code(), absl::StrCat("PeerKv ", KeysString(keys), " from ", address, " over ",
                                                  transport_name_, ": no link (", why.message(),
                                                  ") and no fallback"));
   }
-  fallback_fetches_.fetch_add(1);
-  if (counters_) counters_->fallback_chunks.Increment();
-  return options_.fallback->FetchWithCrc(address, key, std::max<int64_t>(1, timeout_ms), crc32c);
+  fallback_fetches_.fetch_add(static_cast<int64_t>(keys.size()));
+  if (counters_) counters_->fallback_chunks.Increment(static_cast<double>(keys.size()));
+  return options_.fallback->FetchMany(address, keys, std::max<int64_t>(1, timeout_ms));
 }
 
 absl::StatusOr<std::shared_ptr<const ChunkKv>> PeerKvFetcher::FetchWithCrc(const std::string& address,
                                                                            const KvKey& key, int64_t timeout_ms,
                                                                            std::optional<uint32_t>* crc32c) {
   crc32c->reset();
-  const std::string what = absl::StrCat("PeerKv ", KvKeyString(key), " from ", address, " over ", transport_name_);
+  absl::StatusOr<std::vector<Fetched>> got = FetchMany(address, absl::MakeConstSpan(&key, 1), timeout_ms);
+  if (!got.ok()) return got.status();
+  *crc32c = got->front().crc32c;
+  return std::move(got->front().kv);
+}
+
+absl::StatusOr<std::vector<KvFetcher::Fetched>> PeerKvFetcher::FetchMany(const std::string& address,
+                                                                         absl::Span<const KvKey> keys,
+                                                                         int64_t timeout_ms) {
+  const std::string what = absl::StrCat("PeerKv ", KeysString(keys), " from ", address, " over ", transport_name_);
+  if (keys.empty() || keys.size() > static_cast<size_t>(kMaxKeysPerFetch)) {
+    return absl::InvalidArgumentError(absl::StrCat(what, ": 1 to ", kMaxKeysPerFetch, " keys per fetch"));
+  }
   if (timeout_ms <= 0) return absl::InvalidArgumentError(absl::StrCat(what, ": timeout_ms must be positive"));
   if (options_.endpoints == nullptr) return absl::FailedPreconditionError(absl::StrCat(what, ": no peer links"));
   const absl::Time start = absl::Now();
@@ -447,7 +495,7 @@ absl::StatusOr<std::shared_ptr<const ChunkKv>> PeerKvFetcher::FetchWithCrc(const
         if (absl::Now() < it->second) {
           // Refused recently: the fallback, without asking again.
           lock.unlock();
-          return Fallback(address, key, timeout_ms, absl::FailedPreconditionError("refused recently"), crc32c);
+          return Fallback(address, keys, timeout_ms, absl::FailedPreconditionError("refused recently"));
         }
         no_peer_until_.erase(it);
       }
@@ -527,7 +575,7 @@ absl::StatusOr<std::shared_ptr<const ChunkKv>> PeerKvFetcher::FetchWithCrc(const
         std::lock_guard<std::mutex> lock(mu_);
         no_peer_until_[address] = absl::Now() + absl::Milliseconds(options_.retry_peer_ms);
       }
-      return Fallback(address, key, left_ms(), s, crc32c);
+      return Fallback(address, keys, left_ms(), s);
     }
     session->ready = true;
     links_made_.fetch_add(1);
@@ -539,14 +587,15 @@ absl::StatusOr<std::shared_ptr<const ChunkKv>> PeerKvFetcher::FetchWithCrc(const
     links_lost_.fetch_add(1);
     if (counters_) counters_->links_lost.Increment();
     if (options_.log) {
-      ops::LogWarn("kv.link_lost", {{"peer", address}, {"transport", transport_name_}, {"key", KvKeyString(key)},
+      ops::LogWarn("kv.link_lost", {{"peer", address}, {"transport", transport_name_}, {"key", KeysString(keys)},
                                     {"why", s}});
     }
     forget(s);
     return absl::Status(s.code(), absl::StrCat(what, ": ", s.message()));
   };
   Message ask;
-  ToProto(key, ask.mutable_fetch()->mutable_key());
+  ToProto(keys[0], ask.mutable_fetch()->mutable_key());
+  for (size_t i = 1; i < keys.size(); ++i) ToProto(keys[i], ask.mutable_fetch()->add_more_keys());
   ask.mutable_fetch()->set_timeout_ms(std::max<int64_t>(1, left_ms()));
   if (!session->stream->Write(ask)) return fail(session->EndStatus(absl::UnavailableError("the PeerKv stream broke")));
   absl::StatusOr<Message> offer = Expect(*session->inbox, Message::kOffer, "an offer", deadline);
@@ -555,37 +604,49 @@ absl::StatusOr<std::shared_ptr<const ChunkKv>> PeerKvFetcher::FetchWithCrc(const
     // Not held there: the pair stays in step (no gather started).
     return absl::Status(s.code(), absl::StrCat(what, ": ", s.message()));
   }
-  const KvManifestInfo info = worker::FromProto(offer->offer().manifest());
-  const GatherPlan plan = PlanFor(key, info);
-  if (info.total_bytes > options_.max_kv_bytes) {
-    return fail(absl::ResourceExhaustedError(
-        absl::StrCat("the chunk is ", info.total_bytes, " bytes, more than the ", options_.max_kv_bytes, " accepted")));
+  const size_t n = keys.size();
+  if (static_cast<size_t>(offer->offer().more_manifests_size()) + 1 != n) {
+    return fail(absl::DataLossError(absl::StrCat("an offer of ", offer->offer().more_manifests_size() + 1,
+                                                 " manifests for ", n, " keys")));
   }
+  std::vector<KvManifestInfo> infos = {worker::FromProto(offer->offer().manifest())};
+  for (const auto& m : offer->offer().more_manifests()) infos.push_back(worker::FromProto(m));
+  for (size_t i = 0; i < n; ++i) {
+    if (infos[i].total_bytes > options_.max_kv_bytes) {
+      return fail(absl::ResourceExhaustedError(absl::StrCat(KvKeyString(keys[i]), " is ", infos[i].total_bytes,
+                                                            " bytes, more than the ", options_.max_kv_bytes,
+                                                            " accepted")));
+    }
+  }
+  const GatherPlan plan = PlanFor(keys, infos);
   if (absl::Status s = CheckGatherPlan(plan, 2); !s.ok()) return fail(absl::DataLossError(s.message()));
 
-  ChunkKv kv;
-  kv.n_layer = info.n_layer;
-  kv.n_head_kv = info.n_head_kv;
-  kv.head_dim = info.head_dim;
-  kv.range = TokenRange{info.range_begin, info.range_end};
+  std::vector<ChunkKv> kvs(n);
+  for (size_t i = 0; i < n; ++i) {
+    kvs[i].n_layer = infos[i].n_layer;
+    kvs[i].n_head_kv = infos[i].n_head_kv;
+    kvs[i].head_dim = infos[i].head_dim;
+    kvs[i].range = TokenRange{infos[i].range_begin, infos[i].range_end};
+  }
   Backend* staging = session->link->HostMemory() ? nullptr : session->endpoint.staging.get();
-  StagedChunk staged;  // a device-memory link's landing place
-  GatherAllocate allocate = [&](size_t, const ChunkManifest& m) -> absl::StatusOr<KvRegion> {
+  std::vector<StagedChunk> staged(n);  // a device-memory link's landing places
+  GatherAllocate allocate = [&](size_t i, const ChunkManifest& m) -> absl::StatusOr<KvRegion> {
     const size_t floats = static_cast<size_t>(m.info.total_bytes / 2 / static_cast<int64_t>(sizeof(float)));
-    for (std::vector<float>* half : {&kv.k, &kv.v}) {
+    for (std::vector<float>* half : {&kvs[i].k, &kvs[i].v}) {
       *half = options_.kv_pool ? options_.kv_pool->Take(floats) : std::vector<float>();
       half->resize(floats);  // a fresh pool vector is empty: this sizes it
     }
-    if (staging == nullptr) return KvRegion{kv.k.data(), kv.v.data()};
-    for (BackendBuffer* b : {&staged.k, &staged.v}) {
+    if (staging == nullptr) return KvRegion{kvs[i].k.data(), kvs[i].v.data()};
+    for (BackendBuffer* b : {&staged[i].k, &staged[i].v}) {
       absl::StatusOr<BackendBuffer> got = staging->Allocate(floats * sizeof(float));
       if (!got.ok()) return got.status();
       *b = *std::move(got);
     }
-    return KvRegion{staged.k.data(), staged.v.data()};
+    return KvRegion{staged[i].k.data(), staged[i].v.data()};
   };
   auto give_back = [&] {
-    if (options_.kv_pool) {
+    if (!options_.kv_pool) return;
+    for (ChunkKv& kv : kvs) {
       options_.kv_pool->Give(std::move(kv.k));
       options_.kv_pool->Give(std::move(kv.v));
     }
@@ -596,37 +657,46 @@ absl::StatusOr<std::shared_ptr<const ChunkKv>> PeerKvFetcher::FetchWithCrc(const
   // staging backend.
   if (!got.ok()) {
     give_back();
-    staged = StagedChunk{};
+    staged.clear();
     return fail(got.status());
   }
   if (staging != nullptr) {
     // Out of device memory, then the check the link could not make: the holder's CRC32C
     // of its host bytes against ours.
-    const size_t half = kv.k.size() * sizeof(float);
-    staging->CopyOut(kv.k.data(), staged.k.data(), half);
-    staging->CopyOut(kv.v.data(), staged.v.data(), half);
+    for (size_t i = 0; i < n; ++i) {
+      const size_t half = kvs[i].k.size() * sizeof(float);
+      staging->CopyOut(kvs[i].k.data(), staged[i].k.data(), half);
+      staging->CopyOut(kvs[i].v.data(), staged[i].v.data(), half);
+    }
     staging->Synchronize();
     absl::Status s = staging->status();
-    const ChunkManifest& m = got->front();
-    if (s.ok() && m.has_crc) {
-      const uint32_t crc = Crc32c(kv.v.data(), half, Crc32c(kv.k.data(), half));
+    for (size_t i = 0; i < n && s.ok(); ++i) {
+      const ChunkManifest& m = (*got)[i];
+      if (!m.has_crc) continue;
+      const size_t half = kvs[i].k.size() * sizeof(float);
+      const uint32_t crc = Crc32c(kvs[i].v.data(), half, Crc32c(kvs[i].k.data(), half));
       if (crc != m.info.crc32c) {
-        s = absl::DataLossError(absl::StrCat("CRC32C mismatch after staging out of ", staging->Name(), " (manifest ",
-                                             m.info.crc32c, ", received bytes ", crc, ")"));
+        s = absl::DataLossError(absl::StrCat("CRC32C mismatch of ", KvKeyString(keys[i]), " after staging out of ",
+                                             staging->Name(), " (manifest ", m.info.crc32c, ", received bytes ", crc,
+                                             ")"));
       }
     }
-    staged = StagedChunk{};
+    staged.clear();
     if (!s.ok()) {
       give_back();
       return fail(s);
     }
   }
-  peer_fetches_.fetch_add(1);
-  if (counters_) counters_->link_chunks.Increment();
-  // Checked against the bytes: by the gather over host memory, after staging out here.
-  if (got->front().has_crc) *crc32c = got->front().info.crc32c;
-  if (options_.kv_pool) return KvBufferPool::Share(options_.kv_pool, std::move(kv));
-  return std::make_shared<const ChunkKv>(std::move(kv));
+  peer_fetches_.fetch_add(static_cast<int64_t>(n));
+  if (counters_) counters_->link_chunks.Increment(static_cast<double>(n));
+  std::vector<Fetched> out(n);
+  for (size_t i = 0; i < n; ++i) {
+    // Checked against the bytes: by the gather over host memory, after staging out here.
+    if ((*got)[i].has_crc) out[i].crc32c = (*got)[i].info.crc32c;
+    out[i].kv = options_.kv_pool ? KvBufferPool::Share(options_.kv_pool, std::move(kvs[i]))
+                                 : std::make_shared<const ChunkKv>(std::move(kvs[i]));
+  }
+  return out;
 }
 
 }  // namespace mesa::worker

@@ -100,6 +100,8 @@ struct PeerKvFetcherOptions {
   // Log each link made (kv.link), each refusal or failure to make one (kv.link_fallback)
   // and each link lost (kv.link_lost) through ops/log.h.
   bool log = false;
+  // Chunks of one holder a final asks for in one gather at most (MaxBatch; 1..64).
+  int max_batch = 1;
   // Where the counters go (null: none): mesa_worker_kv_link_chunks_total{route="link" |
   // "fallback"} and mesa_worker_kv_links_total{event="made" | "refused" | "lost"}.
   std::shared_ptr<ops::Metrics> metrics;
@@ -120,6 +122,12 @@ class PeerKvFetcher final : public CrcCheckingKvFetcher {
   absl::StatusOr<std::shared_ptr<const ChunkKv>> FetchWithCrc(const std::string& address, const KvKey& key,
                                                               int64_t timeout_ms,
                                                               std::optional<uint32_t>* crc32c) override;
+  // The chunks as one gather over the pair's link (one group of receives in `keys`'
+  // order; PeerKv's fetch with more_keys), all or nothing, with the errors above naming
+  // the first key and how many more. A holder without a link: the fallback's FetchMany.
+  absl::StatusOr<std::vector<Fetched>> FetchMany(const std::string& address, absl::Span<const KvKey> keys,
+                                                 int64_t timeout_ms) override;
+  int MaxBatch() const override;  // options.max_batch, within 1..64
 
   struct Counts {
     int64_t peer_fetches = 0;      // chunks received over a link
@@ -132,9 +140,8 @@ class PeerKvFetcher final : public CrcCheckingKvFetcher {
 
  private:
   class Session;
-  absl::StatusOr<std::shared_ptr<const ChunkKv>> Fallback(const std::string& address, const KvKey& key,
-                                                          int64_t timeout_ms, const absl::Status& why,
-                                                          std::optional<uint32_t>* crc32c);
+  absl::StatusOr<std::vector<Fetched>> Fallback(const std::string& address, absl::Span<const KvKey> keys,
+                                                int64_t timeout_ms, const absl::Status& why);
   std::shared_ptr<grpc::Channel> ChannelFor(const std::string& address);
 
   const PeerKvFetcherOptions options_;

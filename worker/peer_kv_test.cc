@@ -371,6 +371,53 @@ TEST_F(PeerKvTest, AChunkNotHeldIsNotFoundAndTheLinkStays) {
   EXPECT_EQ(fetcher.counts().links_lost, 0);
 }
 
+TEST_F(PeerKvTest, SeveralChunksMoveAsOneGatherInTheirOrderOverTheSameLink) {
+  PeerKvFetcherOptions o = Options(Socket());
+  o.max_batch = 8;
+  PeerKvFetcher fetcher(o);
+  EXPECT_EQ(fetcher.MaxBatch(), 8);
+  for (const std::vector<KvKey>& keys : {std::vector<KvKey>{kC, kA, kB}, std::vector<KvKey>{kB, kC}}) {
+    auto got = fetcher.FetchMany(server_.address(), keys, 20000);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_EQ(got->size(), keys.size());
+    for (size_t i = 0; i < keys.size(); ++i) {
+      EXPECT_TRUE(SameBits(*(*got)[i].kv, *holder_.Get(keys[i]))) << KvKeyString(keys[i]);
+      ASSERT_TRUE((*got)[i].crc32c.has_value());
+      EXPECT_EQ(*(*got)[i].crc32c, KvCrc32c(*(*got)[i].kv));
+    }
+  }
+  // One missing among them: NOT_FOUND naming it, nothing returned, the link kept.
+  const KvKey missing{"job-7", 2, 9, 1};
+  auto partial = fetcher.FetchMany(server_.address(), std::vector<KvKey>{kA, missing, kB}, 10000);
+  ASSERT_FALSE(partial.ok());
+  EXPECT_EQ(partial.status().code(), absl::StatusCode::kNotFound) << partial.status();
+  EXPECT_THAT(std::string(partial.status().message()), HasSubstr(KvKeyString(missing)));
+  ASSERT_TRUE(fetcher.Fetch(server_.address(), kA, 10000).ok());
+  // More keys than one fetch may carry: refused before anything is asked.
+  EXPECT_EQ(fetcher.FetchMany(server_.address(), std::vector<KvKey>(65, kA), 10000).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  const PeerKvFetcher::Counts c = fetcher.counts();
+  EXPECT_EQ(c.peer_fetches, 6);
+  EXPECT_EQ(c.links_made, 1);
+  EXPECT_EQ(c.links_lost, 0);
+  EXPECT_EQ(holder_.calls(), 1);
+}
+
+TEST_F(PeerKvTest, SeveralChunksFromAHolderWithoutLinksComeOverFetchKv) {
+  Holder plain(nullptr);
+  PutChunks(plain);
+  LoopbackServer server(&plain);
+  ASSERT_TRUE(server.ok());
+  PeerKvFetcher fetcher(Options(Socket()));
+  auto got = fetcher.FetchMany(server.address(), std::vector<KvKey>{kB, kA}, 10000);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->size(), 2u);
+  EXPECT_TRUE(SameBits(*(*got)[0].kv, *plain.Get(kB)));
+  EXPECT_TRUE(SameBits(*(*got)[1].kv, *plain.Get(kA)));
+  EXPECT_EQ(fetcher.counts().fallback_fetches, 2);
+  EXPECT_EQ(fetcher.counts().peer_fetches, 0);
+}
+
 TEST_F(PeerKvTest, AHolderWithoutLinksIsFetchedFromOverFetchKvAndNotAskedAgainSoon) {
   Holder plain(nullptr);  // a worker started with --kv-transport grpc
   PutChunks(plain);
@@ -550,7 +597,14 @@ TEST(PeerKvStaging, ChunksCrossADeviceMemoryLinkThroughEachPairsStagingBackend) 
       EXPECT_TRUE(SameBits(**got, *holder.Get(key))) << KvKeyString(key);
     }
   }
-  EXPECT_EQ(fetcher.counts().peer_fetches, 6);
+  // Several in one gather, each staged in and out through the pair's backends.
+  auto many = fetcher.FetchMany(server.address(), std::vector<KvKey>{kC, kB, kA}, 20000);
+  ASSERT_TRUE(many.ok()) << many.status();
+  ASSERT_EQ(many->size(), 3u);
+  EXPECT_TRUE(SameBits(*(*many)[0].kv, *holder.Get(kC)));
+  EXPECT_TRUE(SameBits(*(*many)[1].kv, *holder.Get(kB)));
+  EXPECT_TRUE(SameBits(*(*many)[2].kv, *holder.Get(kA)));
+  EXPECT_EQ(fetcher.counts().peer_fetches, 9);
   EXPECT_EQ(fetcher.counts().links_made, 1);
   EXPECT_EQ(endpoints->made(), 1);         // one endpoint per pair, reused
   EXPECT_EQ(holder_endpoints->made(), 1);

@@ -336,6 +336,10 @@ absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(const Model&
     peer.channel_args = fetcher_options.channel_args;
     peer.log = options.verbose;
     peer.metrics = options.metrics;
+    // One gather per holder for several chunks where a gather's control round trips weigh
+    // against its transfer (NCCL: GPU to GPU is fast); over sockets one chunk per gather
+    // keeps the final's pipeline finer and measured no slower (bench/results/kv_gather.md).
+    peer.max_batch = options.kv_transport == "nccl" ? 8 : 1;
     peer.fallback = std::make_shared<GrpcKvFetcher>(std::move(fetcher_options));
     p->fetcher_ = std::make_unique<PeerKvFetcher>(std::move(peer));
   } else {
