@@ -425,14 +425,22 @@ absl::StatusOr<JobRecord> CoordinatorCore::GetJob(const std::string& id) {
   return job;
 }
 
+absl::StatusOr<JobStore::JobStatusRecord> CoordinatorCore::GetJobStatus(const std::string& id) {
+  auto status = store_->GetJobStatus(id);
+  if (absl::IsNotFound(status.status())) {
+    return absl::NotFoundError(absl::StrCat("job '", id, "' not found (`mesa list` shows the jobs)"));
+  }
+  return status;
+}
+
 absl::StatusOr<std::vector<ItemRecord>> CoordinatorCore::Items(const std::string& id) {
   MESA_RETURN_IF_ERROR(GetJob(id).status());
   return store_->Items(id);
 }
 
-absl::StatusOr<std::vector<ItemRecord>> CoordinatorCore::SettledItems(const std::string& id) {
-  MESA_RETURN_IF_ERROR(GetJob(id).status());
-  return store_->SettledItems(id);
+absl::StatusOr<std::vector<ItemRecord>> CoordinatorCore::SettledItems(const std::string& id, int64_t from_idx) {
+  MESA_RETURN_IF_ERROR(GetJobStatus(id).status());
+  return store_->SettledItems(id, from_idx);
 }
 
 absl::StatusOr<std::vector<JobRecord>> CoordinatorCore::ListJobs(int limit) { return store_->ListJobs(limit); }

@@ -65,6 +65,8 @@ class CoordinatorCore {
   // Jobs. INVALID_ARGUMENT for bad options or no lines; NOT_FOUND for unknown jobs.
   absl::StatusOr<JobRecord> CreateJob(const JobRequest& request, const std::vector<std::string>& lines);
   absl::StatusOr<JobRecord> GetJob(const std::string& id);
+  // Status and error only, in constant time (JobStore::GetJobStatus); NOT_FOUND as GetJob.
+  absl::StatusOr<JobStore::JobStatusRecord> GetJobStatus(const std::string& id);
   absl::StatusOr<std::vector<JobRecord>> ListJobs(int limit);
   absl::StatusOr<JobRecord> CancelJob(const std::string& id);
   // Result records of the settled items in input order: "mesa" (as `mesa run`) or
@@ -72,7 +74,8 @@ class CoordinatorCore {
   absl::StatusOr<std::vector<std::string>> Results(const std::string& id, const std::string& format);
   // The job's items in input order (state, result record, token counts).
   absl::StatusOr<std::vector<ItemRecord>> Items(const std::string& id);
-  absl::StatusOr<std::vector<ItemRecord>> SettledItems(const std::string& id);  // JobStore::SettledItems
+  absl::StatusOr<std::vector<ItemRecord>> SettledItems(const std::string& id,
+                                                       int64_t from_idx = 0);  // JobStore::SettledItems
   // Blocks until the job changed after `version` (or timeout); returns the new version.
   int64_t WaitForChange(int64_t version, int64_t timeout_ms);
   int64_t version() const;

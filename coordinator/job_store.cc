@@ -528,6 +528,16 @@ absl::StatusOr<JobRecord> JobStore::GetJob(const std::string& id) {
   return GetJobLocked(db_, id);
 }
 
+absl::StatusOr<JobStore::JobStatusRecord> JobStore::GetJobStatus(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt s(db_, absl::StrCat("GetJobStatus(", id, ")"));
+  MESA_RETURN_IF_ERROR(s.Prepare("SELECT status, error FROM jobs WHERE id = ?1"));
+  s.Bind(1, id);
+  MESA_ASSIGN_OR_RETURN(const bool row, s.Step());
+  if (!row) return absl::NotFoundError(absl::StrCat("job store: no job ", id));
+  return JobStatusRecord{s.Text(0), s.Text(1)};
+}
+
 absl::StatusOr<std::vector<JobRecord>> JobStore::ListJobs(int limit) {
   if (limit < 0) {
     return absl::InvalidArgumentError(absl::StrCat("job store: ListJobs: limit ", limit, " < 0"));
@@ -603,12 +613,13 @@ absl::StatusOr<std::vector<ItemRecord>> JobStore::Items(const std::string& job_i
                      absl::StrCat(kSelectItem, "WHERE job_id = ?1 ORDER BY idx"), job_id);
 }
 
-absl::StatusOr<std::vector<ItemRecord>> JobStore::SettledItems(const std::string& job_id) {
+absl::StatusOr<std::vector<ItemRecord>> JobStore::SettledItems(const std::string& job_id, int64_t from_idx) {
   std::lock_guard<std::mutex> lock(mu_);
   // kSelectItem's columns, with '' for the input and the plan (documents can be large).
-  return SelectItems(db_, absl::StrCat("SettledItems(", job_id, ")"),
-                     "SELECT job_id, idx, line, custom_id, '', state, failures, '', result, prompt_tokens, "
-                     "generated_tokens FROM items WHERE job_id = ?1 AND state != 0 ORDER BY idx",
+  return SelectItems(db_, absl::StrCat("SettledItems(", job_id, ", ", from_idx, ")"),
+                     absl::StrCat("SELECT job_id, idx, line, custom_id, '', state, failures, '', result, prompt_tokens, "
+                                  "generated_tokens FROM items WHERE job_id = ?1 AND idx >= ",
+                                  from_idx, " AND state != 0 ORDER BY idx"),
                      job_id);
 }
 

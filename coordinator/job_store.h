@@ -76,14 +76,23 @@ class JobStore {
 
   // Derived counts: completed = items in kDone, failed = items in kFailed.
   absl::StatusOr<JobRecord> GetJob(const std::string& id);        // NOT_FOUND
+  // The job's status and error alone (NOT_FOUND): constant time, where GetJob's counts
+  // read every item of the job.
+  struct JobStatusRecord {
+    std::string status;
+    std::string error;
+  };
+  absl::StatusOr<JobStatusRecord> GetJobStatus(const std::string& id);
   absl::StatusOr<std::vector<JobRecord>> ListJobs(int limit);     // newest first; 0 = all
   absl::StatusOr<std::vector<std::string>> UnfinishedJobIds();  // status not terminal, oldest first
   // Number of jobs in each status (statuses without jobs absent), for the metrics.
   absl::StatusOr<std::vector<std::pair<std::string, int64_t>>> CountJobsByStatus();
   absl::StatusOr<std::vector<ItemRecord>> Items(const std::string& job_id);  // idx order; NOT_FOUND
-  // The items that are settled (done or failed), idx order, without their input and plan
-  // (empty): what a follower of a job's results reads again on every change.
-  absl::StatusOr<std::vector<ItemRecord>> SettledItems(const std::string& job_id);
+  // The items from `from_idx` on that are settled (done or failed), idx order, without
+  // their input and plan (empty): what a follower of a job's results reads on every
+  // change (from its first item not yet seen, so that a long job costs it the items in
+  // flight per change, not all settled ones).
+  absl::StatusOr<std::vector<ItemRecord>> SettledItems(const std::string& job_id, int64_t from_idx = 0);
   absl::StatusOr<ItemRecord> Item(const std::string& job_id, int64_t idx);
 
   // Sets the status and stamps the matching *_at field (now, unix seconds) if unset;

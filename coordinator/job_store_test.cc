@@ -266,6 +266,31 @@ TEST(JobStoreTest, SettledItemsLeaveOutPendingItemsAndInputs) {
   EXPECT_EQ((*settled)[1].idx, 3);
   EXPECT_EQ((*settled)[1].state, ItemState::kFailed);
   EXPECT_EQ(store->SettledItems("nope").status().code(), absl::StatusCode::kNotFound);
+  // From an idx on: what a follower that has seen items 0..1 reads.
+  auto later = store->SettledItems("job", 2);
+  ASSERT_TRUE(later.ok()) << later.status();
+  ASSERT_EQ(later->size(), 1u);
+  EXPECT_EQ((*later)[0].idx, 3);
+  auto past_end = store->SettledItems("job", 4);
+  ASSERT_TRUE(past_end.ok()) << past_end.status();  // the job exists: nothing, not NOT_FOUND
+  EXPECT_TRUE(past_end->empty());
+  EXPECT_EQ(store->SettledItems("nope", 2).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(JobStoreTest, GetJobStatusReadsTheStatusAndErrorAlone) {
+  auto store = OpenOrDie(StoreDir("status_only"));
+  ASSERT_TRUE(store);
+  ASSERT_TRUE(store->CreateJob(MakeJob("job"), MakeItems(3)).ok());
+  auto s = store->GetJobStatus("job");
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->status, store->GetJob("job")->status);
+  EXPECT_EQ(s->error, "");
+  ASSERT_TRUE(store->SetJobStatus("job", kJobFailed, "worker pool gone").ok());
+  s = store->GetJobStatus("job");
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->status, kJobFailed);
+  EXPECT_EQ(s->error, "worker pool gone");
+  EXPECT_EQ(store->GetJobStatus("nope").status().code(), absl::StatusCode::kNotFound);
 }
 
 TEST(JobStoreTest, StatusTimestampsAreStampedOnce) {

@@ -66,9 +66,15 @@ absl::Status FollowJob(CoordinatorCore& core, const std::string& job_id, std::se
                        jobs::BatchSummary& summary, const RecordFn& on_record,
                        const std::function<bool()>& should_stop, int64_t poll_ms) {
   int64_t version = core.version();
+  // The item count never changes; the per-change checks below read the status alone (a
+  // whole JobRecord counts every item: a job's follow would cost its items squared).
+  MESA_ASSIGN_OR_RETURN(const JobRecord job, core.GetJob(job_id));
+  int64_t first_unseen = 0;  // every item before it is in `seen`
   for (;;) {
-    // Settled items only, without their documents: this runs again on every change.
-    MESA_ASSIGN_OR_RETURN(std::vector<ItemRecord> settled, core.SettledItems(job_id));
+    // Settled items only, without their documents, and only from the first one not seen
+    // yet: this runs again on every change.
+    while (seen.contains(first_unseen)) ++first_unseen;
+    MESA_ASSIGN_OR_RETURN(std::vector<ItemRecord> settled, core.SettledItems(job_id, first_unseen));
     for (const ItemRecord& item : settled) {
       if (item.result.empty() || seen.contains(item.idx)) continue;
       seen.insert(item.idx);
@@ -85,13 +91,13 @@ absl::Status FollowJob(CoordinatorCore& core, const std::string& job_id, std::se
       }
       MESA_RETURN_IF_ERROR(on_record(item, r));
     }
-    MESA_ASSIGN_OR_RETURN(JobRecord now, core.GetJob(job_id));
+    MESA_ASSIGN_OR_RETURN(const JobStore::JobStatusRecord now, core.GetJobStatus(job_id));
     if (IsTerminalJobStatus(now.status)) {
       if (now.status != kJobCompleted) {
         return absl::InternalError(
             absl::StrCat("job ", job_id, " ended ", now.status, now.error.empty() ? "" : absl::StrCat(": ", now.error)));
       }
-      if (static_cast<int64_t>(seen.size()) < now.total) continue;  // the last records
+      if (static_cast<int64_t>(seen.size()) < job.total) continue;  // the last records
       return absl::OkStatus();
     }
     if (should_stop && should_stop()) return absl::AbortedError(absl::StrCat("job ", job_id, " is unfinished"));
