@@ -97,7 +97,10 @@ echo "chaos_soak: ${SECONDS_TOTAL}s, $NWORKERS workers, 24 lines in $NJOBFILES j
 
 # ---- metrics (when the binaries have them) ----
 METRICS=0
-if "$MESA" worker --help 2>&1 | grep -q -- "--metrics-listen"; then METRICS=1; fi
+# (The help is read whole first: `--help | grep -q` under pipefail fails when grep exits
+# before mesa has written everything, which skipped these checks by chance.)
+WORKER_HELP="$("$MESA" worker --help 2>&1 || true)"
+case "$WORKER_HELP" in *--metrics-listen*) METRICS=1 ;; esac
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 declare -a WMETRICS
 COORD_METRICS=""

@@ -31,14 +31,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-if [ ! -f "$BUILD_DIR/build.ninja" ] && [ ! -f "$BUILD_DIR/Makefile" ]; then
-  say "configuring $BUILD_DIR"
-  cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >&2
-fi
-say "building kv_gather_bench in $BUILD_DIR"
-cmake --build "$BUILD_DIR" --target kv_gather_bench -j "$(nproc)" >&2
-BENCH="$BUILD_DIR/worker/kv_gather_bench"
-[ -x "$BENCH" ] || die "$BENCH not built"
+# shellcheck source=bench/build_target.sh
+. "$ROOT/bench/build_target.sh"
+BENCH="$(bench_build_target kv_gather_bench worker)"
 
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT

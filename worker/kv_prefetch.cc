@@ -21,6 +21,13 @@ KvPrefetcher::~KvPrefetcher() {
   }
   cv_.notify_all();
   for (std::thread& t : threads_) t.join();
+  if (options_.pending_gauge) options_.pending_gauge->fetch_sub(pending_bytes_);
+}
+
+void KvPrefetcher::AddPendingLocked(int64_t bytes) {
+  pending_bytes_ += bytes;
+  peak_bytes_ = std::max(peak_bytes_, pending_bytes_);
+  if (options_.pending_gauge) options_.pending_gauge->fetch_add(bytes);
 }
 
 bool KvPrefetcher::MayStartLocked(size_t i) const {
@@ -38,17 +45,16 @@ void KvPrefetcher::Loop() {
     if (stop_ || failed_ || head_ >= n) return;
     std::vector<size_t> batch = {head_};
     started_[head_] = true;
-    pending_bytes_ += requests_[head_].bytes;
+    AddPendingLocked(requests_[head_].bytes);
     // Later chunks of the same holder join it, in plan order, within the window.
     for (size_t j = head_ + 1; j < n && batch.size() < max_batch; ++j) {
       if (started_[j] || requests_[j].address != requests_[head_].address) continue;
       if (pending_bytes_ + requests_[j].bytes > options_.window_bytes) break;
       started_[j] = true;
-      pending_bytes_ += requests_[j].bytes;
+      AddPendingLocked(requests_[j].bytes);
       batch.push_back(j);
     }
     while (head_ < n && started_[head_]) ++head_;
-    peak_bytes_ = std::max(peak_bytes_, pending_bytes_);
     l.unlock();
 
     const PrefetchRequest& first = requests_[batch.front()];
@@ -103,7 +109,7 @@ Prefetched KvPrefetcher::Next() {
   }
   Prefetched p = *std::move(done_[next_take_]);
   done_[next_take_].reset();
-  pending_bytes_ -= requests_[next_take_].bytes;
+  AddPendingLocked(-requests_[next_take_].bytes);
   ++next_take_;
   l.unlock();
   cv_.notify_all();

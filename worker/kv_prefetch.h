@@ -19,6 +19,7 @@
 // ends by its own timeout (KvFetcher's contract).
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
@@ -40,6 +41,10 @@ struct PrefetchOptions {
   // Chunks of one holder asked for in one FetchMany at most (also capped by the
   // fetcher's MaxBatch: 1 unless it moves them as one transfer).
   int max_batch = 8;
+  // Where the bytes fetched or in flight but not yet taken are also added (a worker's
+  // gauge, shared by its finals); null: nowhere. What this prefetcher added is taken off
+  // again by its destruction at the latest.
+  std::atomic<int64_t>* pending_gauge = nullptr;
 };
 
 struct PrefetchRequest {
@@ -73,6 +78,7 @@ class KvPrefetcher {
  private:
   void Loop();
   bool MayStartLocked(size_t i) const;
+  void AddPendingLocked(int64_t bytes);  // negative: taken
 
   KvFetcher& fetcher_;
   const std::vector<PrefetchRequest> requests_;

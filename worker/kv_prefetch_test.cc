@@ -255,6 +255,32 @@ TEST(KvPrefetcherTest, AFailedBatchFailsAsItsFirstChunk) {
   EXPECT_EQ(p.Next().kv.status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
+TEST(KvPrefetcherTest, TheSharedGaugeFollowsWhatIsPendingAndEndsAtZero) {
+  std::atomic<int64_t> gauge{0};
+  {
+    ScriptedFetcher f;
+    f.ReleaseAll();
+    PrefetchOptions o{2, 1000, 1000};
+    o.pending_gauge = &gauge;
+    KvPrefetcher p(f, Requests(5, 10), o);
+    ASSERT_TRUE(p.Next().kv.ok());
+    EXPECT_GE(gauge.load(), 0);
+    EXPECT_LE(gauge.load(), 40);
+    ASSERT_TRUE(f.WaitStarted(5));
+  }  // dropped with chunks fetched but not taken
+  EXPECT_EQ(gauge.load(), 0);
+  {
+    ScriptedFetcher f;
+    f.ReleaseAll();
+    PrefetchOptions o{2, 1000, 1000};
+    o.pending_gauge = &gauge;
+    KvPrefetcher p(f, Requests(3, 10), o);
+    for (int i = 0; i < 3; ++i) ASSERT_TRUE(p.Next().kv.ok());
+    EXPECT_EQ(gauge.load(), 0);  // everything taken
+  }
+  EXPECT_EQ(gauge.load(), 0);
+}
+
 TEST(KvPrefetcherTest, NoRequestsStartsNothing) {
   ScriptedFetcher f;
   KvPrefetcher p(f, {}, PrefetchOptions{});

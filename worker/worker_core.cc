@@ -88,6 +88,11 @@ WorkerCore::WorkerCore(const Model& model, std::unique_ptr<Backend> backend, Wor
   gauges_.push_back(metrics_->AddGaugeCallback("mesa_worker_kv_entries", "Chunk K/V entries this worker holds.",
                                                [this] { return Samples{{{}, static_cast<double>(kv_entries())}}; }));
   gauges_.push_back(metrics_->AddGaugeCallback(
+      "mesa_worker_kv_prefetch_bytes",
+      "Chunk K/V a final task fetched ahead or is fetching and has not laid into its cache yet (--kv-prefetch; "
+      "memory beyond --kv-memory).",
+      [this] { return Samples{{{}, static_cast<double>(prefetch_bytes_.load())}}; }));
+  gauges_.push_back(metrics_->AddGaugeCallback(
       "mesa_worker_kv_budget_bytes", "This worker's K/V budget (--kv-memory; 0 = no limit).",
       [this] { return Samples{{{}, static_cast<double>(options_.kv_memory_bytes)}}; }));
 }
@@ -238,7 +243,7 @@ absl::StatusOr<FinalResult> WorkerCore::RunFinalLocked(const FinalTask& task, co
     if (!remote.empty()) {
       prefetch.emplace(*fetcher_, std::move(remote),
                        PrefetchOptions{options_.final_fetch_parallel, options_.final_prefetch_bytes,
-                                       task.fetch_timeout_ms});
+                                       task.fetch_timeout_ms, PrefetchOptions{}.max_batch, &prefetch_bytes_});
     }
     MESA_ASSIGN_OR_RETURN(const ChunkKv anchor, phases.RunAnchor(tokens(p.anchor), nullptr));
     MESA_ASSIGN_OR_RETURN(MesaState started, phases.StartFinal(anchor, InitialCacheTokens(p.n, p.max_new_tokens)));

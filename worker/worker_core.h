@@ -159,6 +159,7 @@ class WorkerCore {
   mutable std::mutex kv_mu_;
   absl::flat_hash_map<KvKey, std::shared_ptr<Entry>> kv_;
   int64_t kv_bytes_ = 0;
+  std::atomic<int64_t> prefetch_bytes_{0};  // finals' chunks fetched ahead, not yet laid
 };
 
 }  // namespace mesa::worker

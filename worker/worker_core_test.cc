@@ -942,6 +942,7 @@ TEST_F(WorkerCoreTest, MetricsCountTasksTokensAndKv) {
   EXPECT_EQ(Sample(*oa.metrics, "mesa_worker_generated_tokens_total"), got->tokens.size());
   EXPECT_EQ(Sample(*oa.metrics, "mesa_worker_kv_fetched_bytes_total", {{"via", "final"}}), got->kv_bytes_received);
   EXPECT_EQ(Sample(*oa.metrics, "mesa_worker_kv_fetch_seconds", {{"via", "final"}}), n - 1);
+  EXPECT_EQ(Sample(*oa.metrics, "mesa_worker_kv_prefetch_bytes"), 0);  // the final laid everything it fetched
   EXPECT_EQ(Sample(*oa.metrics, "mesa_worker_kv_bytes_in_use"), 0);  // the loaded chunk was consumed
   b.ReleaseKv("job", 0, 1);
   EXPECT_EQ(Sample(*ob.metrics, "mesa_worker_kv_bytes_in_use"), 0);
