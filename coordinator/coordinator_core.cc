@@ -167,19 +167,23 @@ int64_t CoordinatorCore::Now() const { return options_.clock(); }
 void CoordinatorCore::AddGauges() {
   using Samples = std::vector<ops::Metrics::Sample>;
   gauges_.push_back(metrics_->AddGaugeCallback("mesa_jobs", "Jobs in the store, by state.", [this] {
-    Samples out;
-    auto counts = store_->CountJobsByStatus();
-    for (const char* state : {kJobValidating, kJobInProgress, kJobFinalizing, kJobCompleted, kJobFailed,
-                              kJobCancelling, kJobCancelled}) {
-      double n = 0;
-      if (counts.ok()) {
+    // A scrape never waits for the store: while a large job is being written it shows
+    // the counts of the last scrape that could read them.
+    auto counts = store_->CountJobsByStatus(/*wait=*/false);
+    std::lock_guard<std::mutex> lock(job_counts_mu_);
+    if (counts.ok()) {
+      Samples fresh;
+      for (const char* state : {kJobValidating, kJobInProgress, kJobFinalizing, kJobCompleted, kJobFailed,
+                                kJobCancelling, kJobCancelled}) {
+        double n = 0;
         for (const auto& [status, count] : *counts) {
           if (status == state) n = static_cast<double>(count);
         }
+        fresh.push_back({{{"state", state}}, n});
       }
-      out.push_back({{{"state", state}}, n});
+      job_counts_ = std::move(fresh);
     }
-    return out;
+    return job_counts_;
   }));
   // The scheduler's view; each reads one snapshot of its stats under the core's lock.
   auto stat = [this](const char* name, const char* help, int64_t Scheduler::Stats::*field) {

@@ -125,6 +125,8 @@ class CoordinatorCore {
   std::shared_ptr<ops::Metrics> metrics_;
   CoordinatorMetrics instruments_;
   std::vector<ops::Metrics::CallbackHandle> gauges_;  // removed first in the destructor
+  std::mutex job_counts_mu_;
+  std::vector<ops::Metrics::Sample> job_counts_;  // the mesa_jobs gauge's last read (guarded by job_counts_mu_)
   jobs::ChatTemplate default_template_ = jobs::ChatTemplate::kRaw;
 
   mutable std::mutex mu_;

@@ -572,8 +572,13 @@ absl::StatusOr<std::vector<std::string>> JobStore::UnfinishedJobIds() {
   }
 }
 
-absl::StatusOr<std::vector<std::pair<std::string, int64_t>>> JobStore::CountJobsByStatus() {
-  std::lock_guard<std::mutex> lock(mu_);
+absl::StatusOr<std::vector<std::pair<std::string, int64_t>>> JobStore::CountJobsByStatus(bool wait) {
+  std::unique_lock<std::mutex> lock(mu_, std::defer_lock);
+  if (wait) {
+    lock.lock();
+  } else if (!lock.try_lock()) {
+    return absl::UnavailableError("job store: busy (a write in progress)");
+  }
   Stmt s(db_, "CountJobsByStatus");
   MESA_RETURN_IF_ERROR(s.Prepare("SELECT status, COUNT(*) FROM jobs GROUP BY status ORDER BY status"));
   std::vector<std::pair<std::string, int64_t>> counts;

@@ -86,7 +86,9 @@ class JobStore {
   absl::StatusOr<std::vector<JobRecord>> ListJobs(int limit);     // newest first; 0 = all
   absl::StatusOr<std::vector<std::string>> UnfinishedJobIds();  // status not terminal, oldest first
   // Number of jobs in each status (statuses without jobs absent), for the metrics.
-  absl::StatusOr<std::vector<std::pair<std::string, int64_t>>> CountJobsByStatus();
+  // `wait` false: UNAVAILABLE at once when another call holds the store (a large job
+  // being written), instead of waiting for it.
+  absl::StatusOr<std::vector<std::pair<std::string, int64_t>>> CountJobsByStatus(bool wait = true);
   absl::StatusOr<std::vector<ItemRecord>> Items(const std::string& job_id);  // idx order; NOT_FOUND
   // The items from `from_idx` on that are settled (done or failed), idx order, without
   // their input and plan (empty): what a follower of a job's results reads on every
@@ -107,6 +109,9 @@ class JobStore {
   absl::StatusOr<bool> CommitResult(const std::string& job_id, int64_t idx, ItemState state,
                                     const std::string& result, int64_t prompt_tokens,
                                     int64_t generated_tokens);
+
+  // Holds the store as a long write would (tests of callers that must not wait on it).
+  std::unique_lock<std::mutex> LockForTest() { return std::unique_lock<std::mutex>(mu_); }
 
  private:
   explicit JobStore(sqlite3* db);

@@ -293,6 +293,33 @@ TEST(JobStoreTest, GetJobStatusReadsTheStatusAndErrorAlone) {
   EXPECT_EQ(store->GetJobStatus("nope").status().code(), absl::StatusCode::kNotFound);
 }
 
+// The metrics' read: without waiting it says UNAVAILABLE while the store is held (a large
+// job being written), and reads once it is free; waiting, it blocks until then.
+TEST(JobStoreTest, CountJobsByStatusNeedNotWaitForABusyStore) {
+  auto store = OpenOrDie(StoreDir("busy"));
+  ASSERT_TRUE(store);
+  ASSERT_TRUE(store->CreateJob(MakeJob("job"), MakeItems(2)).ok());
+  std::atomic<bool> waited_read_done{false};
+  std::thread waiting;
+  {
+    std::unique_lock<std::mutex> held = store->LockForTest();
+    EXPECT_EQ(store->CountJobsByStatus(/*wait=*/false).status().code(), absl::StatusCode::kUnavailable);
+    waiting = std::thread([&] {
+      auto counts = store->CountJobsByStatus(/*wait=*/true);
+      EXPECT_TRUE(counts.ok()) << counts.status();
+      waited_read_done = true;
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    EXPECT_FALSE(waited_read_done.load()) << "a waiting read went past a held store";
+  }
+  waiting.join();
+  EXPECT_TRUE(waited_read_done.load());
+  auto counts = store->CountJobsByStatus(/*wait=*/false);
+  ASSERT_TRUE(counts.ok()) << counts.status();
+  ASSERT_EQ(counts->size(), 1u);
+  EXPECT_EQ((*counts)[0].second, 1);
+}
+
 TEST(JobStoreTest, StatusTimestampsAreStampedOnce) {
   auto store = OpenOrDie(StoreDir("status"));
   ASSERT_TRUE(store);
