@@ -123,8 +123,8 @@ Args Parse(int argc, char** argv) {
     else if (flag == "--anchor-ms") a.anchor_ms = std::atof(v);
     else a.chunks = 0;
   }
-  if (argc % 2 == 0 || a.chunks < 1 || a.holders < 1 || a.rounds < 1 || a.chunk_mib < 1 || a.parallel < 1 || a.max_batch < 1 || a.max_batch > 64 ||
-      a.window_mib < 0 || a.anchor_ms < 0) {
+  if (argc % 2 == 0 || a.chunks < 1 || a.holders < 1 || a.rounds < 1 || a.chunk_mib < 1 || a.parallel < 1 ||
+      a.max_batch < 1 || a.max_batch > 64 || a.window_mib < 0 || a.anchor_ms < 0) {
     std::fprintf(stderr, "usage: kv_gather_bench [--chunks 12] [--holders 3] [--chunk-mib 16] [--anchor-ms 300] "
                          "[--rounds 5] [--window-mib 1024] [--parallel 4] [--max-batch 1]\n");
     std::exit(2);
@@ -214,8 +214,8 @@ int Main(int argc, char** argv) {
               bench::CopyIsa().c_str());
   std::printf("- %d chunks of %.0f MiB (%.0f MiB in all) round-robin on %d holder servers on 127.0.0.1; the final's "
               "anchor: %.0f ms of one-thread work when alone (measured alone each round: median %.0f ms); prefetch: "
-              "%d fetches at once at most, a %lld MiB window, up to %d chunks of a holder per link gather; %d rounds, legs "
-              "rotating, median shown\n",
+              "%d fetches at once at most, a %lld MiB window, up to %d chunks of a holder per link gather; "
+              "%d rounds, legs rotating, median shown\n",
               args.chunks, static_cast<double>(chunk_bytes) / (1 << 20), mib, args.holders, args.anchor_ms,
               1e3 * Median(anchor_alone), args.parallel, static_cast<long long>(args.window_mib), args.max_batch,
               args.rounds);
@@ -225,8 +225,9 @@ int Main(int argc, char** argv) {
   const double anchor = Median(anchor_alone);
   for (int t = 0; t < 2; ++t) {
     const double one = Median(secs[2 * t]), pre = Median(secs[2 * t + 1]);
-    std::printf("| %s | %.3f | %.3f | **%.2f** | %.3f | %.3f | %.0f | %.0f |\n", t == 0 ? "gRPC FetchKv" : "socket link",
-                one, pre, pre / one, one - anchor, pre - anchor, mib / one, mib / pre);
+    std::printf("| %s | %.3f | %.3f | **%.2f** | %.3f | %.3f | %.0f | %.0f |\n",
+                t == 0 ? "gRPC FetchKv" : "socket link", one, pre, pre / one, one - anchor, pre - anchor, mib / one,
+                mib / pre);
   }
   std::printf("\nEvery round's seconds (one at a time / prefetch):\n\n");
   for (int t = 0; t < 2; ++t) {

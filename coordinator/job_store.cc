@@ -622,8 +622,8 @@ absl::StatusOr<std::vector<ItemRecord>> JobStore::SettledItems(const std::string
   std::lock_guard<std::mutex> lock(mu_);
   // kSelectItem's columns, with '' for the input and the plan (documents can be large).
   return SelectItems(db_, absl::StrCat("SettledItems(", job_id, ", ", from_idx, ")"),
-                     absl::StrCat("SELECT job_id, idx, line, custom_id, '', state, failures, '', result, prompt_tokens, "
-                                  "generated_tokens FROM items WHERE job_id = ?1 AND idx >= ",
+                     absl::StrCat("SELECT job_id, idx, line, custom_id, '', state, failures, '', result, "
+                                  "prompt_tokens, generated_tokens FROM items WHERE job_id = ?1 AND idx >= ",
                                   from_idx, " AND state != 0 ORDER BY idx"),
                      job_id);
 }

@@ -94,8 +94,8 @@ absl::Status FollowJob(CoordinatorCore& core, const std::string& job_id, std::se
     MESA_ASSIGN_OR_RETURN(const JobStore::JobStatusRecord now, core.GetJobStatus(job_id));
     if (IsTerminalJobStatus(now.status)) {
       if (now.status != kJobCompleted) {
-        return absl::InternalError(
-            absl::StrCat("job ", job_id, " ended ", now.status, now.error.empty() ? "" : absl::StrCat(": ", now.error)));
+        return absl::InternalError(absl::StrCat("job ", job_id, " ended ", now.status,
+                                                now.error.empty() ? "" : absl::StrCat(": ", now.error)));
       }
       if (static_cast<int64_t>(seen.size()) < job.total) continue;  // the last records
       return absl::OkStatus();

@@ -8,7 +8,11 @@
 namespace mesa::worker {
 
 KvPrefetcher::KvPrefetcher(KvFetcher& fetcher, std::vector<PrefetchRequest> requests, PrefetchOptions options)
-    : fetcher_(fetcher), requests_(std::move(requests)), options_(options), started_(requests_.size(), false), done_(requests_.size()) {
+    : fetcher_(fetcher),
+      requests_(std::move(requests)),
+      options_(options),
+      started_(requests_.size(), false),
+      done_(requests_.size()) {
   const size_t n = std::min(requests_.size(), static_cast<size_t>(std::max(1, options_.parallel)));
   threads_.reserve(n);
   for (size_t i = 0; i < n; ++i) threads_.emplace_back([this] { Loop(); });
