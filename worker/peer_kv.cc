@@ -53,6 +53,7 @@ const char* BodyName(const Message& m) {
     case Message::kFetch: return "fetch";
     case Message::kOffer: return "offer";
     case Message::kControl: return "control";
+    case Message::kReceived: return "received";
     case Message::BODY_NOT_SET: return "an empty message";
   }
   return "an unknown message";
@@ -151,7 +152,7 @@ class StreamControl final : public GatherControl {
   absl::Status Send(int, const std::string& message, absl::Time) override {
     Message m;
     m.set_control(message);
-    if (!stream_->Write(m)) return absl::UnavailableError("the PeerKv stream broke");
+    if (!stream_->Write(m)) return absl::UnavailableError("the PeerKv stream broke during the gather");
     return absl::OkStatus();
   }
   absl::StatusOr<std::string> Receive(int, absl::Time deadline) override {
@@ -224,7 +225,7 @@ absl::StatusOr<StagedChunk> StageIn(Backend& staging, const ChunkKv& kv) {
 // --- holder ------------------------------------------------------------------------------
 
 grpc::Status ServePeerKv(grpc::ServerContext* ctx, PeerKvStream* stream, PeerEndpoints* endpoints,
-                         const KvStreamingWorkerService::Lookup& lookup) {
+                         const KvStreamingWorkerService::Lookup& lookup, const std::shared_ptr<LinkLimit>& limit) {
   // The link, once made, is aborted from the reader's thread if the stream ends (the
   // receiver went away) while a transfer is in progress.
   std::mutex link_mu;
@@ -253,6 +254,26 @@ grpc::Status ServePeerKv(grpc::ServerContext* ctx, PeerKvStream* stream, PeerEnd
     if (WriteStatus(stream, why)) inbox.AwaitEnd(After(kCloseTimeoutMs));
     return end(absl::OkStatus());
   };
+  // This link's place under --kv-links. Closing it to make room cancels the call (the
+  // receiver sees the stream end while the pair idles, and makes a new link at its
+  // next fetch); `call` keeps the closer off a context whose handler has returned.
+  struct Call {
+    std::mutex mu;
+    grpc::ServerContext* ctx;  // guarded by mu; null once the handler returns
+  };
+  auto call = std::make_shared<Call>();
+  call->ctx = ctx;
+  std::shared_ptr<LinkLimit::Place> place;
+  struct Leave {
+    std::shared_ptr<Call> call;
+    const std::shared_ptr<LinkLimit>& limit;
+    std::shared_ptr<LinkLimit::Place>& place;
+    ~Leave() {
+      if (place) limit->Release(*place);
+      std::lock_guard<std::mutex> lock(call->mu);
+      call->ctx = nullptr;
+    }
+  } leave{call, limit, place};
 
   absl::StatusOr<Message> hello = Expect(inbox, Message::kHello, "hello", After(kHelloTimeoutMs));
   if (!hello.ok()) return end(hello.status());
@@ -263,10 +284,25 @@ grpc::Status ServePeerKv(grpc::ServerContext* ctx, PeerKvStream* stream, PeerEnd
         endpoints == nullptr ? "it moves K/V over FetchKv only" : absl::StrCat("its links are ", endpoints->Name()),
         ")")));
   }
+  if (limit) {
+    absl::StatusOr<std::shared_ptr<LinkLimit::Place>> taken = limit->Take(ctx->peer(), [call] {
+      std::lock_guard<std::mutex> lock(call->mu);
+      if (call->ctx) call->ctx->TryCancel();
+    });
+    if (!taken.ok()) return refuse(taken.status());
+    place = *std::move(taken);
+  }
   absl::StatusOr<PeerEndpoint> made = endpoints->Make();
   if (!made.ok()) return refuse(made.status());
   endpoint = *std::move(made);
-  if (!WriteStatus(stream, absl::OkStatus())) return end(absl::OkStatus());
+  // A receiver that says `received` after each gather lets this side know when a link
+  // it has sent on idles (a send completes before the receiver has read everything).
+  const bool acks = hello->hello().acks();
+  {
+    Message accept;
+    accept.mutable_status()->set_acks(acks);
+    if (!stream->Write(accept)) return end(absl::OkStatus());
+  }
   const int64_t join_ms = std::clamp<int64_t>(hello->hello().join_timeout_ms(), 1, kMaxTimeoutMs);
   absl::StatusOr<Message> id_msg = Expect(inbox, Message::kGroupId, "group_id", After(join_ms));
   if (!id_msg.ok()) return end(id_msg.status());
@@ -291,10 +327,27 @@ grpc::Status ServePeerKv(grpc::ServerContext* ctx, PeerKvStream* stream, PeerEnd
   if (!WriteStatus(stream, absl::OkStatus())) return end(absl::OkStatus());
 
   StreamControl<PeerKvStream> control(stream, inbox);
+  bool unacked = false;  // bytes sent that the receiver has not said it has
   while (true) {
-    // Idle until the receiver asks for a chunk or closes the stream.
-    absl::StatusOr<Message> m = Expect(inbox, Message::kFetch, "fetch", absl::InfiniteFuture());
+    // Idle (closable to make room) until the receiver asks for a chunk or closes the
+    // stream; in use still while bytes it was sent may be in flight.
+    if (place && !unacked) limit->End(*place);
+    absl::StatusOr<Message> m = inbox.Next(absl::InfiniteFuture());
     if (!m.ok()) return end(absl::IsUnavailable(m.status()) ? absl::OkStatus() : m.status());
+    if (m->body_case() == Message::kReceived && unacked) {
+      unacked = false;
+      continue;
+    }
+    if (m->body_case() != Message::kFetch) {
+      return end(absl::DataLossError(absl::StrCat("expected fetch on the PeerKv stream, got ", BodyName(*m))));
+    }
+    unacked = false;  // a receiver without acks: the last gather is over, it asks again
+    if (place && !limit->Begin(*place)) {
+      // Closed to make room just as this fetch came (the call is being cancelled): the
+      // receiver sees the stream end before an offer, nothing moved, and asks again
+      // over a new link.
+      return end(absl::OkStatus());
+    }
     if (m->fetch().more_keys_size() >= kMaxKeysPerFetch) {
       Message offer;
       SetStatus(absl::InvalidArgumentError(absl::StrCat("a fetch of ", m->fetch().more_keys_size() + 1,
@@ -351,6 +404,7 @@ grpc::Status ServePeerKv(grpc::ServerContext* ctx, PeerKvStream* stream, PeerEnd
     // A refused or failed gather leaves the two ends out of step or the link dead: the
     // receiver drops the pair, and so does this side.
     if (!sent.ok()) return end(sent);
+    unacked = true;
   }
 }
 
@@ -370,7 +424,13 @@ class PeerKvFetcher::Session {
   std::unique_ptr<PeerLink> link;
   std::mutex link_mu;
   PeerLink* live_link = nullptr;  // guarded by link_mu: what the reader aborts
+  // The pair's place under --kv-links (limit null: no bound; place null: no link).
+  std::shared_ptr<LinkLimit> limit;
+  std::shared_ptr<LinkLimit::Place> place;  // guarded by mu
+  uint64_t generation = 0;                  // guarded by mu: links made so far
+  bool acks = false;                        // the holder wants `received` after each gather
 
+  explicit Session(std::shared_ptr<LinkLimit> l) : limit(std::move(l)) {}
   ~Session() { Close(absl::CancelledError("the session closed")); }
   // Starts the stream and its reader, which aborts the link (once there is one) when the
   // holder closes the stream or goes away: a transfer in progress then fails at once.
@@ -404,6 +464,11 @@ class PeerKvFetcher::Session {
     link.reset();
     endpoint = PeerEndpoint{};
     ready = false;
+    acks = false;
+    if (place) {
+      limit->Release(*place);
+      place.reset();
+    }
   }
   // Why the stream ended, as the call's status says (an older holder without PeerKv:
   // UNIMPLEMENTED), or `fallback` when it has not ended.
@@ -463,6 +528,69 @@ absl::StatusOr<std::vector<KvFetcher::Fetched>> PeerKvFetcher::Fallback(const st
   return options_.fallback->FetchMany(address, keys, std::max<int64_t>(1, timeout_ms));
 }
 
+absl::Status PeerKvFetcher::MakeLink(const std::shared_ptr<Session>& pair, const std::string& address,
+                                     absl::Time deadline) {
+  Session& session = *pair;
+  const uint64_t generation = ++session.generation;
+  if (session.limit) {
+    // A place under --kv-links first. Its closer (run by whoever needs the room once
+    // this link idles) waits for the pair's turn and closes the link unless the pair
+    // has made another since.
+    std::weak_ptr<Session> weak = pair;
+    absl::StatusOr<std::shared_ptr<LinkLimit::Place>> place = session.limit->Take(address, [weak, generation] {
+      std::shared_ptr<Session> s = weak.lock();
+      if (s == nullptr) return;
+      std::lock_guard<std::mutex> lock(s->mu);
+      if (s->generation == generation && s->ready) {
+        s->Close(absl::ResourceExhaustedError("closed to make room for another link (--kv-links)"));
+      }
+    });
+    if (!place.ok()) return place.status();
+    session.place = *std::move(place);
+  }
+  // Making the link: at most half of the time left, so that the fallback keeps the rest.
+  const absl::Time now = absl::Now();
+  const absl::Time join_deadline = std::min(deadline, now + std::max(absl::Seconds(1), (deadline - now) / 2));
+  session.Open(*mesa::v1::WorkerService::NewStub(ChannelFor(address)));
+  Message hello;
+  hello.mutable_hello()->set_transport(transport_name_);
+  hello.mutable_hello()->set_acks(true);
+  hello.mutable_hello()->set_join_timeout_ms(
+      std::max<int64_t>(1, absl::ToInt64Milliseconds(join_deadline - absl::Now())));
+  if (!session.stream->Write(hello)) return session.EndStatus(absl::UnavailableError("the PeerKv stream broke"));
+  absl::StatusOr<Message> accepted = Expect(*session.inbox, Message::kStatus, "the hello's answer", join_deadline);
+  if (!accepted.ok()) return session.EndStatus(accepted.status());
+  if (absl::Status s = FromProto(accepted->status()); !s.ok()) return s;
+  session.acks = accepted->status().acks();
+  absl::StatusOr<PeerEndpoint> endpoint = options_.endpoints->Make();
+  if (!endpoint.ok()) return endpoint.status();
+  session.endpoint = *std::move(endpoint);
+  PeerTransport& transport = *session.endpoint.transport;
+  absl::StatusOr<PeerGroupId> id = transport.NewGroupId();
+  if (!id.ok()) return id.status();
+  Message id_msg;
+  id_msg.set_group_id(std::string(reinterpret_cast<const char*>(id->bytes.data()), id->bytes.size()));
+  if (!session.stream->Write(id_msg)) {
+    (void)transport.Join(*id, 0, 2, absl::Now());  // gives back what NewGroupId holds
+    return session.EndStatus(absl::UnavailableError("the PeerKv stream broke"));
+  }
+  absl::StatusOr<std::unique_ptr<PeerLink>> link = transport.Join(*id, 0, 2, join_deadline);
+  // The holder's word on its side of the join, whatever happened on this one.
+  absl::StatusOr<Message> joined = Expect(*session.inbox, Message::kStatus, "the join's answer",
+                                          link.ok() ? join_deadline : absl::Now() + absl::Seconds(1));
+  if (joined.ok()) {
+    if (absl::Status s = FromProto(joined->status()); !s.ok()) return s;
+  }
+  if (!link.ok()) return link.status();
+  if (!joined.ok()) return joined.status();
+  if (!(*link)->HostMemory() && session.endpoint.staging == nullptr) {
+    return absl::InternalError(absl::StrCat("a ", (*link)->Transport(),
+                                            " link over device memory without a staging backend"));
+  }
+  session.SetLink(*std::move(link));
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::shared_ptr<const ChunkKv>> PeerKvFetcher::FetchWithCrc(const std::string& address,
                                                                            const KvKey& key, int64_t timeout_ms,
                                                                            std::optional<uint32_t>* crc32c) {
@@ -500,7 +628,7 @@ absl::StatusOr<std::vector<KvFetcher::Fetched>> PeerKvFetcher::FetchMany(const s
         no_peer_until_.erase(it);
       }
       std::shared_ptr<Session>& s = sessions_[address];
-      if (s == nullptr) s = std::make_shared<Session>();
+      if (s == nullptr) s = std::make_shared<Session>(options_.link_limit);
       session = s;
     }
     turn = std::unique_lock<std::mutex>(session->mu);
@@ -515,72 +643,79 @@ absl::StatusOr<std::vector<KvFetcher::Fetched>> PeerKvFetcher::FetchMany(const s
     if (auto it = sessions_.find(address); it != sessions_.end() && it->second == session) sessions_.erase(it);
   };
 
-  if (session->ready && session->inbox->ended()) {
-    // The holder closed the pair while it was idle (it restarted, or a connection
-    // broke): make a new one rather than fail a fetch that never started.
-    session->Close(absl::UnavailableError("the holder closed the PeerKv stream"));
+  // The pair's place under --kv-links is in use from here until this fetch returns
+  // (a failure that drops the pair releases it instead).
+  struct EndUse {
+    Session* s;
+    ~EndUse() {
+      if (s->limit && s->place) s->limit->End(*s->place);
+    }
+  } end_use{session.get()};
+
+  // The link, and the holder's offer for `keys` on it. A link the holder closes before
+  // it offers anything (it restarted, or closed the link to make room for another just
+  // as this fetch asked: nothing moved) is made anew once, then the fallback is asked.
+  absl::StatusOr<Message> offer;
+  for (int attempt = 0;; ++attempt) {
+    if (session->ready && session->place && !session->limit->Begin(*session->place)) {
+      // Closed to make room for another link while it idled (its closer may not have
+      // had the turn yet): made anew below.
+      session->Close(absl::ResourceExhaustedError("closed to make room for another link (--kv-links)"));
+    }
+    if (session->ready && session->inbox->ended()) {
+      // The holder closed the pair while it was idle (it restarted, a connection broke,
+      // it needed the room): make a new one rather than fail a fetch that never started.
+      session->Close(absl::UnavailableError("the holder closed the PeerKv stream"));
+      links_lost_.fetch_add(1);
+      if (counters_) counters_->links_lost.Increment();
+    }
+    if (!session->ready) {
+      if (absl::Status s = MakeLink(session, address, deadline); !s.ok()) {
+        if (options_.log) {
+          ops::LogInfo("kv.link_fallback", {{"peer", address}, {"transport", transport_name_}, {"why", s},
+                                            {"retry_in_ms", absl::IsResourceExhausted(s) ? 0 : options_.retry_peer_ms}});
+        }
+        forget(s);
+        if (counters_) counters_->links_refused.Increment();
+        if (!absl::IsResourceExhausted(s)) {
+          // Refused or impossible: not asked again for a while. Out of room (here or at
+          // the holder) is for now only: the next fetch asks again.
+          std::lock_guard<std::mutex> lock(mu_);
+          no_peer_until_[address] = absl::Now() + absl::Milliseconds(options_.retry_peer_ms);
+        }
+        return Fallback(address, keys, left_ms(), s);
+      }
+      session->ready = true;
+      links_made_.fetch_add(1);
+      if (counters_) counters_->links_made.Increment();
+      if (options_.log) ops::LogInfo("kv.link", {{"peer", address}, {"transport", transport_name_}});
+    }
+    Message ask;
+    ToProto(keys[0], ask.mutable_fetch()->mutable_key());
+    for (size_t i = 1; i < keys.size(); ++i) ToProto(keys[i], ask.mutable_fetch()->add_more_keys());
+    ask.mutable_fetch()->set_timeout_ms(std::max<int64_t>(1, left_ms()));
+    const bool sent = session->stream->Write(ask);
+    if (sent) {
+      offer = Expect(*session->inbox, Message::kOffer, "an offer", deadline);
+    } else {
+      offer = session->EndStatus(absl::UnavailableError("the PeerKv stream broke before the fetch was sent"));
+    }
+    const bool ended = session->inbox == nullptr || session->inbox->ended();
+    if (offer.ok() ||
+        (sent && !(ended && (absl::IsUnavailable(offer.status()) || absl::IsCancelled(offer.status()))))) {
+      break;
+    }
+    // The holder ended the pair before it offered anything.
     links_lost_.fetch_add(1);
     if (counters_) counters_->links_lost.Increment();
-  }
-  if (!session->ready) {
-    // Making the link: at most half of the time left, so that the fallback keeps the rest.
-    const absl::Time now = absl::Now();
-    const absl::Time join_deadline = std::min(deadline, now + std::max(absl::Seconds(1), (deadline - now) / 2));
-    auto establish = [&]() -> absl::Status {
-      session->Open(*mesa::v1::WorkerService::NewStub(ChannelFor(address)));
-      Message hello;
-      hello.mutable_hello()->set_transport(transport_name_);
-      hello.mutable_hello()->set_join_timeout_ms(
-          std::max<int64_t>(1, absl::ToInt64Milliseconds(join_deadline - absl::Now())));
-      if (!session->stream->Write(hello)) return session->EndStatus(absl::UnavailableError("the PeerKv stream broke"));
-      absl::StatusOr<Message> accepted = Expect(*session->inbox, Message::kStatus, "the hello's answer", join_deadline);
-      if (!accepted.ok()) return session->EndStatus(accepted.status());
-      if (absl::Status s = FromProto(accepted->status()); !s.ok()) return s;
-      absl::StatusOr<PeerEndpoint> endpoint = options_.endpoints->Make();
-      if (!endpoint.ok()) return endpoint.status();
-      session->endpoint = *std::move(endpoint);
-      PeerTransport& transport = *session->endpoint.transport;
-      absl::StatusOr<PeerGroupId> id = transport.NewGroupId();
-      if (!id.ok()) return id.status();
-      Message id_msg;
-      id_msg.set_group_id(std::string(reinterpret_cast<const char*>(id->bytes.data()), id->bytes.size()));
-      if (!session->stream->Write(id_msg)) {
-        (void)transport.Join(*id, 0, 2, absl::Now());  // gives back what NewGroupId holds
-        return session->EndStatus(absl::UnavailableError("the PeerKv stream broke"));
-      }
-      absl::StatusOr<std::unique_ptr<PeerLink>> link = transport.Join(*id, 0, 2, join_deadline);
-      // The holder's word on its side of the join, whatever happened on this one.
-      absl::StatusOr<Message> joined = Expect(*session->inbox, Message::kStatus, "the join's answer",
-                                              link.ok() ? join_deadline : absl::Now() + absl::Seconds(1));
-      if (joined.ok()) {
-        if (absl::Status s = FromProto(joined->status()); !s.ok()) return s;
-      }
-      if (!link.ok()) return link.status();
-      if (!joined.ok()) return joined.status();
-      if (!(*link)->HostMemory() && session->endpoint.staging == nullptr) {
-        return absl::InternalError(absl::StrCat("a ", (*link)->Transport(),
-                                                " link over device memory without a staging backend"));
-      }
-      session->SetLink(*std::move(link));
-      return absl::OkStatus();
-    };
-    if (absl::Status s = establish(); !s.ok()) {
-      if (options_.log) {
-        ops::LogInfo("kv.link_fallback", {{"peer", address}, {"transport", transport_name_}, {"why", s},
-                                          {"retry_in_ms", options_.retry_peer_ms}});
-      }
-      forget(s);
-      if (counters_) counters_->links_refused.Increment();
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        no_peer_until_[address] = absl::Now() + absl::Milliseconds(options_.retry_peer_ms);
-      }
-      return Fallback(address, keys, left_ms(), s);
+    if (attempt > 0) {
+      // Twice: the holder is going away, or its links are in such demand that they
+      // close as soon as they idle. Nothing moved: the fallback decides.
+      const absl::Status why = offer.status();
+      forget(why);
+      return Fallback(address, keys, left_ms(), why);
     }
-    session->ready = true;
-    links_made_.fetch_add(1);
-    if (counters_) counters_->links_made.Increment();
-    if (options_.log) ops::LogInfo("kv.link", {{"peer", address}, {"transport", transport_name_}});
+    session->Close(offer.status());
   }
 
   auto fail = [&](const absl::Status& s) {
@@ -593,12 +728,6 @@ absl::StatusOr<std::vector<KvFetcher::Fetched>> PeerKvFetcher::FetchMany(const s
     forget(s);
     return absl::Status(s.code(), absl::StrCat(what, ": ", s.message()));
   };
-  Message ask;
-  ToProto(keys[0], ask.mutable_fetch()->mutable_key());
-  for (size_t i = 1; i < keys.size(); ++i) ToProto(keys[i], ask.mutable_fetch()->add_more_keys());
-  ask.mutable_fetch()->set_timeout_ms(std::max<int64_t>(1, left_ms()));
-  if (!session->stream->Write(ask)) return fail(session->EndStatus(absl::UnavailableError("the PeerKv stream broke")));
-  absl::StatusOr<Message> offer = Expect(*session->inbox, Message::kOffer, "an offer", deadline);
   if (!offer.ok()) return fail(offer.status());
   if (absl::Status s = FromProto(offer->offer().status()); !s.ok()) {
     // Not held there: the pair stays in step (no gather started).
@@ -659,6 +788,13 @@ absl::StatusOr<std::vector<KvFetcher::Fetched>> PeerKvFetcher::FetchMany(const s
     give_back();
     staged.clear();
     return fail(got.status());
+  }
+  if (session->acks) {
+    // The bytes are in: the holder may close the link to make room from now on. A broken
+    // stream shows at the next fetch.
+    Message received;
+    received.set_received(true);
+    (void)session->stream->Write(received);
   }
   if (staging != nullptr) {
     // Out of device memory, then the check the link could not make: the holder's CRC32C

@@ -37,6 +37,7 @@
 #include "worker/grpc_kv.h"
 #include "worker/kv_peer.h"
 #include "worker/kv_pool.h"
+#include "worker/link_limit.h"
 #include "kernels/backend.h"
 #include "worker/kv_transport.h"
 
@@ -77,10 +78,14 @@ class SharedTransportEndpoints final : public PeerEndpoints {
 // `endpoints` null: this worker has no peer links (the hello is answered
 // FAILED_PRECONDITION, and the receiver falls back to FetchKv). `lookup` finds a held
 // chunk (KvStreamingWorkerService's lookup). The link (and its endpoint) is this
-// stream's alone: it ends with it.
+// stream's alone: it ends with it. `limit` (null: none) is the worker's bound on live
+// links, shared with its fetcher: a hello when every link is in use is answered
+// RESOURCE_EXHAUSTED (the receiver falls back for that fetch), and an idle link closed to
+// make room ends this call.
 using PeerKvStream = grpc::ServerReaderWriterInterface<mesa::v1::PeerKvMessage, mesa::v1::PeerKvMessage>;
 grpc::Status ServePeerKv(grpc::ServerContext* ctx, PeerKvStream* stream, PeerEndpoints* endpoints,
-                         const KvStreamingWorkerService::Lookup& lookup);
+                         const KvStreamingWorkerService::Lookup& lookup,
+                         const std::shared_ptr<LinkLimit>& limit = nullptr);
 
 struct PeerKvFetcherOptions {
   // How links are made (required); their kind is offered to every holder.
@@ -100,6 +105,10 @@ struct PeerKvFetcherOptions {
   // Log each link made (kv.link), each refusal or failure to make one (kv.link_fallback)
   // and each link lost (kv.link_lost) through ops/log.h.
   bool log = false;
+  // The worker's bound on live links, shared with its PeerKv handlers (null: none). A
+  // link closed to make room is made anew at its pair's next fetch; when every link is
+  // in use (here or at the holder) a fetch goes over the fallback, and the next asks again.
+  std::shared_ptr<LinkLimit> link_limit;
   // Chunks of one holder a final asks for in one gather at most (MaxBatch; 1..64).
   int max_batch = 1;
   // Where the counters go (null: none): mesa_worker_kv_link_chunks_total{route="link" |
@@ -140,6 +149,8 @@ class PeerKvFetcher final : public CrcCheckingKvFetcher {
 
  private:
   class Session;
+  // Takes the pair's place under the link limit, opens its stream and joins the link.
+  absl::Status MakeLink(const std::shared_ptr<Session>& session, const std::string& address, absl::Time deadline);
   absl::StatusOr<std::vector<Fetched>> Fallback(const std::string& address, absl::Span<const KvKey> keys,
                                                 int64_t timeout_ms, const absl::Status& why);
   std::shared_ptr<grpc::Channel> ChannelFor(const std::string& address);

@@ -69,6 +69,7 @@ class Holder final : public KvStreamingWorkerService {
     return chunks_->by_key.at(KvKeyString(key));
   }
   void set_hostile(Hostile h) { hostile_ = h; }
+  void set_limit(std::shared_ptr<LinkLimit> limit) { limit_ = std::move(limit); }
   int calls() const { return calls_.load(); }
   int finished() const { return finished_.load(); }
   // Cancels every open PeerKv call (as a holder that dies would drop them).
@@ -83,7 +84,7 @@ class Holder final : public KvStreamingWorkerService {
       std::lock_guard<std::mutex> lock(mu_);
       open_.insert(ctx);
     }
-    grpc::Status s = hostile_ == Hostile::kNone ? ServePeerKv(ctx, stream, endpoints_.get(), LookupIn(chunks_))
+    grpc::Status s = hostile_ == Hostile::kNone ? ServePeerKv(ctx, stream, endpoints_.get(), LookupIn(chunks_), limit_)
                                                 : ServeHostile(ctx, stream);
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -179,6 +180,7 @@ class Holder final : public KvStreamingWorkerService {
   std::atomic<int> calls_{0}, finished_{0};
   std::mutex mu_;
   std::set<grpc::ServerContext*> open_;  // guarded by mu_
+  std::shared_ptr<LinkLimit> limit_;     // set before serving
 };
 
 // A stand-in for NCCL on machines without GPUs: socket links whose buffers are "device
@@ -642,6 +644,161 @@ TEST_F(PeerKvTest, AStoppedHolderIsUnavailable) {
   auto got = fetcher.Fetch(address, kA, 5000);
   ASSERT_FALSE(got.ok());
   EXPECT_EQ(got.status().code(), absl::StatusCode::kUnavailable) << got.status();
+}
+
+
+// --- the bound on live links (--kv-links, worker/link_limit.h) -----------------------------
+
+TEST_F(PeerKvTest, AtItsLinkLimitTheReceiverClosesItsLeastRecentlyUsedLinkAndMakesItAgainWhenNeeded) {
+  Holder second(Socket());
+  PutChunks(second);
+  LoopbackServer second_server(&second);
+  ASSERT_TRUE(second_server.ok());
+  auto limit = std::make_shared<LinkLimit>(1);
+  PeerKvFetcherOptions o = Options(Socket());
+  o.link_limit = limit;
+  PeerKvFetcher fetcher(o);
+  for (int round = 0; round < 2; ++round) {
+    for (auto [server, holder] : {std::pair{&server_, &holder_}, std::pair{&second_server, &second}}) {
+      auto got = fetcher.Fetch(server->address(), kC, 20000);
+      ASSERT_TRUE(got.ok()) << got.status();
+      EXPECT_TRUE(SameBits(**got, *holder->Get(kC)));
+      EXPECT_EQ(limit->live(), 1);  // never two links at once
+    }
+  }
+  const PeerKvFetcher::Counts c = fetcher.counts();
+  EXPECT_EQ(c.peer_fetches, 4);
+  EXPECT_EQ(c.fallback_fetches, 0);
+  EXPECT_EQ(c.links_made, 4);  // each fetch made the link the one before it closed
+  EXPECT_EQ(limit->closed_for_room(), 3);
+  // The holders' ends of the closed links ended with them.
+  EXPECT_TRUE(HandlersDone(holder_));
+  EXPECT_EQ(holder_.calls(), 2);
+  EXPECT_EQ(holder_.finished(), 2);
+  EXPECT_EQ(second.finished(), 1);  // its second link still open
+}
+
+TEST_F(PeerKvTest, WhenEveryLinkIsInUseAFetchGoesOverFetchKvAndTheNextAsksAgain) {
+  auto limit = std::make_shared<LinkLimit>(1);
+  auto busy = limit->Take("another pair", nullptr);  // in use, as a transfer in progress
+  ASSERT_TRUE(busy.ok());
+  PeerKvFetcherOptions o = Options(Socket());
+  o.link_limit = limit;
+  PeerKvFetcher fetcher(o);
+  auto got = fetcher.Fetch(server_.address(), kA, 10000);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(SameBits(**got, *holder_.Get(kA)));
+  EXPECT_EQ(fetcher.counts().fallback_fetches, 1);
+  EXPECT_EQ(fetcher.counts().links_made, 0);
+  limit->Release(**busy);
+  got = fetcher.Fetch(server_.address(), kB, 10000);  // not banned: room now, a link
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(fetcher.counts().links_made, 1);
+  EXPECT_EQ(fetcher.counts().peer_fetches, 1);
+}
+
+TEST_F(PeerKvTest, AHolderAtItsLinkLimitClosesAnIdleLinkForANewReceiverAndTheOldOneMakesItsAgain) {
+  auto limit = std::make_shared<LinkLimit>(1);
+  holder_.set_limit(limit);
+  PeerKvFetcher first(Options(Socket())), second(Options(Socket()));
+  ASSERT_TRUE(first.Fetch(server_.address(), kA, 10000).ok());
+  auto got = second.Fetch(server_.address(), kC, 20000);  // the holder closes first's link
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(SameBits(**got, *holder_.Get(kC)));
+  got = first.Fetch(server_.address(), kC, 20000);  // made again (closing second's)
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE(SameBits(**got, *holder_.Get(kC)));
+  EXPECT_EQ(first.counts().links_made, 2);
+  EXPECT_EQ(first.counts().fallback_fetches + second.counts().fallback_fetches, 0);
+  EXPECT_EQ(limit->closed_for_room(), 2);
+  EXPECT_EQ(limit->live(), 1);
+}
+
+TEST_F(PeerKvTest, AHolderWhoseLinksAreAllInUseRefusesANewOneAndTheReceiverFallsBackForThatFetchOnly) {
+  auto limit = std::make_shared<LinkLimit>(1);
+  holder_.set_limit(limit);
+  auto busy = limit->Take("another receiver", nullptr);
+  ASSERT_TRUE(busy.ok());
+  PeerKvFetcher fetcher(Options(Socket()));
+  auto got = fetcher.Fetch(server_.address(), kB, 10000);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(fetcher.counts().fallback_fetches, 1);
+  limit->Release(**busy);
+  ASSERT_TRUE(fetcher.Fetch(server_.address(), kB, 10000).ok());
+  EXPECT_EQ(fetcher.counts().links_made, 1);
+}
+
+TEST_F(PeerKvTest, ReceiversTakingTurnsAtAHolderWithOneLinkNeverFailAFetch) {
+  // Each fetch closes the other receiver's idle link at the holder, sometimes just as
+  // that receiver asks on it: nothing has moved then, and it makes a new link.
+  auto limit = std::make_shared<LinkLimit>(1);
+  holder_.set_limit(limit);
+  PeerKvFetcher a(Options(Socket())), b(Options(Socket()));
+  std::atomic<int> good{0}, bad{0};
+  std::vector<std::thread> threads;
+  for (PeerKvFetcher* f : {&a, &b}) {
+    threads.emplace_back([&, f] {
+      for (int i = 0; i < 15; ++i) {
+        const KvKey key = i % 2 ? kA : kB;
+        auto got = f->Fetch(server_.address(), key, 20000);
+        if (got.ok() && SameBits(**got, *holder_.Get(key))) {
+          good.fetch_add(1);
+        } else {
+          bad.fetch_add(1);
+          ADD_FAILURE() << (got.ok() ? absl::DataLossError("other bits") : got.status());
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(good.load(), 30);
+  EXPECT_EQ(bad.load(), 0);
+  EXPECT_LE(limit->live(), 1);
+}
+
+
+TEST_F(PeerKvTest, TwoWorkersFetchingFromEachOtherUnderOneSharedLimitEachNeverFailNorHang) {
+  // Each worker's one place covers its link as receiver and as holder (as in `mesa
+  // worker --kv-links 1`): fetching from the other closes the link the other made to it,
+  // and the reverse; a worker whose one link is busy falls back to FetchKv.
+  struct Worker {
+    std::shared_ptr<LinkLimit> limit = std::make_shared<LinkLimit>(1);
+    Holder holder{Socket()};
+    std::unique_ptr<LoopbackServer> server;
+    std::unique_ptr<PeerKvFetcher> fetcher;
+  };
+  Worker w[2];
+  for (Worker& x : w) {
+    PutChunks(x.holder);
+    x.holder.set_limit(x.limit);
+    x.server = std::make_unique<LoopbackServer>(&x.holder);
+    ASSERT_TRUE(x.server->ok());
+    PeerKvFetcherOptions o = Options(Socket());
+    o.link_limit = x.limit;
+    x.fetcher = std::make_unique<PeerKvFetcher>(o);
+  }
+  std::atomic<int> good{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      Worker& me = w[t % 2];
+      Worker& other = w[1 - t % 2];
+      for (int i = 0; i < 10; ++i) {
+        const KvKey key = (i + t) % 3 == 0 ? kC : ((i + t) % 3 == 1 ? kA : kB);
+        auto got = me.fetcher->Fetch(other.server->address(), key, 20000);
+        if (got.ok() && SameBits(**got, *other.holder.Get(key))) {
+          good.fetch_add(1);
+        } else {
+          ADD_FAILURE() << (got.ok() ? absl::DataLossError("other bits") : got.status());
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(good.load(), 40);
+  for (Worker& x : w) EXPECT_LE(x.limit->live(), 1);
+  const int64_t linked = w[0].fetcher->counts().peer_fetches + w[1].fetcher->counts().peer_fetches;
+  EXPECT_GT(linked, 0);  // not everything went the fallback's way
 }
 
 }  // namespace

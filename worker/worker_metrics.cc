@@ -51,6 +51,7 @@ KvLinkMetrics::KvLinkMetrics(ops::Metrics& m)
       fallback_chunks(Counters(m, "mesa_worker_kv_link_chunks_total", kLinkChunks).Add({{"route", "fallback"}})),
       links_made(Counters(m, "mesa_worker_kv_links_total", kLinks).Add({{"event", "made"}})),
       links_refused(Counters(m, "mesa_worker_kv_links_total", kLinks).Add({{"event", "refused"}})),
-      links_lost(Counters(m, "mesa_worker_kv_links_total", kLinks).Add({{"event", "lost"}})) {}
+      links_lost(Counters(m, "mesa_worker_kv_links_total", kLinks).Add({{"event", "lost"}})),
+      links_closed_for_room(Counters(m, "mesa_worker_kv_links_total", kLinks).Add({{"event", "closed_for_room"}})) {}
 
 }  // namespace mesa::worker

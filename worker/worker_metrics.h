@@ -35,6 +35,7 @@ struct KvLinkMetrics {
   prometheus::Counter& links_made;
   prometheus::Counter& links_refused;    // refused, or could not be made
   prometheus::Counter& links_lost;       // after a failed transfer, or closed by the holder
+  prometheus::Counter& links_closed_for_room;  // idle, closed for a new one (--kv-links)
 };
 
 }  // namespace mesa::worker

@@ -149,7 +149,7 @@ class WorkerProcess::Service final : public KvStreamingWorkerService {
       if (peer_closed_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the worker is stopping");
       peer_calls_.insert(ctx);
     }
-    grpc::Status s = ServePeerKv(ctx, stream, p_->peer_endpoints_.get(), lookup());
+    grpc::Status s = ServePeerKv(ctx, stream, p_->peer_endpoints_.get(), lookup(), p_->link_limit_);
     std::lock_guard<std::mutex> lock(peer_mu_);
     peer_calls_.erase(ctx);
     return s;
@@ -329,8 +329,21 @@ absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(const Model&
                             absl::StrCat("--kv-transport nccl: ", probe.status().message()));
       }
     }
+    // One bound over the links this worker makes and those it serves.
+    auto link_metrics = std::make_shared<KvLinkMetrics>(*options.metrics);
+    const bool log_links = options.verbose;
+    p->link_limit_ = std::make_shared<LinkLimit>(options.kv_links, [link_metrics, log_links](const std::string& peer) {
+      link_metrics->links_closed_for_room.Increment();
+      if (log_links) ops::LogInfo("kv.link_closed_for_room", {{"peer", peer}});
+    });
+    p->links_gauge_ = options.metrics->AddGaugeCallback(
+        "mesa_worker_kv_links", "Peer links this worker keeps now, as receiver and as holder (--kv-links bounds them).",
+        [limit = p->link_limit_] {
+          return std::vector<ops::Metrics::Sample>{{{}, static_cast<double>(limit->live())}};
+        });
     PeerKvFetcherOptions peer;
     peer.endpoints = p->peer_endpoints_;
+    peer.link_limit = p->link_limit_;
     peer.kv_pool = kv_pool;
     peer.credentials = fetcher_options.credentials;
     peer.channel_args = fetcher_options.channel_args;

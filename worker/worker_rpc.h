@@ -47,6 +47,10 @@ struct WorkerProcessOptions {
   std::string kv_transport = "grpc";
   // A final's remote chunks fetched ahead at most (WorkerCoreOptions::final_prefetch_bytes).
   int64_t kv_prefetch_bytes = int64_t{1} << 30;
+  // socket and nccl: the peer links this worker keeps at once, as receiver and as holder
+  // together (worker/link_limit.h); the least recently used idle one is closed to make
+  // room. 0: no bound.
+  int kv_links = 16;
   int64_t register_timeout_ms = 0;  // 0 = keep trying; else give up after this long
   bool verbose = true;          // log registration and tasks (ops/log.h)
   std::shared_ptr<ops::Metrics> metrics;  // the core's metrics (worker/worker_metrics.h); null: its own
@@ -90,6 +94,8 @@ class WorkerProcess {
   const Model* model_ = nullptr;
   std::string address_;
   std::shared_ptr<PeerEndpoints> peer_endpoints_;  // null with kv_transport "grpc"
+  std::shared_ptr<LinkLimit> link_limit_;          // with peer_endpoints_ (--kv-links)
+  ops::Metrics::CallbackHandle links_gauge_;
   std::unique_ptr<KvFetcher> fetcher_;
   std::unique_ptr<WorkerCore> core_;
   std::unique_ptr<Service> service_;

@@ -115,6 +115,7 @@ struct WorkerArgs {
   DeviceFlags device;
   int kv_lanes = 2;
   std::string kv_transport = "grpc";
+  int kv_links = worker::WorkerProcessOptions{}.kv_links;
   double register_timeout_s = 0;
   TlsFlags tls;
   OpsFlags ops;  // --metrics-listen, --log-level, --log-format
@@ -152,6 +153,7 @@ int RunWorker(const WorkerArgs& a) {
   options.kv_lanes = a.kv_lanes;
   options.kv_prefetch_bytes = *prefetch;
   options.kv_transport = a.kv_transport;
+  options.kv_links = a.kv_links;
   options.register_timeout_ms = static_cast<int64_t>(a.register_timeout_s * 1000);
   options.security = security->server;
   options.channels = security->channels;
@@ -245,6 +247,7 @@ void RegisterClusterCommands(CLI::App& app) {
         ->capture_default_str();
     AddKvTransportFlag(cmd, &a->kv_transport);
     AddKvPrefetchFlag(cmd, &a->kv_prefetch);
+    AddKvLinksFlag(cmd, &a->kv_links);
     cmd->add_option("--name", a->name, "Name shown in the coordinator's logs (default: the host name)");
     cmd->add_option("--register-timeout", a->register_timeout_s,
                     "Give up when the coordinator cannot be reached for this many seconds (0: keep trying)")

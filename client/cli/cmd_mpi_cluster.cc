@@ -77,6 +77,7 @@ struct ClusterArgs {
   std::string kv_memory = "0";
   std::string kv_prefetch = "1G";
   std::string kv_transport = "grpc";
+  int kv_links = worker::WorkerProcessOptions{}.kv_links;
   int64_t max_tokens = 256;
   int64_t max_doc_bytes = 16 << 20;
   int threads = 0;
@@ -183,6 +184,7 @@ worker::WorkerProcessOptions WorkerOptionsFor(const ClusterArgs& a, const Prepar
   o.kv_memory_bytes = p.kv_memory_bytes;
   o.kv_prefetch_bytes = p.kv_prefetch_bytes;
   o.kv_transport = a.kv_transport;
+  o.kv_links = a.kv_links;
   o.security = p.worker_security.server;
   o.channels = p.worker_security.channels;
   o.health_listen = health_listen;
@@ -787,6 +789,7 @@ void RegisterMpiCluster(CLI::App& app) {
       ->capture_default_str();
   AddKvTransportFlag(cmd, &a->kv_transport);
   AddKvPrefetchFlag(cmd, &a->kv_prefetch);
+  AddKvLinksFlag(cmd, &a->kv_links);
   AddLongContextFlags(cmd, &a->lc);
   AddTlsServerFlags(cmd, &a->tls, /*tokens=*/true);
   AddOpsFlags(cmd, &a->ops, 9090);

@@ -26,6 +26,16 @@ void AddKvPrefetchFlag(CLI::App* cmd, std::string* kv_prefetch) {
       ->capture_default_str();
 }
 
+void AddKvLinksFlag(CLI::App* cmd, int* kv_links) {
+  cmd->add_option("--kv-links", *kv_links,
+                  "With --kv-transport socket|nccl: peer links this worker keeps at once, those it made and those "
+                  "made to it together (each NCCL link holds a communicator and a staging stream on the GPU). The "
+                  "least recently used idle link is closed to make room; when all are busy, a chunk moves over "
+                  "gRPC instead. 0: no bound")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+}
+
 void AddDeviceFlags(CLI::App* cmd, DeviceFlags* flags) {
   cmd->add_option("--device", flags->device,
                   "Where the model runs: cpu, cuda (= cuda:0) or cuda:N. CUDA needs a build with the toolkit, "

@@ -26,6 +26,9 @@ void AddKvTransportFlag(CLI::App* cmd, std::string* kv_transport);
 // --kv-prefetch BYTES (K/M/G/T) for the same commands: how much chunk K/V a final task
 // fetches ahead of laying it into its cache (WorkerProcessOptions::kv_prefetch_bytes).
 void AddKvPrefetchFlag(CLI::App* cmd, std::string* kv_prefetch);
+// --kv-links N for the same commands: the peer links a worker keeps at once
+// (WorkerProcessOptions::kv_links; 0 = no bound).
+void AddKvLinksFlag(CLI::App* cmd, int* kv_links);
 // The backend for the flags with `threads` CPU threads; a clear error when the device
 // cannot be used (no CUDA in this build, no driver, no such device) or cannot keep the
 // K/V type asked for.

@@ -163,7 +163,7 @@ kv_socket)
   reference "$MODEL" "$TMP/ref.jsonl"
   start_coordinator "$TMP/store" --placement spread
   start_worker a --kv-transport socket; A=$WORKER_PID
-  start_worker b --kv-transport socket
+  start_worker b --kv-transport socket --kv-links 1  # its link to a and a's to it take turns
   start_worker g --kv-transport grpc
   job=$(submit) || { die "submit"; log_tail; exit 1; }
   "$MESA" wait --coordinator "$COORD" "$job" --timeout 300 >"$TMP/wait.out" 2>&1 || { die "wait: $(cat "$TMP/wait.out")"; log_tail; }
@@ -171,7 +171,8 @@ kv_socket)
   echo -n "socket links, 3 workers: "; same_results "$TMP/ref.jsonl" "$TMP/out.jsonl"
   links=$(cat "$TMP"/worker-a.log "$TMP"/worker-b.log | grep -c " kv.link " || true)
   fallbacks=$(cat "$TMP"/worker-a.log "$TMP"/worker-b.log | grep -c " kv.link_fallback " || true)
-  echo "  links made: $links; holders without a link (FetchKv): $fallbacks"
+  echo "  links made: $links; holders without a link (FetchKv): $fallbacks;" \
+    "closed by b (--kv-links 1) to make room: $(grep -c " kv.link_closed_for_room " "$TMP/worker-b.log")"
   [ "$links" -ge 1 ] || die "no socket link was made between workers a and b"
   grep -q "kv.link_fallback.*no socket links" "$TMP"/worker-a.log "$TMP"/worker-b.log \
     || echo "  (no socket worker fetched from g in this run)"
@@ -179,7 +180,7 @@ kv_socket)
   sleep 0.5
   [ "$(status_field "$job" "d['status']")" = in_progress ] || die "the job was not in progress at the kill"
   { kill -9 "$A"; wait "$A"; } 2>/dev/null; echo "killed worker a mid-job"
-  start_worker c --kv-transport socket
+  start_worker c --kv-transport socket --kv-links 1
   "$MESA" wait --coordinator "$COORD" "$job" --timeout 300 >"$TMP/wait.out" 2>&1 || { die "wait: $(cat "$TMP/wait.out")"; log_tail; }
   "$MESA" results --coordinator "$COORD" "$job" --output "$TMP/out2.jsonl" || die "results"
   echo -n "after the kill: "; same_results "$TMP/ref.jsonl" "$TMP/out2.jsonl"
