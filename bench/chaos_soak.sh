@@ -14,6 +14,7 @@
 #   bench/chaos_soak.sh [--seconds 300] [--mesa build/release/client/cli/mesa]
 #                       [--shared ../shared] [--out bench/results/chaos_soak.md] [--seed N]
 #                       [--kv-transport grpc|socket]   (the workers' K/V transport)
+#                       [--kv-links N]                 (socket: each worker's link bound)
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 SECONDS_TOTAL=300
@@ -22,7 +23,11 @@ SHARED="${MESA_SHARED_DIR:-$ROOT/../shared}"
 OUT="$ROOT/bench/results/chaos_soak.md"
 SEED=$$
 KV_TRANSPORT=grpc
-usage() { echo "usage: $0 [--seconds S] [--mesa BIN] [--shared DIR] [--out FILE] [--seed N] [--kv-transport T]" >&2; exit 2; }
+KV_LINKS=""
+usage() {
+  echo "usage: $0 [--seconds S] [--mesa BIN] [--shared DIR] [--out FILE] [--seed N] [--kv-transport T] [--kv-links N]" >&2
+  exit 2
+}
 while [ $# -gt 0 ]; do
   [ $# -ge 2 ] || usage
   case "$1" in
@@ -32,6 +37,7 @@ while [ $# -gt 0 ]; do
     --out) OUT="$2" ;;
     --seed) SEED="$2" ;;
     --kv-transport) KV_TRANSPORT="$2" ;;
+    --kv-links) KV_LINKS="$2" ;;
     *) usage ;;
   esac
   shift 2
@@ -128,6 +134,7 @@ start_worker() {  # start_worker SLOT
   local extra=()
   [ "$METRICS" = 1 ] && extra+=(--metrics-listen "${WMETRICS[$1]}")
   [ "$KV_TRANSPORT" != grpc ] && extra+=(--kv-transport "$KV_TRANSPORT")
+  [ -n "$KV_LINKS" ] && extra+=(--kv-links "$KV_LINKS")
   "$MESA" worker --coordinator "$COORD" --model "$MODEL" --threads 1 --name "w$1" "${extra[@]}" \
     >>"$TMP/worker-$1.log" 2>&1 &
   WPID[$1]=$!
@@ -291,11 +298,12 @@ fi
 if [ "$KV_TRANSPORT" != grpc ]; then
   echo "peer links ($KV_TRANSPORT): $(cat "$TMP"/worker-*.log | grep -c ' kv.link ') made," \
     "$(cat "$TMP"/worker-*.log | grep -c ' kv.link_lost ') lost mid-transfer," \
-    "$(cat "$TMP"/worker-*.log | grep -c ' kv.link_fallback ') fell back to FetchKv"
+    "$(cat "$TMP"/worker-*.log | grep -c ' kv.link_fallback ') fell back to FetchKv," \
+    "$(cat "$TMP"/worker-*.log | grep -c ' kv.link_closed_for_room ') closed to make room"
 fi
 cpu=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)
 verdict=PASS; [ "$fail" = 0 ] || verdict=FAIL
-echo "| $(date -u '+%Y-%m-%d %H:%M') | $cpu, $(nproc) cores, $(cut -d' ' -f1-3 /proc/loadavg) | $SECONDS_TOTAL | $KILLS | $DRAINS | $RESTARTS | $JOBS | $LINES | $RESULTS | $MISMATCHES | $METRIC_NOTE | $verdict | $KV_TRANSPORT |" >>"$OUT"
+echo "| $(date -u '+%Y-%m-%d %H:%M') | $cpu, $(nproc) cores, $(cut -d' ' -f1-3 /proc/loadavg) | $SECONDS_TOTAL | $KILLS | $DRAINS | $RESTARTS | $JOBS | $LINES | $RESULTS | $MISMATCHES | $METRIC_NOTE | $verdict | $KV_TRANSPORT${KV_LINKS:+, --kv-links $KV_LINKS} |" >>"$OUT"
 echo "appended a row to $OUT"
 if [ "$fail" = 0 ]; then echo "PASS: chaos soak"; else log_tail; fi
 exit "$fail"
