@@ -103,6 +103,8 @@ struct CoordinatorCore::WorkerEntry {
   std::string id;
   std::string name;
   std::shared_ptr<WorkerClient> client;
+  WorkerAbout about;
+  int64_t joined_unix_s = 0;
 };
 
 absl::StatusOr<std::unique_ptr<CoordinatorCore>> CoordinatorCore::Create(const Model& model,
@@ -537,7 +539,7 @@ void CoordinatorCore::FinishJobIfDoneLocked(const std::string& job_id) {
 absl::StatusOr<std::string> CoordinatorCore::RegisterWorker(const std::string& name, const std::string& fingerprint,
                                                             const std::string& model_description,
                                                             int64_t kv_budget_bytes,
-                                                            std::unique_ptr<WorkerClient> client) {
+                                                            std::unique_ptr<WorkerClient> client, WorkerAbout about) {
   if (kv_budget_bytes < 0) return absl::InvalidArgumentError("kv_memory_bytes must be >= 0");
   const ModelFingerprint theirs = ModelFingerprint::FromString(fingerprint);
   std::unique_lock<std::mutex> lock(mu_);
@@ -556,6 +558,8 @@ absl::StatusOr<std::string> CoordinatorCore::RegisterWorker(const std::string& n
   entry->id = absl::StrCat("w", next_worker_++, "-", name.empty() ? "worker" : name);
   entry->name = name;
   entry->client = std::move(client);
+  entry->about = std::move(about);
+  entry->joined_unix_s = absl::ToUnixSeconds(absl::Now());
   workers_[entry->id] = entry;
   WorkerCaps caps;
   caps.kv_budget_bytes = kv_budget_bytes;
@@ -563,6 +567,26 @@ absl::StatusOr<std::string> CoordinatorCore::RegisterWorker(const std::string& n
   ExecuteActionsLocked(lock);
   wake_.notify_all();
   return entry->id;
+}
+
+std::vector<CoordinatorCore::WorkerInfo> CoordinatorCore::ListWorkers() {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t now = Now();
+  std::vector<WorkerInfo> out;
+  for (Scheduler::WorkerView& v : scheduler_->Workers()) {
+    auto it = workers_.find(v.worker);
+    if (it == workers_.end()) continue;  // (the scheduler knows only registered workers)
+    WorkerInfo w;
+    w.id = it->second->id;
+    w.name = it->second->name;
+    w.about = it->second->about;
+    w.joined_unix_s = it->second->joined_unix_s;
+    w.heartbeat_age_ms = std::max<int64_t>(0, now - v.last_beat_ms);
+    w.running_ms = v.task != 0 ? std::max<int64_t>(0, now - v.dispatched_ms) : 0;
+    w.view = std::move(v);
+    out.push_back(std::move(w));
+  }
+  return out;
 }
 
 bool CoordinatorCore::Heartbeat(const std::string& worker_id, bool draining) {

@@ -56,6 +56,12 @@ struct CoordinatorOptions {
   std::shared_ptr<ops::Metrics> metrics;
 };
 
+// How a worker describes itself at registration (ListWorkers; all optional).
+struct WorkerAbout {
+  std::string address, device, kv_transport;
+  int32_t threads = 0;
+};
+
 class CoordinatorCore {
  public:
   // `model` needs its tokenizer and config only (the matrices are never read).
@@ -81,9 +87,20 @@ class CoordinatorCore {
   int64_t version() const;
 
   // Workers. Register refuses (FAILED_PRECONDITION) a worker whose model differs.
+  // `about`: how it describes itself, for ListWorkers (all optional).
   absl::StatusOr<std::string> RegisterWorker(const std::string& name, const std::string& fingerprint,
                                              const std::string& model_description, int64_t kv_budget_bytes,
-                                             std::unique_ptr<WorkerClient> client);
+                                             std::unique_ptr<WorkerClient> client, WorkerAbout about = {});
+  // The registered workers, by id, with what the scheduler knows of each now.
+  struct WorkerInfo {
+    std::string id, name;
+    WorkerAbout about;
+    Scheduler::WorkerView view;
+    int64_t heartbeat_age_ms = 0;
+    int64_t running_ms = 0;       // of view's task, when it has one
+    int64_t joined_unix_s = 0;
+  };
+  std::vector<WorkerInfo> ListWorkers();
   // false: unknown worker (it must register again).
   bool Heartbeat(const std::string& worker_id, bool draining);
   // false: unknown worker (already gone).

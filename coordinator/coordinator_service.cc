@@ -99,6 +99,36 @@ class CoordinatorServer::JobServiceImpl final : public v1::JobService::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status ListWorkers(grpc::ServerContext* ctx, const v1::ListWorkersRequest*,
+                           v1::ListWorkersResponse* resp) override {
+    if (grpc::Status s = Authorize(*ctx); !s.ok()) return s;
+    for (const CoordinatorCore::WorkerInfo& w : core_.ListWorkers()) {
+      v1::Worker* out = resp->add_workers();
+      out->set_id(w.id);
+      out->set_name(w.name);
+      out->set_address(w.about.address);
+      out->set_device(w.about.device);
+      out->set_kv_transport(w.about.kv_transport);
+      out->set_threads(w.about.threads);
+      out->set_state(w.view.draining ? "draining" : (w.view.task != 0 ? "busy" : "idle"));
+      out->set_kv_bytes_held(w.view.kv_bytes_held);
+      out->set_kv_budget_bytes(w.view.kv_budget_bytes);
+      out->set_heartbeat_age_ms(w.heartbeat_age_ms);
+      out->set_joined_at(w.joined_unix_s);
+      if (w.view.task != 0) {
+        v1::WorkerTask* t = out->mutable_task();
+        t->set_job_id(w.view.job_id);
+        t->set_item(w.view.item);
+        t->set_kind(w.view.kind == TaskKind::kChunk ? "chunk" : "final");
+        t->set_chunk(w.view.kind == TaskKind::kChunk ? w.view.chunk : -1);
+        t->set_attempt(w.view.attempt);
+        t->set_whole(w.view.whole);
+        t->set_running_ms(w.running_ms);
+      }
+    }
+    return grpc::Status::OK;
+  }
+
   grpc::Status CancelJob(grpc::ServerContext* ctx, const v1::CancelJobRequest* req, v1::Job* resp) override {
     if (grpc::Status s = Authorize(*ctx); !s.ok()) return s;
     if (req->job_id().empty()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "job_id is empty");
@@ -174,12 +204,14 @@ class CoordinatorServer::RegistryImpl final : public v1::WorkerRegistry::Service
     if (grpc::Status s = Authorize(*ctx); !s.ok()) return s;
     if (absl::Status s = CheckRequest(*req); !s.ok()) return Grpc(s);
     auto id = core_.RegisterWorker(req->name(), req->model_fingerprint(), req->model_description(),
-                                   req->kv_memory_bytes(), std::make_unique<GrpcWorkerClient>(req->address(), worker_channels_));
+                                   req->kv_memory_bytes(), std::make_unique<GrpcWorkerClient>(req->address(), worker_channels_),
+                                   {req->address(), req->device(), req->kv_transport(), req->threads()});
     if (!id.ok()) return Grpc(id.status());
     resp->set_worker_id(*id);
     resp->set_heartbeat_interval_ms(core_.heartbeat_interval_ms());
     ops::LogInfo("worker.joined", {{"worker", *id}, {"address", req->address()},
-                                   {"kv_memory_bytes", req->kv_memory_bytes()}, {"threads", req->threads()}});
+                                   {"kv_memory_bytes", req->kv_memory_bytes()}, {"threads", req->threads()},
+                                   {"device", req->device()}, {"kv_transport", req->kv_transport()}});
     return grpc::Status::OK;
   }
 

@@ -44,6 +44,15 @@ absl::Status CreateJobStream::Finish() const {
 absl::Status CheckRequest(const v1::RegisterRequest& req) {
   if (req.address().empty()) return absl::InvalidArgumentError("Register without an address");
   if (req.model_fingerprint().empty()) return absl::InvalidArgumentError("Register without a model fingerprint");
+  constexpr size_t kMaxLabel = 256;  // name, device, transport: labels for people, not payloads
+  for (const auto& [field, value] : {std::pair<const char*, const std::string*>{"name", &req.name()},
+                                     {"device", &req.device()},
+                                     {"kv_transport", &req.kv_transport()}}) {
+    if (value->size() > kMaxLabel) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Register: ", field, " is ", value->size(), " bytes (at most ", kMaxLabel, ")"));
+    }
+  }
   return absl::OkStatus();
 }
 

@@ -865,6 +865,33 @@ Scheduler::Stats Scheduler::stats() const {
   return st;
 }
 
+std::vector<Scheduler::WorkerView> Scheduler::Workers() const {
+  std::vector<WorkerView> out;
+  for (const auto& [id, w] : s_->workers) {
+    WorkerView v;
+    v.worker = id;
+    v.draining = w.draining;
+    v.kv_bytes_held = w.kv_bytes;
+    v.kv_budget_bytes = w.caps.kv_budget_bytes;
+    v.last_beat_ms = w.last_beat_ms;
+    if (auto t = s_->tasks.find(w.task); w.task != 0 && t != s_->tasks.end() && t->second.live) {
+      const State::Task& task = t->second;
+      v.task = w.task;
+      v.kind = task.kind;
+      v.job_id = task.job_id;
+      if (auto j = s_->jobs.find(task.job_id); j != s_->jobs.end() && task.pos < j->second.items.size()) {
+        v.item = j->second.items[task.pos].spec.item;
+      }
+      v.chunk = task.chunk;
+      v.attempt = task.attempt;
+      v.whole = task.whole;
+      v.dispatched_ms = task.dispatched_ms;
+    }
+    out.push_back(std::move(v));
+  }
+  return out;
+}
+
 bool Scheduler::JobFinished(const std::string& job_id) const {
   return s_->jobs.count(job_id) && !s_->active_jobs.count(job_id);
 }

@@ -217,6 +217,24 @@ class Scheduler {
     int64_t kv_moves = 0;         // moves that made their destination the holder
   };
   Stats stats() const;
+  // One known worker as the scheduler sees it (`mesa workers`).
+  struct WorkerView {
+    std::string worker;
+    bool draining = false;
+    int64_t kv_bytes_held = 0;    // by the scheduler's accounting (as Stats)
+    int64_t kv_budget_bytes = 0;  // 0 = no limit
+    int64_t last_beat_ms = 0;     // on the scheduler's clock
+    // The task in flight, if any (task == 0: idle).
+    uint64_t task = 0;
+    TaskKind kind = TaskKind::kFinal;
+    std::string job_id;
+    int64_t item = 0;
+    int32_t chunk = -1;
+    int32_t attempt = 0;
+    bool whole = false;
+    int64_t dispatched_ms = 0;
+  };
+  std::vector<WorkerView> Workers() const;  // by worker id
   bool JobFinished(const std::string& job_id) const;  // every item done, failed or cancelled
   int64_t next_deadline_ms() const;                   // earliest timer; INT64_MAX when none
   // Failures counted for an item so far (ItemSpec.failures included), for the store to

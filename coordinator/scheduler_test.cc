@@ -693,6 +693,39 @@ TEST_F(SchedulerTest, DrainingWorkerGetsNoTasksAndNoFinal) {
   EXPECT_EQ(next.item, 1);
 }
 
+TEST_F(SchedulerTest, WorkersViewShowsEachWorkersTaskHeldKvAndDraining) {
+  Start(Options(Placement::kSpread), {"w1", "w2"}, /*budget=*/1000);
+  s_->AddJob("j", {Item("j", 7, {300, 100})}, now_);
+  std::vector<Dispatch> d = Dispatches();
+  ASSERT_EQ(d.size(), 2u);
+  now_ = 250;
+  s_->WorkerHeartbeat("w2", now_);
+  std::vector<Scheduler::WorkerView> v = s_->Workers();
+  ASSERT_EQ(v.size(), 2u);
+  for (const Scheduler::WorkerView& w : v) {
+    const Dispatch& mine = d[0].worker == w.worker ? d[0] : d[1];
+    EXPECT_EQ(w.task, mine.task) << w.worker;
+    EXPECT_EQ(w.kind, TaskKind::kChunk);
+    EXPECT_EQ(w.job_id, "j");
+    EXPECT_EQ(w.item, 7);  // the item's index in its job, not its place in the queue
+    EXPECT_EQ(w.chunk, mine.chunk);
+    EXPECT_EQ(w.attempt, mine.attempt);
+    EXPECT_EQ(w.dispatched_ms, 0);
+    EXPECT_EQ(w.kv_budget_bytes, 1000);
+    EXPECT_FALSE(w.draining);
+  }
+  EXPECT_EQ(v[0].worker, "w1");  // by id
+  EXPECT_EQ(v[0].last_beat_ms, 0);
+  EXPECT_EQ(v[1].last_beat_ms, 250);
+  s_->TaskSucceeded(d[0].task, now_);
+  s_->WorkerDraining(d[0].worker, now_);
+  v = s_->Workers();
+  const Scheduler::WorkerView& done = v[0].worker == d[0].worker ? v[0] : v[1];
+  EXPECT_EQ(done.task, 0u);  // idle, holding its chunk, draining
+  EXPECT_TRUE(done.draining);
+  EXPECT_EQ(done.kv_bytes_held, d[0].chunk == 0 ? 300 : 100);
+}
+
 TEST_F(SchedulerTest, SilentWorkerIsDeclaredDead) {
   SchedulerOptions options = Options(Placement::kWhole);
   options.deadline_base_ms = 100000;

@@ -12,11 +12,15 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "engine/model_fingerprint.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "kernels/cuda/device_query.h"
+#include "kernels/matmul.h"
 #include "mesa/v1/worker_service.grpc.pb.h"
 #include "rpc/health_server.h"
 #include "ops/log.h"
@@ -271,6 +275,18 @@ void WorkerProcess::WaitIdle() {
   cv_.wait(lock, [&] { return in_flight_ == 0; });
 }
 
+std::string DeviceLabel(const std::string& device) {
+  if (device.empty() || device == "cpu") return absl::StrCat("cpu (", cpu::ActiveIsaName(), ")");
+  int index = 0;  // "cuda" = cuda:0
+  if (absl::StartsWith(device, "cuda:") && !absl::SimpleAtoi(device.substr(5), &index)) return device;
+  for (const CudaDeviceInfo& d : QueryCudaDevices().devices) {
+    if (d.index == index) {
+      return absl::StrCat("cuda:", index, " (", d.name, ", ", d.total_memory_bytes >> 30, " GiB)");
+    }
+  }
+  return device;
+}
+
 absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(const Model& model, WorkerProcessOptions options) {
   if (options.coordinator.empty()) return absl::InvalidArgumentError("no coordinator address given");
   if (!options.metrics) options.metrics = ops::Metrics::Create();  // the core's and the fetcher's
@@ -288,6 +304,7 @@ absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(const Model&
     listen = *local + ":0";
   }
   p->options_ = options;
+  p->device_label_ = DeviceLabel(options.device);
   // K/V memory reused across chunks (fetched or computed here) once they are consumed
   // or released: up to the K/V budget, at most 1 GiB.
   constexpr int64_t kMaxPooledKvBytes = int64_t{1} << 30;
@@ -487,6 +504,8 @@ void WorkerProcess::AgentLoop() {
       req.set_model_description(DescribeModel(*model_));
       req.set_kv_memory_bytes(options_.kv_memory_bytes);
       req.set_threads(options_.threads);
+      req.set_device(device_label_);
+      req.set_kv_transport(options_.kv_transport);
       v1::RegisterResponse resp;
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));

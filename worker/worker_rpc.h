@@ -29,6 +29,10 @@ class HealthServer;
 
 namespace mesa::worker {
 
+// What a worker computes on, for people (`mesa workers`): "cpu (avx512)" or "cuda:0
+// (NVIDIA H200, 139 GiB)"; `device` as --device takes it.
+std::string DeviceLabel(const std::string& device);
+
 struct WorkerProcessOptions {
   std::string coordinator;      // HOST:PORT
   std::string listen;           // HOST:PORT; "" = an ephemeral port on the address that reaches the coordinator
@@ -93,6 +97,7 @@ class WorkerProcess {
   WorkerProcessOptions options_;
   const Model* model_ = nullptr;
   std::string address_;
+  std::string device_label_;  // what it computes on, told at registration (DeviceLabel)
   std::shared_ptr<PeerEndpoints> peer_endpoints_;  // null with kv_transport "grpc"
   std::shared_ptr<LinkLimit> link_limit_;          // with peer_endpoints_ (--kv-links)
   ops::Metrics::CallbackHandle links_gauge_;

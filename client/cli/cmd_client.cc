@@ -313,6 +313,64 @@ int RunList(const ListArgs& a) {
   return 0;
 }
 
+// ---------------------------------------------------------------- workers
+
+struct WorkersArgs {
+  Target target;
+  bool json = false;
+};
+
+// "1.5G", "512M", "0": a byte count for a table.
+std::string ShortBytes(int64_t bytes) {
+  const char* units[] = {"", "K", "M", "G", "T"};
+  double v = static_cast<double>(bytes);
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  return u == 0 ? absl::StrCat(bytes) : absl::StrFormat(v < 10 ? "%.1f%s" : "%.0f%s", v, units[u]);
+}
+
+int RunWorkers(const WorkersArgs& a) {
+  int code = 0;
+  auto client = Connect(a.target, &code);
+  if (!client) return code;
+  auto workers = client->Workers();
+  if (!workers.ok()) return Fail(workers.status());
+  if (a.json) {
+    std::printf("%s\n", mc::WorkerListToJson(*workers).c_str());
+    return 0;
+  }
+  if (workers->empty()) {
+    std::fprintf(stderr, "mesa: no worker is registered with this coordinator\n");
+    return 0;
+  }
+  size_t id_width = 2, device_width = 6;
+  for (const mc::WorkerInfo& w : *workers) {
+    id_width = std::max(id_width, w.id.size());
+    device_width = std::max(device_width, w.device.size());
+  }
+  const int iw = static_cast<int>(id_width), dw = static_cast<int>(device_width);
+  std::printf("%-*s  %-8s  %-*s  %-6s  %-13s  %6s  %s\n", iw, "ID", "STATE", dw, "DEVICE", "KV", "K/V HELD/MAX",
+              "BEAT", "TASK");
+  for (const mc::WorkerInfo& w : *workers) {
+    const std::string kv = absl::StrCat(ShortBytes(w.kv_bytes_held), "/",
+                                        w.kv_budget_bytes > 0 ? ShortBytes(w.kv_budget_bytes) : "-");
+    std::string task = "-";
+    if (w.busy) {
+      task = absl::StrCat(w.task.job_id, " item ", w.task.item, " ",
+                          w.task.kind == "chunk" ? absl::StrCat("chunk ", w.task.chunk)
+                                                 : (w.task.whole ? "final (whole)" : "final"),
+                          absl::StrFormat(" for %.1fs", static_cast<double>(w.task.running_ms) / 1000));
+    }
+    std::printf("%-*s  %-8s  %-*s  %-6s  %-13s  %5.1fs  %s\n", iw, w.id.c_str(), w.state.c_str(), dw,
+                w.device.empty() ? "-" : w.device.c_str(), w.kv_transport.empty() ? "-" : w.kv_transport.c_str(),
+                kv.c_str(), static_cast<double>(w.heartbeat_age_ms) / 1000, task.c_str());
+  }
+  return 0;
+}
+
 }  // namespace
 
 void RegisterClientCommands(CLI::App& app) {
@@ -433,6 +491,24 @@ void RegisterClientCommands(CLI::App& app) {
     AddCoordinatorOption(cmd, &a->target);
     cmd->add_flag("--json", a->json, "Print a JSON array of job objects");
     cmd->callback([a] { ExitCode() = RunList(*a); });
+  }
+  {
+    auto a = std::make_shared<WorkersArgs>();
+    CLI::App* cmd = app.add_subcommand("workers", "List the workers registered with a coordinator and what they do");
+    cmd->footer(
+        "Output: a table (ID, STATE idle|busy|draining, DEVICE the worker computes on, KV its K/V transport "
+        "grpc|socket|nccl, K/V HELD/MAX chunk K/V the coordinator counts on it against its --kv-memory, BEAT "
+        "seconds since its last heartbeat, TASK the task it runs), or with --json a JSON array on one line: "
+        "{\"id\", \"name\", \"address\", \"device\", \"kv_transport\", \"threads\", \"state\", "
+        "\"kv_bytes_held\", \"kv_budget_bytes\", \"heartbeat_age_ms\", \"joined_at\", \"task\": null | "
+        "{\"job_id\", \"item\", \"kind\", \"chunk\", \"attempt\", \"whole\", \"running_ms\"}}.\n"
+        "A worker silent for longer than the coordinator's --heartbeat-timeout is dropped from the list.\n"
+        "Examples:\n"
+        "  mesa workers --coordinator host:50051\n"
+        "  mesa workers --json | jq -r '.[] | select(.state == \"idle\") | .id'");
+    AddCoordinatorOption(cmd, &a->target);
+    cmd->add_flag("--json", a->json, "Print a JSON array of workers");
+    cmd->callback([a] { ExitCode() = RunWorkers(*a); });
   }
   RegisterHealthCommand(app);  // `mesa health` (security_flags.cc)
 }

@@ -124,6 +124,15 @@ absl::StatusOr<std::vector<JobInfo>> Client::List(int32_t limit) {
   return jobs;
 }
 
+absl::StatusOr<std::vector<WorkerInfo>> Client::Workers() {
+  absl::StatusOr<std::vector<WorkerInfo>> workers;
+  Retry(Kind::kRead, [&] {
+    workers = connection_->ListWorkers(options_.call_timeout);
+    return workers.status();
+  }).IgnoreError();
+  return workers;
+}
+
 absl::StatusOr<JobInfo> Client::Cancel(const std::string& job_id) {
   absl::StatusOr<JobInfo> job;
   Retry(Kind::kIdempotentWrite, [&] {

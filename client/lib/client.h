@@ -72,6 +72,8 @@ class Client {
   absl::StatusOr<std::vector<JobInfo>> List(int32_t limit = 0);
   // Best effort (the job may finish first); returns the job after the request.
   absl::StatusOr<JobInfo> Cancel(const std::string& job_id);
+  // The workers registered with the coordinator now, by id.
+  absl::StatusOr<std::vector<WorkerInfo>> Workers();
 
   // Follows the job until it is completed, failed or cancelled, or `timeout` passes
   // (absl::InfiniteDuration() = no limit). `on_progress` (optional) sees each new state.

@@ -3,6 +3,10 @@
 
 namespace mesa::client {
 
+absl::StatusOr<std::vector<WorkerInfo>> Connection::ListWorkers(absl::Duration) {
+  return absl::UnimplementedError("this connection cannot list workers");
+}
+
 std::vector<std::pair<size_t, size_t>> SplitIntoBatches(absl::Span<const std::string> lines, size_t max_bytes) {
   // Each repeated-string element costs its bytes plus a tag and a length varint.
   constexpr size_t kPerLineOverhead = 6;

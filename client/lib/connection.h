@@ -49,6 +49,9 @@ class Connection {
   // order). format: mesa | openai ("" = mesa).
   virtual absl::Status GetResults(const std::string& job_id, const std::string& format, absl::Duration timeout,
                                   const std::function<absl::Status(const std::vector<std::string>&)>& on_batch) = 0;
+  // The workers registered now, by id. The default: UNIMPLEMENTED (a connection written
+  // before the call existed).
+  virtual absl::StatusOr<std::vector<WorkerInfo>> ListWorkers(absl::Duration timeout);
 };
 
 // The [begin, end) index ranges of `lines` that CreateJob sends together: consecutive,

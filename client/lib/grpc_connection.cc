@@ -100,6 +100,36 @@ class GrpcConnection : public Connection {
     return jobs;
   }
 
+  absl::StatusOr<std::vector<WorkerInfo>> ListWorkers(absl::Duration timeout) override {
+    grpc::ClientContext ctx;
+    SetDeadline(ctx, timeout);
+    v1::ListWorkersResponse response;
+    grpc::Status status = stub_->ListWorkers(&ctx, v1::ListWorkersRequest(), &response);
+    if (!status.ok()) return ToAbsl(status, "ListWorkers");
+    std::vector<WorkerInfo> workers;
+    for (const v1::Worker& w : response.workers()) {
+      WorkerInfo out;
+      out.id = w.id();
+      out.name = w.name();
+      out.address = w.address();
+      out.device = w.device();
+      out.kv_transport = w.kv_transport();
+      out.threads = w.threads();
+      out.state = w.state();
+      out.kv_bytes_held = w.kv_bytes_held();
+      out.kv_budget_bytes = w.kv_budget_bytes();
+      out.heartbeat_age_ms = w.heartbeat_age_ms();
+      out.joined_at = w.joined_at();
+      out.busy = w.has_task();
+      if (out.busy) {
+        out.task = WorkerInfo::Task{w.task().job_id(), w.task().item(),    w.task().kind(),      w.task().chunk(),
+                                    w.task().attempt(), w.task().whole(), w.task().running_ms()};
+      }
+      workers.push_back(std::move(out));
+    }
+    return workers;
+  }
+
   absl::StatusOr<JobInfo> CancelJob(const std::string& job_id, absl::Duration timeout) override {
     grpc::ClientContext ctx;
     SetDeadline(ctx, timeout);

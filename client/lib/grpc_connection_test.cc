@@ -63,6 +63,33 @@ class FakeJobService : public v1::JobService::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status ListWorkers(grpc::ServerContext*, const v1::ListWorkersRequest*,
+                           v1::ListWorkersResponse* response) override {
+    v1::Worker* idle = response->add_workers();
+    idle->set_id("w1-a");
+    idle->set_name("a");
+    idle->set_address("10.0.0.1:7000");
+    idle->set_device("cuda:0 (NVIDIA H200, 139 GiB)");
+    idle->set_kv_transport("nccl");
+    idle->set_threads(8);
+    idle->set_state("idle");
+    idle->set_kv_bytes_held(123);
+    idle->set_kv_budget_bytes(456);
+    idle->set_heartbeat_age_ms(789);
+    idle->set_joined_at(1700000000);
+    v1::Worker* busy = response->add_workers();
+    busy->set_id("w2-b");
+    busy->set_state("busy");
+    v1::WorkerTask* t = busy->mutable_task();
+    t->set_job_id("job-1");
+    t->set_item(5);
+    t->set_kind("chunk");
+    t->set_chunk(3);
+    t->set_attempt(2);
+    t->set_running_ms(1500);
+    return grpc::Status::OK;
+  }
+
   grpc::Status CancelJob(grpc::ServerContext*, const v1::CancelJobRequest* request, v1::Job* response) override {
     response->set_id(request->job_id());
     response->set_status("cancelling");
@@ -214,6 +241,39 @@ TEST_F(GrpcConnectionTest, ListAndCancel) {
   auto cancelled = connection_->CancelJob("job-1", timeout_);
   ASSERT_TRUE(cancelled.ok()) << cancelled.status();
   EXPECT_EQ(cancelled->status, "cancelling");
+}
+
+TEST_F(GrpcConnectionTest, ListWorkersKeepsEveryField) {
+  auto workers = connection_->ListWorkers(timeout_);
+  ASSERT_TRUE(workers.ok()) << workers.status();
+  ASSERT_EQ(workers->size(), 2u);
+  const WorkerInfo& a = (*workers)[0];
+  EXPECT_EQ(a.id, "w1-a");
+  EXPECT_EQ(a.name, "a");
+  EXPECT_EQ(a.address, "10.0.0.1:7000");
+  EXPECT_EQ(a.device, "cuda:0 (NVIDIA H200, 139 GiB)");
+  EXPECT_EQ(a.kv_transport, "nccl");
+  EXPECT_EQ(a.threads, 8);
+  EXPECT_EQ(a.state, "idle");
+  EXPECT_EQ(a.kv_bytes_held, 123);
+  EXPECT_EQ(a.kv_budget_bytes, 456);
+  EXPECT_EQ(a.heartbeat_age_ms, 789);
+  EXPECT_EQ(a.joined_at, 1700000000);
+  EXPECT_FALSE(a.busy);
+  const WorkerInfo& b = (*workers)[1];
+  ASSERT_TRUE(b.busy);
+  EXPECT_EQ(b.task.job_id, "job-1");
+  EXPECT_EQ(b.task.item, 5);
+  EXPECT_EQ(b.task.kind, "chunk");
+  EXPECT_EQ(b.task.chunk, 3);
+  EXPECT_EQ(b.task.attempt, 2);
+  EXPECT_FALSE(b.task.whole);
+  EXPECT_EQ(b.task.running_ms, 1500);
+  const std::string json = WorkerListToJson(*workers);
+  EXPECT_NE(json.find("\"device\":\"cuda:0 (NVIDIA H200, 139 GiB)\""), std::string::npos) << json;
+  EXPECT_NE(json.find("\"task\":null"), std::string::npos) << json;  // a's
+  EXPECT_NE(json.find("\"kind\":\"chunk\""), std::string::npos) << json;
+  EXPECT_NE(json.find("\"address\":null"), std::string::npos) << json;  // b said none
 }
 
 TEST_F(GrpcConnectionTest, WatchJobDeliversEventsAndStopsWhenTold) {

@@ -53,4 +53,29 @@ std::string JobListToJson(const std::vector<JobInfo>& jobs) {
   return array.dump();
 }
 
+std::string WorkerListToJson(const std::vector<WorkerInfo>& workers) {
+  json array = json::array();
+  for (const WorkerInfo& w : workers) {
+    json task = nullptr;
+    if (w.busy) {
+      task = json{{"job_id", w.task.job_id}, {"item", w.task.item},         {"kind", w.task.kind},
+                  {"chunk", w.task.chunk},   {"attempt", w.task.attempt},   {"whole", w.task.whole},
+                  {"running_ms", w.task.running_ms}};
+    }
+    array.push_back(json{{"id", w.id},
+                         {"name", w.name},
+                         {"address", OptionalString(w.address)},
+                         {"device", OptionalString(w.device)},
+                         {"kv_transport", OptionalString(w.kv_transport)},
+                         {"threads", w.threads},
+                         {"state", w.state},
+                         {"kv_bytes_held", w.kv_bytes_held},
+                         {"kv_budget_bytes", w.kv_budget_bytes},
+                         {"heartbeat_age_ms", w.heartbeat_age_ms},
+                         {"joined_at", Timestamp(w.joined_at)},
+                         {"task", task}});
+  }
+  return array.dump();
+}
+
 }  // namespace mesa::client

@@ -63,4 +63,36 @@ std::string JobInfoToJson(const JobInfo& job);
 // A JSON array of job objects, one line.
 std::string JobListToJson(const std::vector<JobInfo>& jobs);
 
+// A worker registered with the coordinator, as `mesa workers` shows it.
+struct WorkerInfo {
+  std::string id;
+  std::string name;
+  std::string address;       // where it serves ("" in-process)
+  std::string device;        // what it computes on, as it said ("" = not said)
+  std::string kv_transport;  // grpc | socket | nccl ("" = not said)
+  int32_t threads = 0;       // 0 = not said
+  std::string state;         // idle | busy | draining
+  int64_t kv_bytes_held = 0;
+  int64_t kv_budget_bytes = 0;  // 0 = no limit
+  int64_t heartbeat_age_ms = 0;
+  int64_t joined_at = 0;        // unix seconds
+  // Its task in flight, when busy.
+  struct Task {
+    std::string job_id;
+    int64_t item = 0;
+    std::string kind;  // chunk | final
+    int32_t chunk = -1;
+    int32_t attempt = 0;
+    bool whole = false;
+    int64_t running_ms = 0;
+  };
+  bool busy = false;  // `task` is set
+  Task task;
+};
+// A JSON array of workers, one line: {"id", "name", "address", "device", "kv_transport",
+// "threads", "state", "kv_bytes_held", "kv_budget_bytes", "heartbeat_age_ms",
+// "joined_at", "task": null | {"job_id", "item", "kind", "chunk", "attempt", "whole",
+// "running_ms"}}.
+std::string WorkerListToJson(const std::vector<WorkerInfo>& workers);
+
 }  // namespace mesa::client

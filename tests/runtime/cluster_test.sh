@@ -165,6 +165,21 @@ kv_socket)
   start_worker a --kv-transport socket; A=$WORKER_PID
   start_worker b --kv-transport socket --kv-links 1  # its link to a and a's to it take turns
   start_worker g --kv-transport grpc
+  # `mesa workers` lists the three with their device and K/V transport once registered.
+  for _ in $(seq 100); do
+    "$MESA" workers --coordinator "$COORD" --json >"$TMP/workers.json" 2>/dev/null &&
+      [ "$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))))' "$TMP/workers.json")" = 3 ] && break
+    sleep 0.1
+  done
+  python3 - "$TMP/workers.json" <<'PY' || die "mesa workers --json: $(cat "$TMP/workers.json")"
+import json, sys
+ws = {w["name"]: w for w in json.load(open(sys.argv[1]))}
+assert sorted(ws) == ["a", "b", "g"], sorted(ws)
+assert [ws[n]["kv_transport"] for n in "abg"] == ["socket", "socket", "grpc"], ws
+assert all(w["device"].startswith("cpu (") and w["state"] == "idle" and w["task"] is None for w in ws.values()), ws
+print("mesa workers: a, b (socket) and g (grpc), each idle on", ws["a"]["device"])
+PY
+  "$MESA" workers --coordinator "$COORD" | grep -q "^ID .*STATE .*DEVICE" || die "mesa workers: no table header"
   job=$(submit) || { die "submit"; log_tail; exit 1; }
   "$MESA" wait --coordinator "$COORD" "$job" --timeout 300 >"$TMP/wait.out" 2>&1 || { die "wait: $(cat "$TMP/wait.out")"; log_tail; }
   "$MESA" results --coordinator "$COORD" "$job" --output "$TMP/out.jsonl" || die "results"

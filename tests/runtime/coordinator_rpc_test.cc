@@ -506,12 +506,13 @@ TEST_F(CoordinatorRpcTest, BadRequestsGetTheRightCodeAndChangeNothing) {
   const int64_t workers_before = cluster.core().stats().workers;
   ASSERT_EQ(workers_before, 1);
   const std::string fp = FingerprintModel(model()).ToString();
-  auto reg = [&](const std::string& address, const std::string& fingerprint) {
+  auto reg = [&](const std::string& address, const std::string& fingerprint, const std::string& device = "cpu") {
     v1::RegisterRequest req;
     req.set_name("intruder");
     req.set_address(address);
     req.set_model_fingerprint(fingerprint);
     req.set_model_description("a test");
+    req.set_device(device);
     v1::RegisterResponse resp;
     grpc::ClientContext ctx;
     Deadline(ctx);
@@ -521,6 +522,7 @@ TEST_F(CoordinatorRpcTest, BadRequestsGetTheRightCodeAndChangeNothing) {
   };
   EXPECT_EQ(reg("", fp).error_code(), StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(reg("127.0.0.1:1", "").error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(reg("127.0.0.1:1", fp, std::string(257, 'x')).error_code(), StatusCode::INVALID_ARGUMENT);
   {
     grpc::Status s = reg("127.0.0.1:1", "0123456789abcdef-fedcba9876543210");
     EXPECT_EQ(s.error_code(), StatusCode::FAILED_PRECONDITION) << s.error_message();
@@ -724,7 +726,7 @@ TEST_F(CoordinatorRpcTest, HealthAndReflection) {
       std::set<std::string> methods;
       for (const auto& m : file.service(0).method()) methods.insert(m.name());
       EXPECT_EQ(methods, (std::set<std::string>{"CreateJob", "GetJob", "ListJobs", "CancelJob", "WatchJob",
-                                                "GetResults"}));
+                                                "GetResults", "ListWorkers"}));
     }
   }
   EXPECT_TRUE(found) << "no descriptor of mesa/v1/job_service.proto in the reflection answer";
@@ -1168,6 +1170,73 @@ TEST_F(CoordinatorRpcTest, SpreadJobOverSocketLinksInAMixedClusterMatchesMesaRun
   EXPECT_EQ(lost, 0);
   std::printf("chunks over socket links: %lld (links made: %lld); over FetchKv from the grpc-only worker: %lld\n",
               static_cast<long long>(peer), static_cast<long long>(links), static_cast<long long>(fallback));
+}
+
+
+TEST_F(CoordinatorRpcTest, ListWorkersShowsEachWorkersDeviceTransportAndTask) {
+  Cluster cluster(model(), ClusterOptions{.workers = 2, .kv_transports = {"socket", "grpc"}});
+  ASSERT_TRUE(cluster.ok());
+  auto stub = v1::JobService::NewStub(Channel(cluster.address()));
+  auto list = [&] {
+    v1::ListWorkersResponse resp;
+    grpc::ClientContext ctx;
+    Deadline(ctx);
+    grpc::Status s = stub->ListWorkers(&ctx, v1::ListWorkersRequest(), &resp);
+    EXPECT_TRUE(s.ok()) << s.error_message();
+    return resp;
+  };
+  v1::ListWorkersResponse idle = list();
+  ASSERT_EQ(idle.workers_size(), 2);
+  const int64_t now_s = absl::ToUnixSeconds(absl::Now());
+  for (int i = 0; i < 2; ++i) {
+    const v1::Worker& w = idle.workers(i);
+    EXPECT_EQ(w.name(), absl::StrCat("w", i));
+    EXPECT_EQ(w.id(), absl::StrCat("w", i + 1, "-w", i));
+    EXPECT_EQ(w.address(), cluster.workers()[i]->address());
+    EXPECT_EQ(w.device().rfind("cpu (", 0), 0u) << w.device();
+    EXPECT_EQ(w.kv_transport(), i == 0 ? "socket" : "grpc");
+    EXPECT_EQ(w.threads(), 1);
+    EXPECT_EQ(w.state(), "idle");
+    EXPECT_FALSE(w.has_task());
+    EXPECT_EQ(w.kv_bytes_held(), 0);
+    EXPECT_GE(w.heartbeat_age_ms(), 0);
+    EXPECT_LT(w.heartbeat_age_ms(), 5000);
+    EXPECT_NEAR(static_cast<double>(w.joined_at()), static_cast<double>(now_s), 60);
+  }
+
+  // While a job runs, the workers show its tasks.
+  std::vector<std::string> lines;
+  for (int i = 0; i < 4; ++i) lines.push_back(JobLine(absl::StrCat("d", i), Doc(700 + i, 30000)));
+  v1::Job job;
+  ASSERT_TRUE(RawCreate(*stub, {OptionsMsg(Opts(4)), LinesMsg(lines)}, &job).ok());
+  v1::Worker busy;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        const v1::ListWorkersResponse now = list();
+        for (const v1::Worker& w : now.workers()) {
+          if (w.state() == "busy") busy = w;
+        }
+        return busy.has_task();
+      },
+      60))
+      << "no worker was seen busy";
+  EXPECT_EQ(busy.task().job_id(), job.id());
+  EXPECT_GE(busy.task().item(), 0);
+  EXPECT_LT(busy.task().item(), 4);
+  EXPECT_TRUE(busy.task().kind() == "chunk" || busy.task().kind() == "final") << busy.task().kind();
+  EXPECT_EQ(busy.task().chunk() >= 0, busy.task().kind() == "chunk") << busy.task().chunk();
+  EXPECT_GE(busy.task().attempt(), 1);
+  EXPECT_GE(busy.task().running_ms(), 0);
+  v1::Job now;
+  ASSERT_TRUE(WaitFor([&] { return RawGet(*stub, job.id(), &now).ok() && Terminal(now.status()); }, 120));
+  EXPECT_EQ(now.status(), "completed");
+
+  // A worker that stops (drains and deregisters) leaves the list.
+  cluster.workers().pop_back();
+  v1::ListWorkersResponse after = list();
+  ASSERT_EQ(after.workers_size(), 1);
+  EXPECT_EQ(after.workers(0).name(), "w0");
+  EXPECT_EQ(after.workers(0).state(), "idle");
 }
 
 }  // namespace
