@@ -289,7 +289,14 @@ grpc::Status ServePeerKv(grpc::ServerContext* ctx, PeerKvStream* stream, PeerEnd
       std::lock_guard<std::mutex> lock(call->mu);
       if (call->ctx) call->ctx->TryCancel();
     });
-    if (!taken.ok()) return refuse(taken.status());
+    if (!taken.ok()) {
+      // Busy, not unwilling: the receiver asks again at its next fetch.
+      Message busy;
+      SetStatus(taken.status(), busy.mutable_status());
+      busy.mutable_status()->set_busy(true);
+      if (stream->Write(busy)) inbox.AwaitEnd(After(kCloseTimeoutMs));
+      return end(absl::OkStatus());
+    }
     place = *std::move(taken);
   }
   absl::StatusOr<PeerEndpoint> made = endpoints->Make();
@@ -529,7 +536,8 @@ absl::StatusOr<std::vector<KvFetcher::Fetched>> PeerKvFetcher::Fallback(const st
 }
 
 absl::Status PeerKvFetcher::MakeLink(const std::shared_ptr<Session>& pair, const std::string& address,
-                                     absl::Time deadline) {
+                                     absl::Time deadline, bool* busy) {
+  *busy = false;
   Session& session = *pair;
   const uint64_t generation = ++session.generation;
   if (session.limit) {
@@ -545,7 +553,10 @@ absl::Status PeerKvFetcher::MakeLink(const std::shared_ptr<Session>& pair, const
         s->Close(absl::ResourceExhaustedError("closed to make room for another link (--kv-links)"));
       }
     });
-    if (!place.ok()) return place.status();
+    if (!place.ok()) {
+      *busy = true;
+      return place.status();
+    }
     session.place = *std::move(place);
   }
   // Making the link: at most half of the time left, so that the fallback keeps the rest.
@@ -560,7 +571,10 @@ absl::Status PeerKvFetcher::MakeLink(const std::shared_ptr<Session>& pair, const
   if (!session.stream->Write(hello)) return session.EndStatus(absl::UnavailableError("the PeerKv stream broke"));
   absl::StatusOr<Message> accepted = Expect(*session.inbox, Message::kStatus, "the hello's answer", join_deadline);
   if (!accepted.ok()) return session.EndStatus(accepted.status());
-  if (absl::Status s = FromProto(accepted->status()); !s.ok()) return s;
+  if (absl::Status s = FromProto(accepted->status()); !s.ok()) {
+    *busy = accepted->status().busy();
+    return s;
+  }
   session.acks = accepted->status().acks();
   absl::StatusOr<PeerEndpoint> endpoint = options_.endpoints->Make();
   if (!endpoint.ok()) return endpoint.status();
@@ -670,14 +684,15 @@ absl::StatusOr<std::vector<KvFetcher::Fetched>> PeerKvFetcher::FetchMany(const s
       if (counters_) counters_->links_lost.Increment();
     }
     if (!session->ready) {
-      if (absl::Status s = MakeLink(session, address, deadline); !s.ok()) {
+      bool busy = false;  // out of links here or at the holder, not refused
+      if (absl::Status s = MakeLink(session, address, deadline, &busy); !s.ok()) {
         if (options_.log) {
           ops::LogInfo("kv.link_fallback", {{"peer", address}, {"transport", transport_name_}, {"why", s},
-                                            {"retry_in_ms", absl::IsResourceExhausted(s) ? 0 : options_.retry_peer_ms}});
+                                            {"retry_in_ms", busy ? 0 : options_.retry_peer_ms}});
         }
         forget(s);
         if (counters_) counters_->links_refused.Increment();
-        if (!absl::IsResourceExhausted(s)) {
+        if (!busy) {
           // Refused or impossible: not asked again for a while. Out of room (here or at
           // the holder) is for now only: the next fetch asks again.
           std::lock_guard<std::mutex> lock(mu_);

@@ -150,7 +150,9 @@ class PeerKvFetcher final : public CrcCheckingKvFetcher {
  private:
   class Session;
   // Takes the pair's place under the link limit, opens its stream and joins the link.
-  absl::Status MakeLink(const std::shared_ptr<Session>& session, const std::string& address, absl::Time deadline);
+  // `*busy`: it failed for want of a free link (here, or the holder said so), not refused.
+  absl::Status MakeLink(const std::shared_ptr<Session>& session, const std::string& address, absl::Time deadline,
+                        bool* busy);
   absl::StatusOr<std::vector<Fetched>> Fallback(const std::string& address, absl::Span<const KvKey> keys,
                                                 int64_t timeout_ms, const absl::Status& why);
   std::shared_ptr<grpc::Channel> ChannelFor(const std::string& address);

@@ -697,6 +697,26 @@ TEST_F(PeerKvTest, WhenEveryLinkIsInUseAFetchGoesOverFetchKvAndTheNextAsksAgain)
   EXPECT_EQ(fetcher.counts().peer_fetches, 1);
 }
 
+TEST_F(PeerKvTest, AnEndpointOutOfMemoryIsARefusalNotBusyAndIsNotAskedAgainSoon) {
+  // RESOURCE_EXHAUSTED from making the pair's endpoint (a GPU out of memory for its
+  // staging backend) is not "every link busy": the holder is not asked again at once.
+  class OutOfMemory final : public PeerEndpoints {
+   public:
+    std::string Name() const override { return "socket"; }
+    absl::StatusOr<PeerEndpoint> Make() override {
+      return absl::ResourceExhaustedError("out of GPU memory for a staging backend");
+    }
+  };
+  PeerKvFetcher fetcher(Options(std::make_shared<OutOfMemory>()));
+  for (const KvKey& key : {kA, kB}) {
+    auto got = fetcher.Fetch(server_.address(), key, 10000);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_TRUE(SameBits(**got, *holder_.Get(key)));
+  }
+  EXPECT_EQ(fetcher.counts().fallback_fetches, 2);
+  EXPECT_EQ(holder_.calls(), 1);  // the second fetch went straight to FetchKv
+}
+
 TEST_F(PeerKvTest, AHolderAtItsLinkLimitClosesAnIdleLinkForANewReceiverAndTheOldOneMakesItsAgain) {
   auto limit = std::make_shared<LinkLimit>(1);
   holder_.set_limit(limit);
@@ -726,6 +746,7 @@ TEST_F(PeerKvTest, AHolderWhoseLinksAreAllInUseRefusesANewOneAndTheReceiverFalls
   limit->Release(**busy);
   ASSERT_TRUE(fetcher.Fetch(server_.address(), kB, 10000).ok());
   EXPECT_EQ(fetcher.counts().links_made, 1);
+  EXPECT_EQ(holder_.calls(), 2);  // asked again at once: busy is not a refusal
 }
 
 TEST_F(PeerKvTest, ReceiversTakingTurnsAtAHolderWithOneLinkNeverFailAFetch) {
