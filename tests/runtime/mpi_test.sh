@@ -220,6 +220,15 @@ serve)
   same_records "$TMP/ref.jsonl" "$TMP/out.jsonl"
   n=$(grep -c " worker.joined " "$TMP/serve.log")
   [ "$n" = 3 ] || die "$n workers joined, not 3"
+  # `mesa workers` against rank 0: every rank's worker, each saying what it computes on.
+  "$MESA" workers --coordinator "$addr" --json >"$TMP/workers.json" 2>"$TMP/workers.err" || die "mesa workers: $(cat "$TMP/workers.err")"
+  python3 - "$TMP/workers.json" <<'PY' || die "mesa workers --json: $(cat "$TMP/workers.json")"
+import json, sys
+ws = json.load(open(sys.argv[1]))
+assert len(ws) == 3, ws
+assert all(w["device"].startswith("cpu (") and w["kv_transport"] == "grpc" for w in ws), ws
+print("mesa workers: 3 ranks' workers,", ", ".join(f'{w["id"]} {w["state"]}' for w in ws))
+PY
   # SIGUSR1: mpirun forwards it to every rank and lets them end (after SIGTERM every
   # rank drains the same way, but mpirun exits 1: it was told to kill the job).
   kill -USR1 "$MP"
