@@ -104,6 +104,7 @@ struct CoordinatorCore::WorkerEntry {
   std::string name;
   std::shared_ptr<WorkerClient> client;
   WorkerAbout about;
+  WorkerReport report;  // guarded by the core's mu_
   int64_t joined_unix_s = 0;
 };
 
@@ -580,6 +581,7 @@ std::vector<CoordinatorCore::WorkerInfo> CoordinatorCore::ListWorkers() {
     w.id = it->second->id;
     w.name = it->second->name;
     w.about = it->second->about;
+    w.report = it->second->report;
     w.joined_unix_s = it->second->joined_unix_s;
     w.heartbeat_age_ms = std::max<int64_t>(0, now - v.last_beat_ms);
     w.running_ms = v.task != 0 ? std::max<int64_t>(0, now - v.dispatched_ms) : 0;
@@ -589,14 +591,16 @@ std::vector<CoordinatorCore::WorkerInfo> CoordinatorCore::ListWorkers() {
   return out;
 }
 
-bool CoordinatorCore::Heartbeat(const std::string& worker_id, bool draining) {
+bool CoordinatorCore::Heartbeat(const std::string& worker_id, bool draining, WorkerReport report) {
   std::unique_lock<std::mutex> lock(mu_);
-  if (!workers_.contains(worker_id)) return false;
+  auto entry = workers_.find(worker_id);
+  if (entry == workers_.end()) return false;
   if (!scheduler_->HasWorker(worker_id)) {
     // Declared dead (silent too long): it must register again, as a new worker.
-    workers_.erase(worker_id);
+    workers_.erase(entry);
     return false;
   }
+  entry->second->report = report;
   scheduler_->WorkerHeartbeat(worker_id, Now());
   if (draining) scheduler_->WorkerDraining(worker_id, Now());
   ExecuteActionsLocked(lock);

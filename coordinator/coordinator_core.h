@@ -60,6 +60,12 @@ struct CoordinatorOptions {
 struct WorkerAbout {
   std::string address, device, kv_transport;
   int32_t threads = 0;
+  int32_t kv_links = 0;  // its --kv-links
+};
+// What a worker reports with each heartbeat (ListWorkers shows the last).
+struct WorkerReport {
+  int64_t kv_bytes_in_use = 0;
+  int32_t peer_links = 0;
 };
 
 class CoordinatorCore {
@@ -95,6 +101,7 @@ class CoordinatorCore {
   struct WorkerInfo {
     std::string id, name;
     WorkerAbout about;
+    WorkerReport report;          // its last heartbeat's
     Scheduler::WorkerView view;
     int64_t heartbeat_age_ms = 0;
     int64_t running_ms = 0;       // of view's task, when it has one
@@ -102,7 +109,7 @@ class CoordinatorCore {
   };
   std::vector<WorkerInfo> ListWorkers();
   // false: unknown worker (it must register again).
-  bool Heartbeat(const std::string& worker_id, bool draining);
+  bool Heartbeat(const std::string& worker_id, bool draining, WorkerReport report = {});
   // false: unknown worker (already gone).
   bool DeregisterWorker(const std::string& worker_id);
   int64_t heartbeat_interval_ms() const;

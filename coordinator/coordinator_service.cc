@@ -114,6 +114,9 @@ class CoordinatorServer::JobServiceImpl final : public v1::JobService::Service {
       out->set_kv_bytes_held(w.view.kv_bytes_held);
       out->set_kv_budget_bytes(w.view.kv_budget_bytes);
       out->set_heartbeat_age_ms(w.heartbeat_age_ms);
+      out->set_kv_bytes_reported(w.report.kv_bytes_in_use);
+      out->set_peer_links(w.report.peer_links);
+      out->set_peer_links_max(w.about.kv_links);
       out->set_joined_at(w.joined_unix_s);
       if (w.view.task != 0) {
         v1::WorkerTask* t = out->mutable_task();
@@ -205,7 +208,8 @@ class CoordinatorServer::RegistryImpl final : public v1::WorkerRegistry::Service
     if (absl::Status s = CheckRequest(*req); !s.ok()) return Grpc(s);
     auto id = core_.RegisterWorker(req->name(), req->model_fingerprint(), req->model_description(),
                                    req->kv_memory_bytes(), std::make_unique<GrpcWorkerClient>(req->address(), worker_channels_),
-                                   {req->address(), req->device(), req->kv_transport(), req->threads()});
+                                   {req->address(), req->device(), req->kv_transport(), req->threads(),
+                                    std::max<int32_t>(0, req->kv_links())});
     if (!id.ok()) return Grpc(id.status());
     resp->set_worker_id(*id);
     resp->set_heartbeat_interval_ms(core_.heartbeat_interval_ms());
@@ -218,7 +222,9 @@ class CoordinatorServer::RegistryImpl final : public v1::WorkerRegistry::Service
   grpc::Status Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest* req, v1::HeartbeatResponse* resp) override {
     if (grpc::Status s = Authorize(*ctx); !s.ok()) return s;
     if (absl::Status s = CheckRequest(*req); !s.ok()) return Grpc(s);
-    resp->set_known(core_.Heartbeat(req->worker_id(), req->draining()));
+    resp->set_known(core_.Heartbeat(req->worker_id(), req->draining(),
+                                    WorkerReport{std::max<int64_t>(0, req->kv_bytes_in_use()),
+                                                 std::max<int32_t>(0, req->peer_links())}));
     return grpc::Status::OK;
   }
 

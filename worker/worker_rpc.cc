@@ -506,6 +506,7 @@ void WorkerProcess::AgentLoop() {
       req.set_threads(options_.threads);
       req.set_device(device_label_);
       req.set_kv_transport(options_.kv_transport);
+      if (link_limit_) req.set_kv_links(link_limit_->max_links());
       v1::RegisterResponse resp;
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
@@ -551,6 +552,7 @@ void WorkerProcess::AgentLoop() {
       v1::HeartbeatRequest hb;
       hb.set_worker_id(worker_id);
       hb.set_kv_bytes_in_use(core_->kv_bytes_in_use());
+      if (link_limit_) hb.set_peer_links(link_limit_->live());
       v1::HeartbeatResponse hr;
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(std::max<int64_t>(interval_ms, 2000)));

@@ -352,11 +352,14 @@ int RunWorkers(const WorkersArgs& a) {
     device_width = std::max(device_width, w.device.size());
   }
   const int iw = static_cast<int>(id_width), dw = static_cast<int>(device_width);
-  std::printf("%-*s  %-8s  %-*s  %-6s  %-13s  %6s  %s\n", iw, "ID", "STATE", dw, "DEVICE", "KV", "K/V HELD/MAX",
-              "BEAT", "TASK");
+  std::printf("%-*s  %-8s  %-*s  %-6s  %-6s  %-13s  %6s  %s\n", iw, "ID", "STATE", dw, "DEVICE", "KV", "LINKS",
+              "K/V HELD/MAX", "BEAT", "TASK");
   for (const mc::WorkerInfo& w : *workers) {
     const std::string kv = absl::StrCat(ShortBytes(w.kv_bytes_held), "/",
                                         w.kv_budget_bytes > 0 ? ShortBytes(w.kv_budget_bytes) : "-");
+    const bool linked = w.kv_transport == "socket" || w.kv_transport == "nccl";
+    const std::string links =
+        linked ? absl::StrCat(w.peer_links, "/", w.peer_links_max > 0 ? absl::StrCat(w.peer_links_max) : "-") : "-";
     std::string task = "-";
     if (w.busy) {
       task = absl::StrCat(w.task.job_id, " item ", w.task.item, " ",
@@ -364,9 +367,9 @@ int RunWorkers(const WorkersArgs& a) {
                                                  : (w.task.whole ? "final (whole)" : "final"),
                           absl::StrFormat(" for %.1fs", static_cast<double>(w.task.running_ms) / 1000));
     }
-    std::printf("%-*s  %-8s  %-*s  %-6s  %-13s  %5.1fs  %s\n", iw, w.id.c_str(), w.state.c_str(), dw,
+    std::printf("%-*s  %-8s  %-*s  %-6s  %-6s  %-13s  %5.1fs  %s\n", iw, w.id.c_str(), w.state.c_str(), dw,
                 w.device.empty() ? "-" : w.device.c_str(), w.kv_transport.empty() ? "-" : w.kv_transport.c_str(),
-                kv.c_str(), static_cast<double>(w.heartbeat_age_ms) / 1000, task.c_str());
+                links.c_str(), kv.c_str(), static_cast<double>(w.heartbeat_age_ms) / 1000, task.c_str());
   }
   return 0;
 }
@@ -497,10 +500,12 @@ void RegisterClientCommands(CLI::App& app) {
     CLI::App* cmd = app.add_subcommand("workers", "List the workers registered with a coordinator and what they do");
     cmd->footer(
         "Output: a table (ID, STATE idle|busy|draining, DEVICE the worker computes on, KV its K/V transport "
-        "grpc|socket|nccl, K/V HELD/MAX chunk K/V the coordinator counts on it against its --kv-memory, BEAT "
+        "grpc|socket|nccl, LINKS its peer links now / its --kv-links (socket and nccl), K/V HELD/MAX chunk K/V "
+        "the coordinator counts on it against its --kv-memory, BEAT "
         "seconds since its last heartbeat, TASK the task it runs), or with --json a JSON array on one line: "
         "{\"id\", \"name\", \"address\", \"device\", \"kv_transport\", \"threads\", \"state\", "
-        "\"kv_bytes_held\", \"kv_budget_bytes\", \"heartbeat_age_ms\", \"joined_at\", \"task\": null | "
+        "\"kv_bytes_held\", \"kv_budget_bytes\", \"kv_bytes_reported\" (by the worker's own count), "
+        "\"peer_links\", \"peer_links_max\", \"heartbeat_age_ms\", \"joined_at\", \"task\": null | "
         "{\"job_id\", \"item\", \"kind\", \"chunk\", \"attempt\", \"whole\", \"running_ms\"}}.\n"
         "A worker silent for longer than the coordinator's --heartbeat-timeout is dropped from the list.\n"
         "Examples:\n"

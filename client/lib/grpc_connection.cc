@@ -120,6 +120,9 @@ class GrpcConnection : public Connection {
       out.kv_budget_bytes = w.kv_budget_bytes();
       out.heartbeat_age_ms = w.heartbeat_age_ms();
       out.joined_at = w.joined_at();
+      out.kv_bytes_reported = w.kv_bytes_reported();
+      out.peer_links = w.peer_links();
+      out.peer_links_max = w.peer_links_max();
       out.busy = w.has_task();
       if (out.busy) {
         out.task = WorkerInfo::Task{w.task().job_id(), w.task().item(),    w.task().kind(),      w.task().chunk(),

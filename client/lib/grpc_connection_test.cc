@@ -77,6 +77,9 @@ class FakeJobService : public v1::JobService::Service {
     idle->set_kv_budget_bytes(456);
     idle->set_heartbeat_age_ms(789);
     idle->set_joined_at(1700000000);
+    idle->set_kv_bytes_reported(321);
+    idle->set_peer_links(3);
+    idle->set_peer_links_max(16);
     v1::Worker* busy = response->add_workers();
     busy->set_id("w2-b");
     busy->set_state("busy");
@@ -259,6 +262,9 @@ TEST_F(GrpcConnectionTest, ListWorkersKeepsEveryField) {
   EXPECT_EQ(a.kv_budget_bytes, 456);
   EXPECT_EQ(a.heartbeat_age_ms, 789);
   EXPECT_EQ(a.joined_at, 1700000000);
+  EXPECT_EQ(a.kv_bytes_reported, 321);
+  EXPECT_EQ(a.peer_links, 3);
+  EXPECT_EQ(a.peer_links_max, 16);
   EXPECT_FALSE(a.busy);
   const WorkerInfo& b = (*workers)[1];
   ASSERT_TRUE(b.busy);

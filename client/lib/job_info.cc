@@ -71,6 +71,9 @@ std::string WorkerListToJson(const std::vector<WorkerInfo>& workers) {
                          {"state", w.state},
                          {"kv_bytes_held", w.kv_bytes_held},
                          {"kv_budget_bytes", w.kv_budget_bytes},
+                         {"kv_bytes_reported", w.kv_bytes_reported},
+                         {"peer_links", w.peer_links},
+                         {"peer_links_max", w.peer_links_max},
                          {"heartbeat_age_ms", w.heartbeat_age_ms},
                          {"joined_at", Timestamp(w.joined_at)},
                          {"task", task}});

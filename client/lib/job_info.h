@@ -76,6 +76,9 @@ struct WorkerInfo {
   int64_t kv_budget_bytes = 0;  // 0 = no limit
   int64_t heartbeat_age_ms = 0;
   int64_t joined_at = 0;        // unix seconds
+  int64_t kv_bytes_reported = 0;  // chunk K/V it holds by its own count (last heartbeat)
+  int32_t peer_links = 0;         // socket|nccl: peer links it keeps (last heartbeat)
+  int32_t peer_links_max = 0;     // its --kv-links; 0 = no bound or no peer links
   // Its task in flight, when busy.
   struct Task {
     std::string job_id;
@@ -90,9 +93,9 @@ struct WorkerInfo {
   Task task;
 };
 // A JSON array of workers, one line: {"id", "name", "address", "device", "kv_transport",
-// "threads", "state", "kv_bytes_held", "kv_budget_bytes", "heartbeat_age_ms",
-// "joined_at", "task": null | {"job_id", "item", "kind", "chunk", "attempt", "whole",
-// "running_ms"}}.
+// "threads", "state", "kv_bytes_held", "kv_budget_bytes", "kv_bytes_reported",
+// "peer_links", "peer_links_max", "heartbeat_age_ms", "joined_at", "task": null |
+// {"job_id", "item", "kind", "chunk", "attempt", "whole", "running_ms"}}.
 std::string WorkerListToJson(const std::vector<WorkerInfo>& workers);
 
 }  // namespace mesa::client

@@ -1168,6 +1168,19 @@ TEST_F(CoordinatorRpcTest, SpreadJobOverSocketLinksInAMixedClusterMatchesMesaRun
   EXPECT_GT(peer, 0) << "no chunk moved over a socket link";
   EXPECT_LE(links, 2);  // one per pair and direction at most: reused across items
   EXPECT_EQ(lost, 0);
+  // The linked workers report their links with their heartbeats (`mesa workers`).
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        v1::ListWorkersResponse resp;
+        grpc::ClientContext ctx;
+        Deadline(ctx);
+        if (!stub->ListWorkers(&ctx, v1::ListWorkersRequest(), &resp).ok()) return false;
+        int32_t reported = 0;
+        for (const v1::Worker& w : resp.workers()) reported += w.peer_links();
+        return reported >= 2;  // a link counts at both of its ends
+      },
+      15))
+      << "the workers' heartbeats did not report their links";
   std::printf("chunks over socket links: %lld (links made: %lld); over FetchKv from the grpc-only worker: %lld\n",
               static_cast<long long>(peer), static_cast<long long>(links), static_cast<long long>(fallback));
 }
@@ -1195,6 +1208,7 @@ TEST_F(CoordinatorRpcTest, ListWorkersShowsEachWorkersDeviceTransportAndTask) {
     EXPECT_EQ(w.address(), cluster.workers()[i]->address());
     EXPECT_EQ(w.device().rfind("cpu (", 0), 0u) << w.device();
     EXPECT_EQ(w.kv_transport(), i == 0 ? "socket" : "grpc");
+    EXPECT_EQ(w.peer_links_max(), i == 0 ? 16 : 0);  // --kv-links' default; no links over grpc
     EXPECT_EQ(w.threads(), 1);
     EXPECT_EQ(w.state(), "idle");
     EXPECT_FALSE(w.has_task());
@@ -1231,6 +1245,16 @@ TEST_F(CoordinatorRpcTest, ListWorkersShowsEachWorkersDeviceTransportAndTask) {
   ASSERT_TRUE(WaitFor([&] { return RawGet(*stub, job.id(), &now).ok() && Terminal(now.status()); }, 120));
   EXPECT_EQ(now.status(), "completed");
 
+  // What the workers report with their heartbeats: nothing held once the job is done.
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        const v1::ListWorkersResponse l = list();
+        for (const v1::Worker& w : l.workers()) {
+          if (w.kv_bytes_reported() != 0 || w.kv_bytes_held() != 0) return false;
+        }
+        return true;
+      },
+      30));
   // A worker that stops (drains and deregisters) leaves the list.
   cluster.workers().pop_back();
   v1::ListWorkersResponse after = list();
