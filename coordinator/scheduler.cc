@@ -874,7 +874,9 @@ std::vector<Scheduler::WorkerView> Scheduler::Workers() const {
     v.kv_bytes_held = w.kv_bytes;
     v.kv_budget_bytes = w.caps.kv_budget_bytes;
     v.last_beat_ms = w.last_beat_ms;
-    if (auto t = s_->tasks.find(w.task); w.task != 0 && t != s_->tasks.end() && t->second.live) {
+    // A task the scheduler gave up (cancelled, past its deadline) still occupies its
+    // worker until the worker answers: shown all the same.
+    if (auto t = s_->tasks.find(w.task); w.task != 0 && t != s_->tasks.end()) {
       const State::Task& task = t->second;
       v.task = w.task;
       v.kind = task.kind;

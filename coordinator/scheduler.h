@@ -224,7 +224,8 @@ class Scheduler {
     int64_t kv_bytes_held = 0;    // by the scheduler's accounting (as Stats)
     int64_t kv_budget_bytes = 0;  // 0 = no limit
     int64_t last_beat_ms = 0;     // on the scheduler's clock
-    // The task in flight, if any (task == 0: idle).
+    // The task in flight, if any (task == 0: idle), including one the scheduler gave up
+    // that the worker has not answered yet.
     uint64_t task = 0;
     TaskKind kind = TaskKind::kFinal;
     std::string job_id;

@@ -682,6 +682,26 @@ class Sim {
       diff << " moves " << st.moves_in_flight << " vs " << moving_.size();
     }
     if (st.kv_bytes_held != kv) diff << " kv " << st.kv_bytes_held << " vs " << kv;
+    // The per-worker view (`mesa workers`) agrees with the workers themselves.
+    const std::vector<Scheduler::WorkerView> views = sched_->Workers();
+    if (static_cast<int64_t>(views.size()) != workers) diff << " views " << views.size() << " vs " << workers;
+    for (const Scheduler::WorkerView& v : views) {
+      auto it = workers_.find(v.worker);
+      if (it == workers_.end() || !it->second.registered) {
+        diff << " view of unknown worker " << v.worker;
+        continue;
+      }
+      const SimWorker& w = it->second;
+      if (v.task != w.task) diff << " " << v.worker << " task " << v.task << " vs " << w.task;
+      if (v.draining != w.draining) diff << " " << v.worker << " draining " << v.draining;
+      if (v.kv_bytes_held != w.Held()) diff << " " << v.worker << " kv " << v.kv_bytes_held << " vs " << w.Held();
+      if (v.task != 0 && w.task == v.task &&
+          (v.job_id != w.current.job_id || v.item != w.current.item || v.kind != w.current.kind ||
+           v.chunk != w.current.chunk || v.attempt != w.current.attempt)) {
+        diff << " " << v.worker << " task " << v.task << " described as " << v.job_id << "/" << v.item << "/"
+             << v.chunk << "/" << v.attempt;
+      }
+    }
     if (!diff.str().empty()) Fail("stats differ:" + diff.str());
   }
 
