@@ -50,6 +50,7 @@
 #include "mesa/v1/job_service.grpc.pb.h"
 #include "mesa/v1/worker_service.grpc.pb.h"
 #include "nlohmann/json.hpp"
+#include "tests/runtime/loopback_cluster.h"
 #include "tests/testing/temp_path.h"
 #include "worker/peer_kv.h"
 #include "worker/worker_rpc.h"
@@ -60,25 +61,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using grpc::StatusCode;
 
-std::string SharedPath(const std::string& rel) {
-  const char* dir = std::getenv("MESA_SHARED_DIR");
-  if (!dir) return "";
-  std::string p = std::string(dir) + "/" + rel;
-  return std::filesystem::exists(p) ? p : "";
-}
-
 double Seconds(Clock::time_point since) { return std::chrono::duration<double>(Clock::now() - since).count(); }
-
-// Polls `done` every few milliseconds for up to `timeout_s`.
-template <typename F>
-bool WaitFor(F done, double timeout_s) {
-  const auto start = Clock::now();
-  while (!done()) {
-    if (Seconds(start) > timeout_s) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return true;
-}
 
 bool Terminal(const std::string& status) {
   return status == "completed" || status == "failed" || status == "cancelled" || status == "expired";
@@ -86,97 +69,17 @@ bool Terminal(const std::string& status) {
 
 // ------------------------------------------------------------------ a cluster in-process
 
-struct ClusterOptions {
-  int workers = 1;
-  coord::Placement placement = coord::Placement::kAuto;
-  int64_t max_job_bytes = 1LL << 30;
-  // Worker i moves K/V with kv_transports[i % size] (WorkerProcessOptions::kv_transport).
-  std::vector<std::string> kv_transports = {"grpc"};
-};
-
-// A coordinator server over a fresh store, and `workers` worker processes registered
-// with it. Torn down workers first (they drain and deregister), then the server, then
-// the core.
-class Cluster {
- public:
-  Cluster(const Model& model, ClusterOptions options) : model_(model) {
-    static std::atomic<int> n{0};
-    coord::CoordinatorOptions co;
-    co.store_dir = testing::UniqueTempPath(absl::StrCat("store", n++));
-    co.scheduler.placement = options.placement;
-    co.scheduler.heartbeat_timeout_ms = 5000;
-    auto core = coord::CoordinatorCore::Create(model, co);
-    EXPECT_TRUE(core.ok()) << core.status();
-    if (!core.ok()) return;
-    core_ = *std::move(core);
-    coord::CoordinatorServerOptions so;
-    so.listen = "127.0.0.1:0";
-    so.max_job_bytes = options.max_job_bytes;
-    auto server = coord::CoordinatorServer::Start(*core_, so);
-    EXPECT_TRUE(server.ok()) << server.status();
-    if (!server.ok()) return;
-    server_ = *std::move(server);
-    kv_transports_ = options.kv_transports;
-    for (int i = 0; i < options.workers; ++i) AddWorker();
-  }
-  ~Cluster() {
-    workers_.clear();
-    server_.reset();
-    core_.reset();
-  }
-  bool ok() const { return core_ && server_ && !failed_ && !::testing::Test::HasFatalFailure(); }
-
-  // Starts one more worker and waits until the coordinator counts it.
-  worker::WorkerProcess* AddWorker() {
-    const int64_t before = core_->stats().workers;
-    worker::WorkerProcessOptions wo;
-    wo.coordinator = address();
-    wo.name = absl::StrCat("w", workers_.size());
-    wo.threads = 1;
-    wo.verbose = false;
-    wo.kv_transport = kv_transports_[workers_.size() % kv_transports_.size()];
-    auto w = worker::WorkerProcess::Start(model_, wo);
-    EXPECT_TRUE(w.ok()) << w.status();
-    if (!w.ok()) {
-      failed_ = true;
-      return nullptr;
-    }
-    workers_.push_back(*std::move(w));
-    if (!WaitFor([&] { return core_->stats().workers > before; }, 10)) {
-      ADD_FAILURE() << "the worker did not register";
-      failed_ = true;
-      return nullptr;
-    }
-    return workers_.back().get();
-  }
-
-  const std::string& address() const { return server_->address(); }
-  coord::CoordinatorCore& core() { return *core_; }
-  std::vector<std::unique_ptr<worker::WorkerProcess>>& workers() { return workers_; }
-  int64_t kv_bytes_on_workers() {
-    int64_t b = 0;
-    for (auto& w : workers_) b += w->core().kv_bytes_in_use();
-    return b;
-  }
-
- private:
-  const Model& model_;
-  std::unique_ptr<coord::CoordinatorCore> core_;
-  std::unique_ptr<coord::CoordinatorServer> server_;
-  std::vector<std::unique_ptr<worker::WorkerProcess>> workers_;
-  std::vector<std::string> kv_transports_ = {"grpc"};
-  bool failed_ = false;  // a worker did not start or register
-};
+using Cluster = testing::LoopbackCluster;
+using ClusterOptions = testing::LoopbackClusterOptions;
+using testing::Deadline;
+using testing::SharedPath;
+using testing::WaitFor;
 
 std::shared_ptr<grpc::Channel> Channel(const std::string& address, int max_send = 128 << 20) {
   grpc::ChannelArguments args;
   args.SetMaxSendMessageSize(max_send);
   args.SetMaxReceiveMessageSize(64 << 20);
   return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
-}
-
-void Deadline(grpc::ClientContext& ctx, double seconds = 30) {
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
 }
 
 // ------------------------------------------------------------------ job helpers

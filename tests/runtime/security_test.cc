@@ -48,6 +48,7 @@
 #include "nlohmann/json.hpp"
 #include "rpc/health_server.h"
 #include "rpc/security.h"
+#include "tests/runtime/loopback_cluster.h"
 #include "tests/testing/temp_path.h"
 #include "tests/testing/test_certs.h"
 #include "worker/worker_rpc.h"
@@ -58,24 +59,10 @@ namespace {
 using grpc::StatusCode;
 constexpr char kToken[] = "mesa-test-token-7f3a9c1e5b";
 
-std::string SharedPath(const std::string& rel) {
-  const char* dir = std::getenv("MESA_SHARED_DIR");
-  if (!dir) return "";
-  std::string p = std::string(dir) + "/" + rel;
-  return std::filesystem::exists(p) ? p : "";
-}
+using testing::SharedPath;
+using testing::WaitFor;
 
 std::string Cert(const std::string& name) { return testing::TestCertsDir() + "/" + name; }
-
-template <typename F>
-bool WaitFor(F done, double timeout_s) {
-  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > end) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return true;
-}
 
 void Deadline(grpc::ClientContext& ctx, double seconds = 10) {
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
@@ -101,83 +88,21 @@ struct ClusterOptions {
   coord::Placement placement = coord::Placement::kSpread;
 };
 
-class Cluster {
+// The shared in-process cluster (tests/runtime/loopback_cluster.h) with health listeners,
+// secured with the test PKI and tokens unless `secure` is false. Workers are added by the
+// tests: AddWorker() presents the cluster's worker certificate.
+class Cluster : public testing::LoopbackCluster {
  public:
-  Cluster(const Model& model, ClusterOptions options) : model_(model), options_(options) {
-    static std::atomic<int> n{0};
-    coord::CoordinatorOptions co;
-    store_ = testing::UniqueTempPath(absl::StrCat("store", n++));
-    co.store_dir = store_;
-    co.scheduler.placement = options.placement;
-    co.scheduler.heartbeat_timeout_ms = 5000;
-    auto core = coord::CoordinatorCore::Create(model, co);
-    EXPECT_TRUE(core.ok()) << core.status();
-    if (!core.ok()) return;
-    core_ = *std::move(core);
-    coord::CoordinatorServerOptions so;
-    so.listen = "127.0.0.1:0";
-    so.health_listen = "127.0.0.1:0";
-    if (options.secure) {
-      auto server = rpc::MakeServerSecurity({Cert("coordinator.pem"), Cert("coordinator.key"), Cert("ca.pem")},
-                                            rpc::ClientCertMode::kVerifyIfPresented);
-      EXPECT_TRUE(server.ok()) << server.status();
-      if (!server.ok()) return;
-      so.security = *server;
-      so.worker_channels = Channel("ca.pem", "coordinator.pem", "coordinator.key");
-      auto tokens = rpc::BearerTokens::Parse(absl::StrCat("# test\n", kToken, "\nanother-token-0123456789\n"), "t");
-      EXPECT_TRUE(tokens.ok()) << tokens.status();
-      so.tokens = std::make_shared<const rpc::BearerTokens>(*tokens);
-    }
-    auto server = coord::CoordinatorServer::Start(*core_, so);
-    EXPECT_TRUE(server.ok()) << server.status();
-    if (server.ok()) server_ = *std::move(server);
-  }
-  ~Cluster() {
-    workers_.clear();
-    server_.reset();
-    core_.reset();
-  }
-  bool ok() const { return core_ && server_ && !::testing::Test::HasFatalFailure(); }
-
-  // A worker presenting `cert` (a name in the test PKI; "" = no certificate) to the
-  // coordinator and other workers. Started, not waited for.
-  absl::StatusOr<std::unique_ptr<worker::WorkerProcess>> StartWorker(const std::string& cert,
-                                                                   int64_t register_timeout_ms = 0) {
-    worker::WorkerProcessOptions wo;
-    wo.coordinator = address();
-    wo.name = absl::StrCat("w", n_started_++);
-    wo.threads = 1;
-    wo.verbose = false;
-    wo.register_timeout_ms = register_timeout_ms;
-    wo.health_listen = "127.0.0.1:0";
-    if (options_.secure) {
-      // The worker's own server: its certificate if it has one (else the CA's worker
-      // certificate: what matters here is what it presents as a client).
-      const std::string server_cert = cert.empty() ? "worker" : cert;
-      auto server = rpc::MakeServerSecurity(
-          {Cert(server_cert + ".pem"), Cert(server_cert + ".key"), Cert("ca.pem")}, rpc::ClientCertMode::kRequire);
-      if (!server.ok()) return server.status();
-      wo.security = *server;
-      wo.channels = cert.empty() ? Channel("ca.pem") : Channel("ca.pem", cert + ".pem", cert + ".key");
-    }
-    return worker::WorkerProcess::Start(model_, wo);
-  }
+  Cluster(const Model& model, ClusterOptions options)
+      : LoopbackCluster(model, Options(options)), secure_(options.secure) {}
 
   // Starts a worker with the cluster's certificate and waits until it is registered.
-  worker::WorkerProcess* AddWorker() {
-    const int64_t before = core_->stats().workers;
-    auto w = StartWorker("worker");
-    EXPECT_TRUE(w.ok()) << w.status();
-    if (!w.ok()) return nullptr;
-    workers_.push_back(*std::move(w));
-    EXPECT_TRUE(WaitFor([&] { return core_->stats().workers > before; }, 10)) << "the worker did not register";
-    return workers_.back().get();
-  }
+  worker::WorkerProcess* AddWorker() { return LoopbackCluster::AddWorker("worker"); }
 
   // A client connection: TLS to the coordinator when the cluster is secure, and `token`.
   std::unique_ptr<client::Client> Client(const std::string& token) {
     client::ConnectionOptions co;
-    if (options_.secure) co.credentials = Channel("ca.pem").credentials;
+    if (secure_) co.credentials = Channel("ca.pem").credentials;
     co.bearer_token = token;
     auto c = client::MakeGrpcConnection(address(), co);
     EXPECT_TRUE(c.ok()) << c.status();
@@ -186,20 +111,39 @@ class Cluster {
     return c.ok() ? std::make_unique<client::Client>(*std::move(c), opts) : nullptr;
   }
 
-  const std::string& address() const { return server_->address(); }
-  const std::string& store() const { return store_; }
-  coord::CoordinatorServer& server() { return *server_; }
-  coord::CoordinatorCore& core() { return *core_; }
-  std::vector<std::unique_ptr<worker::WorkerProcess>>& workers() { return workers_; }
-
  private:
-  const Model& model_;
-  ClusterOptions options_;
-  std::string store_;
-  int n_started_ = 0;
-  std::unique_ptr<coord::CoordinatorCore> core_;
-  std::unique_ptr<coord::CoordinatorServer> server_;
-  std::vector<std::unique_ptr<worker::WorkerProcess>> workers_;
+  static testing::LoopbackClusterOptions Options(const ClusterOptions& o) {
+    testing::LoopbackClusterOptions l;
+    l.workers = 0;
+    l.placement = o.placement;
+    l.health = true;
+    if (!o.secure) return l;
+    l.configure_server = [](coord::CoordinatorServerOptions& so) -> absl::Status {
+      auto server = rpc::MakeServerSecurity({Cert("coordinator.pem"), Cert("coordinator.key"), Cert("ca.pem")},
+                                            rpc::ClientCertMode::kVerifyIfPresented);
+      if (!server.ok()) return server.status();
+      so.security = *server;
+      so.worker_channels = Channel("ca.pem", "coordinator.pem", "coordinator.key");
+      auto tokens = rpc::BearerTokens::Parse(absl::StrCat("# test\n", kToken, "\nanother-token-0123456789\n"), "t");
+      if (!tokens.ok()) return tokens.status();
+      so.tokens = std::make_shared<const rpc::BearerTokens>(*tokens);
+      return absl::OkStatus();
+    };
+    // A worker presenting `cert` (a name in the test PKI; "" = no certificate) to the
+    // coordinator and other workers; its own server has its certificate if it has one
+    // (else the CA's worker certificate: what matters is what it presents as a client).
+    l.configure_worker = [](worker::WorkerProcessOptions& wo, const std::string& cert) -> absl::Status {
+      const std::string server_cert = cert.empty() ? "worker" : cert;
+      auto server = rpc::MakeServerSecurity(
+          {Cert(server_cert + ".pem"), Cert(server_cert + ".key"), Cert("ca.pem")}, rpc::ClientCertMode::kRequire);
+      if (!server.ok()) return server.status();
+      wo.security = *server;
+      wo.channels = cert.empty() ? Channel("ca.pem") : Channel("ca.pem", cert + ".pem", cert + ".key");
+      return absl::OkStatus();
+    };
+    return l;
+  }
+  const bool secure_;
 };
 
 // ------------------------------------------------------------------ raw calls
