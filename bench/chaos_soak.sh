@@ -15,6 +15,7 @@
 #                       [--shared ../shared] [--out bench/results/chaos_soak.md] [--seed N]
 #                       [--kv-transport grpc|socket]   (the workers' K/V transport)
 #                       [--kv-links N]                 (socket: each worker's link bound)
+#                       [--placement auto|whole|spread] (the coordinator's; default auto)
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 SECONDS_TOTAL=300
@@ -24,8 +25,10 @@ OUT="$ROOT/bench/results/chaos_soak.md"
 SEED=$$
 KV_TRANSPORT=grpc
 KV_LINKS=""
+PLACEMENT=""
 usage() {
-  echo "usage: $0 [--seconds S] [--mesa BIN] [--shared DIR] [--out FILE] [--seed N] [--kv-transport T] [--kv-links N]" >&2
+  echo "usage: $0 [--seconds S] [--mesa BIN] [--shared DIR] [--out FILE] [--seed N] [--kv-transport T]" \
+    "[--kv-links N] [--placement P]" >&2
   exit 2
 }
 while [ $# -gt 0 ]; do
@@ -38,6 +41,7 @@ while [ $# -gt 0 ]; do
     --seed) SEED="$2" ;;
     --kv-transport) KV_TRANSPORT="$2" ;;
     --kv-links) KV_LINKS="$2" ;;
+    --placement) PLACEMENT="$2" ;;
     *) usage ;;
   esac
   shift 2
@@ -121,6 +125,7 @@ fi
 # ---- processes ----
 coord_flags=()
 [ "$METRICS" = 1 ] && coord_flags+=(--metrics-listen "$COORD_METRICS")
+[ -n "$PLACEMENT" ] && coord_flags+=(--placement "$PLACEMENT")
 "$MESA" coordinator --listen 127.0.0.1:0 --store "$TMP/store" --model "$MODEL" --address-file "$TMP/coord.addr" \
   --heartbeat-timeout 2 --max-attempts 50 "${coord_flags[@]}" >>"$TMP/coordinator.log" 2>&1 &
 COORD_PID=$!
@@ -303,7 +308,7 @@ if [ "$KV_TRANSPORT" != grpc ]; then
 fi
 cpu=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)
 verdict=PASS; [ "$fail" = 0 ] || verdict=FAIL
-echo "| $(date -u '+%Y-%m-%d %H:%M') | $cpu, $(nproc) cores, $(cut -d' ' -f1-3 /proc/loadavg) | $SECONDS_TOTAL | $KILLS | $DRAINS | $RESTARTS | $JOBS | $LINES | $RESULTS | $MISMATCHES | $METRIC_NOTE | $verdict | $KV_TRANSPORT${KV_LINKS:+, --kv-links $KV_LINKS} |" >>"$OUT"
+echo "| $(date -u '+%Y-%m-%d %H:%M') | $cpu, $(nproc) cores, $(cut -d' ' -f1-3 /proc/loadavg) | $SECONDS_TOTAL | $KILLS | $DRAINS | $RESTARTS | $JOBS | $LINES | $RESULTS | $MISMATCHES | $METRIC_NOTE | $verdict | $KV_TRANSPORT${KV_LINKS:+, --kv-links $KV_LINKS}${PLACEMENT:+, --placement $PLACEMENT} |" >>"$OUT"
 echo "appended a row to $OUT"
 if [ "$fail" = 0 ]; then echo "PASS: chaos soak"; else log_tail; fi
 exit "$fail"
