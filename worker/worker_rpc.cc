@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <map>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -30,42 +31,13 @@
 #include "worker/peer_kv.h"
 #include "worker/nccl_peer.h"
 #include "worker/socket_peer.h"
+#include "worker/cancel_watchers.h"
 #include "worker/task_proto.h"
 
 namespace mesa::worker {
 namespace {
 
 constexpr int kMaxMessageBytes = 64 << 20;  // prompts of a few MB at most; K/V moves in 1 MiB pieces
-
-// Sets `flag` when the call's client cancels or its deadline passes, until stopped.
-class CancelWatcher {
- public:
-  CancelWatcher(grpc::ServerContext* ctx, CancelFlag* flag)
-      : thread_([this, ctx, flag] {
-          std::unique_lock<std::mutex> lock(mu_);
-          while (!done_) {
-            if (ctx->IsCancelled()) {
-              flag->store(true);
-              return;
-            }
-            cv_.wait_for(lock, std::chrono::milliseconds(20));
-          }
-        }) {}
-  ~CancelWatcher() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      done_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  std::thread thread_;
-};
 
 }  // namespace
 
@@ -210,7 +182,7 @@ class WorkerProcess::Service final : public KvStreamingWorkerService {
       if (timeout_ms <= 0) return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "LoadKv past its deadline");
     }
     CancelFlag cancel{false};
-    CancelWatcher watch(ctx, &cancel);
+    const auto watch = cancel_watchers_.Watch(ctx, &cancel);
     auto r = p_->core_->LoadKv(args->source, args->lease_ms, &cancel, timeout_ms);
     if (!r.ok()) return ToGrpcStatus(r.status());
     ToProto(*r, resp);
@@ -227,7 +199,7 @@ class WorkerProcess::Service final : public KvStreamingWorkerService {
     auto busy = p_->BeginTask();
     if (!busy) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the worker is draining");
     CancelFlag cancel{false};
-    CancelWatcher watch(ctx, &cancel);
+    const auto watch = cancel_watchers_.Watch(ctx, &cancel);
     const auto t0 = std::chrono::steady_clock::now();
     auto r = (p_->core_.get()->*run)(*task, &cancel);
     if (p_->options_.verbose) {
@@ -254,6 +226,7 @@ class WorkerProcess::Service final : public KvStreamingWorkerService {
   }
 
   WorkerProcess* p_;
+  CancelWatchers cancel_watchers_;  // the task calls' cancellation, one thread for all
   std::mutex peer_mu_;
   std::set<grpc::ServerContext*> peer_calls_;  // guarded by peer_mu_
   bool peer_closed_ = false;                   // guarded by peer_mu_
