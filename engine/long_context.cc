@@ -18,8 +18,12 @@ class LongContextRunner::Impl {
                                       LogitsMode mode, std::vector<float>* logits);
   absl::Status DecodeStep(int32_t token, std::vector<float>* logits);
   const Model& model() const { return model_; }
+  void SetStopCheck(std::function<bool()> stop) { stop_ = std::move(stop); }
 
  private:
+  absl::Status CheckStop() const {
+    return stop_ && stop_() ? absl::CancelledError("the prefill was stopped between Mesa phases") : absl::OkStatus();
+  }
   absl::StatusOr<PrefillInfo> PrefillMesa(absl::Span<const int32_t> prompt, const MesaPlan& plan,
                                           LogitsMode mode, std::vector<float>* logits);
   absl::Status PrefillWhole(absl::Span<const int32_t> prompt, int64_t max_new,
@@ -36,6 +40,7 @@ class LongContextRunner::Impl {
   AttentionSetup setup_;
   std::unique_ptr<MesaPhases> phases_;
   std::optional<MesaState> mesa_state_;
+  std::function<bool()> stop_;
 };
 
 absl::Status LongContextRunner::Impl::PrefillWhole(absl::Span<const int32_t> prompt,
@@ -61,6 +66,7 @@ absl::StatusOr<PrefillInfo> LongContextRunner::Impl::PrefillMesa(absl::Span<cons
   auto tokens = [&](TokenRange r) { return prompt.subspan(r.begin, r.size()); };
   MESA_ASSIGN_OR_RETURN(ChunkKv anchor, phases_->RunAnchor(tokens(plan.anchor), all ? &part : nullptr));
   if (all) logits->insert(logits->end(), part.begin(), part.end());
+  MESA_RETURN_IF_ERROR(CheckStop());
   // Each middle chunk's K/V goes into the final cache as soon as it is computed, so
   // the prompt's K/V is held once.
   MESA_ASSIGN_OR_RETURN(MesaState state, phases_->StartFinal(anchor, InitialCacheTokens(plan.n, plan.max_new_tokens)));
@@ -68,6 +74,7 @@ absl::StatusOr<PrefillInfo> LongContextRunner::Impl::PrefillMesa(absl::Span<cons
     MESA_ASSIGN_OR_RETURN(ChunkKv kv, phases_->RunMiddle(anchor, tokens(r), r, all ? &part : nullptr));
     if (all) logits->insert(logits->end(), part.begin(), part.end());
     MESA_RETURN_IF_ERROR(phases_->AddMiddle(state, kv));
+    MESA_RETURN_IF_ERROR(CheckStop());
   }
   MESA_RETURN_IF_ERROR(phases_->FinishFinal(state, tokens(plan.last), all ? LogitsMode::kAll : mode,
                                             all ? &part : logits));
@@ -184,6 +191,8 @@ absl::Status LongContextRunner::DecodeStep(int32_t token, std::vector<float>* lo
 }
 
 const Model& LongContextRunner::model() const { return impl_->model(); }
+
+void LongContextRunner::SetStopCheck(std::function<bool()> stop) { impl_->SetStopCheck(std::move(stop)); }
 
 absl::StatusOr<LongGenerateResult> GenerateLong(LongContextRunner& runner,
                                                 absl::Span<const int32_t> prompt,

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -66,6 +67,10 @@ class LongContextRunner {
                                       LogitsMode mode, std::vector<float>* logits);
   // Appends one token and returns its next-token logits.
   absl::Status DecodeStep(int32_t token, std::vector<float>* logits);
+  // Asked between the phases of a Mesa prefill (after the anchor and after each middle
+  // chunk): true stops it with CANCELLED, so that a cancelled task over a long document
+  // does not compute the rest of it. Null (the default): never stops.
+  void SetStopCheck(std::function<bool()> stop);
 
   const Model& model() const;
 

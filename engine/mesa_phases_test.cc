@@ -125,6 +125,39 @@ TEST_P(MesaPhasesTest, FastMatchesReferenceOnToyPlanWithDecode) {
   }
 }
 
+TEST_P(MesaPhasesTest, APrefillStopsBetweenPhasesWhenAskedAndRunsWholeOtherwise) {
+  auto model = Load(GetParam().spec, GetParam().name);
+  ASSERT_NE(model, nullptr);
+  auto prompt = RandomTokens(60, model->config.n_vocab, 4);
+  auto plan = PlanMesa(60, 3, 32, ToyOptions());
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  ASSERT_GE(plan->middle.size(), 2u);
+  LongContextOptions o;
+  o.mesa = ToyOptions();
+  CpuBackend backend(2);
+  // Asked after the anchor and after each middle chunk; stopped at the second ask.
+  int asked = 0;
+  LongContextRunner stopped(*model, backend, o);
+  stopped.SetStopCheck([&] { return ++asked == 2; });
+  std::vector<float> logits;
+  auto info = stopped.Prefill(prompt, 3, LogitsMode::kLast, &logits);
+  ASSERT_FALSE(info.ok());
+  EXPECT_EQ(info.status().code(), absl::StatusCode::kCancelled) << info.status();
+  EXPECT_EQ(asked, 2);
+  // Never stopping: asked 1 + middle chunks times, and the same logits as no check at all.
+  asked = 0;
+  LongContextRunner checked(*model, backend, o), plain(*model, backend, o);
+  checked.SetStopCheck([&] {
+    ++asked;
+    return false;
+  });
+  std::vector<float> a, b;
+  ASSERT_TRUE(checked.Prefill(prompt, 3, LogitsMode::kLast, &a).ok());
+  ASSERT_TRUE(plain.Prefill(prompt, 3, LogitsMode::kLast, &b).ok());
+  EXPECT_EQ(asked, 1 + static_cast<int>(plan->middle.size()));
+  EXPECT_EQ(a, b);
+}
+
 TEST_P(MesaPhasesTest, StairWithEOneIsOrdinaryAttentionOverTheMesaCache) {
   // MESA_SPEC 5.2: E = 1, N large, log-n off: R(d) = d, the final phase is ordinary
   // attention over the chunked cache, which the reference builds from explicit masks.

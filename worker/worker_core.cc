@@ -214,8 +214,11 @@ absl::StatusOr<FinalResult> WorkerCore::RunFinalLocked(const FinalTask& task, co
   if (!plan || !plan->chunked || task.sources.empty()) {
     // Everything here: exactly jobs::LongContextGenerator.
     LongContextRunner runner(model_, *backend_, task.options);
+    runner.SetStopCheck([cancel] { return Cancelled(cancel); });  // between Mesa's chunks
     out.prefill_tokens = n;
-    MESA_ASSIGN_OR_RETURN(LongGenerateResult r, GenerateLong(runner, task.prompt, gen));
+    absl::StatusOr<LongGenerateResult> generated = GenerateLong(runner, task.prompt, gen);
+    if (!generated.ok()) return Cancelled(cancel) ? CancelledStatus(task.key) : generated.status();
+    LongGenerateResult& r = *generated;
     out.attention = AttentionMethodName(r.prefill.method);
     out.plan = r.prefill.ToJson();
     return finish(std::move(r.generation));
