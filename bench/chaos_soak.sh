@@ -52,20 +52,16 @@ MODEL="$SHARED/models/stories260K-f32.gguf"
 if [ ! -f "$MODEL" ]; then echo "SKIP: $MODEL not found"; exit 77; fi
 RANDOM=$SEED
 NWORKERS=3
-TMP=$(mktemp -d)
-PIDS=()
+# TMP, PIDS (killed on exit), fail, die, log_tail (tests/runtime/lib.sh).
+source "$(dirname "$0")/../tests/runtime/lib.sh"
 cleanup() {
-  { for p in "${PIDS[@]}"; do kill -9 "$p"; done; wait; } 2>/dev/null
+  kill_started
   if [ "$fail" != 0 ]; then  # the whole logs of a failed soak, for the post-mortem
     local keep; keep=$(mktemp -d /tmp/chaos_soak_failed.XXXXXX)
     cp "$TMP"/*.log "$keep"/ 2>/dev/null; echo "logs of the failed soak kept in $keep"
   fi
   rm -rf "$TMP"
 }
-trap cleanup EXIT
-log_tail() { for f in "$TMP"/*.log; do echo "--- $f"; tail -15 "$f"; done; }
-fail=0
-die() { echo "FAIL: $*"; fail=1; }
 
 # ---- inputs: 24 lines, short (300-1500 chars) and long (8k-30k chars, chunked) ----
 python3 - "$SHARED/text" "$TMP/in.jsonl" <<'PY' || exit 1

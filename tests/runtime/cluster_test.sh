@@ -14,16 +14,8 @@ SCENARIO="$3"
 MODEL="$SHARED/models/stories260K-f32.gguf"
 MODEL2="$SHARED/models/tinystories-656k-f32.gguf"
 if [ ! -f "$MODEL" ]; then echo "SKIP: $MODEL not found"; exit 77; fi
-TMP=$(mktemp -d)
-PIDS=()
-cleanup() {
-  { for p in "${PIDS[@]}"; do kill -9 "$p"; done; wait; } 2>/dev/null
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-fail=0
-die() { echo "FAIL: $*"; fail=1; }
-log_tail() { for f in "$TMP"/*.log; do echo "--- $f"; tail -15 "$f"; done; }
+# TMP, PIDS (killed on exit), fail, die, log_tail, wait_for.
+source "$(dirname "$0")/lib.sh"
 
 # Documents of ~2k-16k tokens from the shared text, a short one, and a QA line; small
 # generation budgets keep the run short.

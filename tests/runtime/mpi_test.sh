@@ -23,21 +23,13 @@ SHARED="$2"
 SCENARIO="$3"
 MODEL="$SHARED/models/stories260K-f32.gguf"
 if [ ! -f "$MODEL" ]; then echo "SKIP: $MODEL not found"; exit 77; fi
-TMP=$(mktemp -d)
-PIDS=()
+# TMP, PIDS (killed on exit), fail, die, show, wait_for.
+source "$(dirname "$0")/lib.sh"
 cleanup() {
-  { for p in "${PIDS[@]}"; do kill -9 "$p"; done; wait; } 2>/dev/null
-  # Ranks that outlived their mpirun (none should), by the pids they logged.
-  local p
-  for p in $(sed -n 's/^mesa cluster: rank [0-9]* of .*, pid \([0-9]*\),.*/\1/p' "$TMP"/*.log 2>/dev/null); do
-    grep -q "$TMP" "/proc/$p/cmdline" 2>/dev/null && kill -9 "$p" 2>/dev/null
-  done
+  kill_started
+  kill_stray_ranks "$TMP"/*.log  # ranks that outlived their mpirun
   rm -rf "$TMP"
 }
-trap cleanup EXIT
-fail=0
-die() { echo "FAIL: $*"; fail=1; }
-show() { echo "--- $1"; tail -40 "$1"; }
 
 # Loopback only; more ranks than the 2 cores; as root OpenMPI wants to be told.
 # --enable-recovery: a rank that dies does not abort the job (OpenMPI 4.1's default);
@@ -84,11 +76,6 @@ PY
 }
 rank_pid() {  # rank_pid LOG RANK: the pid the rank logged
   sed -n "s/^mesa cluster: rank $2 of [0-9]* on .*, pid \([0-9]*\),.*/\1/p" "$1" | head -1
-}
-wait_for() {  # wait_for SECONDS COMMAND...: until the command succeeds
-  local n=$(($1 * 10)); shift
-  for _ in $(seq "$n"); do "$@" && return 0; sleep 0.1; done
-  return 1
 }
 
 # Built with MPI? (A 1-rank cluster of one short line; without MPI the command says so.)

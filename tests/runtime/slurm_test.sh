@@ -23,30 +23,13 @@ for b in slurmctld slurmd sbatch sinfo srun munged; do
 done
 command -v mpirun >/dev/null 2>&1 || { echo "SKIP: OpenMPI not installed (openmpi-bin)"; exit 77; }
 
-TMP=$(mktemp -d)
+# TMP, PIDS (killed on exit), fail, die, show, wait_for.
+source "$HERE/lib.sh"
 chmod 700 "$TMP"
-PIDS=()
 cleanup() {
-  # The daemons by the pids they were started with (slurmd ends its job steps' tasks).
-  local p
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
-  sleep 1
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
-  wait 2>/dev/null
-  # Ranks that outlived slurmd (none should), by the pids they logged.
-  for p in $(sed -n 's/^mesa cluster: rank [0-9]* of .*, pid \([0-9]*\),.*/\1/p' "$TMP"/work/*.log 2>/dev/null); do
-    grep -q "$TMP" "/proc/$p/cmdline" 2>/dev/null && kill -9 "$p" 2>/dev/null
-  done
+  kill_started --term-first  # the daemons (slurmd ends its job steps' tasks)
+  kill_stray_ranks "$TMP"/work/*.log  # ranks that outlived slurmd
   rm -rf "$TMP"
-}
-trap cleanup EXIT
-fail=0
-die() { echo "FAIL: $*"; fail=1; }
-show() { echo "--- $1"; tail -${2:-30} "$1"; }
-wait_for() {  # wait_for SECONDS COMMAND...
-  local n=$(($1 * 10)); shift
-  for _ in $(seq "$n"); do "$@" && return 0; sleep 0.1; done
-  return 1
 }
 
 # Built with MPI? (without it `mesa cluster` exits 2 at once saying so)
