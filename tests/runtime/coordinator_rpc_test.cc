@@ -1166,5 +1166,53 @@ TEST_F(CoordinatorRpcTest, ListWorkersShowsEachWorkersDeviceTransportAndTask) {
   EXPECT_EQ(after.workers(0).state(), "idle");
 }
 
+
+TEST_F(CoordinatorRpcTest, ACancelledFinalOverALongDocumentFreesItsWorkerBetweenChunks) {
+  // A whole final over ~40k tokens (about eighty Mesa chunks: seconds of prefill on
+  // one thread) whose call ends after 300 ms: the worker's watcher flags the task and the
+  // prefill stops at its next chunk, so a small task right after is not kept waiting for
+  // the rest of the document (one task at a time per worker).
+  Cluster cluster(model(), ClusterOptions{.workers = 1});
+  ASSERT_TRUE(cluster.ok());
+  auto stub = v1::WorkerService::NewStub(Channel(cluster.workers()[0]->address()));
+  const int32_t vocab = static_cast<int32_t>(model().config.n_vocab);
+  auto final_request = [&](int64_t n, int32_t attempt) {
+    v1::RunFinalRequest req;
+    req.mutable_key()->set_job_id("cancel-probe");
+    req.mutable_key()->set_chunk(-1);
+    req.mutable_key()->set_attempt(attempt);
+    for (int64_t i = 0; i < n; ++i) req.add_prompt(static_cast<int32_t>(1 + (i * 7919) % (vocab - 1)));
+    req.set_max_new_tokens(1);
+    return req;
+  };
+  // How long the long one takes when nobody cancels it (the yardstick).
+  v1::RunFinalResponse resp;
+  const auto full_start = Clock::now();
+  {
+    grpc::ClientContext ctx;
+    Deadline(ctx, 120);
+    grpc::Status s = stub->RunFinal(&ctx, final_request(40000, 1), &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  }
+  const double full_s = Seconds(full_start);
+  ASSERT_GT(full_s, 1.0) << "the long final is too short to tell a stop from its end";
+  // Now cancelled by its deadline.
+  const auto start = Clock::now();
+  {
+    grpc::ClientContext ctx;
+    Deadline(ctx, 0.3);
+    EXPECT_EQ(stub->RunFinal(&ctx, final_request(40000, 2), &resp).error_code(), StatusCode::DEADLINE_EXCEEDED);
+  }
+  {
+    grpc::ClientContext ctx;
+    Deadline(ctx, 120);
+    grpc::Status s = stub->RunFinal(&ctx, final_request(100, 3), &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  }
+  const double freed_s = Seconds(start);
+  std::printf("uncancelled: %.2f s; cancelled at 0.3 s, the next task done after %.2f s\n", full_s, freed_s);
+  EXPECT_LT(freed_s, 0.3 + full_s / 2) << "the cancelled final ran on";
+}
+
 }  // namespace
 }  // namespace mesa
