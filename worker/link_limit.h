@@ -29,9 +29,6 @@ class LinkLimit {
  public:
   // One link's place. Opaque: pass it back to Begin, End and Release.
   class Place {
-   public:
-    const std::string& peer() const { return peer_; }
-
    private:
     friend class LinkLimit;
     Place(std::string peer, std::function<void()> close) : peer_(std::move(peer)), close_(std::move(close)) {}

@@ -249,9 +249,13 @@ grpc::Status ServePeerKv(grpc::ServerContext* ctx, PeerKvStream* stream, PeerEnd
     }
     return ToGrpcStatus(s);
   };
-  // A refusal the receiver reads before it closes the stream.
-  auto refuse = [&](const absl::Status& why) {
-    if (WriteStatus(stream, why)) inbox.AwaitEnd(After(kCloseTimeoutMs));
+  // A refusal the receiver reads before it closes the stream; `busy`: for want of a free
+  // link (--kv-links), so the receiver asks again at its next fetch.
+  auto refuse = [&](const absl::Status& why, bool busy = false) {
+    Message m;
+    SetStatus(why, m.mutable_status());
+    m.mutable_status()->set_busy(busy);
+    if (stream->Write(m)) inbox.AwaitEnd(After(kCloseTimeoutMs));
     return end(absl::OkStatus());
   };
   // This link's place under --kv-links. Closing it to make room cancels the call (the
@@ -289,14 +293,7 @@ grpc::Status ServePeerKv(grpc::ServerContext* ctx, PeerKvStream* stream, PeerEnd
       std::lock_guard<std::mutex> lock(call->mu);
       if (call->ctx) call->ctx->TryCancel();
     });
-    if (!taken.ok()) {
-      // Busy, not unwilling: the receiver asks again at its next fetch.
-      Message busy;
-      SetStatus(taken.status(), busy.mutable_status());
-      busy.mutable_status()->set_busy(true);
-      if (stream->Write(busy)) inbox.AwaitEnd(After(kCloseTimeoutMs));
-      return end(absl::OkStatus());
-    }
+    if (!taken.ok()) return refuse(taken.status(), /*busy=*/true);
     place = *std::move(taken);
   }
   absl::StatusOr<PeerEndpoint> made = endpoints->Make();
@@ -505,6 +502,11 @@ PeerKvFetcher::~PeerKvFetcher() {
   }
 }
 
+void PeerKvFetcher::CountLinkLost() {
+  links_lost_.fetch_add(1);
+  if (counters_) counters_->links_lost.Increment();
+}
+
 int PeerKvFetcher::MaxBatch() const { return std::clamp(options_.max_batch, 1, kMaxKeysPerFetch); }
 
 PeerKvFetcher::Counts PeerKvFetcher::counts() const {
@@ -680,8 +682,7 @@ absl::StatusOr<std::vector<KvFetcher::Fetched>> PeerKvFetcher::FetchMany(const s
       // The holder closed the pair while it was idle (it restarted, a connection broke,
       // it needed the room): make a new one rather than fail a fetch that never started.
       session->Close(absl::UnavailableError("the holder closed the PeerKv stream"));
-      links_lost_.fetch_add(1);
-      if (counters_) counters_->links_lost.Increment();
+      CountLinkLost();
     }
     if (!session->ready) {
       bool busy = false;  // out of links here or at the holder, not refused
@@ -721,8 +722,7 @@ absl::StatusOr<std::vector<KvFetcher::Fetched>> PeerKvFetcher::FetchMany(const s
       break;
     }
     // The holder ended the pair before it offered anything.
-    links_lost_.fetch_add(1);
-    if (counters_) counters_->links_lost.Increment();
+    CountLinkLost();
     if (attempt > 0) {
       // Twice: the holder is going away, or its links are in such demand that they
       // close as soon as they idle. Nothing moved: the fallback decides.
@@ -734,8 +734,7 @@ absl::StatusOr<std::vector<KvFetcher::Fetched>> PeerKvFetcher::FetchMany(const s
   }
 
   auto fail = [&](const absl::Status& s) {
-    links_lost_.fetch_add(1);
-    if (counters_) counters_->links_lost.Increment();
+    CountLinkLost();
     if (options_.log) {
       ops::LogWarn("kv.link_lost", {{"peer", address}, {"transport", transport_name_}, {"key", KeysString(keys)},
                                     {"why", s}});

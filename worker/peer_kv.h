@@ -156,6 +156,7 @@ class PeerKvFetcher final : public CrcCheckingKvFetcher {
   absl::StatusOr<std::vector<Fetched>> Fallback(const std::string& address, absl::Span<const KvKey> keys,
                                                 int64_t timeout_ms, const absl::Status& why);
   std::shared_ptr<grpc::Channel> ChannelFor(const std::string& address);
+  void CountLinkLost();  // counts() and the links_total{event="lost"} counter
 
   const PeerKvFetcherOptions options_;
   const std::string transport_name_;

@@ -248,6 +248,10 @@ void WorkerProcess::WaitIdle() {
   cv_.wait(lock, [&] { return in_flight_ == 0; });
 }
 
+namespace {
+
+// What a worker computes on, for people (`mesa workers`): "cpu (avx512)" or "cuda:0
+// (NVIDIA H200, 139 GiB)"; `device` as --device takes it.
 std::string DeviceLabel(const std::string& device) {
   if (device.empty() || device == "cpu") return absl::StrCat("cpu (", cpu::ActiveIsaName(), ")");
   int index = 0;  // "cuda" = cuda:0
@@ -259,6 +263,8 @@ std::string DeviceLabel(const std::string& device) {
   }
   return device;
 }
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<WorkerProcess>> WorkerProcess::Start(const Model& model, WorkerProcessOptions options) {
   if (options.coordinator.empty()) return absl::InvalidArgumentError("no coordinator address given");

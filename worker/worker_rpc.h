@@ -29,10 +29,6 @@ class HealthServer;
 
 namespace mesa::worker {
 
-// What a worker computes on, for people (`mesa workers`): "cpu (avx512)" or "cuda:0
-// (NVIDIA H200, 139 GiB)"; `device` as --device takes it.
-std::string DeviceLabel(const std::string& device);
-
 struct WorkerProcessOptions {
   std::string coordinator;      // HOST:PORT
   std::string listen;           // HOST:PORT; "" = an ephemeral port on the address that reaches the coordinator
